@@ -1,0 +1,1 @@
+"""saga_fsm: sagas as explicit state machines."""

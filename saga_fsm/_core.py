@@ -1,0 +1,455 @@
+"""The pure core: ``decide(compiled, snapshot, event) -> Decision``.
+
+No I/O and no clock: time arrives inside events. The flow Machine decides; its effect
+callbacks only edit a scratch copy of the snapshot and record commands for the
+orchestrator to carry out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from attrs import evolve, field, frozen
+from transitions.core import EventData
+
+from saga_fsm._definition import SagaDefinition, Step
+from saga_fsm._errors import TransitionNotAllowed
+from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
+from saga_fsm._lifecycle import fire, step_transition
+from saga_fsm._snapshot import (
+    ErrorInfo,
+    HistoryEntry,
+    SagaStatus,
+    Snapshot,
+    StepRecord,
+    StepStatus,
+    split_state,
+)
+
+Trigger = Literal[
+    "start",
+    "step_succeeded",
+    "step_failed",
+    "step_timed_out",
+    "retry_due",
+    "cancel",
+    "compensation_succeeded",
+    "compensation_failed",
+    "compensation_timed_out",
+    "retry",
+]
+_FORWARD_RESULTS = frozenset({"step_succeeded", "step_failed", "step_timed_out"})
+_COMPENSATION_RESULTS = frozenset(
+    {"compensation_succeeded", "compensation_failed", "compensation_timed_out"}
+)
+
+
+@frozen
+class Event:
+    """Something that happened to a saga, at a time the caller's clock gave."""
+
+    trigger: Trigger
+    at: datetime
+    step: str | None = None
+    attempt: int | None = None
+    result: Mapping[str, Any] | None = None
+    error: ErrorInfo | None = None
+
+    @classmethod
+    def start(cls, at: datetime) -> Event:
+        return cls("start", at)
+
+    @classmethod
+    def cancel(cls, at: datetime) -> Event:
+        return cls("cancel", at)
+
+    @classmethod
+    def retry_due(cls, at: datetime) -> Event:
+        return cls("retry_due", at)
+
+    @classmethod
+    def retry(cls, at: datetime) -> Event:
+        return cls("retry", at)
+
+
+@frozen
+class RunStep:
+    step: str
+    attempt: int
+    idempotency_key: str
+    deadline: datetime | None
+
+
+@frozen
+class RunCompensation:
+    step: str
+    attempt: int
+    idempotency_key: str
+    deadline: datetime | None
+
+
+@frozen
+class ScheduleWake:
+    at: datetime
+
+
+@frozen
+class Finish:
+    state: str
+
+
+Command = RunStep | RunCompensation | ScheduleWake | Finish
+
+
+@frozen
+class Decision:
+    snapshot: Snapshot
+    commands: tuple[Command, ...]
+    history: tuple[HistoryEntry, ...] = field(converter=tuple)
+
+
+def idempotency_key(saga_id: str, step: str, *, compensation: bool = False) -> str:
+    return f"{saga_id}:{step}:compensate" if compensation else f"{saga_id}:{step}"
+
+
+def new_snapshot(
+    definition: SagaDefinition,
+    saga_id: str,
+    data: Mapping[str, Any],
+    at: datetime,
+    *,
+    correlation_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> Snapshot:
+    return Snapshot(
+        saga_id=saga_id,
+        definition=definition.name,
+        definition_version=definition.version,
+        state=PENDING,
+        steps=tuple(StepRecord(s.name) for s in definition.steps),
+        data=dict(data),
+        created_at=at,
+        updated_at=at,
+        correlation_id=correlation_id,
+        idempotency_key=idempotency_key,
+    )
+
+
+_TIMEOUT = ErrorInfo("StepTimedOut", "deadline passed", retryable=True)
+_CANCELLED = ErrorInfo("Cancelled", "cancel requested", retryable=False)
+
+
+class _Scratch:
+    """The mutable model one decision works on; guards and effects are its methods.
+
+    transitions resolves the names in the flow table against this object."""
+
+    # "cancel_requested" is both a slot and a guard name: transitions reads a non-callable
+    # attribute as the guard's value.
+    __slots__ = (
+        "auto_advance",
+        "cancel_requested",
+        "commands",
+        "compiled",
+        "data",
+        "event",
+        "failure",
+        "parked_at",
+        "snapshot",
+        "state",
+        "steps",
+        "wake_at",
+    )
+
+    def __init__(self, compiled: CompiledSaga, snapshot: Snapshot, event: Event) -> None:
+        # Restoring is plain assignment: no Machine callback fires.
+        self.compiled = compiled
+        self.snapshot = snapshot
+        self.state = snapshot.state
+        self.steps = list(snapshot.steps)
+        self.data: dict[str, Any] | None = None  # copied on first write
+        self.event = event
+        self.commands: list[Command] = []
+        self.wake_at = snapshot.wake_at
+        self.cancel_requested = snapshot.cancel_requested
+        self.parked_at = snapshot.parked_at
+        self.failure = snapshot.failure
+        self.auto_advance = False
+
+    # -- helpers --------------------------------------------------------------------------
+    def _row(self, state: str | None) -> int:
+        step = split_state(state or self.state)[1]
+        assert step is not None
+        return self.compiled.step_index[step]
+
+    def _step(self, row: int) -> Step:
+        return self.compiled.definition.steps[row]
+
+    def _move(self, row: int, trigger: str, *, attempts_left: bool = True, **changes: Any) -> None:
+        record = self.steps[row]
+        status = step_transition(record.status, trigger, attempts_left=attempts_left)
+        self.steps[row] = evolve(record, status=status, **changes)
+
+    def _deadline(self, timeout: float | None) -> datetime | None:
+        return None if timeout is None else self.event.at + timedelta(seconds=timeout)
+
+    # -- guards (pure predicates) ---------------------------------------------------------
+    def may_retry(self, ev: EventData) -> bool:
+        error = self.event.error
+        if error is not None and not error.retryable:
+            return False
+        row = self._row(ev.transition.source)
+        record, step = self.steps[row], self._step(row)
+        if ev.event.name.startswith("compensation_"):
+            return step.compensation_retry.allows_attempt(record.compensation_attempts)
+        return step.retry.allows_attempt(record.attempts)
+
+    def in_flight(self, ev: EventData) -> bool:
+        return self.steps[self._row(ev.transition.source)].status is StepStatus.RUNNING
+
+    def awaiting_retry(self, ev: EventData) -> bool:
+        return self.steps[self._row(ev.transition.source)].status in (
+            StepStatus.FAILED,
+            StepStatus.TIMED_OUT,
+            StepStatus.COMPENSATION_FAILED,
+        )
+
+    def parked_here(self, ev: EventData) -> bool:
+        return self.parked_at == ev.transition.dest
+
+    # -- effects (record, never act) ------------------------------------------------------
+    def run_step(self, ev: EventData) -> None:
+        row = self._row(ev.transition.dest)
+        step, record = self._step(row), self.steps[row]
+        attempts_left = step.retry.allows_attempt(record.attempts)
+        deadline = self._deadline(step.timeout)
+        self._move(
+            row,
+            "run",
+            attempts_left=attempts_left,
+            attempts=record.attempts + 1,
+            started_at=self.event.at,
+            finished_at=None,
+            deadline=deadline,
+        )
+        self.wake_at = deadline
+        if step.action is None:
+            # "create pending / reject" shape: the forward work happened at start.
+            self.auto_advance = True
+            return
+        self.commands.append(
+            RunStep(step.name, record.attempts + 1, idempotency_key(self.snapshot.saga_id, step.name), deadline)
+        )
+
+    def run_compensation(self, ev: EventData) -> None:
+        row = self._row(ev.transition.dest)
+        step, record = self._step(row), self.steps[row]
+        attempt = record.compensation_attempts + 1
+        deadline = self._deadline(step.compensation_timeout)
+        self._move(
+            row,
+            "compensate",
+            attempts_left=step.compensation_retry.allows_attempt(record.compensation_attempts),
+            compensation_attempts=attempt,
+            deadline=deadline,
+        )
+        self.wake_at = deadline
+        self.commands.append(
+            RunCompensation(
+                step.name,
+                attempt,
+                idempotency_key(self.snapshot.saga_id, step.name, compensation=True),
+                deadline,
+            )
+        )
+
+    def record_success(self, ev: EventData) -> None:
+        row = self._row(ev.transition.source)
+        result = dict(self.event.result) if self.event.result else None
+        if result:
+            if self.data is None:
+                self.data = dict(self.snapshot.data)
+            self.data.update(result)
+        self._move(row, "succeed", result=result, error=None, finished_at=self.event.at, deadline=None)
+        self.wake_at = None
+
+    def record_failure(self, ev: EventData) -> None:
+        row = self._row(ev.transition.source)
+        timed_out = ev.event.name == "step_timed_out"
+        error = _TIMEOUT if timed_out else self.event.error
+        self._move(
+            row,
+            "time_out" if timed_out else "fail",
+            error=error,
+            finished_at=self.event.at,
+            deadline=None,
+        )
+        self.wake_at = None
+
+    def schedule_retry(self, ev: EventData) -> None:
+        row = self._row(ev.transition.source)
+        step, record = self._step(row), self.steps[row]
+        compensation = ev.event.name.startswith("compensation_")
+        policy = step.compensation_retry if compensation else step.retry
+        attempt = record.compensation_attempts if compensation else record.attempts
+        delay = policy.delay(attempt, f"{self.snapshot.saga_id}:{step.name}")
+        self.wake_at = self.event.at + timedelta(seconds=delay)
+        self.commands.append(ScheduleWake(self.wake_at))
+
+    def begin_compensation(self, ev: EventData) -> None:
+        if self.cancel_requested:
+            self.failure = _CANCELLED
+        else:
+            row = self._row(ev.transition.source)
+            self.failure = self.steps[row].error or self.event.error
+        for row, record in enumerate(self.steps):
+            if record.status is StepStatus.PENDING:
+                self._move(row, "skip")
+
+    def record_compensated(self, ev: EventData) -> None:
+        row = self._row(ev.transition.source)
+        self._move(row, "compensation_succeed", error=None, finished_at=self.event.at, deadline=None)
+        self.wake_at = None
+
+    def record_compensation_failure(self, ev: EventData) -> None:
+        row = self._row(ev.transition.source)
+        timed_out = ev.event.name == "compensation_timed_out"
+        self._move(
+            row,
+            "compensation_fail",
+            error=_TIMEOUT if timed_out else self.event.error,
+            finished_at=self.event.at,
+            deadline=None,
+        )
+        self.wake_at = None
+
+    def park(self, ev: EventData) -> None:
+        row = self._row(ev.transition.source)
+        self.parked_at = ev.transition.source
+        self.failure = self.steps[row].error
+        self.wake_at = None
+        self.commands.append(Finish(ev.transition.dest))
+
+    def resume_parked(self, ev: EventData) -> None:
+        row = self._row(ev.transition.dest)
+        record = self.steps[row]
+        if split_state(ev.transition.dest)[0] is SagaStatus.COMPENSATING:
+            self.steps[row] = evolve(record, compensation_attempts=0)
+        else:
+            self.steps[row] = evolve(record, attempts=0)
+            self.failure = None
+        self.parked_at = None
+
+    def request_cancel(self, _ev: EventData) -> None:
+        self.cancel_requested = True
+
+    def finish(self, ev: EventData) -> None:
+        self.wake_at = None
+        self.commands.append(Finish(ev.transition.dest))
+
+    def to_snapshot(self) -> Snapshot:
+        return evolve(
+            self.snapshot,
+            state=self.state,
+            steps=tuple(self.steps),
+            data=self.data if self.data is not None else self.snapshot.data,
+            updated_at=self.event.at,
+            wake_at=self.wake_at,
+            cancel_requested=self.cancel_requested,
+            parked_at=self.parked_at,
+            failure=self.failure,
+        )
+
+
+def _check_result_event(scratch: _Scratch, event: Event) -> str | None:
+    """Why a step/compensation result event does not belong to the step in flight."""
+    if event.trigger not in _FORWARD_RESULTS and event.trigger not in _COMPENSATION_RESULTS:
+        return None
+    status, step = split_state(scratch.state)
+    if step is None or event.step != step:
+        return f"result for step {event.step!r}, but the saga is at {scratch.state!r}"
+    record = scratch.steps[scratch.compiled.step_index[step]]
+    if event.trigger in _FORWARD_RESULTS:
+        expected, attempt = StepStatus.RUNNING, record.attempts
+    else:
+        expected, attempt = StepStatus.COMPENSATING, record.compensation_attempts
+    if record.status is not expected or event.attempt != attempt:
+        return (
+            f"stale result for step {step!r} attempt {event.attempt}"
+            f" (step is {record.status.value}, attempt {attempt})"
+        )
+    return None
+
+
+def _fire(scratch: _Scratch, event: Event) -> HistoryEntry:
+    saga_id, source = scratch.snapshot.saga_id, scratch.state
+    stale = _check_result_event(scratch, event)
+    if stale:
+        raise TransitionNotAllowed(saga_id, source, event.trigger, stale)
+    scratch.event = event
+    try:
+        done = fire(scratch.compiled.machine, scratch, event.trigger)
+    except KeyError:
+        raise TransitionNotAllowed(saga_id, source, event.trigger, _no_transition_reason(scratch, event)) from None
+    if not done:
+        raise TransitionNotAllowed(saga_id, source, event.trigger, "every guard refused")
+    detail: dict[str, Any] = {}
+    if event.step is not None:
+        detail["step"] = event.step
+    if event.attempt is not None:
+        detail["attempt"] = event.attempt
+    if event.error is not None:
+        detail["error"] = str(event.error)
+    return HistoryEntry(source, scratch.state, event.trigger, event.at, detail)
+
+
+def _no_transition_reason(scratch: _Scratch, event: Event) -> str:
+    status = split_state(scratch.state)[0]
+    if status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED):
+        return f"the saga is finished ({status.value})"
+    if event.trigger == "cancel" and status is SagaStatus.RUNNING:
+        return "the pivot has succeeded: the saga can only go forward"
+    if event.trigger == "cancel" and status is SagaStatus.COMPENSATING:
+        return "the saga is already compensating"
+    return "no such transition from this state"
+
+
+def decide(compiled: CompiledSaga | SagaDefinition, snapshot: Snapshot, event: Event) -> Decision:
+    """Apply ``event`` to ``snapshot``: the new snapshot, the commands to carry out, and
+    the history rows of the transitions taken. Raises ``TransitionNotAllowed`` and
+    leaves the snapshot untouched when the Machine refuses."""
+    if isinstance(compiled, SagaDefinition):
+        compiled = compile_saga(compiled)
+    scratch = _Scratch(compiled, snapshot, event)
+    history = [_fire(scratch, event)]
+    while scratch.auto_advance:
+        scratch.auto_advance = False
+        step = split_state(scratch.state)[1]
+        assert step is not None
+        record = scratch.steps[compiled.step_index[step]]
+        # An action-less step has nothing to run: it succeeds in the same decision.
+        history.append(
+            _fire(scratch, Event("step_succeeded", event.at, step=step, attempt=record.attempts))
+        )
+    return Decision(scratch.to_snapshot(), tuple(scratch.commands), history)
+
+
+def outstanding(compiled: CompiledSaga | SagaDefinition, snapshot: Snapshot) -> tuple[Command, ...]:
+    """What must happen next for a snapshot, derived from it alone (crash recovery)."""
+    if isinstance(compiled, SagaDefinition):
+        compiled = compile_saga(compiled)
+    status, step = split_state(snapshot.state)
+    if step is None:
+        return (Finish(snapshot.state),) if snapshot.is_terminal else ()
+    record = snapshot.steps[compiled.step_index[step]]
+    if status is SagaStatus.RUNNING and record.status is StepStatus.RUNNING:
+        return (RunStep(step, record.attempts, idempotency_key(snapshot.saga_id, step), record.deadline),)
+    if status is SagaStatus.COMPENSATING and record.status is StepStatus.COMPENSATING:
+        key = idempotency_key(snapshot.saga_id, step, compensation=True)
+        return (RunCompensation(step, record.compensation_attempts, key, record.deadline),)
+    if snapshot.wake_at is not None:
+        return (ScheduleWake(snapshot.wake_at),)
+    return ()
+

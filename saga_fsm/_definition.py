@@ -1,0 +1,337 @@
+"""Saga definitions: the state table a user writes, validated when it is built."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from enum import Enum
+from typing import Any, TypeAlias
+
+from attrs import Factory, field, frozen
+
+from saga_fsm._errors import DefinitionError
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+class StepKind(str, Enum):
+    """Garcia-Molina & Salem's kinds, as Richardson names them."""
+
+    COMPENSABLE = "compensable"
+    """Undone by its compensation when a later step fails."""
+    PIVOT = "pivot"
+    """The go/no-go step: once it succeeds the saga can only go forward."""
+    RETRIABLE = "retriable"
+    """After the pivot: retried until it succeeds, never compensated."""
+
+
+@frozen
+class StepContext:
+    """What an action or compensation receives."""
+
+    saga_id: str
+    step: str
+    attempt: int
+    idempotency_key: str
+    """``{saga_id}:{step}`` (``…:compensate`` for compensations): the same on every attempt."""
+    correlation_id: str | None
+    data: Mapping[str, Any]
+    compensating: bool = False
+
+
+ActionResult: TypeAlias = Mapping[str, Any] | None
+Action: TypeAlias = Callable[[StepContext], ActionResult | Awaitable[ActionResult]]
+
+
+def _positive(owner: str, name: str, value: float | None, *, allow_none: bool) -> None:
+    if value is None:
+        if not allow_none:
+            raise DefinitionError(f"{owner} must be set", field=name)
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DefinitionError(f"must be a number, got {value!r}", field=name)
+    if value <= 0:
+        raise DefinitionError(f"must be positive, got {value!r}", field=name)
+
+
+@frozen
+class RetryPolicy:
+    """How often and how fast a step (or compensation) is retried after a transient failure.
+
+    ``max_attempts=None`` retries without limit. The delay after attempt *n* is
+    ``min(initial_interval * backoff_coefficient ** (n - 1), max_interval)``, shortened by
+    up to ``jitter`` (a fraction) with a deterministic spread per saga, step and attempt.
+    Exceptions of a ``non_retryable`` type are permanent failures.
+    """
+
+    max_attempts: int | None = 3
+    initial_interval: float = 1.0
+    backoff_coefficient: float = 2.0
+    max_interval: float = 60.0
+    jitter: float = 0.0
+    non_retryable: tuple[type[BaseException], ...] = field(default=(), converter=tuple)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_attempts is not None:
+            if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+                raise DefinitionError(
+                    f"must be a whole number or None, got {self.max_attempts!r}",
+                    field="max_attempts",
+                )
+            if self.max_attempts < 1:
+                raise DefinitionError(
+                    f"must be at least 1, got {self.max_attempts!r}", field="max_attempts"
+                )
+        _positive("retry", "initial_interval", self.initial_interval, allow_none=False)
+        _positive("retry", "max_interval", self.max_interval, allow_none=False)
+        if not isinstance(self.backoff_coefficient, (int, float)) or self.backoff_coefficient < 1:
+            raise DefinitionError(
+                f"must be >= 1, got {self.backoff_coefficient!r}", field="backoff_coefficient"
+            )
+        if self.max_interval < self.initial_interval:
+            raise DefinitionError(
+                f"must be >= initial_interval ({self.initial_interval}), got {self.max_interval}",
+                field="max_interval",
+            )
+        if not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter <= 1:
+            raise DefinitionError(f"must be between 0 and 1, got {self.jitter!r}", field="jitter")
+        for exc_type in self.non_retryable:
+            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+                raise DefinitionError(
+                    f"must list exception types, got {exc_type!r}", field="non_retryable"
+                )
+
+    def allows_attempt(self, attempts_made: int) -> bool:
+        return self.max_attempts is None or attempts_made < self.max_attempts
+
+    def delay(self, attempt: int, salt: str) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based). Pure: no clock, no RNG."""
+        base = min(
+            self.initial_interval * self.backoff_coefficient ** (attempt - 1), self.max_interval
+        )
+        if not self.jitter:
+            return base
+        digest = hashlib.blake2b(f"{salt}:{attempt}".encode(), digest_size=8).digest()
+        spread = int.from_bytes(digest, "big") / 2**64
+        return base * (1 - self.jitter * spread)
+
+
+DEFAULT_RETRY = RetryPolicy()
+UNLIMITED_RETRY = RetryPolicy(max_attempts=None)
+DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=5)
+
+
+def _default_retry(step: Step) -> RetryPolicy:
+    return UNLIMITED_RETRY if step.kind is StepKind.RETRIABLE else DEFAULT_RETRY
+
+
+@frozen
+class Step:
+    """One row of the state table.
+
+    A step may have no compensation only when it is ``read_only`` (nothing to undo), a
+    pivot, or retriable. A step may have only a compensation (no action): the "create
+    pending / reject" shape, where the forward work happened when the saga was started.
+    """
+
+    name: str
+    action: Action | None = None
+    compensation: Action | None = None
+    kind: StepKind = field(default=StepKind.COMPENSABLE, converter=StepKind)
+    retry: RetryPolicy = field(default=Factory(_default_retry, takes_self=True))
+    compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
+    timeout: float | None = None
+    compensation_timeout: float | None = None
+    read_only: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            self._validate()
+        except DefinitionError as err:
+            if err.step is not None:
+                raise
+            raise DefinitionError(err.reason, step=self.name, field=err.field) from None
+
+    def _validate(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise DefinitionError(
+                f"must start with a letter or '_' and hold only letters, digits, '_', '.', '-';"
+                f" got {self.name!r}",
+                field="name",
+            )
+        for name in ("action", "compensation"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise DefinitionError(f"must be callable, got {value!r}", field=name)
+        for name in ("retry", "compensation_retry"):
+            if not isinstance(getattr(self, name), RetryPolicy):
+                raise DefinitionError("must be a RetryPolicy", field=name)
+        _positive("step", "timeout", self.timeout, allow_none=True)
+        _positive("step", "compensation_timeout", self.compensation_timeout, allow_none=True)
+        if self.action is None and self.compensation is None:
+            raise DefinitionError("a step needs an action, a compensation, or both", field="action")
+        if self.kind is StepKind.COMPENSABLE:
+            if self.compensation is None and not self.read_only:
+                raise DefinitionError(
+                    "a compensable step needs a compensation (set read_only=True when there is"
+                    " nothing to undo)",
+                    field="compensation",
+                )
+            if self.compensation is not None and self.read_only:
+                raise DefinitionError(
+                    "a read_only step has nothing to undo, yet has a compensation",
+                    field="compensation",
+                )
+        elif self.compensation is not None:
+            raise DefinitionError(
+                f"a {self.kind.value} step is never compensated, so it cannot have a compensation",
+                field="compensation",
+            )
+        elif self.action is None:
+            raise DefinitionError(f"a {self.kind.value} step needs an action", field="action")
+
+    @property
+    def compensable(self) -> bool:
+        return self.compensation is not None
+
+
+def _steps_tuple(steps: Iterable[Step]) -> tuple[Step, ...]:
+    return tuple(steps)
+
+
+@frozen
+class SagaDefinition:
+    """A named, versioned, ordered state table of steps. Immutable once built."""
+
+    name: str
+    steps: tuple[Step, ...] = field(converter=_steps_tuple)
+    version: int = 1
+    description: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise DefinitionError(f"invalid saga name {self.name!r}", field="name")
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise DefinitionError(
+                f"must be a whole number >= 1, got {self.version!r}", field="version"
+            )
+        if not self.steps:
+            raise DefinitionError("a saga needs at least one step", field="steps")
+        seen: dict[str, int] = {}
+        pivot: int | None = None
+        for row, step in enumerate(self.steps):
+            if not isinstance(step, Step):
+                raise DefinitionError(f"must be a Step, got {step!r}", row=row, field="steps")
+            if step.name in seen:
+                raise DefinitionError(
+                    f"duplicate step name (first used by step {seen[step.name]})",
+                    row=row,
+                    step=step.name,
+                    field="name",
+                )
+            seen[step.name] = row
+            if step.kind is StepKind.PIVOT:
+                if pivot is not None:
+                    raise DefinitionError(
+                        f"more than one pivot (step {pivot} {self.steps[pivot].name!r} is"
+                        " already the pivot)",
+                        row=row,
+                        step=step.name,
+                        field="kind",
+                    )
+                pivot = row
+            elif step.kind is StepKind.RETRIABLE and pivot is None:
+                raise DefinitionError(
+                    "a retriable step must come after the pivot"
+                    + ("" if any(s.kind is StepKind.PIVOT for s in self.steps) else " (no pivot)"),
+                    row=row,
+                    step=step.name,
+                    field="kind",
+                )
+            elif step.kind is StepKind.COMPENSABLE and pivot is not None:
+                raise DefinitionError(
+                    "steps after the pivot can never be compensated: make them retriable",
+                    row=row,
+                    step=step.name,
+                    field="kind",
+                )
+
+    @property
+    def pivot_index(self) -> int | None:
+        for row, step in enumerate(self.steps):
+            if step.kind is StepKind.PIVOT:
+                return row
+        return None
+
+    def index(self, step_name: str) -> int:
+        for row, step in enumerate(self.steps):
+            if step.name == step_name:
+                return row
+        raise KeyError(step_name)
+
+    def step(self, step_name: str) -> Step:
+        return self.steps[self.index(step_name)]
+
+
+class SagaBuilder:
+    """A small fluent way to write a state table in Python.
+
+    >>> def reserve(ctx): return {"reservation_id": "r1"}
+    >>> def release(ctx): return None
+    >>> def charge(ctx): return None
+    >>> def notify(ctx): return None
+    >>> definition = (
+    ...     SagaBuilder("order")
+    ...     .step("reserve", reserve, compensation=release)
+    ...     .pivot("charge", charge)
+    ...     .retriable("notify", notify)
+    ...     .build()
+    ... )
+    >>> [s.kind.value for s in definition.steps]
+    ['compensable', 'pivot', 'retriable']
+    """
+
+    def __init__(self, name: str, *, version: int = 1, description: str = "") -> None:
+        self._name = name
+        self._version = version
+        self._description = description
+        self._steps: list[Step] = []
+
+    def step(
+        self,
+        name: str,
+        action: Action | None = None,
+        *,
+        compensation: Action | None = None,
+        kind: StepKind | str = StepKind.COMPENSABLE,
+        **options: Any,
+    ) -> SagaBuilder:
+        try:
+            step = Step(name, action, compensation, kind=StepKind(kind), **options)
+        except DefinitionError as err:
+            raise DefinitionError(
+                err.reason, row=len(self._steps), step=err.step, field=err.field
+            ) from None
+        except ValueError:
+            raise DefinitionError(
+                f"unknown kind {kind!r} (one of: {', '.join(k.value for k in StepKind)})",
+                row=len(self._steps),
+                step=name,
+                field="kind",
+            ) from None
+        self._steps.append(step)
+        return self
+
+    def pivot(self, name: str, action: Action, **options: Any) -> SagaBuilder:
+        return self.step(name, action, kind=StepKind.PIVOT, **options)
+
+    def retriable(self, name: str, action: Action, **options: Any) -> SagaBuilder:
+        return self.step(name, action, kind=StepKind.RETRIABLE, **options)
+
+    def build(self) -> SagaDefinition:
+        return SagaDefinition(
+            self._name, tuple(self._steps), version=self._version, description=self._description
+        )
+
+

@@ -1,0 +1,106 @@
+"""The one exception hierarchy: everything saga_fsm raises derives from SagaError."""
+
+from __future__ import annotations
+
+
+class SagaError(Exception):
+    """Base of every error saga_fsm raises on purpose."""
+
+
+class DefinitionError(SagaError, ValueError):
+    """A saga definition is invalid. Raised when it is built, never when it runs.
+
+    ``row`` is the 0-based step index (None for saga-level fields), ``step`` the
+    step's name when known, ``field`` the offending field, ``reason`` why.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        row: int | None = None,
+        step: str | None = None,
+        field: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.row = row
+        self.step = step
+        self.field = field
+        self.source = source
+        where = []
+        if source is not None:
+            where.append(source)
+        if row is not None:
+            where.append(f"step {row}" + (f" {step!r}" if step else ""))
+        if field is not None:
+            where.append(f"field {field!r}")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+
+class InvalidReference(DefinitionError, TypeError):
+    """A ``package.module:attribute`` reference cannot be imported or is the wrong kind."""
+
+
+class TransitionNotAllowed(SagaError):
+    """The saga's current state has no transition for this trigger (or every guard said no)."""
+
+    def __init__(self, saga_id: str, state: str, trigger: str, reason: str = "") -> None:
+        self.saga_id = saga_id
+        self.state = state
+        self.trigger = trigger
+        self.reason = reason
+        msg = f"saga {saga_id}: {trigger!r} is not allowed in state {state!r}"
+        super().__init__(f"{msg}: {reason}" if reason else msg)
+
+
+class StepFailed(SagaError):
+    """Raised by an action (or recorded by the engine) when a step fails.
+
+    ``retryable=False`` marks a permanent failure: the retry policy is skipped and the
+    saga compensates at once (before the pivot) or is parked for an operator (after it).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class ConcurrencyConflict(SagaError):
+    """Another writer saved this saga first: the optimistic version did not match."""
+
+    def __init__(self, saga_id: str, expected_version: int, actual_version: int | None) -> None:
+        self.saga_id = saga_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        super().__init__(
+            f"saga {saga_id}: expected version {expected_version}, store has {actual_version}"
+        )
+
+
+class SnapshotDecodeError(SagaError):
+    """A stored snapshot is corrupt or has a schema version this release cannot read."""
+
+    def __init__(self, saga_id: str | None, reason: str) -> None:
+        self.saga_id = saga_id
+        self.reason = reason
+        super().__init__(f"saga {saga_id}: cannot decode snapshot: {reason}")
+
+
+class SagaNotFound(SagaError, KeyError):
+    """No saga with this id exists in the store."""
+
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id = saga_id
+        super().__init__(saga_id)
+
+    def __str__(self) -> str:
+        return f"no saga with id {self.saga_id!r}"
+
+
+class StoreError(SagaError):
+    """The store could not be reached or refused an operation (wraps driver errors)."""
+
+
+class InvalidStoreURL(StoreError, ValueError):
+    """A store URL has an unknown scheme or a malformed path."""

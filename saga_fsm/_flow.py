@@ -1,0 +1,209 @@
+"""Compile a saga definition into its flow: a state table whose state names the step in
+progress (``running:charge``), and the one transitions Machine built from it."""
+
+from __future__ import annotations
+
+import functools
+
+from attrs import frozen
+from transitions import Machine
+
+from saga_fsm._definition import SagaDefinition
+from saga_fsm._lifecycle import TransitionRow, build_machine
+from saga_fsm._snapshot import SagaStatus
+
+PENDING = SagaStatus.PENDING.value
+COMPLETED = SagaStatus.COMPLETED.value
+COMPENSATED = SagaStatus.COMPENSATED.value
+FAILED = SagaStatus.FAILED.value
+TERMINAL_STATES = (COMPLETED, COMPENSATED, FAILED)
+
+
+def running(step: str) -> str:
+    return f"{SagaStatus.RUNNING.value}:{step}"
+
+
+def compensating(step: str) -> str:
+    return f"{SagaStatus.COMPENSATING.value}:{step}"
+
+
+def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
+    steps = definition.steps
+    pivot = definition.pivot_index
+    names = [s.name for s in steps]
+
+    def undo_from(row: int, *, inclusive: bool) -> str:
+        # The last step at or before ``row`` with a compensation: every earlier step on
+        # the forward path has succeeded, so this target is static.
+        last = row if inclusive else row - 1
+        for j in range(last, -1, -1):
+            if steps[j].compensable:
+                return compensating(names[j])
+        return COMPENSATED
+
+    def then(dest: str, *, compensation: bool) -> str:
+        if dest in TERMINAL_STATES:
+            return "finish"
+        return "run_compensation" if compensation else "run_step"
+
+    rows: list[TransitionRow] = [
+        TransitionRow("start", PENDING, running(names[0]), effects=["run_step"]),
+        TransitionRow("cancel", PENDING, COMPENSATED, effects=["request_cancel", "finish"]),
+    ]
+    for i, step in enumerate(steps):
+        here = running(step.name)
+        cancellable = pivot is None or i <= pivot
+        before_pivot = pivot is None or i < pivot
+        forward = running(names[i + 1]) if i + 1 < len(steps) else COMPLETED
+        rows.append(
+            TransitionRow(
+                "step_succeeded",
+                here,
+                forward,
+                unless=["cancel_requested"] if before_pivot else [],
+                effects=["record_success", then(forward, compensation=False)],
+            )
+        )
+        if before_pivot:
+            undo = undo_from(i, inclusive=True)
+            rows.append(
+                TransitionRow(
+                    "step_succeeded",
+                    here,
+                    undo,
+                    conditions=["cancel_requested"],
+                    effects=["record_success", "begin_compensation", then(undo, compensation=True)],
+                )
+            )
+        for trigger in ("step_failed", "step_timed_out"):
+            rows.append(
+                TransitionRow(
+                    trigger,
+                    here,
+                    here,
+                    conditions=["may_retry"],
+                    unless=["cancel_requested"] if cancellable else [],
+                    effects=["record_failure", "schedule_retry"],
+                )
+            )
+            if cancellable:
+                undo = undo_from(i, inclusive=False)
+                rows.append(
+                    TransitionRow(
+                        trigger,
+                        here,
+                        undo,
+                        effects=[
+                            "record_failure",
+                            "begin_compensation",
+                            then(undo, compensation=True),
+                        ],
+                    )
+                )
+            else:
+                rows.append(TransitionRow(trigger, here, FAILED, effects=["record_failure", "park"]))
+        rows.append(
+            TransitionRow("retry_due", here, here, conditions=["awaiting_retry"], effects=["run_step"])
+        )
+        if cancellable:
+            undo = undo_from(i, inclusive=False)
+            rows.append(
+                TransitionRow(
+                    "cancel", here, None, conditions=["in_flight"], effects=["request_cancel"]
+                )
+            )
+            rows.append(
+                TransitionRow(
+                    "cancel",
+                    here,
+                    undo,
+                    unless=["in_flight"],
+                    effects=["request_cancel", "begin_compensation", then(undo, compensation=True)],
+                )
+            )
+        else:
+            rows.append(
+                TransitionRow(
+                    "retry", FAILED, here, conditions=["parked_here"], effects=["resume_parked", "run_step"]
+                )
+            )
+    for j, step in enumerate(steps):
+        if not step.compensable:
+            continue
+        here = compensating(step.name)
+        undo = undo_from(j, inclusive=False)
+        rows.append(
+            TransitionRow(
+                "compensation_succeeded",
+                here,
+                undo,
+                effects=["record_compensated", then(undo, compensation=True)],
+            )
+        )
+        for trigger in ("compensation_failed", "compensation_timed_out"):
+            rows.append(
+                TransitionRow(
+                    trigger,
+                    here,
+                    here,
+                    conditions=["may_retry"],
+                    effects=["record_compensation_failure", "schedule_retry"],
+                )
+            )
+            rows.append(
+                TransitionRow(trigger, here, FAILED, effects=["record_compensation_failure", "park"])
+            )
+        rows.append(
+            TransitionRow(
+                "retry_due", here, here, conditions=["awaiting_retry"], effects=["run_compensation"]
+            )
+        )
+        rows.append(
+            TransitionRow(
+                "retry",
+                FAILED,
+                here,
+                conditions=["parked_here"],
+                effects=["resume_parked", "run_compensation"],
+            )
+        )
+    return tuple(rows)
+
+
+def _flow_states(definition: SagaDefinition) -> tuple[str, ...]:
+    return (
+        PENDING,
+        *(running(s.name) for s in definition.steps),
+        *(compensating(s.name) for s in definition.steps if s.compensable),
+        *TERMINAL_STATES,
+    )
+
+
+@frozen(eq=False)
+class CompiledSaga:
+    """A definition with its flow table and the one Machine every instance shares."""
+
+    definition: SagaDefinition
+    states: tuple[str, ...]
+    rows: tuple[TransitionRow, ...]
+    machine: Machine
+    step_index: dict[str, int]
+
+    @property
+    def triggers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(row.trigger for row in self.rows))
+
+
+@functools.cache
+def compile_saga(definition: SagaDefinition) -> CompiledSaga:
+    """Build (once per definition) the flow table and its Machine."""
+    states = _flow_states(definition)
+    rows = _flow_rows(definition)
+    machine = build_machine(states, rows, initial=PENDING, name=definition.name)
+    return CompiledSaga(
+        definition=definition,
+        states=states,
+        rows=rows,
+        machine=machine,
+        step_index={s.name: i for i, s in enumerate(definition.steps)},
+    )

@@ -1,0 +1,159 @@
+"""The generic saga and step lifecycles, as tables, and the transitions Machines built
+from them. Guards and effects are named here; the model classes implement them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from attrs import field, frozen
+from transitions import Machine
+
+from saga_fsm._snapshot import SagaStatus, StepStatus
+
+
+@frozen
+class TransitionRow:
+    """One row of a state table. ``dest=None`` is an internal transition (no state change).
+
+    ``conditions``/``unless`` name pure predicates; ``effects`` name callbacks that only
+    record commands. Diagrams, tests and the engine all read these rows.
+    """
+
+    trigger: str
+    source: str
+    dest: str | None
+    conditions: tuple[str, ...] = field(default=(), converter=tuple)
+    unless: tuple[str, ...] = field(default=(), converter=tuple)
+    effects: tuple[str, ...] = field(default=(), converter=tuple)
+
+
+def build_machine(
+    states: Sequence[str], rows: Iterable[TransitionRow], *, initial: str, name: str
+) -> Machine:
+    """A model-less Machine: models are passed per trigger, never registered, so nothing
+    per instance is kept alive by the shared Machine."""
+    return Machine(
+        model=None,
+        states=list(states),
+        transitions=[
+            {
+                "trigger": row.trigger,
+                "source": row.source,
+                "dest": row.dest,
+                "conditions": list(row.conditions),
+                "unless": list(row.unless),
+                "after": list(row.effects),
+            }
+            for row in rows
+        ],
+        initial=initial,
+        auto_transitions=False,
+        send_event=True,
+        name=name,
+    )
+
+
+def fire(machine: Machine, model: Any, trigger: str, **kwargs: Any) -> bool:
+    """Fire ``trigger`` on an unregistered ``model``. Returns False when a guard refused;
+    raises ``KeyError`` when the state has no transition for the trigger at all."""
+    event = machine.events.get(trigger)
+    if event is None or model.state not in event.transitions:
+        raise KeyError(trigger)
+    return bool(event.trigger(model, **kwargs))
+
+
+# -- saga lifecycle -------------------------------------------------------------------------
+
+_R, _C = SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value
+_P, _OK = SagaStatus.PENDING.value, SagaStatus.COMPLETED.value
+_UNDONE, _FAILED = SagaStatus.COMPENSATED.value, SagaStatus.FAILED.value
+
+SAGA_LIFECYCLE_STATES: tuple[str, ...] = tuple(s.value for s in SagaStatus)
+SAGA_LIFECYCLE: tuple[TransitionRow, ...] = (
+    TransitionRow("start", _P, _R),
+    TransitionRow("cancel", _P, _UNDONE),
+    TransitionRow("step_succeeded", _R, _R, unless=["cancel_requested"]),
+    TransitionRow("step_succeeded", _R, _OK, unless=["cancel_requested"]),
+    TransitionRow("step_succeeded", _R, _C, conditions=["cancel_requested"]),
+    TransitionRow("step_succeeded", _R, _UNDONE, conditions=["cancel_requested"]),
+    *(
+        row
+        for trigger in ("step_failed", "step_timed_out")
+        for row in (
+            TransitionRow(trigger, _R, _R, conditions=["may_retry"], unless=["cancel_requested"]),
+            TransitionRow(trigger, _R, _C, unless=["past_pivot"]),
+            TransitionRow(trigger, _R, _UNDONE, unless=["past_pivot"]),
+            TransitionRow(trigger, _R, _FAILED, conditions=["past_pivot"]),
+        )
+    ),
+    TransitionRow("retry_due", _R, _R, conditions=["awaiting_retry"]),
+    TransitionRow("cancel", _R, None, conditions=["in_flight"], unless=["past_pivot"]),
+    TransitionRow("cancel", _R, _C, unless=["in_flight", "past_pivot"]),
+    TransitionRow("cancel", _R, _UNDONE, unless=["in_flight", "past_pivot"]),
+    TransitionRow("compensation_succeeded", _C, _C),
+    TransitionRow("compensation_succeeded", _C, _UNDONE),
+    *(
+        row
+        for trigger in ("compensation_failed", "compensation_timed_out")
+        for row in (
+            TransitionRow(trigger, _C, _C, conditions=["may_retry"]),
+            TransitionRow(trigger, _C, _FAILED),
+        )
+    ),
+    TransitionRow("retry_due", _C, _C, conditions=["awaiting_retry"]),
+    TransitionRow("retry", _FAILED, _R, conditions=["parked_here"]),
+    TransitionRow("retry", _FAILED, _C, conditions=["parked_here"]),
+)
+
+# -- step lifecycle -------------------------------------------------------------------------
+
+_S = StepStatus
+STEP_LIFECYCLE_STATES: tuple[str, ...] = tuple(s.value for s in StepStatus)
+STEP_LIFECYCLE: tuple[TransitionRow, ...] = (
+    TransitionRow("run", _S.PENDING.value, _S.RUNNING.value),
+    TransitionRow("run", _S.FAILED.value, _S.RUNNING.value, conditions=["attempts_left"]),
+    TransitionRow("run", _S.TIMED_OUT.value, _S.RUNNING.value, conditions=["attempts_left"]),
+    TransitionRow("succeed", _S.RUNNING.value, _S.SUCCEEDED.value),
+    TransitionRow("fail", _S.RUNNING.value, _S.FAILED.value),
+    TransitionRow("time_out", _S.RUNNING.value, _S.TIMED_OUT.value),
+    TransitionRow("skip", _S.PENDING.value, _S.SKIPPED.value),
+    TransitionRow("compensate", _S.SUCCEEDED.value, _S.COMPENSATING.value),
+    TransitionRow(
+        "compensate",
+        _S.COMPENSATION_FAILED.value,
+        _S.COMPENSATING.value,
+        conditions=["attempts_left"],
+    ),
+    TransitionRow("compensation_succeed", _S.COMPENSATING.value, _S.COMPENSATED.value),
+    TransitionRow("compensation_fail", _S.COMPENSATING.value, _S.COMPENSATION_FAILED.value),
+)
+
+
+class StepModel:
+    """The model a step record is moved through the step Machine with."""
+
+    __slots__ = ("state", "attempts_left_flag")
+
+    def __init__(self, state: str, attempts_left: bool) -> None:
+        self.state = state
+        self.attempts_left_flag = attempts_left
+
+    def attempts_left(self, _event: Any) -> bool:
+        return self.attempts_left_flag
+
+
+SAGA_LIFECYCLE_MACHINE = build_machine(
+    SAGA_LIFECYCLE_STATES, SAGA_LIFECYCLE, initial=_P, name="saga"
+)
+STEP_LIFECYCLE_MACHINE = build_machine(
+    STEP_LIFECYCLE_STATES, STEP_LIFECYCLE, initial=_S.PENDING.value, name="step"
+)
+
+
+def step_transition(status: StepStatus, trigger: str, *, attempts_left: bool = True) -> StepStatus:
+    """Move one step status through the step Machine; raises ``KeyError`` if not allowed."""
+    model = StepModel(status.value, attempts_left)
+    if not fire(STEP_LIFECYCLE_MACHINE, model, trigger):
+        raise KeyError(f"step {trigger!r} refused in {status.value!r}: no attempts left")
+    return StepStatus(model.state)

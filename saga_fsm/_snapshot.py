@@ -1,0 +1,134 @@
+"""Persisted values: a saga instance's snapshot and its history rows. All frozen."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from attrs import evolve, field, frozen
+
+
+class SagaStatus(str, Enum):
+    """The generic saga lifecycle. A flow state is ``status`` or ``status:step``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
+
+
+TERMINAL_STATUSES = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+
+
+class StepStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+    SKIPPED = "skipped"
+
+
+@frozen
+class ErrorInfo:
+    """An error as it is persisted: its type's qualified name, its message, and whether a
+    retry could help."""
+
+    type: str
+    message: str
+    retryable: bool = True
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, retryable: bool) -> ErrorInfo:
+        kind = type(exc)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        return cls(name, str(exc), retryable)
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+@frozen
+class StepRecord:
+    """One step of one saga instance."""
+
+    name: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    compensation_attempts: int = 0
+    result: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    deadline: datetime | None = None
+
+
+def split_state(state: str) -> tuple[SagaStatus, str | None]:
+    """``"running:charge"`` -> ``(SagaStatus.RUNNING, "charge")``."""
+    status, _, step = state.partition(":")
+    return SagaStatus(status), step or None
+
+
+@frozen
+class Snapshot:
+    """The whole persisted state of one saga instance."""
+
+    saga_id: str
+    definition: str
+    definition_version: int
+    state: str
+    steps: tuple[StepRecord, ...] = field(converter=tuple)
+    data: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    correlation_id: str | None = None
+    idempotency_key: str | None = None
+    version: int = 0
+    """Optimistic-lock version: the number of writes the store has accepted."""
+    wake_at: datetime | None = None
+    """When the engine must look at this saga again (retry back-off or step deadline)."""
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    cancel_requested: bool = False
+    parked_at: str | None = None
+    """The state a ``failed`` saga was parked from; operator ``retry`` resumes there."""
+    failure: ErrorInfo | None = None
+    """Why the saga left the forward path (or was parked)."""
+
+    @property
+    def status(self) -> SagaStatus:
+        return split_state(self.state)[0]
+
+    @property
+    def current_step(self) -> str | None:
+        return split_state(self.state)[1]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def step(self, name: str) -> StepRecord:
+        for record in self.steps:
+            if record.name == name:
+                return record
+        raise KeyError(name)
+
+    def with_version(self, version: int) -> Snapshot:
+        return evolve(self, version=version)
+
+
+@frozen
+class HistoryEntry:
+    """One transition of one saga: append-only."""
+
+    from_state: str
+    to_state: str
+    trigger: str
+    at: datetime
+    detail: dict[str, Any] = field(factory=dict)
