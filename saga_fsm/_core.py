@@ -7,7 +7,7 @@ orchestrator to carry out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -103,11 +103,17 @@ class Finish:
 Command = RunStep | RunCompensation | ScheduleWake | Finish
 
 
+def _entries(values: Iterable[HistoryEntry]) -> tuple[HistoryEntry, ...]:
+    return tuple(values)
+
+
 @frozen
 class Decision:
+    """What one event did: the new snapshot, the commands to carry out, the history rows."""
+
     snapshot: Snapshot
     commands: tuple[Command, ...]
-    history: tuple[HistoryEntry, ...] = field(converter=tuple)
+    history: tuple[HistoryEntry, ...] = field(converter=_entries)
 
 
 def idempotency_key(saga_id: str, step: str, *, compensation: bool = False) -> str:
@@ -139,6 +145,16 @@ def new_snapshot(
 
 _TIMEOUT = ErrorInfo("StepTimedOut", "deadline passed", retryable=True)
 _CANCELLED = ErrorInfo("Cancelled", "cancel requested", retryable=False)
+
+
+def _source(ev: EventData) -> str:
+    assert ev.transition is not None
+    return str(ev.transition.source)
+
+
+def _dest(ev: EventData) -> str:
+    assert ev.transition is not None and ev.transition.dest is not None
+    return str(ev.transition.dest)
 
 
 class _Scratch:
@@ -200,28 +216,32 @@ class _Scratch:
         error = self.event.error
         if error is not None and not error.retryable:
             return False
-        row = self._row(ev.transition.source)
+        row = self._row(_source(ev))
         record, step = self.steps[row], self._step(row)
         if ev.event.name.startswith("compensation_"):
             return step.compensation_retry.allows_attempt(record.compensation_attempts)
         return step.retry.allows_attempt(record.attempts)
 
+    def past_pivot(self, ev: EventData) -> bool:
+        pivot = self.compiled.definition.pivot_index
+        return pivot is not None and self._row(_source(ev)) > pivot
+
     def in_flight(self, ev: EventData) -> bool:
-        return self.steps[self._row(ev.transition.source)].status is StepStatus.RUNNING
+        return self.steps[self._row(_source(ev))].status is StepStatus.RUNNING
 
     def awaiting_retry(self, ev: EventData) -> bool:
-        return self.steps[self._row(ev.transition.source)].status in (
+        return self.steps[self._row(_source(ev))].status in (
             StepStatus.FAILED,
             StepStatus.TIMED_OUT,
             StepStatus.COMPENSATION_FAILED,
         )
 
     def parked_here(self, ev: EventData) -> bool:
-        return self.parked_at == ev.transition.dest
+        return self.parked_at == _dest(ev)
 
     # -- effects (record, never act) ------------------------------------------------------
     def run_step(self, ev: EventData) -> None:
-        row = self._row(ev.transition.dest)
+        row = self._row(_dest(ev))
         step, record = self._step(row), self.steps[row]
         attempts_left = step.retry.allows_attempt(record.attempts)
         deadline = self._deadline(step.timeout)
@@ -240,11 +260,16 @@ class _Scratch:
             self.auto_advance = True
             return
         self.commands.append(
-            RunStep(step.name, record.attempts + 1, idempotency_key(self.snapshot.saga_id, step.name), deadline)
+            RunStep(
+                step.name,
+                record.attempts + 1,
+                idempotency_key(self.snapshot.saga_id, step.name),
+                deadline,
+            )
         )
 
     def run_compensation(self, ev: EventData) -> None:
-        row = self._row(ev.transition.dest)
+        row = self._row(_dest(ev))
         step, record = self._step(row), self.steps[row]
         attempt = record.compensation_attempts + 1
         deadline = self._deadline(step.compensation_timeout)
@@ -266,17 +291,19 @@ class _Scratch:
         )
 
     def record_success(self, ev: EventData) -> None:
-        row = self._row(ev.transition.source)
+        row = self._row(_source(ev))
         result = dict(self.event.result) if self.event.result else None
         if result:
             if self.data is None:
                 self.data = dict(self.snapshot.data)
             self.data.update(result)
-        self._move(row, "succeed", result=result, error=None, finished_at=self.event.at, deadline=None)
+        self._move(
+            row, "succeed", result=result, error=None, finished_at=self.event.at, deadline=None
+        )
         self.wake_at = None
 
     def record_failure(self, ev: EventData) -> None:
-        row = self._row(ev.transition.source)
+        row = self._row(_source(ev))
         timed_out = ev.event.name == "step_timed_out"
         error = _TIMEOUT if timed_out else self.event.error
         self._move(
@@ -289,7 +316,7 @@ class _Scratch:
         self.wake_at = None
 
     def schedule_retry(self, ev: EventData) -> None:
-        row = self._row(ev.transition.source)
+        row = self._row(_source(ev))
         step, record = self._step(row), self.steps[row]
         compensation = ev.event.name.startswith("compensation_")
         policy = step.compensation_retry if compensation else step.retry
@@ -302,19 +329,21 @@ class _Scratch:
         if self.cancel_requested:
             self.failure = _CANCELLED
         else:
-            row = self._row(ev.transition.source)
+            row = self._row(_source(ev))
             self.failure = self.steps[row].error or self.event.error
         for row, record in enumerate(self.steps):
             if record.status is StepStatus.PENDING:
                 self._move(row, "skip")
 
     def record_compensated(self, ev: EventData) -> None:
-        row = self._row(ev.transition.source)
-        self._move(row, "compensation_succeed", error=None, finished_at=self.event.at, deadline=None)
+        row = self._row(_source(ev))
+        self._move(
+            row, "compensation_succeed", error=None, finished_at=self.event.at, deadline=None
+        )
         self.wake_at = None
 
     def record_compensation_failure(self, ev: EventData) -> None:
-        row = self._row(ev.transition.source)
+        row = self._row(_source(ev))
         timed_out = ev.event.name == "compensation_timed_out"
         self._move(
             row,
@@ -326,20 +355,15 @@ class _Scratch:
         self.wake_at = None
 
     def park(self, ev: EventData) -> None:
-        row = self._row(ev.transition.source)
-        self.parked_at = ev.transition.source
+        row = self._row(_source(ev))
+        self.parked_at = _source(ev)
         self.failure = self.steps[row].error
         self.wake_at = None
-        self.commands.append(Finish(ev.transition.dest))
+        self.commands.append(Finish(_dest(ev)))
 
     def resume_parked(self, ev: EventData) -> None:
-        row = self._row(ev.transition.dest)
-        record = self.steps[row]
-        if split_state(ev.transition.dest)[0] is SagaStatus.COMPENSATING:
-            self.steps[row] = evolve(record, compensation_attempts=0)
-        else:
-            self.steps[row] = evolve(record, attempts=0)
-            self.failure = None
+        row = self._row(_dest(ev))
+        self.steps[row] = evolve(self.steps[row], compensation_attempts=0)
         self.parked_at = None
 
     def request_cancel(self, _ev: EventData) -> None:
@@ -347,7 +371,7 @@ class _Scratch:
 
     def finish(self, ev: EventData) -> None:
         self.wake_at = None
-        self.commands.append(Finish(ev.transition.dest))
+        self.commands.append(Finish(_dest(ev)))
 
     def to_snapshot(self) -> Snapshot:
         return evolve(
@@ -367,7 +391,7 @@ def _check_result_event(scratch: _Scratch, event: Event) -> str | None:
     """Why a step/compensation result event does not belong to the step in flight."""
     if event.trigger not in _FORWARD_RESULTS and event.trigger not in _COMPENSATION_RESULTS:
         return None
-    status, step = split_state(scratch.state)
+    step = split_state(scratch.state)[1]
     if step is None or event.step != step:
         return f"result for step {event.step!r}, but the saga is at {scratch.state!r}"
     record = scratch.steps[scratch.compiled.step_index[step]]
@@ -392,7 +416,9 @@ def _fire(scratch: _Scratch, event: Event) -> HistoryEntry:
     try:
         done = fire(scratch.compiled.machine, scratch, event.trigger)
     except KeyError:
-        raise TransitionNotAllowed(saga_id, source, event.trigger, _no_transition_reason(scratch, event)) from None
+        raise TransitionNotAllowed(
+            saga_id, source, event.trigger, _no_transition_reason(scratch, event)
+        ) from None
     if not done:
         raise TransitionNotAllowed(saga_id, source, event.trigger, "every guard refused")
     detail: dict[str, Any] = {}
@@ -445,11 +471,14 @@ def outstanding(compiled: CompiledSaga | SagaDefinition, snapshot: Snapshot) -> 
         return (Finish(snapshot.state),) if snapshot.is_terminal else ()
     record = snapshot.steps[compiled.step_index[step]]
     if status is SagaStatus.RUNNING and record.status is StepStatus.RUNNING:
-        return (RunStep(step, record.attempts, idempotency_key(snapshot.saga_id, step), record.deadline),)
+        return (
+            RunStep(
+                step, record.attempts, idempotency_key(snapshot.saga_id, step), record.deadline
+            ),
+        )
     if status is SagaStatus.COMPENSATING and record.status is StepStatus.COMPENSATING:
         key = idempotency_key(snapshot.saga_id, step, compensation=True)
         return (RunCompensation(step, record.compensation_attempts, key, record.deadline),)
     if snapshot.wake_at is not None:
         return (ScheduleWake(snapshot.wake_at),)
     return ()
-

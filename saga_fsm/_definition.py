@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from enum import Enum
+from enum import StrEnum
 from typing import Any, TypeAlias
 
 from attrs import Factory, field, frozen
@@ -15,7 +15,7 @@ from saga_fsm._errors import DefinitionError
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
-class StepKind(str, Enum):
+class StepKind(StrEnum):
     """Garcia-Molina & Salem's kinds, as Richardson names them."""
 
     COMPENSABLE = "compensable"
@@ -183,12 +183,20 @@ class Step:
                     "a read_only step has nothing to undo, yet has a compensation",
                     field="compensation",
                 )
-        elif self.compensation is not None:
+        elif self.kind is StepKind.RETRIABLE and (
+            self.retry.max_attempts is not None or self.retry.non_retryable
+        ):
+            raise DefinitionError(
+                "a retriable step is retried until it succeeds: its retry policy takes no"
+                " max_attempts and no non_retryable types",
+                field="retry",
+            )
+        if self.kind is not StepKind.COMPENSABLE and self.compensation is not None:
             raise DefinitionError(
                 f"a {self.kind.value} step is never compensated, so it cannot have a compensation",
                 field="compensation",
             )
-        elif self.action is None:
+        if self.kind is not StepKind.COMPENSABLE and self.action is None:
             raise DefinitionError(f"a {self.kind.value} step needs an action", field="action")
 
     @property
@@ -333,5 +341,3 @@ class SagaBuilder:
         return SagaDefinition(
             self._name, tuple(self._steps), version=self._version, description=self._description
         )
-
-

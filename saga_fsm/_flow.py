@@ -76,34 +76,41 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
                 )
             )
         for trigger in ("step_failed", "step_timed_out"):
+            if not cancellable:
+                # Past the pivot there is no way back: retry, whatever the error.
+                rows.append(
+                    TransitionRow(
+                        trigger,
+                        here,
+                        here,
+                        conditions=["past_pivot"],
+                        effects=["record_failure", "schedule_retry"],
+                    )
+                )
+                continue
+            undo = undo_from(i, inclusive=False)
             rows.append(
                 TransitionRow(
                     trigger,
                     here,
                     here,
                     conditions=["may_retry"],
-                    unless=["cancel_requested"] if cancellable else [],
+                    unless=["cancel_requested"],
                     effects=["record_failure", "schedule_retry"],
                 )
             )
-            if cancellable:
-                undo = undo_from(i, inclusive=False)
-                rows.append(
-                    TransitionRow(
-                        trigger,
-                        here,
-                        undo,
-                        effects=[
-                            "record_failure",
-                            "begin_compensation",
-                            then(undo, compensation=True),
-                        ],
-                    )
+            rows.append(
+                TransitionRow(
+                    trigger,
+                    here,
+                    undo,
+                    effects=["record_failure", "begin_compensation", then(undo, compensation=True)],
                 )
-            else:
-                rows.append(TransitionRow(trigger, here, FAILED, effects=["record_failure", "park"]))
+            )
         rows.append(
-            TransitionRow("retry_due", here, here, conditions=["awaiting_retry"], effects=["run_step"])
+            TransitionRow(
+                "retry_due", here, here, conditions=["awaiting_retry"], effects=["run_step"]
+            )
         )
         if cancellable:
             undo = undo_from(i, inclusive=False)
@@ -119,12 +126,6 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
                     undo,
                     unless=["in_flight"],
                     effects=["request_cancel", "begin_compensation", then(undo, compensation=True)],
-                )
-            )
-        else:
-            rows.append(
-                TransitionRow(
-                    "retry", FAILED, here, conditions=["parked_here"], effects=["resume_parked", "run_step"]
                 )
             )
     for j, step in enumerate(steps):
@@ -151,7 +152,9 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
                 )
             )
             rows.append(
-                TransitionRow(trigger, here, FAILED, effects=["record_compensation_failure", "park"])
+                TransitionRow(
+                    trigger, here, FAILED, effects=["record_compensation_failure", "park"]
+                )
             )
         rows.append(
             TransitionRow(

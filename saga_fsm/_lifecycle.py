@@ -12,6 +12,10 @@ from transitions import Machine
 from saga_fsm._snapshot import SagaStatus, StepStatus
 
 
+def _names(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
 @frozen
 class TransitionRow:
     """One row of a state table. ``dest=None`` is an internal transition (no state change).
@@ -23,9 +27,9 @@ class TransitionRow:
     trigger: str
     source: str
     dest: str | None
-    conditions: tuple[str, ...] = field(default=(), converter=tuple)
-    unless: tuple[str, ...] = field(default=(), converter=tuple)
-    effects: tuple[str, ...] = field(default=(), converter=tuple)
+    conditions: tuple[str, ...] = field(default=(), converter=_names)
+    unless: tuple[str, ...] = field(default=(), converter=_names)
+    effects: tuple[str, ...] = field(default=(), converter=_names)
 
 
 def build_machine(
@@ -82,9 +86,9 @@ SAGA_LIFECYCLE: tuple[TransitionRow, ...] = (
         for trigger in ("step_failed", "step_timed_out")
         for row in (
             TransitionRow(trigger, _R, _R, conditions=["may_retry"], unless=["cancel_requested"]),
+            TransitionRow(trigger, _R, _R, conditions=["past_pivot"]),
             TransitionRow(trigger, _R, _C, unless=["past_pivot"]),
             TransitionRow(trigger, _R, _UNDONE, unless=["past_pivot"]),
-            TransitionRow(trigger, _R, _FAILED, conditions=["past_pivot"]),
         )
     ),
     TransitionRow("retry_due", _R, _R, conditions=["awaiting_retry"]),
@@ -102,7 +106,6 @@ SAGA_LIFECYCLE: tuple[TransitionRow, ...] = (
         )
     ),
     TransitionRow("retry_due", _C, _C, conditions=["awaiting_retry"]),
-    TransitionRow("retry", _FAILED, _R, conditions=["parked_here"]),
     TransitionRow("retry", _FAILED, _C, conditions=["parked_here"]),
 )
 
@@ -133,7 +136,7 @@ STEP_LIFECYCLE: tuple[TransitionRow, ...] = (
 class StepModel:
     """The model a step record is moved through the step Machine with."""
 
-    __slots__ = ("state", "attempts_left_flag")
+    __slots__ = ("attempts_left_flag", "state")
 
     def __init__(self, state: str, attempts_left: bool) -> None:
         self.state = state

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from attrs import evolve, field, frozen
 
 
-class SagaStatus(str, Enum):
+class SagaStatus(StrEnum):
     """The generic saga lifecycle. A flow state is ``status`` or ``status:step``."""
 
     PENDING = "pending"
@@ -23,7 +24,7 @@ class SagaStatus(str, Enum):
 TERMINAL_STATUSES = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
 
 
-class StepStatus(str, Enum):
+class StepStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -47,7 +48,11 @@ class ErrorInfo:
     @classmethod
     def from_exception(cls, exc: BaseException, *, retryable: bool) -> ErrorInfo:
         kind = type(exc)
-        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
         return cls(name, str(exc), retryable)
 
     def __str__(self) -> str:
@@ -69,6 +74,10 @@ class StepRecord:
     deadline: datetime | None = None
 
 
+def _records(values: Iterable[StepRecord]) -> tuple[StepRecord, ...]:
+    return tuple(values)
+
+
 def split_state(state: str) -> tuple[SagaStatus, str | None]:
     """``"running:charge"`` -> ``(SagaStatus.RUNNING, "charge")``."""
     status, _, step = state.partition(":")
@@ -83,7 +92,7 @@ class Snapshot:
     definition: str
     definition_version: int
     state: str
-    steps: tuple[StepRecord, ...] = field(converter=tuple)
+    steps: tuple[StepRecord, ...] = field(converter=_records)
     data: dict[str, Any]
     created_at: datetime
     updated_at: datetime

@@ -1,2 +1,5 @@
-def main() -> None:
-    raise SystemExit(0)
+"""The ``saga-fsm`` command line."""
+
+from saga_fsm.cli._app import main
+
+__all__ = ["main"]

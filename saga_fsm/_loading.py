@@ -1,0 +1,278 @@
+"""Definitions from files (TOML, YAML, JSON) and from references.
+
+A reference is ``package.module:attribute`` (attribute may be dotted). A file's actions,
+compensations and non-retryable exception types are references; the file is read through
+saga_fsm's own cattrs Converter, which refuses unknown keys and mistyped values.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import yaml
+from attrs import frozen
+from cattrs.v import format_exception
+
+from saga_fsm._definition import (
+    DEFAULT_COMPENSATION_RETRY,
+    DEFAULT_RETRY,
+    UNLIMITED_RETRY,
+    RetryPolicy,
+    SagaDefinition,
+    Step,
+    StepKind,
+)
+from saga_fsm._errors import DefinitionError, InvalidReference
+
+_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_FILE_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
+
+
+def resolve_reference(ref: str) -> Any:
+    """Import ``package.module:attribute`` and return the attribute."""
+    if not isinstance(ref, str) or not _REF.match(ref):
+        raise InvalidReference(f"{ref!r} is not a reference of the form package.module:attribute")
+    module_name, _, attr_path = ref.partition(":")
+    try:
+        value: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise InvalidReference(f"cannot import module {module_name!r} for {ref!r}: {err}") from None
+    for part in attr_path.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise InvalidReference(
+                f"{ref!r}: module {module_name!r} has no {attr_path!r}"
+            ) from None
+    return value
+
+
+# -- the file format --------------------------------------------------------------------
+
+
+@frozen
+class _RetrySpec:
+    max_attempts: int | None = 3
+    initial_interval: float = 1.0
+    backoff_coefficient: float = 2.0
+    max_interval: float = 60.0
+    jitter: float = 0.0
+    non_retryable: tuple[str, ...] = ()
+
+
+@frozen
+class _StepSpec:
+    name: str
+    action: str | None = None
+    compensation: str | None = None
+    kind: StepKind = StepKind.COMPENSABLE
+    retry: _RetrySpec | None = None
+    compensation_retry: _RetrySpec | None = None
+    timeout: float | None = None
+    compensation_timeout: float | None = None
+    read_only: bool = False
+
+
+@frozen
+class _SagaSpec:
+    name: str
+    steps: tuple[_StepSpec, ...]
+    version: int = 1
+    description: str = ""
+
+
+def _strict(kind: type, accepts: tuple[type, ...]) -> Any:
+    def structure(value: Any, _type: Any) -> Any:
+        if isinstance(value, bool) and kind is not bool:
+            raise TypeError(f"expected {kind.__name__}, got a boolean")
+        if not isinstance(value, accepts):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return kind(value)
+
+    return structure
+
+
+definition_converter = cattrs.Converter(forbid_extra_keys=True)
+definition_converter.register_structure_hook(bool, _strict(bool, (bool,)))
+definition_converter.register_structure_hook(int, _strict(int, (int,)))
+definition_converter.register_structure_hook(float, _strict(float, (int, float)))
+definition_converter.register_structure_hook(str, _strict(str, (str,)))
+
+
+def _kind(value: Any, _type: Any) -> StepKind:
+    try:
+        return StepKind(value)
+    except ValueError:
+        choices = ", ".join(k.value for k in StepKind)
+        raise ValueError(f"unknown kind {value!r} (one of: {choices})") from None
+
+
+# Registered after ``str``: StepKind is a str subclass and would otherwise be a plain str.
+definition_converter.register_structure_hook(StepKind, _kind)
+
+
+def _format_exception(exc: BaseException, type_: Any) -> str:
+    # Our hooks raise ValueError/TypeError with the precise reason: keep it.
+    if isinstance(exc, (ValueError, TypeError)) and str(exc):
+        return str(exc)
+    return format_exception(exc, type_)
+
+
+_PATH_ROW = re.compile(r"\$\.steps\[(\d+)\](?:\.([A-Za-z_]+))?")
+
+
+def _field_error(message: str, source: str, raw_steps: Any) -> DefinitionError:
+    text, _, path = message.rpartition(" @ ")
+    match = _PATH_ROW.match(path)
+    if match is None:
+        field = path.removeprefix("$.").split(".")[0] or None
+        return DefinitionError(text or message, field=field, source=source)
+    row = int(match.group(1))
+    name = None
+    if isinstance(raw_steps, list) and row < len(raw_steps) and isinstance(raw_steps[row], dict):
+        name = raw_steps[row].get("name")
+    field = match.group(2)
+    rest = path[match.end() :].lstrip(".")
+    if field and rest:
+        field = f"{field}.{rest}"
+    return DefinitionError(text, row=row, step=name, field=field, source=source)
+
+
+def _retry(spec: _RetrySpec | None, raw: Any, default: RetryPolicy) -> RetryPolicy:
+    """The policy a file's table describes; an omitted ``max_attempts`` keeps the
+    default for the step's kind (three, unlimited for retriable steps)."""
+    if spec is None:
+        return default
+    types = []
+    for ref in spec.non_retryable:
+        value = _resolve_field(ref, "non_retryable")
+        if not (isinstance(value, type) and issubclass(value, BaseException)):
+            raise InvalidReference(f"{ref!r} is not an exception type", field="non_retryable")
+        types.append(value)
+    values = attrs.asdict(spec, recurse=False)
+    values["non_retryable"] = tuple(types)
+    if not (isinstance(raw, dict) and "max_attempts" in raw):
+        values["max_attempts"] = default.max_attempts
+    return RetryPolicy(**values)
+
+
+def _resolve_field(ref: str, field: str) -> Any:
+    try:
+        return resolve_reference(ref)
+    except InvalidReference as err:
+        raise InvalidReference(err.reason, field=field) from None
+
+
+def _callable(ref: str | None, field: str) -> Any:
+    if ref is None:
+        return None
+    value = _resolve_field(ref, field)
+    if not callable(value):
+        raise InvalidReference(f"{ref!r} is not callable", field=field)
+    return value
+
+
+def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefinition:
+    """Build a definition from parsed file content. Errors name the step row and field."""
+    if not isinstance(raw, dict):
+        raise DefinitionError(
+            f"expected a table/object at the top, got {type(raw).__name__}", source=source
+        )
+    raw_steps: Any = raw.get("steps")
+    try:
+        spec = definition_converter.structure(raw, _SagaSpec)
+    except cattrs.BaseValidationError as err:
+        messages = cattrs.transform_error(err, format_exception=_format_exception)
+        raise _field_error(messages[0], source, raw_steps) from None
+    steps = []
+    for row, step_spec in enumerate(spec.steps):
+        raw_step = raw_steps[row]
+        forward_default = UNLIMITED_RETRY if step_spec.kind is StepKind.RETRIABLE else DEFAULT_RETRY
+        try:
+            steps.append(
+                Step(
+                    step_spec.name,
+                    _callable(step_spec.action, "action"),
+                    _callable(step_spec.compensation, "compensation"),
+                    kind=step_spec.kind,
+                    retry=_retry(step_spec.retry, raw_step.get("retry"), forward_default),
+                    compensation_retry=_retry(
+                        step_spec.compensation_retry,
+                        raw_step.get("compensation_retry"),
+                        DEFAULT_COMPENSATION_RETRY,
+                    ),
+                    timeout=step_spec.timeout,
+                    compensation_timeout=step_spec.compensation_timeout,
+                    read_only=step_spec.read_only,
+                )
+            )
+        except DefinitionError as err:
+            error_type = InvalidReference if isinstance(err, InvalidReference) else DefinitionError
+            raise error_type(
+                err.reason, row=row, step=step_spec.name, field=err.field, source=source
+            ) from None
+    try:
+        return SagaDefinition(
+            spec.name, tuple(steps), version=spec.version, description=spec.description
+        )
+    except DefinitionError as err:
+        raise DefinitionError(
+            err.reason, row=err.row, step=err.step, field=err.field, source=source
+        ) from None
+
+
+def load_definition_file(path: str | Path) -> SagaDefinition:
+    """Read a TOML, YAML or JSON definition file."""
+    path = Path(path)
+    source = str(path)
+    suffix = path.suffix.lower()
+    if suffix not in _FILE_SUFFIXES:
+        raise DefinitionError(
+            f"unknown file type {suffix!r}: use .toml, .yaml, .yml or .json", source=source
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise DefinitionError(f"cannot read file: {err.strerror}", source=source) from None
+    try:
+        if suffix == ".toml":
+            raw: Any = tomllib.loads(text)
+        elif suffix == ".json":
+            raw = json.loads(text)
+        else:
+            raw = yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
+        reason = str(err).splitlines()[0]
+        raise DefinitionError(f"malformed {suffix[1:].upper()}: {reason}", source=source) from None
+    return definition_from_mapping(raw, source=source)
+
+
+def load_definition(ref: str) -> SagaDefinition:
+    """A definition from a file path, ``package.module:attribute``, or ``package.module``
+    when that module holds exactly one ``SagaDefinition``."""
+    if ref.lower().endswith(_FILE_SUFFIXES) or Path(ref).is_file():
+        return load_definition_file(ref)
+    if ":" in ref:
+        value = resolve_reference(ref)
+        if not isinstance(value, SagaDefinition):
+            raise InvalidReference(f"{ref!r} is a {type(value).__name__}, not a SagaDefinition")
+        return value
+    if not re.match(r"^[A-Za-z_][\w.]*$", ref):
+        raise InvalidReference(f"{ref!r} is neither a definition file nor a module reference")
+    try:
+        module = importlib.import_module(ref)
+    except ImportError as err:
+        raise InvalidReference(f"cannot import module {ref!r}: {err}") from None
+    found = {id(v): v for v in vars(module).values() if isinstance(v, SagaDefinition)}
+    if len(found) != 1:
+        raise InvalidReference(
+            f"module {ref!r} holds {len(found)} saga definitions; name one as {ref}:attribute"
+        )
+    return next(iter(found.values()))

@@ -1,0 +1,90 @@
+"""The click group, shared options and the error policy: bad input gets one line on
+stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from saga_fsm._errors import SagaError
+from saga_fsm.stores import open_store
+from saga_fsm.stores.url import store_url_from_env
+
+T = TypeVar("T")
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageProblem(click.ClickException):
+    """Bad input: one line, exit 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"saga-fsm: error: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (SagaError, ValueError, OSError) as err:
+            raise UsageProblem(
+                str(err).splitlines()[0] if str(err) else type(err).__name__
+            ) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="saga-fsm")
+def main() -> None:
+    """saga_fsm: sagas as explicit state machines."""
+
+
+def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--store",
+        "store_url",
+        default=None,
+        metavar="URL",
+        help="memory://, sqlite:///path.db or postgresql://… (default: $SAGA_FSM_STORE,"
+        " else sqlite:///saga_fsm.db).",
+    )(func)
+
+
+def resolve_store_url(store_url: str | None) -> str:
+    return store_url or store_url_from_env()
+
+
+def run_async(make: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(make())  # type: ignore[arg-type]
+
+
+def parse_json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageProblem(f"{option} is not valid JSON: {err.msg} at position {err.pos}") from None
+    if not isinstance(value, dict):
+        raise UsageProblem(f"{option} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def exit_with(code: int) -> None:
+    sys.exit(code)
+
+
+__all__ = ["main", "open_store"]
+
+# Register the commands (each module adds its own to ``main``).
+from saga_fsm.cli import _demo, _inspect, _run  # noqa: E402
+
+del _demo, _inspect, _run

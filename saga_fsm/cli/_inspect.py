@@ -1,0 +1,96 @@
+"""``ls``, ``show``, ``history``: read-only views of a store."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from saga_fsm._codec import history_to_dict, snapshot_to_dict
+from saga_fsm._snapshot import HistoryEntry, Snapshot
+from saga_fsm.cli._app import echo_json, main, resolve_store_url, run_async, store_option
+from saga_fsm.cli._render import console, print_history, print_snapshot, state_text
+from saga_fsm.stores import open_store
+
+
+def summary(snapshot: Snapshot) -> dict[str, object]:
+    return {
+        "id": snapshot.saga_id,
+        "definition": snapshot.definition,
+        "definition_version": snapshot.definition_version,
+        "state": snapshot.state,
+        "correlation_id": snapshot.correlation_id,
+        "created_at": snapshot.created_at.isoformat(),
+        "updated_at": snapshot.updated_at.isoformat(),
+        "version": snapshot.version,
+    }
+
+
+@main.command("ls")
+@store_option
+@click.option("--state", default=None, help="A status (running) or a whole state (running:charge).")
+@click.option("--definition", default=None, help="Only sagas of this definition name.")
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+def list_sagas(
+    store_url: str | None,
+    state: str | None,
+    definition: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """List saga instances, oldest first."""
+
+    async def fetch() -> list[Snapshot]:
+        async with open_store(resolve_store_url(store_url)) as store:
+            return await store.list(state=state, definition=definition, limit=limit)
+
+    snapshots = run_async(fetch)
+    if as_json:
+        echo_json([summary(s) for s in snapshots])
+        return
+    table = Table("id", "definition", "state", "updated")
+    for s in snapshots:
+        table.add_row(
+            s.saga_id,
+            f"{s.definition} v{s.definition_version}",
+            state_text(s.state),
+            s.updated_at.isoformat(timespec="seconds"),
+        )
+    console.print(table)
+    console.print(f"{len(snapshots)} saga(s)")
+
+
+@main.command("show")
+@click.argument("saga_id")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
+def show(saga_id: str, store_url: str | None, as_json: bool) -> None:
+    """Show one saga's snapshot."""
+
+    async def fetch() -> Snapshot:
+        async with open_store(resolve_store_url(store_url)) as store:
+            return await store.load(saga_id)
+
+    snapshot = run_async(fetch)
+    if as_json:
+        echo_json(snapshot_to_dict(snapshot))
+    else:
+        print_snapshot(snapshot)
+
+
+@main.command("history")
+@click.argument("saga_id")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the transitions as a JSON array.")
+def history(saga_id: str, store_url: str | None, as_json: bool) -> None:
+    """Show one saga's transitions, oldest first."""
+
+    async def fetch() -> list[HistoryEntry]:
+        async with open_store(resolve_store_url(store_url)) as store:
+            return await store.history(saga_id)
+
+    entries = run_async(fetch)
+    if as_json:
+        echo_json([history_to_dict(e) for e in entries])
+    else:
+        print_history(entries)

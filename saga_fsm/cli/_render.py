@@ -1,0 +1,63 @@
+"""Rich tables for snapshots and histories."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from saga_fsm._snapshot import HistoryEntry, Snapshot
+
+console = Console()
+
+_STATE_STYLE = {
+    "completed": "green",
+    "compensated": "yellow",
+    "failed": "bold red",
+    "running": "cyan",
+    "compensating": "magenta",
+    "pending": "dim",
+}
+
+
+def state_text(state: str) -> str:
+    style = _STATE_STYLE.get(state.partition(":")[0], "")
+    return f"[{style}]{state}[/]" if style else state
+
+
+def print_snapshot(snapshot: Snapshot) -> None:
+    console.print(
+        f"saga [bold]{snapshot.saga_id}[/]  {snapshot.definition} v{snapshot.definition_version}"
+        f"  state {state_text(snapshot.state)}  version {snapshot.version}"
+    )
+    if snapshot.correlation_id:
+        console.print(f"correlation id: {snapshot.correlation_id}")
+    if snapshot.failure:
+        console.print(f"failure: {snapshot.failure}")
+    if snapshot.wake_at:
+        console.print(f"wake at: {snapshot.wake_at.isoformat()}")
+    table = Table("step", "status", "attempts", "undo attempts", "error")
+    for record in snapshot.steps:
+        table.add_row(
+            record.name,
+            record.status.value,
+            str(record.attempts),
+            str(record.compensation_attempts),
+            str(record.error) if record.error else "",
+        )
+    console.print(table)
+    console.print_json(data=snapshot.data)
+
+
+def print_history(entries: list[HistoryEntry]) -> None:
+    table = Table("#", "at", "trigger", "from", "to", "detail")
+    for n, entry in enumerate(entries, 1):
+        detail = ", ".join(f"{k}={v}" for k, v in entry.detail.items())
+        table.add_row(
+            str(n),
+            entry.at.isoformat(timespec="milliseconds"),
+            entry.trigger,
+            entry.from_state,
+            state_text(entry.to_state),
+            detail,
+        )
+    console.print(table)

@@ -1,0 +1,1 @@
+"""Example sagas, importable by reference (``saga_fsm.examples.order_fulfillment``)."""
