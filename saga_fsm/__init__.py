@@ -63,12 +63,12 @@ from saga_fsm.stores import (
 )
 
 __all__ = [
-    "DEFAULT_STORE_URL",
     "Action",
     "Clock",
     "Command",
     "CompiledSaga",
     "ConcurrencyConflict",
+    "DEFAULT_STORE_URL",
     "Decision",
     "DefinitionError",
     "ErrorInfo",

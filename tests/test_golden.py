@@ -1,0 +1,87 @@
+"""Golden files guard the storage format: a change here breaks stored sagas."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from saga_fsm import ErrorInfo, Snapshot, SnapshotDecodeError, StepRecord, StepStatus
+from saga_fsm._codec import snapshot_from_json, snapshot_to_dict
+
+GOLDEN = Path(__file__).parent / "golden" / "snapshot_v1.json"
+T = datetime(2026, 5, 4, 3, 2, 1, 123456, tzinfo=UTC)
+
+
+def golden_snapshot() -> Snapshot:
+    return Snapshot(
+        saga_id="0b7e2c52-golden",
+        definition="order_fulfillment",
+        definition_version=1,
+        state="compensating:reserve_inventory",
+        steps=(
+            StepRecord(
+                "reserve_inventory",
+                StepStatus.COMPENSATING,
+                1,
+                1,
+                {"reservation_id": "r-1"},
+                None,
+                T,
+                T,
+                T,
+            ),
+            StepRecord(
+                "process_payment",
+                StepStatus.FAILED,
+                3,
+                0,
+                None,
+                ErrorInfo("saga_fsm.StepFailed", "card declined", retryable=False),
+                T,
+                T,
+                None,
+            ),
+            StepRecord("create_shipment", StepStatus.SKIPPED),
+            StepRecord("send_confirmation", StepStatus.SKIPPED),
+        ),
+        data={
+            "order_id": "o-1",
+            "amount": 30,
+            "lines": [{"sku": "a", "qty": 2}],
+            "reservation_id": "r-1",
+        },
+        created_at=T,
+        updated_at=T,
+        correlation_id="o-1",
+        idempotency_key="start-o-1",
+        version=7,
+        wake_at=T,
+        lease_owner="worker-1",
+        lease_expires_at=T,
+        cancel_requested=False,
+        parked_at=None,
+        failure=ErrorInfo("saga_fsm.StepFailed", "card declined", retryable=False),
+    )
+
+
+def test_encoding_matches_the_golden_file() -> None:
+    expected = json.loads(GOLDEN.read_text())
+    assert snapshot_to_dict(golden_snapshot()) == expected, (
+        "the snapshot encoding changed: bump SCHEMA_VERSION, keep reading version 1, and add a new golden file"
+    )
+
+
+def test_golden_file_decodes() -> None:
+    assert snapshot_from_json(GOLDEN.read_text()) == golden_snapshot()
+
+
+def test_unknown_schema_version_is_refused_naming_the_saga() -> None:
+    body = json.loads(GOLDEN.read_text())
+    body["schema_version"] = 99
+    with pytest.raises(SnapshotDecodeError, match="0b7e2c52-golden.*schema_version 99"):
+        snapshot_from_json(json.dumps(body))
+    with pytest.raises(SnapshotDecodeError, match="not JSON"):
+        snapshot_from_json("{", saga_id="x")
