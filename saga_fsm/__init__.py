@@ -35,6 +35,7 @@ from saga_fsm._errors import (
     InvalidReference,
     InvalidStoreURL,
     SagaError,
+    SagaLeased,
     SagaNotFound,
     SnapshotDecodeError,
     StepFailed,
@@ -53,6 +54,7 @@ from saga_fsm._snapshot import (
     StepRecord,
     StepStatus,
 )
+from saga_fsm._worker import Worker
 from saga_fsm.stores import (
     DEFAULT_STORE_URL,
     MemoryStore,
@@ -87,6 +89,7 @@ __all__ = [
     "SagaBuilder",
     "SagaDefinition",
     "SagaError",
+    "SagaLeased",
     "SagaNotFound",
     "SagaStatus",
     "ScheduleWake",
@@ -105,6 +108,7 @@ __all__ = [
     "TransitionNotAllowed",
     "TransitionRow",
     "UnknownDefinition",
+    "Worker",
     "compile_saga",
     "decide",
     "idempotency_key",

@@ -98,6 +98,16 @@ class SagaNotFound(SagaError, KeyError):
         return f"no saga with id {self.saga_id!r}"
 
 
+class SagaLeased(SagaError):
+    """Another worker holds this saga's lease: it is being driven elsewhere."""
+
+    def __init__(self, saga_id: str, owner: str, until: object) -> None:
+        self.saga_id = saga_id
+        self.owner = owner
+        self.until = until
+        super().__init__(f"saga {saga_id} is being run by worker {owner!r} (lease until {until})")
+
+
 class StoreError(SagaError):
     """The store could not be reached or refused an operation (wraps driver errors)."""
 

@@ -1,15 +1,20 @@
-"""The asyncio engine: loads snapshots, asks the core what to do, persists each
+"""The asyncio engine: leases a saga, asks the core what to do, persists each
 transition, then acts. Recovery is the same loop: load, decide again, act."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
 import logging
+import os
+import socket
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
+
+from attrs import evolve
 
 from saga_fsm._clock import Clock, SystemClock
 from saga_fsm._codec import dumps
@@ -27,21 +32,36 @@ from saga_fsm._core import (
 from saga_fsm._definition import Action, RetryPolicy, SagaDefinition, StepContext
 from saga_fsm._errors import ConcurrencyConflict, SagaError, StepFailed, TransitionNotAllowed
 from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
+from saga_fsm._invoke import invoke, result_problem
 from saga_fsm._snapshot import ErrorInfo, Snapshot
 from saga_fsm.stores._protocol import SnapshotStore
 
 log = logging.getLogger("saga_fsm")
 
 _CONFLICT_RETRIES = 5
+DEFAULT_LEASE_SECONDS = 30.0
 
 
 class UnknownDefinition(SagaError, LookupError):
-    """A snapshot names a definition (name, version) this orchestrator was not given."""
+    """A snapshot names a definition (name, version) this orchestrator cannot find."""
 
-    def __init__(self, name: str, version: int) -> None:
+    def __init__(self, name: str, version: int, why: str = "") -> None:
         self.name = name
         self.version = version
-        super().__init__(f"no definition {name!r} version {version} is registered")
+        super().__init__(
+            f"no definition {name!r} version {version} is registered" + (f": {why}" if why else "")
+        )
+
+
+class _LeaseLost(Exception):
+    """Another writer took the saga: this worker must stop driving it."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Orchestrator:
@@ -51,6 +71,10 @@ class Orchestrator:
     idempotency key) before its action is called, and a crash before the result is
     persisted means the action runs again with the same key. State transitions happen
     exactly once. Participants deduplicate on ``StepContext.idempotency_key``.
+
+    While it drives a saga the orchestrator holds the saga's lease (``worker_id``, renewed
+    every third of ``lease_seconds``); a saga whose lease expired is taken over by any
+    worker, and every takeover bumps the version so the old holder can no longer write.
     """
 
     def __init__(
@@ -59,9 +83,15 @@ class Orchestrator:
         definitions: Iterable[SagaDefinition] = (),
         *,
         clock: Clock | None = None,
+        worker_id: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
         self.store = store
         self.clock: Clock = clock or SystemClock()
+        self.worker_id = worker_id or default_worker_id()
+        self.lease_seconds = lease_seconds
         self._definitions: dict[tuple[str, int], CompiledSaga] = {}
         for definition in definitions:
             self.register(definition)
@@ -80,10 +110,24 @@ class Orchestrator:
         return compiled
 
     def compiled_for(self, snapshot: Snapshot) -> CompiledSaga:
-        compiled = self._definitions.get((snapshot.definition, snapshot.definition_version))
-        if compiled is None:
-            raise UnknownDefinition(snapshot.definition, snapshot.definition_version)
-        return compiled
+        """The registered definition of a snapshot, else the one its ``definition_ref``
+        names (checked for name and version)."""
+        key = (snapshot.definition, snapshot.definition_version)
+        compiled = self._definitions.get(key)
+        if compiled is not None:
+            return compiled
+        if snapshot.definition_ref is None:
+            raise UnknownDefinition(*key, "the saga records no definition_ref to load it from")
+        from saga_fsm._loading import load_definition
+
+        definition = load_definition(snapshot.definition_ref)
+        if (definition.name, definition.version) != key:
+            raise UnknownDefinition(
+                *key,
+                f"{snapshot.definition_ref} now holds {definition.name!r}"
+                f" version {definition.version}",
+            )
+        return self.register(definition)
 
     # -- public operations ----------------------------------------------------------------
     async def start(
@@ -94,13 +138,98 @@ class Orchestrator:
         saga_id: str | None = None,
         correlation_id: str | None = None,
         idempotency_key: str | None = None,
+        definition_ref: str | None = None,
     ) -> Snapshot:
-        """Persist a new ``pending`` instance without running it. With an
+        """Persist a new ``pending`` instance for a worker to run. With an
         ``idempotency_key`` already in the store, return that instance instead."""
+        snapshot = self._new(definition, data, saga_id, correlation_id, idempotency_key)
+        stored, _created = await self.store.create(evolve(snapshot, definition_ref=definition_ref))
+        return stored
+
+    async def run(
+        self,
+        definition: SagaDefinition,
+        data: Mapping[str, Any] | None = None,
+        *,
+        saga_id: str | None = None,
+        correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Snapshot:
+        """Start an instance and drive it here until it is finished or parked."""
+        snapshot = self._new(definition, data, saga_id, correlation_id, idempotency_key)
+        # Created already leased to us, so no worker races this process for it.
+        leased = evolve(
+            snapshot, lease_owner=self.worker_id, lease_expires_at=self._lease_expiry()
+        )
+        stored, created = await self.store.create(leased)
+        if not created:
+            return await self.resume(stored.saga_id)
+        return await self.drive(stored)
+
+    async def resume(self, saga_id: str) -> Snapshot:
+        """Take the saga's lease (``SagaLeased`` if a live worker holds it) and drive it
+        from its last snapshot until it is finished or parked, waiting out back-offs."""
+        snapshot = await self.store.acquire(
+            saga_id, self.worker_id, now=self.clock.now(), lease_seconds=self.lease_seconds
+        )
+        return await self.drive(snapshot)
+
+    async def cancel(self, saga_id: str) -> Snapshot:
+        """Ask a saga to compensate. Refused (``TransitionNotAllowed``) past the pivot or
+        once finished. A step in flight finishes first; then its work is undone too.
+        The lease is left as it is: whoever drives the saga carries on compensating."""
+        return await self._operator(saga_id, Event.cancel(self.clock.now()))
+
+    async def retry(self, saga_id: str) -> Snapshot:
+        """Resume a saga parked in ``failed`` where it gave up, with a fresh attempt budget."""
+        return await self._operator(saga_id, Event.retry(self.clock.now()))
+
+    async def drive(self, snapshot: Snapshot, *, max_hold: float = float("inf")) -> Snapshot:
+        """Drive a saga whose lease this orchestrator holds. A retry back-off longer than
+        ``max_hold`` seconds is not waited out here: the lease is released with the
+        wake-up time stored, and whichever worker is free then picks the saga up."""
+        compiled = self.compiled_for(snapshot)
+        renewal = asyncio.create_task(self._keep_lease(snapshot.saga_id))
+        try:
+            if snapshot.state == PENDING:
+                snapshot, commands = await self._apply(
+                    compiled, snapshot, Event.start(self.clock.now()), max_hold
+                )
+            else:
+                commands = outstanding(compiled, snapshot)
+            while True:
+                event = await self._act(compiled, snapshot, commands, max_hold)
+                if event is None:
+                    return snapshot
+                snapshot, commands = await self._apply(compiled, snapshot, event, max_hold)
+        except _LeaseLost as lost:
+            log.warning("saga %s: lease lost to %s", snapshot.saga_id, lost.snapshot.lease_owner)
+            return lost.snapshot
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+            if snapshot.lease_owner == self.worker_id:
+                # Interrupted (shutdown, store outage): let another worker take over now.
+                with contextlib.suppress(SagaError):
+                    await self.store.release(snapshot.saga_id, self.worker_id)
+
+    # -- internals ------------------------------------------------------------------------
+    def _new(
+        self,
+        definition: SagaDefinition,
+        data: Mapping[str, Any] | None,
+        saga_id: str | None,
+        correlation_id: str | None,
+        idempotency_key: str | None,
+    ) -> Snapshot:
         self.register(definition)
         payload = dict(data or {})
-        dumps(payload)  # not JSON-serialisable: fail here, before anything is written
-        snapshot = new_snapshot(
+        try:
+            dumps(payload)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"saga data must be JSON-serialisable: {err}") from None
+        return new_snapshot(
             definition,
             saga_id or str(uuid.uuid4()),
             payload,
@@ -108,97 +237,96 @@ class Orchestrator:
             correlation_id=correlation_id,
             idempotency_key=idempotency_key,
         )
-        stored, _created = await self.store.create(snapshot)
-        return stored
 
-    async def run(
-        self,
-        definition: SagaDefinition,
-        data: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> Snapshot:
-        """Start an instance and drive it until it is finished or parked."""
-        snapshot = await self.start(definition, data, **options)
-        return await self.resume(snapshot.saga_id)
+    def _lease_expiry(self) -> Any:
+        return self.clock.now() + timedelta(seconds=self.lease_seconds)
 
-    async def resume(self, saga_id: str) -> Snapshot:
-        """Drive an existing instance from its last snapshot until it is finished,
-        parked in ``failed``, or has nothing to do."""
-        snapshot = await self.store.load(saga_id)
-        compiled = self.compiled_for(snapshot)
-        if snapshot.state == PENDING:
-            snapshot, commands = await self._apply(
-                compiled, snapshot, Event.start(self.clock.now())
-            )
-        else:
-            commands = outstanding(compiled, snapshot)
+    async def _keep_lease(self, saga_id: str) -> None:
         while True:
-            event = await self._act(compiled, snapshot, commands)
-            if event is None:
-                return snapshot
-            snapshot, commands = await self._apply(compiled, snapshot, event)
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                held = await self.store.renew(
+                    saga_id, self.worker_id, expires_at=self._lease_expiry()
+                )
+            except SagaError as err:
+                log.warning("saga %s: lease renewal failed: %s", saga_id, err)
+                continue
+            if not held:
+                log.warning("saga %s: lease no longer held by %s", saga_id, self.worker_id)
+                return
 
-    async def cancel(self, saga_id: str) -> Snapshot:
-        """Ask a saga to compensate. Refused (``TransitionNotAllowed``) past the pivot or
-        once finished. A step in flight finishes first; then its work is undone too."""
-        return await self._operator(saga_id, Event.cancel(self.clock.now()))
-
-    async def retry(self, saga_id: str) -> Snapshot:
-        """Resume a saga parked in ``failed`` where it gave up, with a fresh attempt budget."""
-        return await self._operator(saga_id, Event.retry(self.clock.now()))
-
-    # -- internals ------------------------------------------------------------------------
     async def _operator(self, saga_id: str, event: Event) -> Snapshot:
         snapshot = await self.store.load(saga_id)
-        snapshot, _ = await self._apply(self.compiled_for(snapshot), snapshot, event)
-        return snapshot
-
-    async def _apply(
-        self, compiled: CompiledSaga, snapshot: Snapshot, event: Event
-    ) -> tuple[Snapshot, tuple[Command, ...]]:
-        """Decide and persist; on a lost race, load the winner's snapshot and decide again."""
+        compiled = self.compiled_for(snapshot)
         for _ in range(_CONFLICT_RETRIES):
             decision = decide(compiled, snapshot, event)
             try:
-                saved = await self.store.save(
+                # The lease fields are saved as loaded: an operator does not drive.
+                return await self.store.save(
                     decision.snapshot, decision.history, expected_version=snapshot.version
                 )
             except ConcurrencyConflict:
+                snapshot = await self.store.load(saga_id)
+        raise ConcurrencyConflict(saga_id, snapshot.version, None)
+
+    async def _apply(
+        self, compiled: CompiledSaga, snapshot: Snapshot, event: Event, max_hold: float
+    ) -> tuple[Snapshot, tuple[Command, ...]]:
+        """Decide and persist (renewing or releasing the lease in the same write); on a
+        lost race, load the winner's snapshot and decide again if the lease is ours."""
+        for _ in range(_CONFLICT_RETRIES):
+            decision = decide(compiled, snapshot, event)
+            release = decision.snapshot.is_terminal or any(
+                isinstance(c, ScheduleWake)
+                and (c.at - self.clock.now()).total_seconds() > max_hold
+                for c in decision.commands
+            )
+            decided = evolve(
+                decision.snapshot,
+                lease_owner=None if release else self.worker_id,
+                lease_expires_at=None if release else self._lease_expiry(),
+            )
+            try:
+                saved = await self.store.save(
+                    decided, decision.history, expected_version=snapshot.version
+                )
+            except ConcurrencyConflict:
                 snapshot = await self.store.load(snapshot.saga_id)
+                if snapshot.lease_owner != self.worker_id:
+                    raise _LeaseLost(snapshot) from None
                 try:
                     decide(compiled, snapshot, event)
                 except TransitionNotAllowed:
-                    # The winner already moved past this event: carry on from its state.
+                    # An operator's write already moved past this event: carry on.
                     return snapshot, outstanding(compiled, snapshot)
                 continue
-            return saved, decision.commands
+            return saved, () if release and not saved.is_terminal else decision.commands
         raise ConcurrencyConflict(snapshot.saga_id, snapshot.version, None)
 
     async def _act(
-        self, compiled: CompiledSaga, snapshot: Snapshot, commands: tuple[Command, ...]
+        self,
+        compiled: CompiledSaga,
+        snapshot: Snapshot,
+        commands: tuple[Command, ...],
+        max_hold: float,
     ) -> Event | None:
         for command in commands:
             if isinstance(command, Finish):
                 return None
             if isinstance(command, ScheduleWake):
                 delay = (command.at - self.clock.now()).total_seconds()
+                if delay > max_hold:
+                    return None
                 await self.clock.sleep(delay)
                 return Event.retry_due(self.clock.now())
             step = compiled.definition.steps[compiled.step_index[command.step]]
             if isinstance(command, RunStep):
                 assert step.action is not None
-                return await self._call(
-                    snapshot, command, step.action, step.retry, step.timeout, "step"
-                )
+                return await self._call(snapshot, command, step.action, step.retry, "step")
             if isinstance(command, RunCompensation):
                 assert step.compensation is not None
                 return await self._call(
-                    snapshot,
-                    command,
-                    step.compensation,
-                    step.compensation_retry,
-                    step.compensation_timeout,
-                    "compensation",
+                    snapshot, command, step.compensation, step.compensation_retry, "compensation"
                 )
         return None
 
@@ -208,7 +336,6 @@ class Orchestrator:
         command: RunStep | RunCompensation,
         fn: Action,
         policy: RetryPolicy,
-        timeout: float | None,
         phase: str,
     ) -> Event:
         ctx = StepContext(
@@ -230,9 +357,16 @@ class Orchestrator:
                 **fields,
             )
 
+        # The deadline is stored: after a takeover only the time left is granted, and a
+        # step whose deadline passed while no worker watched it has timed out.
+        timeout = None
+        if command.deadline is not None:
+            timeout = (command.deadline - self.clock.now()).total_seconds()
+            if timeout <= 0:
+                return event("timed_out")
         try:
             async with asyncio.timeout(timeout) as deadline:
-                result = await _invoke(fn, ctx)
+                result = await invoke(fn, ctx)
         except TimeoutError:
             if deadline.expired():
                 log.warning("saga %s: %s %s timed out", snapshot.saga_id, phase, command.step)
@@ -244,37 +378,12 @@ class Orchestrator:
             retryable = not isinstance(err, policy.non_retryable)
             log.info("saga %s: %s %s raised %r", snapshot.saga_id, phase, command.step, err)
             return event("failed", error=ErrorInfo.from_exception(err, retryable=retryable))
-        problem = _result_problem(result)
+        problem = result_problem(result)
         if problem is not None:
             return event("failed", error=ErrorInfo("InvalidResult", problem, retryable=False))
         if phase == "compensation":
             return event("succeeded")
         return event("succeeded", result=dict(result) if result else None)
-
-
-async def _invoke(fn: Action, ctx: StepContext) -> Any:
-    if inspect.iscoroutinefunction(fn):
-        return await fn(ctx)
-    # Sync actions run in a thread so a slow one neither blocks other sagas nor escapes
-    # its timeout (the thread itself cannot be killed; its result is then ignored).
-    result = await asyncio.to_thread(fn, ctx)
-    if inspect.isawaitable(result):
-        return await result
-    return result
-
-
-def _result_problem(result: Any) -> str | None:
-    if result is None:
-        return None
-    if not isinstance(result, Mapping):
-        return f"an action must return a mapping or None, got {type(result).__name__}"
-    if not all(isinstance(k, str) for k in result):
-        return "an action's result must have string keys"
-    try:
-        dumps(dict(result))
-    except (TypeError, ValueError) as err:
-        return f"an action's result must be JSON-serialisable: {err}"
-    return None
 
 
 def run_sync(

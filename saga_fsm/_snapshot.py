@@ -109,6 +109,9 @@ class Snapshot:
     """The state a ``failed`` saga was parked from; operator ``retry`` resumes there."""
     failure: ErrorInfo | None = None
     """Why the saga left the forward path (or was parked)."""
+    definition_ref: str | None = None
+    """Where a worker that was not given the definition can load it from
+    (``package.module:attribute`` or an absolute file path)."""
 
     @property
     def status(self) -> SagaStatus:
@@ -121,6 +124,21 @@ class Snapshot:
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def due_at(self) -> datetime | None:
+        """When a worker without a lease on this saga should pick it up: at once for a
+        pending saga or a step in flight (its worker died or released it), at ``wake_at``
+        for a retry back-off, never for a finished or parked saga. Stores index it."""
+        status, step = split_state(self.state)
+        if status in TERMINAL_STATUSES:
+            return None
+        if step is None:
+            return self.created_at
+        record = self.step(step)
+        if record.status in (StepStatus.RUNNING, StepStatus.COMPENSATING):
+            return self.updated_at
+        return self.wake_at or self.updated_at
 
     def step(self, name: str) -> StepRecord:
         for record in self.steps:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
+
 import click
 from rich.table import Table
 
 from saga_fsm._codec import history_to_dict, snapshot_to_dict
 from saga_fsm._snapshot import HistoryEntry, Snapshot
-from saga_fsm.cli._app import echo_json, main, resolve_store_url, run_async, store_option
+from saga_fsm.cli._app import (
+    UsageProblem,
+    echo_json,
+    main,
+    resolve_store_url,
+    run_async,
+    store_option,
+)
 from saga_fsm.cli._render import console, print_history, print_snapshot, state_text
 from saga_fsm.stores import open_store
 
@@ -22,6 +32,8 @@ def summary(snapshot: Snapshot) -> dict[str, object]:
         "created_at": snapshot.created_at.isoformat(),
         "updated_at": snapshot.updated_at.isoformat(),
         "version": snapshot.version,
+        "lease_owner": snapshot.lease_owner,
+        "wake_at": snapshot.wake_at.isoformat() if snapshot.wake_at else None,
     }
 
 

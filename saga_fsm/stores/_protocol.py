@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import builtins  # the stores' own ``list`` method shadows it in class bodies
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from saga_fsm._errors import SnapshotDecodeError
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 
 
@@ -46,9 +49,39 @@ class SnapshotStore(Protocol):
         state: str | None = None,
         definition: str | None = None,
         limit: int | None = None,
+        updated_before: datetime | None = None,
     ) -> list[Snapshot]:
         """Snapshots, oldest first. ``state`` matches a whole flow state
-        (``running:charge``) or a status (``running`` matches every ``running:*``)."""
+        (``running:charge``) or a status (``running`` matches every ``running:*``);
+        ``updated_before`` keeps those whose last transition is older."""
+        ...
+
+    # -- leases: which worker drives a saga ------------------------------------------------
+
+    async def claim_due(
+        self, worker_id: str, *, now: datetime, lease_seconds: float, limit: int
+    ) -> builtins.list[Snapshot | SnapshotDecodeError]:
+        """Lease up to ``limit`` sagas that are due (``due_at <= now``) and not leased by
+        a live worker, to ``worker_id`` until ``now + lease_seconds``. Each claim bumps
+        the version, so a worker whose lease expired can no longer save. Concurrent
+        claimers never get the same saga. A row that cannot be decoded is still leased
+        (so it is not handed out in a tight loop) and returned as its error."""
+        ...
+
+    async def acquire(
+        self, saga_id: str, worker_id: str, *, now: datetime, lease_seconds: float
+    ) -> Snapshot:
+        """Lease one saga, due or not. ``SagaLeased`` if another worker's lease is live,
+        ``SagaNotFound`` if it does not exist. Bumps the version like a claim."""
+        ...
+
+    async def renew(self, saga_id: str, worker_id: str, *, expires_at: datetime) -> bool:
+        """Extend ``worker_id``'s lease (no version bump); False if it no longer holds it."""
+        ...
+
+    async def release(self, saga_id: str, worker_id: str) -> None:
+        """Drop ``worker_id``'s lease, if it still holds it (no version bump), so another
+        worker can take the saga at once."""
         ...
 
     async def close(self) -> None:

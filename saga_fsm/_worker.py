@@ -1,0 +1,132 @@
+"""Workers: claim due sagas from a shared store and drive them, many at once.
+
+Any number of workers, in any number of processes and machines, can share one store:
+the store hands each due saga to one of them under a lease with an expiry, renewed
+while the worker drives it. A worker that dies stops renewing; once its leases expire,
+the others take its sagas over from their last snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from saga_fsm._errors import SagaError, SnapshotDecodeError, StoreError
+from saga_fsm._orchestrator import Orchestrator
+from saga_fsm._snapshot import Snapshot
+
+log = logging.getLogger("saga_fsm.worker")
+
+
+class Worker:
+    """Claims due sagas and drives up to ``concurrency`` of them at a time.
+
+    Retry back-offs up to ``max_hold`` seconds are waited out in the worker; longer
+    ones release the lease, leaving the wake-up time in the store (a durable timer).
+    When the store cannot be reached the worker backs off (doubling up to
+    ``max_backoff`` seconds) and keeps trying: it never exits on an outage.
+    """
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        *,
+        concurrency: int = 8,
+        poll_interval: float = 0.2,
+        max_hold: float = 1.0,
+        max_backoff: float = 5.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.orchestrator = orchestrator
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.max_hold = max_hold
+        self.max_backoff = max_backoff
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.driven = 0
+
+    @property
+    def worker_id(self) -> str:
+        return self.orchestrator.worker_id
+
+    async def run(self, stop: asyncio.Event, *, grace: float = 30.0) -> None:
+        """Serve until ``stop`` is set, then shut down gracefully: stop claiming, let
+        in-flight steps finish for up to ``grace`` seconds, then cancel what is left and
+        release its leases so another worker resumes it at once."""
+        backoff = self.poll_interval
+        store, clock = self.orchestrator.store, self.orchestrator.clock
+        log.info("worker %s serving", self.worker_id)
+        try:
+            while not stop.is_set():
+                free = self.concurrency - len(self._tasks)
+                claimed: list[Snapshot | SnapshotDecodeError] = []
+                if free > 0:
+                    try:
+                        claimed = await store.claim_due(
+                            self.worker_id,
+                            now=clock.now(),
+                            lease_seconds=self.orchestrator.lease_seconds,
+                            limit=free,
+                        )
+                        backoff = self.poll_interval
+                    except StoreError as err:
+                        log.warning("worker %s: store unavailable (%s); retrying in %.1fs",
+                                    self.worker_id, err, backoff)
+                        await _wait(stop, backoff)
+                        backoff = min(backoff * 2, self.max_backoff)
+                        continue
+                for item in claimed:
+                    if isinstance(item, SnapshotDecodeError):
+                        log.error("worker %s: skipping saga: %s", self.worker_id, item)
+                        continue
+                    task = asyncio.create_task(self._drive(item))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                if free > 0 and len(claimed) == free:
+                    continue  # there may be more due work: claim again at once
+                await self._idle(stop)
+        finally:
+            await self._shutdown(grace)
+        log.info("worker %s stopped", self.worker_id)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Wait for a poll tick, a finished saga (a free slot), or the stop signal."""
+        stopper = asyncio.create_task(stop.wait())
+        waiting: set[asyncio.Future[object]] = {stopper, *self._tasks}  # type: ignore[arg-type]
+        try:
+            await asyncio.wait(
+                waiting, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopper.cancel()
+
+    async def _drive(self, snapshot: Snapshot) -> None:
+        try:
+            await self.orchestrator.drive(snapshot, max_hold=self.max_hold)
+            self.driven += 1
+        except asyncio.CancelledError:
+            raise
+        except SagaError as err:
+            # Unknown definition, undecodable row, store outage mid-saga: the lease runs
+            # out and the saga is retried later; this worker goes on with the others.
+            log.error("worker %s: saga %s: %s", self.worker_id, snapshot.saga_id, err)
+        except Exception:
+            log.exception("worker %s: saga %s failed unexpectedly", self.worker_id, snapshot.saga_id)
+
+    async def _shutdown(self, grace: float) -> None:
+        if not self._tasks:
+            return
+        log.info("worker %s: waiting up to %.0fs for %d saga(s)", self.worker_id, grace, len(self._tasks))
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()  # drive() releases the lease on the way out
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

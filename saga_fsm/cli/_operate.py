@@ -1,0 +1,178 @@
+"""``start``, ``worker``, ``cancel``, ``retry``, ``resume``: running sagas durably."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from saga_fsm._errors import SagaLeased, TransitionNotAllowed
+from saga_fsm._loading import load_definition
+from saga_fsm._orchestrator import DEFAULT_LEASE_SECONDS, Orchestrator
+from saga_fsm._snapshot import Snapshot
+from saga_fsm._worker import Worker
+from saga_fsm.cli._app import (
+    UsageProblem,
+    echo_json,
+    exit_with,
+    main,
+    parse_json_object,
+    resolve_store_url,
+    run_async,
+    store_option,
+)
+from saga_fsm.cli._render import console, state_text
+from saga_fsm.stores import open_store
+
+EXIT_REFUSED = 1
+
+
+def definition_ref(ref: str) -> str:
+    """What a worker elsewhere can load the definition from: files by absolute path."""
+    path = Path(ref)
+    return str(path.resolve()) if path.is_file() else ref
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise UsageProblem(f"cannot read {path}: {err.strerror}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            rows.append(parse_json_object(line, f"{path} line {number}"))
+    return rows
+
+
+@main.command("start")
+@click.argument("ref")
+@click.option("--data", default=None, metavar="JSON", help="The saga data, a JSON object.")
+@click.option("--data-file", default=None, metavar="FILE.jsonl", help="One saga per JSON line.")
+@click.option(
+    "--idempotency-key",
+    default=None,
+    metavar="K",
+    help="Start at most once per key (with --data-file, line N uses K:N).",
+)
+@store_option
+def start(
+    ref: str, data: str | None, data_file: str | None, idempotency_key: str | None, store_url: str | None
+) -> None:
+    """Persist new sagas of REF without running them; print their ids (a worker runs them)."""
+    if (data is None) == (data_file is None):
+        raise UsageProblem("give exactly one of --data and --data-file")
+    payloads = [parse_json_object(data, "--data")] if data is not None else read_jsonl(str(data_file))
+    keys: list[str | None]
+    if idempotency_key is None:
+        keys = [None] * len(payloads)
+    elif data is not None:
+        keys = [idempotency_key]
+    else:
+        keys = [f"{idempotency_key}:{n}" for n in range(1, len(payloads) + 1)]
+    definition = load_definition(ref)
+    source = definition_ref(ref)
+
+    async def go() -> list[Snapshot]:
+        async with open_store(resolve_store_url(store_url)) as store:
+            orchestrator = Orchestrator(store, [definition])
+            return [
+                await orchestrator.start(definition, payload, idempotency_key=key, definition_ref=source)
+                for payload, key in zip(payloads, keys, strict=True)
+            ]
+
+    for snapshot in run_async(go):
+        click.echo(snapshot.saga_id)
+
+
+@main.command("worker")
+@store_option
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--id", "worker_id", default=None, help="Worker name (default: host:pid:random).")
+@click.option("--lease-seconds", type=click.FloatRange(min=0.1), default=DEFAULT_LEASE_SECONDS, show_default=True,
+              help="How long a dead worker's sagas wait before another takes them over.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.2, show_default=True)
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="On SIGTERM/SIGINT, seconds to let in-flight steps finish.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each claim and step.")
+def worker(
+    store_url: str | None,
+    concurrency: int,
+    worker_id: str | None,
+    lease_seconds: float,
+    poll_interval: float,
+    grace: float,
+    verbose: bool,
+) -> None:
+    """Claim and run due sagas until SIGTERM or SIGINT, then exit 0.
+
+    Definitions are loaded from the reference recorded when each saga was started.
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    url = resolve_store_url(store_url)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with open_store(url) as store:
+            orchestrator = Orchestrator(store, worker_id=worker_id, lease_seconds=lease_seconds)
+            await Worker(orchestrator, concurrency=concurrency, poll_interval=poll_interval).run(
+                stop, grace=grace
+            )
+
+    run_async(serve)
+
+
+def _operate(saga_id: str, store_url: str | None, action: str, as_json: bool) -> None:
+    """Apply an operator command through the Machine, then drive the saga here unless a
+    live worker holds it. Refusals exit 1 and change nothing."""
+
+    async def go() -> Snapshot:
+        async with open_store(resolve_store_url(store_url)) as store:
+            orchestrator = Orchestrator(store)
+            if action == "cancel":
+                await orchestrator.cancel(saga_id)
+            elif action == "retry":
+                await orchestrator.retry(saga_id)
+            try:
+                return await orchestrator.resume(saga_id)
+            except SagaLeased as leased:
+                if action == "resume":
+                    raise
+                console.print(f"[dim]{leased}: it carries on there[/]")
+                return await store.load(saga_id)
+
+    try:
+        final = run_async(go)
+    except (TransitionNotAllowed, SagaLeased) as refused:
+        click.echo(f"saga-fsm: refused: {refused}", err=True)
+        exit_with(EXIT_REFUSED)
+        return
+    if as_json:
+        echo_json({"id": final.saga_id, "state": final.state, "version": final.version})
+    else:
+        console.print(f"saga {final.saga_id}: {state_text(final.state)}")
+
+
+def _operator_command(name: str, help_text: str) -> None:
+    @main.command(name, help=help_text)
+    @click.argument("saga_id")
+    @store_option
+    @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+    def command(saga_id: str, store_url: str | None, as_json: bool) -> None:
+        _operate(saga_id, store_url, name, as_json)
+
+
+_operator_command("cancel", "Compensate a running saga (refused past the pivot or once finished).")
+_operator_command("retry", "Resume a saga parked in failed where it gave up, with fresh attempts.")
+_operator_command("resume", "Take over a saga no live worker holds and run it to the end.")
+

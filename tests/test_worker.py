@@ -1,0 +1,197 @@
+"""Workers, leases and durable timers on the in-memory store (the PostgreSQL fault
+tests live in tests/durability)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from saga_fsm import (
+    FakeClock,
+    MemoryStore,
+    Orchestrator,
+    RetryPolicy,
+    SagaBuilder,
+    SagaDefinition,
+    StepContext,
+)
+from saga_fsm._errors import SagaLeased
+from saga_fsm._worker import Worker
+
+
+def definition(calls: list[str], *, fail_first: int = 0, backoff: float = 0.01) -> SagaDefinition:
+    remaining = {"n": fail_first}
+
+    async def act(ctx: StepContext) -> None:
+        calls.append(f"{ctx.step}#{ctx.attempt}")
+        if ctx.step == "b" and remaining["n"] > 0:
+            remaining["n"] -= 1
+            raise ConnectionError("flaky")
+
+    async def undo(ctx: StepContext) -> None:
+        calls.append(f"undo {ctx.step}")
+
+    policy = RetryPolicy(max_attempts=5, initial_interval=backoff, max_interval=backoff)
+    return SagaBuilder("w").step("a", act, compensation=undo).pivot("b", act, retry=policy).build()
+
+
+async def serve_until_finished(worker: Worker, store: MemoryStore, timeout: float = 10) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop, grace=1))
+    try:
+        async with asyncio.timeout(timeout):
+            while not all(s.is_terminal for s in await store.list()):
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+
+
+def test_a_worker_runs_what_was_started_elsewhere() -> None:
+    calls: list[str] = []
+    saga = definition(calls)
+
+    async def go() -> list[str]:
+        store = MemoryStore()
+        starter = Orchestrator(store, [saga], worker_id="api")
+        for n in range(20):
+            await starter.start(saga, {"n": n})
+        worker = Worker(
+            Orchestrator(store, [saga], worker_id="w1"), concurrency=4, poll_interval=0.01
+        )
+        await serve_until_finished(worker, store)
+        finals = await store.list()
+        assert all(s.lease_owner is None for s in finals)
+        return [s.state for s in finals]
+
+    assert asyncio.run(go()) == ["completed"] * 20
+    assert len(calls) == 40
+
+
+def test_a_dead_workers_saga_is_taken_over_after_its_lease_expires() -> None:
+    calls: list[str] = []
+    saga = definition(calls)
+
+    async def go() -> Any:
+        clock = FakeClock()
+        store = MemoryStore()
+        started = await Orchestrator(store, [saga], clock=clock).start(saga, {})
+        # Worker "dead" claims the saga, marks step a running, then vanishes.
+        (claimed,) = await store.claim_due("dead", now=clock.now(), lease_seconds=5, limit=10)
+        from saga_fsm import Event, decide
+
+        decision = decide(saga, claimed, Event.start(clock.now()))
+        await store.save(decision.snapshot, decision.history, expected_version=claimed.version)
+        assert await store.claim_due("live", now=clock.now(), lease_seconds=5, limit=10) == []
+        with pytest.raises(SagaLeased, match="dead"):
+            await Orchestrator(store, [saga], clock=clock, worker_id="live").resume(started.saga_id)
+        clock.advance(5.1)
+        (taken,) = await store.claim_due("live", now=clock.now(), lease_seconds=5, limit=10)
+        assert taken.lease_owner == "live" and taken.version > claimed.version
+        final = await Orchestrator(store, [saga], clock=clock, worker_id="live").drive(taken)
+        # The dead worker's late write is refused: its version is stale.
+        from saga_fsm import ConcurrencyConflict
+
+        with pytest.raises(ConcurrencyConflict):
+            await store.save(decision.snapshot, (), expected_version=claimed.version + 1)
+        return final
+
+    final = asyncio.run(go())
+    assert final.state == "completed"
+    # Step a ran again after the takeover, with the same idempotency key (attempt 1).
+    assert calls == ["a#1", "b#1"]
+
+
+def test_long_backoff_releases_the_lease_and_the_timer_fires_later() -> None:
+    calls: list[str] = []
+    saga = definition(calls, fail_first=1, backoff=30)
+
+    async def go() -> None:
+        clock = FakeClock()
+        store = MemoryStore()
+        orchestrator = Orchestrator(store, [saga], clock=clock, worker_id="w1")
+        started = await orchestrator.start(saga, {})
+        (claimed,) = await store.claim_due("w1", now=clock.now(), lease_seconds=10, limit=1)
+        waiting = await orchestrator.drive(claimed, max_hold=1.0)
+        assert waiting.state == "running:b" and waiting.lease_owner is None
+        assert waiting.wake_at == waiting.due_at and waiting.wake_at is not None
+        assert await store.claim_due("w2", now=clock.now(), lease_seconds=10, limit=1) == []
+        clock.advance(31)
+        (due,) = await store.claim_due("w2", now=clock.now(), lease_seconds=10, limit=1)
+        assert due.saga_id == started.saga_id
+        final = await Orchestrator(store, [saga], clock=clock, worker_id="w2").drive(due)
+        assert final.state == "completed"
+
+    asyncio.run(go())
+    assert calls == ["a#1", "b#1", "b#2"]
+
+
+def test_finished_sagas_are_never_due_even_with_an_old_timer() -> None:
+    calls: list[str] = []
+    saga = definition(calls, fail_first=1, backoff=30)
+
+    async def go() -> None:
+        clock = FakeClock()
+        store = MemoryStore()
+        orchestrator = Orchestrator(store, [saga], clock=clock, worker_id="w1")
+        started = await orchestrator.start(saga, {})
+        (claimed,) = await store.claim_due("w1", now=clock.now(), lease_seconds=10, limit=1)
+        await orchestrator.drive(claimed, max_hold=1.0)  # waiting on a 30 s timer
+        cancelled = await orchestrator.cancel(started.saga_id)
+        assert cancelled.state == "compensating:a"
+        final = await orchestrator.resume(started.saga_id)
+        assert final.state == "compensated" and final.due_at is None and final.wake_at is None
+        clock.advance(3600)
+        assert await store.claim_due("w2", now=clock.now(), lease_seconds=10, limit=5) == []
+
+    asyncio.run(go())
+
+
+def test_a_corrupt_snapshot_is_skipped_and_the_rest_are_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[str] = []
+    saga = definition(calls)
+
+    async def go() -> list[str]:
+        store = MemoryStore()
+        starter = Orchestrator(store, [saga])
+        ids = [(await starter.start(saga, {"n": n})).saga_id for n in range(3)]
+        store._rows[ids[1]].encoded = '{"schema_version": 99}'
+        worker = Worker(Orchestrator(store, [saga], worker_id="w1"), poll_interval=0.01)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop, grace=1))
+        await asyncio.sleep(0.3)
+        stop.set()
+        await task
+        return [(await store.load(i)).state for i in (ids[0], ids[2])]
+
+    with caplog.at_level(logging.ERROR, logger="saga_fsm.worker"):
+        assert asyncio.run(go()) == ["completed", "completed"]
+    assert any("schema_version 99" in r.getMessage() for r in caplog.records)
+
+
+def test_graceful_shutdown_releases_unfinished_sagas_for_others() -> None:
+    async def slow(ctx: StepContext) -> None:
+        await asyncio.sleep(3600)
+
+    saga = SagaBuilder("slow").step("a", slow, compensation=slow).pivot("b", slow).build()
+
+    async def go() -> Any:
+        store = MemoryStore()
+        started = await Orchestrator(store, [saga]).start(saga, {})
+        worker = Worker(Orchestrator(store, [saga], worker_id="w1"), poll_interval=0.01)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop, grace=0.05))
+        while (await store.load(started.saga_id)).state == "pending":
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+        return await store.load(started.saga_id)
+
+    left = asyncio.run(go())
+    assert left.state == "running:a" and left.lease_owner is None
+    assert left.due_at == left.updated_at  # due at once: another worker re-runs step a
