@@ -51,7 +51,10 @@ def snapshot_from_dict(encoded: Any, *, saga_id: str | None = None) -> Snapshot:
 
 
 def snapshot_to_json(snapshot: Snapshot) -> str:
-    return json.dumps(snapshot_to_dict(snapshot), separators=(",", ":"), sort_keys=True)
+    # allow_nan=False: every store must refuse what PostgreSQL's JSONB cannot hold.
+    return json.dumps(
+        snapshot_to_dict(snapshot), separators=(",", ":"), sort_keys=True, allow_nan=False
+    )
 
 
 def snapshot_from_json(text: str | bytes, *, saga_id: str | None = None) -> Snapshot:

@@ -281,6 +281,12 @@ class SagaDefinition:
     def step(self, step_name: str) -> Step:
         return self.steps[self.index(step_name)]
 
+    def _repr_svg_(self) -> str | None:
+        """Jupyter shows a definition as its state diagram, drawn from its Machine."""
+        from saga_fsm.diagrams import definition_diagram
+
+        return definition_diagram(self)._repr_svg_()
+
 
 class SagaBuilder:
     """A small fluent way to write a state table in Python.

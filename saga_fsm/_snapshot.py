@@ -127,18 +127,19 @@ class Snapshot:
 
     @property
     def due_at(self) -> datetime | None:
-        """When a worker without a lease on this saga should pick it up: at once for a
-        pending saga or a step in flight (its worker died or released it), at ``wake_at``
-        for a retry back-off, never for a finished or parked saga. Stores index it."""
+        """When a worker without a lease on this saga should pick it up: at ``wake_at``
+        during a retry back-off, never once finished or parked, and otherwise now, ranked
+        by age (``created_at``), so that sagas already under way, such as those a dead
+        worker left behind, go before newer ones. Stores index it."""
         status, step = split_state(self.state)
         if status in TERMINAL_STATUSES:
             return None
-        if step is None:
-            return self.created_at
-        record = self.step(step)
-        if record.status in (StepStatus.RUNNING, StepStatus.COMPENSATING):
-            return self.updated_at
-        return self.wake_at or self.updated_at
+        if step is not None and self.step(step).status not in (
+            StepStatus.RUNNING,
+            StepStatus.COMPENSATING,
+        ):
+            return self.wake_at or self.created_at
+        return self.created_at
 
     def step(self, name: str) -> StepRecord:
         for record in self.steps:

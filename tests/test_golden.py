@@ -64,6 +64,7 @@ def golden_snapshot() -> Snapshot:
         cancel_requested=False,
         parked_at=None,
         failure=ErrorInfo("saga_fsm.StepFailed", "card declined", retryable=False),
+        definition_ref="saga_fsm.examples.order_fulfillment:definition",
     )
 
 
@@ -81,7 +82,7 @@ def test_golden_file_decodes() -> None:
 def test_unknown_schema_version_is_refused_naming_the_saga() -> None:
     body = json.loads(GOLDEN.read_text())
     body["schema_version"] = 99
-    with pytest.raises(SnapshotDecodeError, match="0b7e2c52-golden.*schema_version 99"):
+    with pytest.raises(SnapshotDecodeError, match=r"0b7e2c52-golden.*schema_version 99"):
         snapshot_from_json(json.dumps(body))
     with pytest.raises(SnapshotDecodeError, match="not JSON"):
         snapshot_from_json("{", saga_id="x")

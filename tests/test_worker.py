@@ -194,4 +194,4 @@ def test_graceful_shutdown_releases_unfinished_sagas_for_others() -> None:
 
     left = asyncio.run(go())
     assert left.state == "running:a" and left.lease_owner is None
-    assert left.due_at == left.updated_at  # due at once: another worker re-runs step a
+    assert left.due_at == left.created_at  # due at once: another worker re-runs step a

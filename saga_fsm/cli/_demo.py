@@ -36,12 +36,9 @@ async def run_demo(
 
         async def one(n: int) -> Snapshot:
             async with gate:
-                order = {
-                    "order_id": f"order-{seed}-{n}",
-                    "amount": 10 + n % 90,
-                    "quantity": 1 + n % 3,
-                }
-                final = await orchestrator.run(definition, order, correlation_id=order["order_id"])
+                order_id = f"order-{seed}-{n}"
+                order = {"order_id": order_id, "amount": 10 + n % 90, "quantity": 1 + n % 3}
+                final = await orchestrator.run(definition, order, correlation_id=order_id)
             if progress is not None and task is not None:
                 progress.advance(task)
             return final

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import click
 
-from saga_fsm._errors import SagaLeased, TransitionNotAllowed
+from saga_fsm._errors import InvalidStoreURL, SagaLeased, StoreError, TransitionNotAllowed
 from saga_fsm._loading import load_definition
 from saga_fsm._orchestrator import DEFAULT_LEASE_SECONDS, Orchestrator
 from saga_fsm._snapshot import Snapshot
@@ -29,6 +30,7 @@ from saga_fsm.cli._render import console, state_text
 from saga_fsm.stores import open_store
 
 EXIT_REFUSED = 1
+log = logging.getLogger("saga_fsm.worker")
 
 
 def definition_ref(ref: str) -> str:
@@ -123,11 +125,23 @@ def worker(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        async with open_store(url) as store:
-            orchestrator = Orchestrator(store, worker_id=worker_id, lease_seconds=lease_seconds)
-            await Worker(orchestrator, concurrency=concurrency, poll_interval=poll_interval).run(
-                stop, grace=grace
-            )
+        backoff = poll_interval
+        while not stop.is_set():
+            # The store may be down when the worker starts, too: wait for it, never exit.
+            try:
+                async with open_store(url) as store:
+                    orchestrator = Orchestrator(store, worker_id=worker_id, lease_seconds=lease_seconds)
+                    await Worker(
+                        orchestrator, concurrency=concurrency, poll_interval=poll_interval
+                    ).run(stop, grace=grace)
+                    return
+            except InvalidStoreURL:
+                raise
+            except StoreError as err:
+                log.warning("worker: store unavailable (%s); retrying in %.1fs", err, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, 5.0)
 
     run_async(serve)
 

@@ -2,5 +2,15 @@
 
 from saga_fsm.stores._protocol import SnapshotStore
 from saga_fsm.stores.memory import MemoryStore
+from saga_fsm.stores.postgres import PostgresStore
+from saga_fsm.stores.sqlite import SqliteStore
+from saga_fsm.stores.url import DEFAULT_STORE_URL, open_store
 
-__all__ = ["MemoryStore", "SnapshotStore"]
+__all__ = [
+    "DEFAULT_STORE_URL",
+    "MemoryStore",
+    "PostgresStore",
+    "SnapshotStore",
+    "SqliteStore",
+    "open_store",
+]

@@ -157,14 +157,14 @@ def check_effects(conninfo: str) -> dict[str, int]:
             done = {step for s, step in effects if s == saga_id and step in ("reserve", "charge")}
             assert {step for s, step in undone_set if s == saga_id} == done, saga_id
     attempts = query(conninfo, "SELECT count(*), count(DISTINCT idempotency_key) FROM attempts")[0]
-    overlaps = query(conninfo, "SELECT count(*) FROM overlaps")[0][0]
+    overlapping_runs = query(conninfo, "SELECT count(*) FROM overlapping_runs")[0][0]
     return {
         "sagas": len(sagas),
         "effects": len(effects),
         "compensations": len(undone_set),
         "attempts": attempts[0],
         "keys_attempted": attempts[1],
-        "overlaps": overlaps,
+        "overlapping_runs": overlapping_runs,
     }
 
 

@@ -16,7 +16,7 @@ import random
 import time
 from typing import Any
 
-import psycopg
+from psycopg_pool import AsyncConnectionPool
 
 from saga_fsm import RetryPolicy, SagaBuilder, StepContext, StepFailed
 
@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS in_flight (
     attempt integer NOT NULL,
     pid integer NOT NULL,
     PRIMARY KEY (idempotency_key, attempt));
-CREATE TABLE IF NOT EXISTS overlaps (
+CREATE TABLE IF NOT EXISTS overlapping_runs (
     idempotency_key text NOT NULL,
     attempt integer NOT NULL,
     pid integer NOT NULL);
@@ -62,6 +62,19 @@ def _dsn() -> str:
     return os.environ["SAGA_FSM_FAULT_DSN"]
 
 
+_pools: dict[int, AsyncConnectionPool[Any]] = {}
+
+
+async def _pool() -> AsyncConnectionPool[Any]:
+    """The participants' own connection pool, one per event loop (per worker process)."""
+    loop = id(asyncio.get_running_loop())
+    if loop not in _pools:
+        pool = AsyncConnectionPool(_dsn(), min_size=1, max_size=8, open=False, kwargs={"autocommit": True})
+        await pool.open()
+        _pools[loop] = pool
+    return _pools[loop]
+
+
 async def _forward(ctx: StepContext) -> dict[str, Any]:
     if ctx.data.get("hang_at") == ctx.step:
         await asyncio.sleep(3600)
@@ -69,55 +82,60 @@ async def _forward(ctx: StepContext) -> dict[str, Any]:
     if flaky_until is not None and time.time() < flaky_until:
         raise ConnectionError(f"{ctx.step}: participant unavailable")
     pid = os.getpid()
-    async with await psycopg.AsyncConnection.connect(_dsn(), autocommit=True) as conn:
-        await conn.execute(
-            "INSERT INTO attempts (idempotency_key, attempt, pid) VALUES (%s, %s, %s)",
-            (ctx.idempotency_key, ctx.attempt, pid),
-        )
-        # Two workers running the same attempt at once would collide here.
-        claimed = await conn.execute(
-            "INSERT INTO in_flight VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
-            (ctx.idempotency_key, ctx.attempt, pid),
-        )
-        if await claimed.fetchone() is None:
-            holder = await conn.execute(
-                "SELECT pid FROM in_flight WHERE idempotency_key = %s AND attempt = %s",
-                (ctx.idempotency_key, ctx.attempt),
+    key, attempt = ctx.idempotency_key, ctx.attempt
+    async with (await _pool()).connection() as conn:
+        async with conn.transaction():  # one commit: the attempt starts
+            await conn.execute(
+                "INSERT INTO attempts (idempotency_key, attempt, pid) VALUES (%s, %s, %s)",
+                (key, attempt, pid),
             )
-            row = await holder.fetchone()
-            if row is not None and _alive(row[0]):
-                await conn.execute(
-                    "INSERT INTO overlaps VALUES (%s, %s, %s)", (ctx.idempotency_key, ctx.attempt, pid)
+            # Two workers running the same attempt at once would collide here.
+            claimed = await conn.execute(
+                "INSERT INTO in_flight VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
+                (key, attempt, pid),
+            )
+            if await claimed.fetchone() is None:
+                holder = await conn.execute(
+                    "SELECT pid FROM in_flight WHERE idempotency_key = %s AND attempt = %s",
+                    (key, attempt),
                 )
-            else:  # the holder was killed mid-step: this is the recovery run
-                await conn.execute(
-                    "UPDATE in_flight SET pid = %s WHERE idempotency_key = %s AND attempt = %s",
-                    (pid, ctx.idempotency_key, ctx.attempt),
-                )
+                row = await holder.fetchone()
+                if row is not None and _alive(row[0]):
+                    await conn.execute(
+                        "INSERT INTO overlapping_runs VALUES (%s, %s, %s)", (key, attempt, pid)
+                    )
+                else:  # the holder was killed mid-step: this is the recovery run
+                    await conn.execute(
+                        "UPDATE in_flight SET pid = %s WHERE idempotency_key = %s AND attempt = %s",
+                        (pid, key, attempt),
+                    )
         # A step takes a while, so kills land in the middle of steps.
         await asyncio.sleep(random.uniform(0.002, float(ctx.data.get("delay", 0.02))))
         if ctx.data.get("fail_at") == ctx.step:
-            await conn.execute("DELETE FROM in_flight WHERE idempotency_key = %s AND pid = %s",
-                               (ctx.idempotency_key, pid))
+            await conn.execute(
+                "DELETE FROM in_flight WHERE idempotency_key = %s AND pid = %s", (key, pid)
+            )
             raise StepFailed(f"{ctx.step} refused", retryable=False)
-        await conn.execute(
-            "INSERT INTO effects (idempotency_key, saga_id, step) VALUES (%s, %s, %s)"
-            " ON CONFLICT (idempotency_key) DO NOTHING",
-            (ctx.idempotency_key, ctx.saga_id, ctx.step),
-        )
-        await conn.execute(
-            "UPDATE attempts SET finished_at = clock_timestamp()"
-            " WHERE idempotency_key = %s AND attempt = %s AND pid = %s",
-            (ctx.idempotency_key, ctx.attempt, pid),
-        )
-        await conn.execute("DELETE FROM in_flight WHERE idempotency_key = %s AND pid = %s",
-                           (ctx.idempotency_key, pid))
+        async with conn.transaction():  # one commit: the effect, once per key
+            await conn.execute(
+                "DELETE FROM in_flight WHERE idempotency_key = %s AND pid = %s", (key, pid)
+            )
+            await conn.execute(
+                "INSERT INTO effects (idempotency_key, saga_id, step) VALUES (%s, %s, %s)"
+                " ON CONFLICT (idempotency_key) DO NOTHING",
+                (key, ctx.saga_id, ctx.step),
+            )
+            await conn.execute(
+                "UPDATE attempts SET finished_at = clock_timestamp()"
+                " WHERE idempotency_key = %s AND attempt = %s AND pid = %s",
+                (key, attempt, pid),
+            )
     return {f"{ctx.step}_done": True}
 
 
 async def _compensate(ctx: StepContext) -> None:
     forward_key = ctx.idempotency_key.removesuffix(":compensate")
-    async with await psycopg.AsyncConnection.connect(_dsn(), autocommit=True) as conn:
+    async with (await _pool()).connection() as conn:
         found = await conn.execute("SELECT 1 FROM effects WHERE idempotency_key = %s", (forward_key,))
         await conn.execute(
             "INSERT INTO compensations VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",

@@ -1,0 +1,59 @@
+"""Calling a user's action or compensation, shared by the orchestrator and by
+``saga_fsm.testing``: a property test must call actions exactly as production does, so
+there is one copy of how a function is called and how its outcome is judged."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from saga_fsm._codec import dumps
+from saga_fsm._definition import Action, RetryPolicy, StepContext
+from saga_fsm._errors import StepFailed
+from saga_fsm._snapshot import ErrorInfo
+
+
+async def invoke(fn: Action, ctx: StepContext) -> Any:
+    """Call ``fn(ctx)``: coroutine functions are awaited, sync functions run in a thread."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(ctx)
+    # Sync actions run in a thread so a slow one neither blocks other sagas nor escapes
+    # its timeout (the thread itself cannot be killed; its result is then ignored).
+    result = await asyncio.to_thread(fn, ctx)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+def result_problem(result: Any) -> str | None:
+    """Why an action's return value cannot be merged into the saga data, or None."""
+    if result is None:
+        return None
+    if not isinstance(result, Mapping):
+        return f"an action must return a mapping or None, got {type(result).__name__}"
+    if not all(isinstance(k, str) for k in result):
+        return "an action's result must have string keys"
+    try:
+        dumps(dict(result))
+    except (TypeError, ValueError) as err:
+        return f"an action's result must be JSON-serialisable: {err}"
+    return None
+
+
+def failure_info(err: Exception, policy: RetryPolicy) -> ErrorInfo:
+    """How an exception raised by an action is recorded: ``StepFailed`` says itself
+    whether a retry can help; a type listed in the policy's ``non_retryable`` is
+    permanent; anything else is transient. (The orchestrator applies the same rules
+    inline, plus its own deadline handling; tests/testing pin the two together.)"""
+    if isinstance(err, StepFailed):
+        return ErrorInfo.from_exception(err, retryable=err.retryable)
+    if isinstance(err, TimeoutError):
+        return ErrorInfo.from_exception(TimeoutError(), retryable=True)
+    return ErrorInfo.from_exception(err, retryable=not isinstance(err, policy.non_retryable))
+
+
+def is_declared_failure(err: Exception, policy: RetryPolicy) -> bool:
+    """Whether an action failed on purpose: ``StepFailed`` or a ``non_retryable`` type."""
+    return isinstance(err, (StepFailed, *policy.non_retryable))

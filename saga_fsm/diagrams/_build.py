@@ -1,0 +1,160 @@
+"""Scenes for a compiled flow and for the two generic lifecycles, built from the Machines
+themselves. The only things added here are presentation: each state's role (from the
+step kinds on the definition) and which states sit side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+from transitions import Machine
+
+from saga_fsm._definition import SagaDefinition, Step, StepKind
+from saga_fsm._flow import CompiledSaga, compile_saga
+from saga_fsm._lifecycle import SAGA_LIFECYCLE_MACHINE, STEP_LIFECYCLE_MACHINE
+from saga_fsm._snapshot import SagaStatus, StepStatus
+from saga_fsm.diagrams._errors import DiagramError
+from saga_fsm.diagrams._machine import merge_edges, read_transitions
+from saga_fsm.diagrams._scene import EdgeKind, Role, Scene, SceneEdge, SceneNode, edge_kind
+
+Lifecycle = Literal["saga", "step"]
+
+# Forward edges first: dot lays out edges roughly in the order it reads them.
+_EDGE_ORDER = {kind: n for n, kind in enumerate(EdgeKind)}
+
+_SAGA_ROLES = {
+    SagaStatus.PENDING: Role.INITIAL,
+    SagaStatus.RUNNING: Role.STEP,
+    SagaStatus.COMPENSATING: Role.COMPENSATING,
+    SagaStatus.COMPLETED: Role.COMPLETED,
+    SagaStatus.COMPENSATED: Role.COMPENSATED,
+    SagaStatus.FAILED: Role.FAILED,
+}
+_STEP_ROLES = {
+    StepStatus.PENDING: Role.INITIAL,
+    StepStatus.RUNNING: Role.STEP,
+    StepStatus.SUCCEEDED: Role.SUCCEEDED,
+    StepStatus.FAILED: Role.ERROR,
+    StepStatus.TIMED_OUT: Role.ERROR,
+    StepStatus.COMPENSATING: Role.COMPENSATING,
+    StepStatus.COMPENSATED: Role.COMPENSATED,
+    StepStatus.COMPENSATION_FAILED: Role.ERROR,
+    StepStatus.SKIPPED: Role.SKIPPED,
+}
+
+
+def _scene_edges(machine: Machine, roles: Mapping[str, Role]) -> tuple[SceneEdge, ...]:
+    edges = [
+        SceneEdge(
+            edge.source,
+            edge.dest,
+            "\n".join(str(label) for label in edge.labels),
+            edge_kind(roles[edge.source], roles[edge.dest], loop=edge.source == edge.dest),
+        )
+        for edge in merge_edges(read_transitions(machine))
+    ]
+    return tuple(sorted(edges, key=lambda e: _EDGE_ORDER[e.kind]))
+
+
+def _present(groups: Iterable[Sequence[str]], states: Iterable[str]) -> tuple[tuple[str, ...], ...]:
+    """Layout hints restricted to states the Machine really has."""
+    known = set(states)
+    kept = (tuple(str(s) for s in group if s in known) for group in groups)
+    return tuple(group for group in kept if group)
+
+
+def _step_note(step: Step) -> str:
+    if step.kind is StepKind.PIVOT:
+        return "pivot: only forward once it succeeds"
+    if step.kind is StepKind.RETRIABLE:
+        return "retriable: retried until it succeeds"
+    if step.action is None:
+        return "compensation only"
+    if step.read_only:
+        return "read-only: nothing to undo"
+    return ""
+
+
+_KIND_ROLE = {
+    StepKind.COMPENSABLE: Role.STEP,
+    StepKind.PIVOT: Role.PIVOT,
+    StepKind.RETRIABLE: Role.RETRIABLE,
+}
+
+
+def flow_scene(definition: SagaDefinition | CompiledSaga) -> Scene:
+    """The compiled flow: forward path down the left column, each step's compensation
+    beside it, ``compensated`` at the top of that column (compensation runs upwards),
+    ``completed`` and ``failed`` at the bottom."""
+    compiled = definition if isinstance(definition, CompiledSaga) else compile_saga(definition)
+    machine, steps = compiled.machine, compiled.definition.steps
+    by_state: dict[str, tuple[Role, str]] = {}
+    for state in machine.states:
+        status, _, step_name = state.partition(":")
+        if step_name:
+            step = steps[compiled.step_index[step_name]]
+            if status == SagaStatus.RUNNING:
+                by_state[state] = (_KIND_ROLE[step.kind], _step_note(step))
+                continue
+        by_state[state] = (_SAGA_ROLES[SagaStatus(status)], "")
+    roles = {state: role for state, (role, _) in by_state.items()}
+    running = [f"{SagaStatus.RUNNING.value}:{s.name}" for s in steps]
+    compensating = [f"{SagaStatus.COMPENSATING.value}:{s.name}" for s in steps]
+    pending, done = SagaStatus.PENDING.value, SagaStatus.COMPLETED.value
+    ranks: list[list[str]] = [
+        [pending, SagaStatus.COMPENSATED.value],
+        *(list(pair) for pair in zip(running, compensating, strict=True)),
+        [done],
+    ]
+    # ``failed`` sits right of the last compensation, where every compensation can reach it.
+    last = max((n for n, s in enumerate(steps) if s.compensable), default=None)
+    ranks[1 + last if last is not None else -1].append(SagaStatus.FAILED.value)
+    d = compiled.definition
+    return Scene(
+        name=d.name,
+        title=f"{d.name} v{d.version}",
+        nodes=tuple(
+            SceneNode(state, state, role, note) for state, (role, note) in by_state.items()
+        ),
+        edges=_scene_edges(machine, roles),
+        ranks=_present(ranks, machine.states),
+        chain=_present([[pending, *running, done]], machine.states)[0],
+        initial=machine.initial,
+    )
+
+
+def lifecycle_scene(which: Lifecycle) -> Scene:
+    """The generic saga or step lifecycle Machine every flow refines."""
+    if which == "saga":
+        machine = SAGA_LIFECYCLE_MACHINE
+        roles: dict[str, Role] = {s.value: r for s, r in _SAGA_ROLES.items()}
+        s = SagaStatus
+        ranks: list[tuple[str, ...]] = [
+            (s.PENDING, s.COMPENSATED),
+            (s.RUNNING, s.COMPENSATING),
+            (s.COMPLETED, s.FAILED),
+        ]
+        chain: list[str] = [s.PENDING, s.RUNNING, s.COMPLETED]
+        title = "saga lifecycle"
+    elif which == "step":
+        machine = STEP_LIFECYCLE_MACHINE
+        roles = {s.value: r for s, r in _STEP_ROLES.items()}
+        t = StepStatus
+        ranks = [
+            (t.PENDING, t.SKIPPED),
+            (t.SUCCEEDED, t.FAILED, t.TIMED_OUT),
+            (t.COMPENSATED, t.COMPENSATION_FAILED),
+        ]
+        chain = [t.PENDING, t.RUNNING, t.SUCCEEDED, t.COMPENSATING, t.COMPENSATED]
+        title = "step lifecycle"
+    else:
+        raise DiagramError(f"unknown lifecycle {which!r}: saga or step")
+    return Scene(
+        name=f"{which}_lifecycle",
+        title=title,
+        nodes=tuple(SceneNode(state, state, roles[state]) for state in machine.states),
+        edges=_scene_edges(machine, roles),
+        ranks=_present(ranks, machine.states),
+        chain=_present([chain], machine.states)[0],
+        initial=machine.initial,
+    )
