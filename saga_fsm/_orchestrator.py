@@ -154,12 +154,16 @@ class Orchestrator:
         saga_id: str | None = None,
         correlation_id: str | None = None,
         idempotency_key: str | None = None,
+        definition_ref: str | None = None,
     ) -> Snapshot:
         """Start an instance and drive it here until it is finished or parked."""
         snapshot = self._new(definition, data, saga_id, correlation_id, idempotency_key)
         # Created already leased to us, so no worker races this process for it.
         leased = evolve(
-            snapshot, lease_owner=self.worker_id, lease_expires_at=self._lease_expiry()
+            snapshot,
+            lease_owner=self.worker_id,
+            lease_expires_at=self._lease_expiry(),
+            definition_ref=definition_ref,
         )
         stored, created = await self.store.create(leased)
         if not created:

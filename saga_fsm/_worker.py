@@ -72,8 +72,12 @@ class Worker:
                         )
                         backoff = self.poll_interval
                     except StoreError as err:
-                        log.warning("worker %s: store unavailable (%s); retrying in %.1fs",
-                                    self.worker_id, err, backoff)
+                        log.warning(
+                            "worker %s: store unavailable (%s); retrying in %.1fs",
+                            self.worker_id,
+                            err,
+                            backoff,
+                        )
                         await _wait(stop, backoff)
                         backoff = min(backoff * 2, self.max_backoff)
                         continue
@@ -113,12 +117,16 @@ class Worker:
             # out and the saga is retried later; this worker goes on with the others.
             log.error("worker %s: saga %s: %s", self.worker_id, snapshot.saga_id, err)
         except Exception:
-            log.exception("worker %s: saga %s failed unexpectedly", self.worker_id, snapshot.saga_id)
+            log.exception(
+                "worker %s: saga %s failed unexpectedly", self.worker_id, snapshot.saga_id
+            )
 
     async def _shutdown(self, grace: float) -> None:
         if not self._tasks:
             return
-        log.info("worker %s: waiting up to %.0fs for %d saga(s)", self.worker_id, grace, len(self._tasks))
+        log.info(
+            "worker %s: waiting up to %.0fs for %d saga(s)", self.worker_id, grace, len(self._tasks)
+        )
         _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
         for task in pending:
             task.cancel()  # drive() releases the lease on the way out

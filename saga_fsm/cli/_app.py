@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -72,6 +73,12 @@ def parse_json_object(text: str, option: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UsageProblem(f"{option} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def definition_ref(ref: str) -> str:
+    """What a worker elsewhere can load a definition from: files by absolute path."""
+    path = Path(ref)
+    return str(path.resolve()) if path.is_file() else ref
 
 
 def echo_json(value: Any) -> None:

@@ -37,24 +37,55 @@ def summary(snapshot: Snapshot) -> dict[str, object]:
     }
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``5m``, ``2h``, ``1d`` or plain seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if match is None:
+        raise UsageProblem(f"--older-than {text!r} is not a duration like 90s, 5m, 2h or 1d")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2) or "s"])
+
+
 @main.command("ls")
 @store_option
 @click.option("--state", default=None, help="A status (running) or a whole state (running:charge).")
 @click.option("--definition", default=None, help="Only sagas of this definition name.")
 @click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--stuck", is_flag=True, help="Only unfinished sagas with no transition lately.")
+@click.option(
+    "--older-than",
+    default="5m",
+    show_default=True,
+    metavar="DURATION",
+    help="With --stuck: no transition for this long (90s, 5m, 2h, 1d).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def list_sagas(
     store_url: str | None,
     state: str | None,
     definition: str | None,
     limit: int | None,
+    stuck: bool,
+    older_than: str,
     as_json: bool,
 ) -> None:
     """List saga instances, oldest first."""
+    cutoff = datetime.now(UTC) - parse_duration(older_than) if stuck else None
 
     async def fetch() -> list[Snapshot]:
         async with open_store(resolve_store_url(store_url)) as store:
-            return await store.list(state=state, definition=definition, limit=limit)
+            found = await store.list(
+                state=state,
+                definition=definition,
+                limit=None if stuck else limit,
+                updated_before=cutoff,
+            )
+        if stuck:
+            # A saga parked in failed waits for an operator on purpose: it is not stuck.
+            found = [s for s in found if not s.is_terminal][:limit]
+        return found
 
     snapshots = run_async(fetch)
     if as_json:

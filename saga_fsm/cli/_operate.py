@@ -18,6 +18,7 @@ from saga_fsm._snapshot import Snapshot
 from saga_fsm._worker import Worker
 from saga_fsm.cli._app import (
     UsageProblem,
+    definition_ref,
     echo_json,
     exit_with,
     main,
@@ -31,12 +32,6 @@ from saga_fsm.stores import open_store
 
 EXIT_REFUSED = 1
 log = logging.getLogger("saga_fsm.worker")
-
-
-def definition_ref(ref: str) -> str:
-    """What a worker elsewhere can load the definition from: files by absolute path."""
-    path = Path(ref)
-    return str(path.resolve()) if path.is_file() else ref
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -63,12 +58,18 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 )
 @store_option
 def start(
-    ref: str, data: str | None, data_file: str | None, idempotency_key: str | None, store_url: str | None
+    ref: str,
+    data: str | None,
+    data_file: str | None,
+    idempotency_key: str | None,
+    store_url: str | None,
 ) -> None:
     """Persist new sagas of REF without running them; print their ids (a worker runs them)."""
     if (data is None) == (data_file is None):
         raise UsageProblem("give exactly one of --data and --data-file")
-    payloads = [parse_json_object(data, "--data")] if data is not None else read_jsonl(str(data_file))
+    payloads = (
+        [parse_json_object(data, "--data")] if data is not None else read_jsonl(str(data_file))
+    )
     keys: list[str | None]
     if idempotency_key is None:
         keys = [None] * len(payloads)
@@ -83,7 +84,9 @@ def start(
         async with open_store(resolve_store_url(store_url)) as store:
             orchestrator = Orchestrator(store, [definition])
             return [
-                await orchestrator.start(definition, payload, idempotency_key=key, definition_ref=source)
+                await orchestrator.start(
+                    definition, payload, idempotency_key=key, definition_ref=source
+                )
                 for payload, key in zip(payloads, keys, strict=True)
             ]
 
@@ -95,11 +98,21 @@ def start(
 @store_option
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--id", "worker_id", default=None, help="Worker name (default: host:pid:random).")
-@click.option("--lease-seconds", type=click.FloatRange(min=0.1), default=DEFAULT_LEASE_SECONDS, show_default=True,
-              help="How long a dead worker's sagas wait before another takes them over.")
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_LEASE_SECONDS,
+    show_default=True,
+    help="How long a dead worker's sagas wait before another takes them over.",
+)
 @click.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.2, show_default=True)
-@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="On SIGTERM/SIGINT, seconds to let in-flight steps finish.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM/SIGINT, seconds to let in-flight steps finish.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log each claim and step.")
 def worker(
     store_url: str | None,
@@ -130,7 +143,9 @@ def worker(
             # The store may be down when the worker starts, too: wait for it, never exit.
             try:
                 async with open_store(url) as store:
-                    orchestrator = Orchestrator(store, worker_id=worker_id, lease_seconds=lease_seconds)
+                    orchestrator = Orchestrator(
+                        store, worker_id=worker_id, lease_seconds=lease_seconds
+                    )
                     await Worker(
                         orchestrator, concurrency=concurrency, poll_interval=poll_interval
                     ).run(stop, grace=grace)
@@ -189,4 +204,3 @@ def _operator_command(name: str, help_text: str) -> None:
 _operator_command("cancel", "Compensate a running saga (refused past the pivot or once finished).")
 _operator_command("retry", "Resume a saga parked in failed where it gave up, with fresh attempts.")
 _operator_command("resume", "Take over a saga no live worker holds and run it to the end.")
-

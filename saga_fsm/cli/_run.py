@@ -9,6 +9,7 @@ from saga_fsm._loading import load_definition
 from saga_fsm._orchestrator import Orchestrator
 from saga_fsm._snapshot import Snapshot
 from saga_fsm.cli._app import (
+    definition_ref,
     echo_json,
     exit_with,
     main,
@@ -38,7 +39,9 @@ def run(ref: str, data: str, store_url: str | None, as_json: bool) -> None:
 
     async def go() -> Snapshot:
         async with open_store(url) as store:
-            return await Orchestrator(store, [definition]).run(definition, payload)
+            return await Orchestrator(store, [definition]).run(
+                definition, payload, definition_ref=definition_ref(ref)
+            )
 
     final = run_async(go)
     if as_json:

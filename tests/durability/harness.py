@@ -79,9 +79,24 @@ class Workers:
         log = log_dir / f"{name}.log"
         self.logs[name] = log
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "saga_fsm.cli", "worker", "--store", self.url, "--id", name,
-             "--lease-seconds", str(self.lease_seconds), "--poll-interval", "0.05",
-             "--concurrency", str(self.concurrency), "--grace", "10"],
+            [
+                sys.executable,
+                "-m",
+                "saga_fsm.cli",
+                "worker",
+                "--store",
+                self.url,
+                "--id",
+                name,
+                "--lease-seconds",
+                str(self.lease_seconds),
+                "--poll-interval",
+                "0.05",
+                "--concurrency",
+                str(self.concurrency),
+                "--grace",
+                "10",
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=log.open("wb"),
@@ -96,7 +111,7 @@ class Workers:
 
     def stop_all(self) -> dict[str, int]:
         codes = {}
-        for name, proc in list(self.procs.items()):
+        for proc in self.procs.values():
             proc.send_signal(signal.SIGTERM)
         for name, proc in list(self.procs.items()):
             try:
@@ -143,15 +158,20 @@ def workers(conninfo: str, log_dir: Path, count: int, **options: Any) -> Iterato
 
 def check_effects(conninfo: str) -> dict[str, int]:
     """The world the participants left: every check the fault tests share."""
-    sagas = query(conninfo, "SELECT saga_id, state, snapshot->'data' FROM saga_fsm_sagas")
+    sagas = query(conninfo, "SELECT saga_id, state FROM saga_fsm_sagas")
     effects = {(s, step) for s, step in query(conninfo, "SELECT saga_id, step FROM effects")}
     undone = query(conninfo, "SELECT saga_id, step, forward_found FROM compensations")
     assert all(found for _, _, found in undone), "a compensation ran without its forward step"
     undone_set = {(s, step) for s, step, _ in undone}
-    for saga_id, state, data in sagas:
+    for saga_id, state in sagas:
         assert state in ("completed", "compensated"), (saga_id, state)
         if state == "completed":
-            assert {step for s, step in effects if s == saga_id} == {"reserve", "charge", "ship", "notify"}
+            assert {step for s, step in effects if s == saga_id} == {
+                "reserve",
+                "charge",
+                "ship",
+                "notify",
+            }
             assert not {step for s, step in undone_set if s == saga_id}
         else:
             done = {step for s, step in effects if s == saga_id and step in ("reserve", "charge")}

@@ -69,7 +69,9 @@ async def _pool() -> AsyncConnectionPool[Any]:
     """The participants' own connection pool, one per event loop (per worker process)."""
     loop = id(asyncio.get_running_loop())
     if loop not in _pools:
-        pool = AsyncConnectionPool(_dsn(), min_size=1, max_size=8, open=False, kwargs={"autocommit": True})
+        pool = AsyncConnectionPool(
+            _dsn(), min_size=1, max_size=8, open=False, kwargs={"autocommit": True}
+        )
         await pool.open()
         _pools[loop] = pool
     return _pools[loop]
@@ -136,7 +138,9 @@ async def _forward(ctx: StepContext) -> dict[str, Any]:
 async def _compensate(ctx: StepContext) -> None:
     forward_key = ctx.idempotency_key.removesuffix(":compensate")
     async with (await _pool()).connection() as conn:
-        found = await conn.execute("SELECT 1 FROM effects WHERE idempotency_key = %s", (forward_key,))
+        found = await conn.execute(
+            "SELECT 1 FROM effects WHERE idempotency_key = %s", (forward_key,)
+        )
         await conn.execute(
             "INSERT INTO compensations VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (ctx.idempotency_key, ctx.saga_id, ctx.step, await found.fetchone() is not None),
@@ -148,8 +152,22 @@ _FOREVER = RetryPolicy(max_attempts=None, initial_interval=0.05, max_interval=0.
 
 definition = (
     SagaBuilder("fault_saga")
-    .step("reserve", _forward, compensation=_compensate, retry=_RETRY, compensation_retry=_RETRY, timeout=2.0)
-    .step("charge", _forward, compensation=_compensate, retry=_RETRY, compensation_retry=_RETRY, timeout=2.0)
+    .step(
+        "reserve",
+        _forward,
+        compensation=_compensate,
+        retry=_RETRY,
+        compensation_retry=_RETRY,
+        timeout=2.0,
+    )
+    .step(
+        "charge",
+        _forward,
+        compensation=_compensate,
+        retry=_RETRY,
+        compensation_retry=_RETRY,
+        timeout=2.0,
+    )
     .pivot("ship", _forward, retry=_RETRY, timeout=2.0)
     .retriable("notify", _forward, retry=_FOREVER, timeout=2.0)
     .build()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.durability import participants
 from tests.durability.harness import (
     ROOT,
     check_effects,
@@ -29,7 +30,6 @@ from tests.durability.harness import (
     wait_until_finished,
     workers,
 )
-from tests.durability import participants
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 TERMINAL = ("completed", "compensated", "failed")
@@ -111,7 +111,9 @@ def test_kill_9_workers_at_random_loses_nothing(postgres_dsn: str, tmp_path: Pat
         exit_codes = pool.stop_all()
     watch.done.set()
     watch.join()
-    assert unfinished_at_last_kill > 0, "every saga finished before the last kill: make the run longer"
+    assert unfinished_at_last_kill > 0, (
+        "every saga finished before the last kill: make the run longer"
+    )
     assert sum(counts.values()) == total and set(counts) <= {"completed", "compensated"}, counts
     assert all(code == 0 for code in exit_codes.values()), exit_codes
     world = check_effects(postgres_dsn)
@@ -134,7 +136,9 @@ def test_kill_9_workers_at_random_loses_nothing(postgres_dsn: str, tmp_path: Pat
     assert watch.seconds, "no kill caught a worker holding sagas"
 
 
-def _throughput(conninfo: str, tmp_path: Path, worker_count: int, total: int) -> tuple[float, dict[str, int]]:
+def _throughput(
+    conninfo: str, tmp_path: Path, worker_count: int, total: int
+) -> tuple[float, dict[str, int]]:
     run(start_sagas(conninfo, [{"n": n, "delay": 0.01} for n in range(total)]))
     began = time.monotonic()
     with workers(conninfo, tmp_path, worker_count, lease_seconds=10, concurrency=8) as pool:
@@ -159,7 +163,9 @@ def test_four_workers_never_run_one_attempt_twice_at_once(
             world = check_effects(conninfo)
             assert world["overlapping_runs"] == 0 and world["effects"] == 4000
             figures[f"{worker_count}_workers_sagas_per_s"] = round(rate, 1)
-    figures["speedup"] = round(figures["4_workers_sagas_per_s"] / figures["1_workers_sagas_per_s"], 2)
+    figures["speedup"] = round(
+        figures["4_workers_sagas_per_s"] / figures["1_workers_sagas_per_s"], 2
+    )
     report("four workers, 1000 sagas", **figures)
 
 
@@ -176,7 +182,15 @@ def test_postgres_restart_mid_run(postgres_dsn: str, tmp_path: Path) -> None:
             time.sleep(0.05)
         before = states(postgres_dsn)
         restarted = subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart", "-m", "fast"],
+            [
+                "pg_ctlcluster",
+                "--skip-systemctl-redirect",
+                cluster,
+                "main",
+                "restart",
+                "-m",
+                "fast",
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -191,19 +205,25 @@ def test_postgres_restart_mid_run(postgres_dsn: str, tmp_path: Path) -> None:
     assert all(code == 0 for code in codes.values()), codes
     check_effects(postgres_dsn)
     logs = "".join(p.read_text(errors="replace") for p in tmp_path.glob("w*.log"))
-    report("postgres restart", sagas=total, completed=counts.get("completed"),
-           outage_warnings=logs.count("store unavailable"))
+    report(
+        "postgres restart",
+        sagas=total,
+        completed=counts.get("completed"),
+        outage_warnings=logs.count("store unavailable"),
+    )
 
 
 def test_a_step_that_never_returns_times_out_even_across_a_worker_death(
     postgres_dsn: str, tmp_path: Path
 ) -> None:
     prepare(postgres_dsn)
-    hanging, = run(start_sagas(postgres_dsn, [{"hang_at": "charge"}]))
+    (hanging,) = run(start_sagas(postgres_dsn, [{"hang_at": "charge"}]))
     with workers(postgres_dsn, tmp_path, 1, lease_seconds=1.0) as pool:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            (state,), = query(postgres_dsn, "SELECT state FROM saga_fsm_sagas WHERE saga_id = %s", (hanging,))
+            ((state,),) = query(
+                postgres_dsn, "SELECT state FROM saga_fsm_sagas WHERE saga_id = %s", (hanging,)
+            )
             if state == "running:charge":
                 break
             time.sleep(0.05)
@@ -211,7 +231,9 @@ def test_a_step_that_never_returns_times_out_even_across_a_worker_death(
         pool.spawn(tmp_path)
         counts = wait_until_finished(postgres_dsn, 1, timeout=60)
     assert counts == {"compensated": 1}, counts
-    (snapshot,), = query(postgres_dsn, "SELECT snapshot FROM saga_fsm_sagas WHERE saga_id = %s", (hanging,))
+    ((snapshot,),) = query(
+        postgres_dsn, "SELECT snapshot FROM saga_fsm_sagas WHERE saga_id = %s", (hanging,)
+    )
     charge = next(s for s in snapshot["steps"] if s["name"] == "charge")
     assert charge["status"] == "timed_out"
     assert query(postgres_dsn, "SELECT step FROM compensations") == [("reserve",)]
@@ -223,8 +245,19 @@ def test_duplicate_start_from_eight_processes_gives_one_instance(postgres_dsn: s
     run(start_sagas(postgres_dsn, []))
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "saga_fsm.cli", "start", participants.REF, "--data", '{"n": 1}',
-             "--idempotency-key", "order-42", "--store", url],
+            [
+                sys.executable,
+                "-m",
+                "saga_fsm.cli",
+                "start",
+                participants.REF,
+                "--data",
+                '{"n": 1}',
+                "--idempotency-key",
+                "order-42",
+                "--store",
+                url,
+            ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -243,22 +276,30 @@ def test_timers_survive_every_worker_restarting(postgres_dsn: str, tmp_path: Pat
     """A retry back-off longer than a worker holds on to is stored in the database; it
     fires after every worker was replaced, and not before."""
     prepare(postgres_dsn)
-    saga_id, = run(start_sagas(postgres_dsn, [{"flaky_until": time.time() + 1.0}], slow_retry=True))
+    (saga_id,) = run(
+        start_sagas(postgres_dsn, [{"flaky_until": time.time() + 1.0}], slow_retry=True)
+    )
     with workers(postgres_dsn, tmp_path, 1, lease_seconds=1.0) as pool:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            (snapshot,), = query(postgres_dsn, "SELECT snapshot FROM saga_fsm_sagas WHERE saga_id = %s", (saga_id,))
+            ((snapshot,),) = query(
+                postgres_dsn, "SELECT snapshot FROM saga_fsm_sagas WHERE saga_id = %s", (saga_id,)
+            )
             if snapshot["wake_at"] is not None and snapshot["steps"][0]["status"] == "failed":
                 break
             time.sleep(0.05)
         assert snapshot["lease_owner"] is None, "a long back-off must release the lease"
         pool.kill9("w1")
-    (wake_at,), = query(postgres_dsn, "SELECT wake_at FROM saga_fsm_sagas WHERE saga_id = %s", (saga_id,))
+    ((wake_at,),) = query(
+        postgres_dsn, "SELECT wake_at FROM saga_fsm_sagas WHERE saga_id = %s", (saga_id,)
+    )
     assert wake_at is not None
     time.sleep(0.5)
     assert states(postgres_dsn) == {"running:reserve": 1}  # nobody runs it while no worker lives
     with workers(postgres_dsn, tmp_path, 1, lease_seconds=1.0):
         counts = wait_until_finished(postgres_dsn, 1, timeout=30)
     assert counts == {"completed": 1}
-    (attempts,), = query(postgres_dsn, "SELECT count(*) FROM attempts WHERE idempotency_key LIKE %s", ("%:reserve",))
+    ((attempts,),) = query(
+        postgres_dsn, "SELECT count(*) FROM attempts WHERE idempotency_key LIKE %s", ("%:reserve",)
+    )
     assert attempts == 1  # the first attempt failed before logging; the timer's retry ran it
