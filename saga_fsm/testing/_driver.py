@@ -1,0 +1,426 @@
+"""The harness's engine room: saga instances driven through the pure core and a real
+store, with the user's real actions called and faults injected around them.
+
+It is deliberately not the orchestrator: the orchestrator decides *when* things happen
+(clock, leases, back-off sleeps); the driver lets hypothesis decide, one event at a
+time, while doing what the orchestrator does at each one: take the saga's snapshot, ask
+``outstanding``/``decide``, call the function as ``Orchestrator`` does (same
+``StepContext``, same ``saga_fsm._invoke``), and save the decision with its history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable
+from contextlib import AsyncExitStack
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, NoReturn, TypeVar
+
+from attrs import define, field, frozen
+
+from saga_fsm._clock import FakeClock
+from saga_fsm._core import (
+    Command,
+    Event,
+    RunCompensation,
+    RunStep,
+    ScheduleWake,
+    decide,
+    new_snapshot,
+    outstanding,
+)
+from saga_fsm._definition import Action, SagaDefinition, Step, StepContext
+from saga_fsm._errors import TransitionNotAllowed
+from saga_fsm._flow import PENDING, compile_saga
+from saga_fsm._invoke import failure_info, invoke, result_problem
+from saga_fsm._snapshot import ErrorInfo, HistoryEntry, SagaStatus, Snapshot
+from saga_fsm.stores import SnapshotStore
+from saga_fsm.testing._faults import ALL_FAULTS, REFUSED, REPLY_LOST, Fault
+from saga_fsm.testing._fixtures import Setup, StoreFactory, enter_setup, fresh_memory
+from saga_fsm.testing._invariants import (
+    BUILTIN_INVARIANTS,
+    Invariant,
+    InvariantContext,
+    InvariantViolation,
+)
+from saga_fsm.testing._reachability import Move
+from saga_fsm.testing._trace import TraceEntry, TraceKind, render_path
+
+T = TypeVar("T")
+
+TICK = 0.001
+"""Seconds of fake time between two events, so every transition has its own instant."""
+
+
+class CallDidNotReturn(Exception):
+    """A real action or compensation did not return within the harness's wall-clock
+    limit: a fake should answer at once (the harness injects the slow cases)."""
+
+
+@frozen
+class DriverConfig:
+    """How to drive one definition; shared by the property machine and scenarios."""
+
+    definition: SagaDefinition
+    invariants: tuple[Invariant, ...] = ()
+    setup: Setup | None = None
+    store: StoreFactory = field(factory=fresh_memory)
+    simulate: bool = False
+    """Never call the real functions: an ``ok`` call succeeds with no result."""
+    faults: tuple[Fault, ...] = ALL_FAULTS
+    builtin_invariants: bool = True
+    call_timeout: float = 10.0
+    finish_limit: int = 1000
+    """Fault-free events a saga gets to finish at the end before it counts as stuck."""
+
+
+@define
+class SagaRun:
+    """One saga instance under test: what the engine decided last and what happened."""
+
+    saga_id: str
+    number: int
+    decided: Snapshot
+    data: dict[str, Any]
+    """The data it started with."""
+    next: Command | None = None
+    """The command ``outstanding`` derives from ``decided``."""
+    trace: list[TraceEntry] = field(factory=list)
+    seen_keys: set[str] = field(factory=set)
+    """Idempotency keys a participant was called with (or would have been, simulated)."""
+
+    @property
+    def runnable(self) -> bool:
+        """Its next thing is a call, around which a fault can be injected."""
+        return isinstance(self.next, RunStep | RunCompensation)
+
+
+def _label(step: Step, compensation: bool) -> str:
+    if not compensation:
+        return step.name
+    name = getattr(step.compensation, "__name__", "")
+    return name if name.isidentifier() else f"undo {step.name}"
+
+
+def _event(phase: str, outcome: str, at: datetime, command: Command, **fields: Any) -> Event:
+    assert isinstance(command, RunStep | RunCompensation)
+    return Event(
+        f"{phase}_{outcome}",  # type: ignore[arg-type]
+        at,
+        step=command.step,
+        attempt=command.attempt,
+        **fields,
+    )
+
+
+class Driver:
+    """Runs the sagas of one example in its own event loop. One per example."""
+
+    def __init__(self, config: DriverConfig) -> None:
+        self.config = config
+        self.definition = config.definition
+        self.compiled = compile_saga(config.definition)
+        self.clock = FakeClock()
+        self.sagas: list[SagaRun] = []
+        self.timeline: list[tuple[int, TraceEntry]] = []
+        self.broken = False
+        """Set once anything failed: the end-of-run checks are then skipped, so the
+        first failure is the one reported."""
+        self._touched: set[int] = set()
+        self._hung = False
+        self._loop = asyncio.new_event_loop()
+        self._stack = AsyncExitStack()
+        try:
+            self.store: SnapshotStore = self.run(
+                self._stack.enter_async_context(config.store.open())
+            )
+            self.world: Any = self.run(enter_setup(self._stack, config.setup))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- plumbing -------------------------------------------------------------------------
+    def run(self, awaitable: Awaitable[T]) -> T:
+        async def wrapped() -> T:
+            return await awaitable
+
+        return self._loop.run_until_complete(wrapped())
+
+    def close(self) -> None:
+        """Tear the world down, close the store, stop the loop (in that order)."""
+        if self._loop.is_closed():
+            return
+        try:
+            self.run(self._stack.aclose())
+        finally:
+            if not self._hung:  # joining a thread that never returns would hang here
+                self._loop.run_until_complete(self._loop.shutdown_default_executor())
+            self._loop.close()
+
+    def _tick(self) -> datetime:
+        self.clock.advance(TICK)
+        return self.clock.now()
+
+    def _wait_until(self, at: datetime) -> None:
+        if at > self.clock.now():
+            self.clock.advance((at - self.clock.now()).total_seconds())
+
+    # -- sagas ----------------------------------------------------------------------------
+    def create(self, data: dict[str, Any]) -> SagaRun:
+        snapshot = new_snapshot(self.definition, str(uuid.uuid4()), data, self._tick())
+        stored, _created = self.run(self.store.create(snapshot))
+        saga = SagaRun(stored.saga_id, len(self.sagas) + 1, stored, data)
+        self.sagas.append(saga)
+        self._touched.add(saga.number)
+        return saga
+
+    def live(self) -> list[SagaRun]:
+        return [s for s in self.sagas if not s.decided.is_terminal]
+
+    def parked(self) -> list[SagaRun]:
+        return [s for s in self.sagas if s.decided.status is SagaStatus.FAILED]
+
+    def runnable(self) -> list[SagaRun]:
+        return [s for s in self.sagas if s.runnable]
+
+    def faults_for(self, saga: SagaRun) -> tuple[Fault, ...]:
+        """The configured faults that can happen to the saga's next call: a timeout only
+        where a deadline is set, as in production; a refusal only before the
+        participant has seen the call's idempotency key (once it acted on a key, an
+        idempotent participant answers that key as it did, it cannot refuse it)."""
+        command = saga.next
+        if not isinstance(command, RunStep | RunCompensation):
+            return (Fault.OK,)
+        return tuple(
+            f
+            for f in self.config.faults
+            if not (f is Fault.TIMEOUT and command.deadline is None)
+            and not (f is Fault.PERMANENT and command.idempotency_key in saga.seen_keys)
+        )
+
+    # -- events ---------------------------------------------------------------------------
+    def advance(self, saga: SagaRun, fault: Fault = Fault.OK) -> None:
+        """Do the one thing the saga waits for: start it, wake it after a back-off, or
+        make its outstanding call with ``fault`` around it. Finished: nothing to do.
+
+        It acts on ``saga.decided``: after every rule the invariants prove the store
+        returns exactly that snapshot, so it is what a recovered process would load."""
+        self.run(self._advance(saga, fault))
+
+    async def _advance(self, saga: SagaRun, fault: Fault) -> None:
+        snapshot = saga.decided
+        if snapshot.state == PENDING:
+            await self._apply(saga, Event.start(self._tick()), "start")
+        elif isinstance(saga.next, ScheduleWake):
+            self._wait_until(saga.next.at)
+            await self._apply(saga, Event.retry_due(self._tick()), "wake")
+        elif isinstance(saga.next, RunStep | RunCompensation):
+            await self._call(saga, saga.next, fault)
+
+    def play(self, saga: SagaRun, move: Move) -> None:
+        """One move of a planned path. A ``call`` first starts or wakes the saga if it
+        must; a fault its next call cannot have (the path was planned for another
+        call, because real code took another turn) is dropped."""
+        kind, fault = move
+        if kind == "cancel":
+            self.cancel(saga)
+        elif kind == "retry":
+            self.operator_retry(saga)
+        elif kind == "tick":
+            if not saga.runnable:
+                self.advance(saga)
+        else:
+            for _ in range(2):
+                if saga.runnable or saga.decided.is_terminal:
+                    break
+                self.advance(saga)
+            if saga.runnable:
+                self.advance(saga, fault if fault in self.faults_for(saga) else Fault.OK)
+
+    def cancel(self, saga: SagaRun) -> None:
+        self.run(self._operator(saga, Event.cancel(self._tick()), "cancel"))
+
+    def operator_retry(self, saga: SagaRun) -> None:
+        self.run(self._operator(saga, Event.retry(self._tick()), "retry"))
+
+    async def _operator(self, saga: SagaRun, event: Event, kind: TraceKind) -> None:
+        state = saga.decided.state
+        try:
+            decision = decide(self.compiled, saga.decided, event)
+        except TransitionNotAllowed:
+            self._record(saga, TraceEntry(kind, state, state, refused=True))
+            return
+        await self._save(saga, decision.snapshot, decision.history)
+        self._record(saga, TraceEntry(kind, state, decision.snapshot.state))
+
+    async def _apply(self, saga: SagaRun, event: Event, kind: TraceKind, **trace: Any) -> None:
+        """Decide an event the saga's own outstanding command produced, and save it."""
+        state = saga.decided.state
+        try:
+            decision = decide(self.compiled, saga.decided, event)
+        except TransitionNotAllowed as err:
+            self._record(saga, TraceEntry(kind, state, state, **trace))
+            self._violation(saga, "engine_accepts_its_own_commands", str(err))
+        await self._save(saga, decision.snapshot, decision.history)
+        self._record(saga, TraceEntry(kind, state, decision.snapshot.state, **trace))
+
+    async def _save(
+        self, saga: SagaRun, snapshot: Snapshot, history: tuple[HistoryEntry, ...]
+    ) -> None:
+        expected = saga.decided.version
+        saga.decided = await self.store.save(snapshot, history, expected_version=expected)
+        commands = outstanding(self.compiled, saga.decided)
+        saga.next = commands[0] if commands else None
+
+    def _record(self, saga: SagaRun, entry: TraceEntry) -> None:
+        saga.trace.append(entry)
+        self.timeline.append((saga.number, entry))
+        self._touched.add(saga.number)
+
+    async def _call(self, saga: SagaRun, command: RunStep | RunCompensation, fault: Fault) -> None:
+        compensation = isinstance(command, RunCompensation)
+        phase: TraceKind = "compensation" if compensation else "step"
+        step = self.definition.step(command.step)
+        fn = step.compensation if compensation else step.action
+        assert fn is not None
+        state = saga.decided.state
+        at = self._tick()
+        trace: dict[str, Any] = {
+            "label": _label(step, compensation),
+            "step": command.step,
+            "attempt": command.attempt,
+            "idempotency_key": command.idempotency_key,
+            "fault": fault,
+        }
+        if fault is Fault.CRASH_BEFORE:
+            self._record(saga, TraceEntry(phase, state, state, **trace))
+            return
+        if command.deadline is not None and at >= command.deadline:
+            # As the orchestrator does after a takeover: no time left, no call.
+            trace["deadline_passed"] = True
+            await self._apply(saga, _event(phase, "timed_out", at, command), phase, **trace)
+            return
+        if fault.calls:
+            saga.seen_keys.add(command.idempotency_key)
+        if fault.calls and not self.config.simulate:
+            trace.update(await self._invoke(saga.decided, command, fn, compensation))
+            trace["called"] = True
+        if fault is Fault.CRASH_AFTER:
+            self._record(saga, TraceEntry(phase, state, state, **trace))
+            return
+        policy = step.compensation_retry if compensation else step.retry
+        if fault is Fault.PERMANENT:
+            event = _event(phase, "failed", at, command, error=REFUSED)
+        elif fault is Fault.TRANSIENT:
+            event = _event(phase, "failed", at, command, error=REPLY_LOST)
+        elif fault is Fault.TIMEOUT:
+            assert command.deadline is not None
+            self._wait_until(command.deadline)
+            event = _event(phase, "timed_out", self.clock.now(), command)
+        elif trace.get("raised") is not None:
+            error = failure_info(trace["raised"], policy)
+            event = _event(phase, "failed", at, command, error=error)
+        elif trace.get("problem") is not None:
+            error = ErrorInfo("InvalidResult", trace["problem"], retryable=False)
+            event = _event(phase, "failed", at, command, error=error)
+        elif compensation or not trace.get("returned"):
+            event = _event(phase, "succeeded", at, command)
+        else:
+            event = _event(phase, "succeeded", at, command, result=dict(trace["returned"]))
+        await self._apply(saga, event, phase, **trace)
+
+    async def _invoke(
+        self, snapshot: Snapshot, command: RunStep | RunCompensation, fn: Action, compensation: bool
+    ) -> dict[str, Any]:
+        """Call the real function as the orchestrator does; what it returned or raised."""
+        ctx = StepContext(
+            saga_id=snapshot.saga_id,
+            step=command.step,
+            attempt=command.attempt,
+            idempotency_key=command.idempotency_key,
+            correlation_id=snapshot.correlation_id,
+            data=MappingProxyType(snapshot.data),
+            compensating=compensation,
+        )
+        try:
+            async with asyncio.timeout(self.config.call_timeout) as limit:
+                returned = await invoke(fn, ctx)
+        except TimeoutError as err:
+            if limit.expired():
+                self._hung = True
+                limit_s = self.config.call_timeout
+                return {"raised": CallDidNotReturn(f"no answer within {limit_s}s of real time")}
+            return {"raised": err}
+        except Exception as err:
+            return {"raised": err}
+        return {"returned": returned, "problem": result_problem(returned)}
+
+    # -- the end of an example ------------------------------------------------------------
+    def finish_all(self) -> None:
+        """Drive every live saga to a final state with no faults; one that cannot get
+        there is stuck (say, an action after the pivot that always refuses)."""
+        for saga in self.live():
+            for _ in range(self.config.finish_limit):
+                if saga.decided.is_terminal:
+                    break
+                self.advance(saga)
+                self.check(final=False, sagas=[saga])
+            if not saga.decided.is_terminal:
+                self._violation(
+                    saga,
+                    "finishes_once_faults_stop",
+                    f"still at {saga.decided.state!r} after {self.config.finish_limit}"
+                    " events with no fault injected",
+                )
+
+    # -- invariants -----------------------------------------------------------------------
+    def context(self, saga: SagaRun, *, final: bool) -> InvariantContext:
+        """The saga as the store holds it now, with its history and the trace."""
+
+        async def read() -> tuple[Snapshot, list[HistoryEntry]]:
+            return await self.store.load(saga.saga_id), await self.store.history(saga.saga_id)
+
+        snapshot, history = self.run(read())
+        return InvariantContext(
+            definition=self.definition,
+            saga_id=saga.saga_id,
+            snapshot=snapshot,
+            decided=saga.decided,
+            history=tuple(history),
+            trace=tuple(saga.trace),
+            world=self.world,
+            final=final,
+            number=saga.number,
+        )
+
+    def check(self, *, final: bool, sagas: list[SagaRun] | None = None) -> None:
+        """Every invariant, built-in first; raises the first violation. Without
+        ``sagas``: after a rule, the sagas that rule touched; at the end, all of them."""
+        invariants = (
+            *(BUILTIN_INVARIANTS if self.config.builtin_invariants else ()),
+            *self.config.invariants,
+        )
+        if sagas is None:
+            sagas = self.sagas if final else [s for s in self.sagas if s.number in self._touched]
+        self._touched.difference_update(s.number for s in sagas)
+        for saga in sagas:
+            ctx = self.context(saga, final=final)
+            for invariant in invariants:
+                reason = invariant.violation(ctx)
+                if reason is not None:
+                    self._violation(saga, invariant.name, reason)
+
+    def _violation(self, saga: SagaRun, invariant: str, reason: str) -> NoReturn:
+        self.broken = True
+        others = render_interleaving(self.timeline) if len(self.sagas) > 1 else ""
+        raise InvariantViolation(
+            invariant, reason, path=render_path(saga.trace), saga=saga.number, others=others
+        )
+
+
+def render_interleaving(timeline: list[tuple[int, TraceEntry]]) -> str:
+    """Several sagas' events in the order they happened: ``[1] reserve ok -> [2] ...``."""
+    words = [f"[{n}] {w}" for n, e in timeline if (w := e.describe())]
+    return " -> ".join(words)

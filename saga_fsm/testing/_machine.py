@@ -1,0 +1,276 @@
+"""The hypothesis ``RuleBasedStateMachine`` built from a saga definition.
+
+Each rule is one thing that can happen next in production: a saga's next command runs
+cleanly, loses its reply, is refused, times out, or the process crashes around it; an
+operator cancels, or retries a parked saga. Separate rules (rather than one rule
+drawing an outcome) let hypothesis's swarm testing switch whole kinds of trouble off
+for some examples, so long fault-free paths (to the pivot and beyond) are explored as
+well as short unlucky ones. Sagas start by themselves whenever fewer than
+``sagas`` are live. Invariants run after every rule; at the end, every live saga is
+driven to a final state without faults and checked once more.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import ClassVar
+
+from attrs import define, field, frozen
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from saga_fsm._definition import SagaDefinition
+from saga_fsm.stores import SnapshotStore
+from saga_fsm.testing._coverage import TransitionCoverage
+from saga_fsm.testing._driver import Driver, DriverConfig, SagaRun, render_interleaving
+from saga_fsm.testing._faults import Fault, normalise_faults
+from saga_fsm.testing._fixtures import DataSource, Setup, StoreFactory, make_data, store_factory
+from saga_fsm.testing._invariants import Invariant, InvariantFunction, as_invariant
+from saga_fsm.testing._reachability import Edge, edge_of_entry
+from saga_fsm.testing._trace import render_path
+
+_CRASHES = (Fault.CRASH_BEFORE, Fault.CRASH_AFTER)
+
+
+@frozen
+class MachineConfig:
+    driver: DriverConfig
+    data: DataSource = None
+    sagas: int = 1
+    """How many sagas may be live at once (more start as earlier ones finish)."""
+    operator_retry: bool = True
+
+
+@define
+class RunStats:
+    """What every example of one machine class added up to: coverage and counts."""
+
+    coverage: TransitionCoverage
+    examples: int = 0
+    paths: int = 0
+    distinct: set[tuple[Edge, ...]] = field(factory=set)
+    first_failure_at: int | None = None
+    """The number of the example that failed first (before shrinking)."""
+    last_failure_path: str = ""
+    """All sagas of the last failing example, in words."""
+    last_failure_saga: SagaRun | None = None
+    """The saga an invariant broke for in the last failing example."""
+
+    def record(self, driver: Driver) -> None:
+        """Add one example's sagas to the counts and the coverage."""
+        for saga in driver.sagas:
+            history = driver.run(driver.store.history(saga.saga_id))
+            self.coverage.record(history)
+            self.paths += 1
+            self.distinct.add(tuple(edge_of_entry(e) for e in history))
+
+    def failed(self, driver: Driver, error: Exception) -> None:
+        if self.first_failure_at is None:
+            self.first_failure_at = self.examples
+        if len(driver.sagas) > 1:
+            self.last_failure_path = render_interleaving(driver.timeline)
+        else:
+            self.last_failure_path = render_path(driver.sagas[0].trace if driver.sagas else ())
+        broken = getattr(error, "saga", None)
+        self.last_failure_saga = next((s for s in driver.sagas if s.number == broken), None)
+
+
+class SagaStateMachine(RuleBasedStateMachine):
+    """Base class of the machines ``saga_state_machine`` builds (one per definition)."""
+
+    config: ClassVar[MachineConfig]
+    stats: ClassVar[RunStats]
+
+    def __init__(self) -> None:
+        super().__init__()
+        type(self).stats.examples += 1
+        self.driver = Driver(self.config.driver)
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Remember any failure, so teardown does not add a second one on top."""
+        try:
+            yield
+        except Exception as err:
+            self.driver.broken = True
+            type(self).stats.failed(self.driver, err)
+            raise
+
+    def _pick(self, data: st.DataObject, candidates: Sequence[SagaRun]) -> SagaRun:
+        if len(candidates) == 1:
+            return candidates[0]
+        number = data.draw(st.sampled_from([s.number for s in candidates]), label="saga")
+        return next(s for s in candidates if s.number == number)
+
+    def _faults(self, saga: SagaRun, kinds: Iterable[Fault]) -> list[Fault]:
+        return [f for f in self.driver.faults_for(saga) if f in kinds]
+
+    def _inject(self, data: st.DataObject, kinds: Iterable[Fault]) -> None:
+        candidates = [s for s in self.driver.runnable() if self._faults(s, kinds)]
+        saga = self._pick(data, candidates)
+        faults = self._faults(saga, kinds)
+        fault = faults[0] if len(faults) == 1 else data.draw(st.sampled_from(faults), "fault")
+        self.driver.advance(saga, fault)
+
+    def _can_inject(self, kinds: Iterable[Fault]) -> bool:
+        return any(self._faults(s, kinds) for s in self.driver.runnable())
+
+    def _top_up(self, data: st.DataObject) -> None:
+        """Start sagas until ``config.sagas`` are live. Not a rule of its own: a new
+        saga simply appears when the last one finished, so the shrinker can drop a
+        whole earlier saga and the next one takes its place unchanged."""
+        while len(self.driver.live()) < self.config.sagas:
+            self.driver.create(make_data(self.config.data, self.driver.world, data.draw))
+
+    # -- rules: one per kind of trouble, so swarm testing can switch kinds off ------------
+    @rule(data=st.data())
+    def advance(self, data: st.DataObject) -> None:
+        """The next thing happens (start, wake-up, call) with nothing going wrong."""
+        with self._guard():
+            self._top_up(data)
+            self.driver.advance(self._pick(data, self.driver.live()), Fault.OK)
+
+    @precondition(lambda self: self._can_inject((Fault.TRANSIENT,)))
+    @rule(data=st.data())
+    def lose_reply(self, data: st.DataObject) -> None:
+        """The next call acts, but its reply is lost: a transient failure."""
+        with self._guard():
+            self._inject(data, (Fault.TRANSIENT,))
+
+    @precondition(lambda self: self._can_inject((Fault.PERMANENT,)))
+    @rule(data=st.data())
+    def refuse(self, data: st.DataObject) -> None:
+        """The participant refuses the next call for good, before acting."""
+        with self._guard():
+            self._inject(data, (Fault.PERMANENT,))
+
+    @precondition(lambda self: self._can_inject((Fault.TIMEOUT,)))
+    @rule(data=st.data())
+    def time_out(self, data: st.DataObject) -> None:
+        """The next call acts, but answers after its deadline."""
+        with self._guard():
+            self._inject(data, (Fault.TIMEOUT,))
+
+    @precondition(lambda self: self._can_inject(_CRASHES))
+    @rule(data=st.data())
+    def crash(self, data: st.DataObject) -> None:
+        """The process dies around the next call, before or after its effect."""
+        with self._guard():
+            self._inject(data, _CRASHES)
+
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        """An operator cancels, whatever the saga is doing (refusals are checked too)."""
+        with self._guard():
+            self._top_up(data)
+            self.driver.cancel(self._pick(data, self.driver.live()))
+
+    @precondition(lambda self: self.config.operator_retry and bool(self.driver.parked()))
+    @rule(data=st.data())
+    def operator_retry(self, data: st.DataObject) -> None:
+        """An operator resumes a saga parked in ``failed``."""
+        with self._guard():
+            self.driver.operator_retry(self._pick(data, self.driver.parked()))
+
+    @invariant()
+    def properties_hold(self) -> None:
+        """Every invariant, for each saga the last rule touched."""
+        with self._guard():
+            self.driver.check(final=False)
+
+    def teardown(self) -> None:
+        try:
+            if not self.driver.broken:
+                with self._guard():
+                    self.driver.finish_all()
+                    self.driver.check(final=True)
+        finally:
+            try:
+                type(self).stats.record(self.driver)
+            finally:
+                self.driver.close()
+
+
+def class_name(definition: SagaDefinition) -> str:
+    words = re.split(r"[^A-Za-z0-9]+", definition.name)
+    return "".join(w[:1].upper() + w[1:] for w in words if w) or "Saga"
+
+
+def machine_config(
+    definition: SagaDefinition,
+    *,
+    invariants: Iterable[Invariant | InvariantFunction] = (),
+    data: DataSource = None,
+    setup: Setup | None = None,
+    store: SnapshotStore | StoreFactory | str | None = None,
+    faults: Iterable[Fault | str] | None = None,
+    sagas: int = 1,
+    simulate: bool = False,
+    operator_retry: bool = True,
+    builtin_invariants: bool = True,
+) -> MachineConfig:
+    if not isinstance(definition, SagaDefinition):
+        raise TypeError(f"expected a SagaDefinition, got {definition!r}")
+    if isinstance(sagas, bool) or not isinstance(sagas, int) or sagas < 1:
+        raise ValueError(f"sagas must be a whole number >= 1, got {sagas!r}")
+    return MachineConfig(
+        driver=DriverConfig(
+            definition,
+            invariants=tuple(as_invariant(i) for i in invariants),
+            setup=setup,
+            store=store_factory(store),
+            simulate=simulate,
+            faults=normalise_faults(faults),
+            builtin_invariants=builtin_invariants,
+        ),
+        data=data,
+        sagas=sagas,
+        operator_retry=operator_retry,
+    )
+
+
+def build_machine(config: MachineConfig) -> type[SagaStateMachine]:
+    definition = config.driver.definition
+    coverage = TransitionCoverage.for_definition(
+        definition, config.driver.faults, config.operator_retry
+    )
+    name = f"{class_name(definition)}Paths"
+    namespace = {"config": config, "stats": RunStats(coverage), "__module__": __name__}
+    return type(name, (SagaStateMachine,), namespace)
+
+
+def saga_state_machine(
+    definition: SagaDefinition,
+    *,
+    invariants: Iterable[Invariant | InvariantFunction] = (),
+    data: DataSource = None,
+    setup: Setup | None = None,
+    store: SnapshotStore | StoreFactory | str | None = None,
+    faults: Iterable[Fault | str] | None = None,
+    sagas: int = 1,
+    simulate: bool = False,
+    operator_retry: bool = True,
+    builtin_invariants: bool = True,
+) -> type[SagaStateMachine]:
+    """A hypothesis ``RuleBasedStateMachine`` class exploring ``definition``.
+
+    Run it like any other (``TestOrder = saga_state_machine(order).TestCase``, or
+    ``run_state_machine_as_test``); ``cls.stats`` accumulates coverage and counts over
+    every example. ``check`` and ``saga_test_case`` wrap it with settings and a report.
+    """
+    return build_machine(
+        machine_config(
+            definition,
+            invariants=invariants,
+            data=data,
+            setup=setup,
+            store=store,
+            faults=faults,
+            sagas=sagas,
+            simulate=simulate,
+            operator_retry=operator_retry,
+            builtin_invariants=builtin_invariants,
+        )
+    )

@@ -1,0 +1,177 @@
+"""Which rows of a flow table the harness can make the engine take, and the shortest
+sequence of harness moves that takes each one.
+
+The pure core is explored breadth-first from ``pending`` under exactly the events the
+harness can produce: every configured outcome of each outstanding command (a timeout
+only where a deadline is set), wake-ups, a cancel at any point, an operator retry of a
+parked saga. Nothing here runs user code: ``decide`` is pure. The result is both the
+honest denominator of transition coverage and, for each row random exploration missed,
+a directed path to it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Literal
+
+from attrs import frozen
+
+from saga_fsm._core import (
+    Event,
+    RunCompensation,
+    RunStep,
+    ScheduleWake,
+    decide,
+    new_snapshot,
+    outstanding,
+)
+from saga_fsm._definition import RetryPolicy, SagaDefinition
+from saga_fsm._errors import TransitionNotAllowed
+from saga_fsm._flow import CompiledSaga, compile_saga
+from saga_fsm._lifecycle import TransitionRow
+from saga_fsm._snapshot import ErrorInfo, HistoryEntry, SagaStatus, Snapshot
+from saga_fsm.testing._faults import REFUSED, REPLY_LOST, Fault
+
+MoveKind = Literal["tick", "call", "cancel", "retry"]
+Edge = tuple[str, str, str]
+Move = tuple[MoveKind, Fault]
+"""One harness move: ``tick`` (start a pending saga, or wake one whose back-off is
+over), ``call`` (its next call, with the fault around it), ``cancel``, or ``retry``
+from ``failed``; the fault only matters for ``call``."""
+
+_T0 = datetime(2000, 1, 1, tzinfo=UTC)
+_STATE_LIMIT = 50_000
+
+
+def edge_of_row(row: TransitionRow) -> Edge:
+    """(trigger, from, to); an internal transition (``dest=None``) stays where it is."""
+    return (row.trigger, row.source, row.dest if row.dest is not None else row.source)
+
+
+def edge_of_entry(entry: HistoryEntry) -> Edge:
+    return (entry.trigger, entry.from_state, entry.to_state)
+
+
+@functools.cache
+def row_edges(compiled: CompiledSaga) -> dict[Edge, tuple[int, ...]]:
+    """Each (trigger, from, to) of the flow table and the rows it can be. Flow tables
+    give every row its own edge; were two rows to share one, a history entry would
+    count for both."""
+    edges: dict[Edge, tuple[int, ...]] = {}
+    for index, row in enumerate(compiled.rows):
+        key = edge_of_row(row)
+        edges[key] = (*edges.get(key, ()), index)
+    return edges
+
+
+@frozen
+class Reachability:
+    rows: frozenset[int]
+    """Every row some sequence of moves takes (all rows when ``exact`` is False)."""
+    paths: Mapping[int, tuple[Move, ...]]
+    """For each reachable row, a shortest sequence of moves from ``pending`` taking it."""
+    exact: bool = True
+    """False when the state space was too large to enumerate."""
+
+
+def _clip(attempts: int, policy: RetryPolicy) -> int:
+    # Guards only ask "attempts < max_attempts": beyond that, counts behave alike.
+    return min(attempts, policy.max_attempts if policy.max_attempts is not None else 2)
+
+
+def _abstract(compiled: CompiledSaga, snapshot: Snapshot) -> tuple[object, ...]:
+    """What the guards, the effects and ``outstanding`` can tell apart.
+
+    Guards read only the current step's record; effects also need every step's status
+    (compensating a step moves it from ``succeeded``). Attempt counts of other steps
+    never matter again: a step runs forward once in sequence, and its compensation
+    starts from zero attempts (an operator ``retry`` resets them). Data and times
+    never matter. Keeping only this makes the search linear in the steps instead of
+    exponential (tests/testing compare it with the unabstracted search)."""
+    current = snapshot.current_step or (snapshot.parked_at or "").partition(":")[2]
+    attempts: tuple[int, int] = (0, 0)
+    if current:
+        row = compiled.step_index[current]
+        record, step = snapshot.steps[row], compiled.definition.steps[row]
+        attempts = (
+            _clip(record.attempts, step.retry),
+            _clip(record.compensation_attempts, step.compensation_retry),
+        )
+    return (
+        snapshot.state,
+        snapshot.cancel_requested,
+        snapshot.parked_at,
+        snapshot.wake_at is None,
+        attempts,
+        tuple(record.status for record in snapshot.steps),
+    )
+
+
+def _moves(
+    compiled: CompiledSaga, snapshot: Snapshot, faults: tuple[Fault, ...], operator_retry: bool
+) -> Iterator[tuple[Move, Event]]:
+    """Each move the harness can make here, with the event the engine then sees."""
+    status = snapshot.status
+    if status is SagaStatus.PENDING:
+        yield ("tick", Fault.OK), Event.start(_T0)
+    if status is SagaStatus.FAILED and operator_retry:
+        yield ("retry", Fault.OK), Event.retry(_T0)
+    if snapshot.is_terminal:
+        return
+    yield ("cancel", Fault.OK), Event.cancel(_T0)
+    for command in outstanding(compiled, snapshot):
+        if isinstance(command, ScheduleWake):
+            yield ("tick", Fault.OK), Event.retry_due(_T0)
+        elif isinstance(command, RunStep | RunCompensation):
+            phase = "step" if isinstance(command, RunStep) else "compensation"
+            outcomes: list[tuple[Fault, str, ErrorInfo | None]] = [(Fault.OK, "succeeded", None)]
+            if Fault.TRANSIENT in faults:
+                outcomes.append((Fault.TRANSIENT, "failed", REPLY_LOST))
+            if Fault.PERMANENT in faults and command.attempt == 1:
+                # A participant refuses a key only before it acted on it (see Driver).
+                outcomes.append((Fault.PERMANENT, "failed", REFUSED))
+            if Fault.TIMEOUT in faults and command.deadline is not None:
+                outcomes.append((Fault.TIMEOUT, "timed_out", None))
+            for fault, outcome, error in outcomes:
+                event = Event(
+                    f"{phase}_{outcome}",  # type: ignore[arg-type]
+                    _T0,
+                    step=command.step,
+                    attempt=command.attempt,
+                    error=error,
+                )
+                yield ("call", fault), event
+
+
+@functools.cache
+def reachability(
+    definition: SagaDefinition, faults: tuple[Fault, ...], operator_retry: bool = True
+) -> Reachability:
+    """Breadth-first search of the pure core (see the module docstring). Cached: the
+    same definition and faults always give the same answer."""
+    compiled = compile_saga(definition)
+    edges = row_edges(compiled)
+    start = new_snapshot(definition, "reachability", {}, _T0)
+    seen = {_abstract(compiled, start)}
+    queue: deque[tuple[Snapshot, tuple[Move, ...]]] = deque([(start, ())])
+    paths: dict[int, tuple[Move, ...]] = {}
+    while queue:
+        snapshot, path = queue.popleft()
+        for move, event in _moves(compiled, snapshot, faults, operator_retry):
+            try:
+                decision = decide(compiled, snapshot, event)
+            except TransitionNotAllowed:
+                continue
+            for entry in decision.history:
+                for row in edges.get(edge_of_entry(entry), ()):
+                    paths.setdefault(row, (*path, move))
+            key = _abstract(compiled, decision.snapshot)
+            if key not in seen:
+                if len(seen) >= _STATE_LIMIT:
+                    return Reachability(frozenset(range(len(compiled.rows))), paths, exact=False)
+                seen.add(key)
+                queue.append((decision.snapshot, (*path, move)))
+    return Reachability(frozenset(paths), paths)
