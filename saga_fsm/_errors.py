@@ -57,8 +57,10 @@ class TransitionNotAllowed(SagaError):
 class StepFailed(SagaError):
     """Raised by an action (or recorded by the engine) when a step fails.
 
-    ``retryable=False`` marks a permanent failure: the retry policy is skipped and the
-    saga compensates at once (before the pivot) or is parked for an operator (after it).
+    ``retryable=False`` marks a permanent failure: the participant refused and changed
+    nothing. Before the pivot the retry policy is skipped and the saga compensates at
+    once; after the pivot there is no way back, so the step is retried regardless.
+    From a compensation it parks the saga in ``failed`` for an operator.
     """
 
     def __init__(self, message: str, *, retryable: bool = True) -> None:
