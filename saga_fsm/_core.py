@@ -11,13 +11,13 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from attrs import evolve, field, frozen
+from attrs import field, frozen
 from transitions.core import EventData
 
 from saga_fsm._definition import SagaDefinition, Step
 from saga_fsm._errors import TransitionNotAllowed
 from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
-from saga_fsm._lifecycle import fire, step_transition
+from saga_fsm._lifecycle import step_transition
 from saga_fsm._snapshot import (
     ErrorInfo,
     HistoryEntry,
@@ -25,6 +25,7 @@ from saga_fsm._snapshot import (
     Snapshot,
     StepRecord,
     StepStatus,
+    replace,
     split_state,
 )
 
@@ -196,9 +197,8 @@ class _Scratch:
 
     # -- helpers --------------------------------------------------------------------------
     def _row(self, state: str | None) -> int:
-        step = split_state(state or self.state)[1]
-        assert step is not None
-        return self.compiled.step_index[step]
+        # "running:charge" -> the row of "charge" (a KeyError for a state with no step).
+        return self.compiled.step_index[(state or self.state).partition(":")[2]]
 
     def _step(self, row: int) -> Step:
         return self.compiled.definition.steps[row]
@@ -206,7 +206,7 @@ class _Scratch:
     def _move(self, row: int, trigger: str, *, attempts_left: bool = True, **changes: Any) -> None:
         record = self.steps[row]
         status = step_transition(record.status, trigger, attempts_left=attempts_left)
-        self.steps[row] = evolve(record, status=status, **changes)
+        self.steps[row] = replace(record, status=status, **changes)
 
     def _deadline(self, timeout: float | None) -> datetime | None:
         return None if timeout is None else self.event.at + timedelta(seconds=timeout)
@@ -363,7 +363,7 @@ class _Scratch:
 
     def resume_parked(self, ev: EventData) -> None:
         row = self._row(_dest(ev))
-        self.steps[row] = evolve(self.steps[row], compensation_attempts=0)
+        self.steps[row] = replace(self.steps[row], compensation_attempts=0)
         self.parked_at = None
 
     def request_cancel(self, _ev: EventData) -> None:
@@ -374,7 +374,7 @@ class _Scratch:
         self.commands.append(Finish(_dest(ev)))
 
     def to_snapshot(self) -> Snapshot:
-        return evolve(
+        return replace(
             self.snapshot,
             state=self.state,
             steps=tuple(self.steps),
@@ -414,7 +414,7 @@ def _fire(scratch: _Scratch, event: Event) -> HistoryEntry:
         raise TransitionNotAllowed(saga_id, source, event.trigger, stale)
     scratch.event = event
     try:
-        done = fire(scratch.compiled.machine, scratch, event.trigger)
+        done = scratch.compiled.dispatch.fire(scratch, event.trigger)
     except KeyError:
         raise TransitionNotAllowed(
             saga_id, source, event.trigger, _no_transition_reason(scratch, event)

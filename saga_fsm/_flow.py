@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import functools
 
-from attrs import frozen
+from attrs import Factory, field, frozen
 from transitions import Machine
 
 from saga_fsm._definition import SagaDefinition
-from saga_fsm._lifecycle import TransitionRow, build_machine
+from saga_fsm._lifecycle import Dispatch, TransitionRow, build_machine
 from saga_fsm._snapshot import SagaStatus
 
 PENDING = SagaStatus.PENDING.value
@@ -191,6 +191,10 @@ class CompiledSaga:
     rows: tuple[TransitionRow, ...]
     machine: Machine
     step_index: dict[str, int]
+    dispatch: Dispatch = field(
+        default=Factory(lambda self: Dispatch(self.machine), takes_self=True), repr=False
+    )
+    """The Machine's transitions indexed for the engine's hot path (see ``Dispatch``)."""
 
     @property
     def triggers(self) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from saga_fsm._codec import dumps
@@ -15,10 +15,16 @@ from saga_fsm._errors import StepFailed
 from saga_fsm._snapshot import ErrorInfo
 
 
-async def invoke(fn: Action, ctx: StepContext) -> Any:
-    """Call ``fn(ctx)``: coroutine functions are awaited, sync functions run in a thread."""
+def invoke(fn: Action, ctx: StepContext) -> Awaitable[Any]:
+    """Call ``fn(ctx)``, for the caller to await: coroutine functions are awaited, sync
+    functions run in a thread. (Not itself a coroutine, so that an async action awaits
+    in its own frame only: each saga in flight keeps its chain of frames alive.)"""
     if inspect.iscoroutinefunction(fn):
-        return await fn(ctx)
+        return fn(ctx)
+    return _in_thread(fn, ctx)
+
+
+async def _in_thread(fn: Action, ctx: StepContext) -> Any:
     # Sync actions run in a thread so a slow one neither blocks other sagas nor escapes
     # its timeout (the thread itself cannot be killed; its result is then ignored).
     result = await asyncio.to_thread(fn, ctx)

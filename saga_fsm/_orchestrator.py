@@ -14,8 +14,6 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
 
-from attrs import evolve
-
 from saga_fsm._clock import Clock, SystemClock
 from saga_fsm._codec import dumps
 from saga_fsm._core import (
@@ -29,11 +27,11 @@ from saga_fsm._core import (
     new_snapshot,
     outstanding,
 )
-from saga_fsm._definition import Action, RetryPolicy, SagaDefinition, StepContext
+from saga_fsm._definition import SagaDefinition, StepContext
 from saga_fsm._errors import ConcurrencyConflict, SagaError, StepFailed, TransitionNotAllowed
 from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
 from saga_fsm._invoke import invoke, result_problem
-from saga_fsm._snapshot import ErrorInfo, Snapshot
+from saga_fsm._snapshot import ErrorInfo, Snapshot, replace
 from saga_fsm.stores._protocol import SnapshotStore
 
 log = logging.getLogger("saga_fsm")
@@ -93,6 +91,7 @@ class Orchestrator:
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds = lease_seconds
         self._definitions: dict[tuple[str, int], CompiledSaga] = {}
+        self._leases = _LeaseKeeper(self)
         for definition in definitions:
             self.register(definition)
 
@@ -100,6 +99,8 @@ class Orchestrator:
     def register(self, definition: SagaDefinition) -> CompiledSaga:
         key = (definition.name, definition.version)
         known = self._definitions.get(key)
+        if known is not None and known.definition is definition:
+            return known  # the common case, every run(): no deep comparison, no hashing
         if known is not None and known.definition != definition:
             raise SagaError(
                 f"a different definition {definition.name!r} version {definition.version}"
@@ -143,7 +144,7 @@ class Orchestrator:
         """Persist a new ``pending`` instance for a worker to run. With an
         ``idempotency_key`` already in the store, return that instance instead."""
         snapshot = self._new(definition, data, saga_id, correlation_id, idempotency_key)
-        stored, _created = await self.store.create(evolve(snapshot, definition_ref=definition_ref))
+        stored, _created = await self.store.create(replace(snapshot, definition_ref=definition_ref))
         return stored
 
     async def run(
@@ -157,17 +158,20 @@ class Orchestrator:
         definition_ref: str | None = None,
     ) -> Snapshot:
         """Start an instance and drive it here until it is finished or parked."""
+        compiled = self.register(definition)
         snapshot = self._new(definition, data, saga_id, correlation_id, idempotency_key)
-        # Created already leased to us, so no worker races this process for it.
-        leased = evolve(
-            snapshot,
-            lease_owner=self.worker_id,
-            lease_expires_at=self._lease_expiry(),
-            definition_ref=definition_ref,
-        )
-        stored, created = await self.store.create(leased)
+        if definition_ref is not None:
+            snapshot = replace(snapshot, definition_ref=definition_ref)
+        # The start transition is decided before the first write and persisted with it,
+        # created already leased to us (no worker races this process for it): one write
+        # instead of create + save. The row goes straight to "running" with its first
+        # step marked running, which is what a separate start save would have stored.
+        decision = decide(compiled, snapshot, Event.start(snapshot.created_at))
+        first = self._leased(decision.snapshot, release=decision.snapshot.is_terminal)
+        stored, created = await self.store.create(first, decision.history)
         if not created:
             return await self.resume(stored.saga_id)
+        # What comes next is read back from the stored snapshot, as after a crash.
         return await self.drive(stored)
 
     async def resume(self, saga_id: str) -> Snapshot:
@@ -193,7 +197,7 @@ class Orchestrator:
         ``max_hold`` seconds is not waited out here: the lease is released with the
         wake-up time stored, and whichever worker is free then picks the saga up."""
         compiled = self.compiled_for(snapshot)
-        renewal = asyncio.create_task(self._keep_lease(snapshot.saga_id))
+        self._leases.hold(snapshot.saga_id)
         try:
             if snapshot.state == PENDING:
                 snapshot, commands = await self._apply(
@@ -210,9 +214,7 @@ class Orchestrator:
             log.warning("saga %s: lease lost to %s", snapshot.saga_id, lost.snapshot.lease_owner)
             return lost.snapshot
         finally:
-            renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewal
+            self._leases.drop(snapshot.saga_id)
             if snapshot.lease_owner == self.worker_id:
                 # Interrupted (shutdown, store outage): let another worker take over now.
                 with contextlib.suppress(SagaError):
@@ -245,19 +247,19 @@ class Orchestrator:
     def _lease_expiry(self) -> Any:
         return self.clock.now() + timedelta(seconds=self.lease_seconds)
 
-    async def _keep_lease(self, saga_id: str) -> None:
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            try:
-                held = await self.store.renew(
-                    saga_id, self.worker_id, expires_at=self._lease_expiry()
-                )
-            except SagaError as err:
-                log.warning("saga %s: lease renewal failed: %s", saga_id, err)
-                continue
-            if not held:
-                log.warning("saga %s: lease no longer held by %s", saga_id, self.worker_id)
-                return
+    def _leased(self, snapshot: Snapshot, *, release: bool) -> Snapshot:
+        """``snapshot`` as it is written next: with this worker's lease renewed (or no
+        lease: released), at the version the store gives a write of it (so the store
+        has no copy to make: ``with_version`` returns a snapshot already there)."""
+        version = snapshot.version + 1
+        if release:
+            return replace(snapshot, lease_owner=None, lease_expires_at=None, version=version)
+        return replace(
+            snapshot,
+            lease_owner=self.worker_id,
+            lease_expires_at=self._lease_expiry(),
+            version=version,
+        )
 
     async def _operator(self, saga_id: str, event: Event) -> Snapshot:
         snapshot = await self.store.load(saga_id)
@@ -281,19 +283,16 @@ class Orchestrator:
         for _ in range(_CONFLICT_RETRIES):
             decision = decide(compiled, snapshot, event)
             release = decision.snapshot.is_terminal or any(
-                isinstance(c, ScheduleWake)
-                and (c.at - self.clock.now()).total_seconds() > max_hold
+                isinstance(c, ScheduleWake) and (c.at - self.clock.now()).total_seconds() > max_hold
                 for c in decision.commands
             )
-            decided = evolve(
-                decision.snapshot,
-                lease_owner=None if release else self.worker_id,
-                lease_expires_at=None if release else self._lease_expiry(),
-            )
+            decided = self._leased(decision.snapshot, release=release)
             try:
                 saved = await self.store.save(
                     decided, decision.history, expected_version=snapshot.version
                 )
+                if release:
+                    self._leases.forget(snapshot.saga_id)  # nothing left to renew
             except ConcurrencyConflict:
                 snapshot = await self.store.load(snapshot.saga_id)
                 if snapshot.lease_owner != self.worker_id:
@@ -314,6 +313,9 @@ class Orchestrator:
         commands: tuple[Command, ...],
         max_hold: float,
     ) -> Event | None:
+        """Carry out the commands; the event they end in, or None when the saga is
+        finished or handed back. One frame for the whole call: every saga in flight
+        keeps its awaiting frames alive, so they are kept few."""
         for command in commands:
             if isinstance(command, Finish):
                 return None
@@ -325,69 +327,70 @@ class Orchestrator:
                 return Event.retry_due(self.clock.now())
             step = compiled.definition.steps[compiled.step_index[command.step]]
             if isinstance(command, RunStep):
-                assert step.action is not None
-                return await self._call(snapshot, command, step.action, step.retry, "step")
-            if isinstance(command, RunCompensation):
-                assert step.compensation is not None
-                return await self._call(
-                    snapshot, command, step.compensation, step.compensation_retry, "compensation"
-                )
-        return None
-
-    async def _call(
-        self,
-        snapshot: Snapshot,
-        command: RunStep | RunCompensation,
-        fn: Action,
-        policy: RetryPolicy,
-        phase: str,
-    ) -> Event:
-        ctx = StepContext(
-            saga_id=snapshot.saga_id,
-            step=command.step,
-            attempt=command.attempt,
-            idempotency_key=command.idempotency_key,
-            correlation_id=snapshot.correlation_id,
-            data=MappingProxyType(snapshot.data),
-            compensating=phase == "compensation",
-        )
-
-        def event(trigger: str, **fields: Any) -> Event:
-            return Event(
-                f"{phase}_{trigger}",  # type: ignore[arg-type]
-                self.clock.now(),
+                fn, policy, phase = step.action, step.retry, "step"
+            elif isinstance(command, RunCompensation):
+                fn, policy, phase = step.compensation, step.compensation_retry, "compensation"
+            else:
+                continue
+            assert fn is not None
+            ctx = StepContext(
+                saga_id=snapshot.saga_id,
                 step=command.step,
                 attempt=command.attempt,
-                **fields,
+                idempotency_key=command.idempotency_key,
+                correlation_id=snapshot.correlation_id,
+                data=MappingProxyType(snapshot.data),
+                compensating=phase == "compensation",
             )
+            # The deadline is stored: after a takeover only the time left is granted,
+            # and a step whose deadline passed while no worker watched it has timed out.
+            timeout = None
+            if command.deadline is not None:
+                timeout = (command.deadline - self.clock.now()).total_seconds()
+                if timeout <= 0:
+                    return self._outcome(command, phase, "timed_out")
+            deadline = None
+            try:
+                if timeout is None:
+                    result = await invoke(fn, ctx)
+                else:
+                    async with asyncio.timeout(timeout) as deadline:
+                        result = await invoke(fn, ctx)
+            except TimeoutError:
+                if deadline is not None and deadline.expired():
+                    log.warning("saga %s: %s %s timed out", snapshot.saga_id, phase, command.step)
+                    return self._outcome(command, phase, "timed_out")
+                error = ErrorInfo.from_exception(TimeoutError(), retryable=True)
+                return self._outcome(command, phase, "failed", error=error)
+            except StepFailed as err:
+                error = ErrorInfo.from_exception(err, retryable=err.retryable)
+                return self._outcome(command, phase, "failed", error=error)
+            except Exception as err:
+                retryable = not isinstance(err, policy.non_retryable)
+                log.info("saga %s: %s %s raised %r", snapshot.saga_id, phase, command.step, err)
+                error = ErrorInfo.from_exception(err, retryable=retryable)
+                return self._outcome(command, phase, "failed", error=error)
+            problem = result_problem(result)
+            if problem is not None:
+                error = ErrorInfo("InvalidResult", problem, retryable=False)
+                return self._outcome(command, phase, "failed", error=error)
+            if phase == "compensation":
+                return self._outcome(command, phase, "succeeded")
+            return self._outcome(
+                command, phase, "succeeded", result=dict(result) if result else None
+            )
+        return None
 
-        # The deadline is stored: after a takeover only the time left is granted, and a
-        # step whose deadline passed while no worker watched it has timed out.
-        timeout = None
-        if command.deadline is not None:
-            timeout = (command.deadline - self.clock.now()).total_seconds()
-            if timeout <= 0:
-                return event("timed_out")
-        try:
-            async with asyncio.timeout(timeout) as deadline:
-                result = await invoke(fn, ctx)
-        except TimeoutError:
-            if deadline.expired():
-                log.warning("saga %s: %s %s timed out", snapshot.saga_id, phase, command.step)
-                return event("timed_out")
-            return event("failed", error=ErrorInfo.from_exception(TimeoutError(), retryable=True))
-        except StepFailed as err:
-            return event("failed", error=ErrorInfo.from_exception(err, retryable=err.retryable))
-        except Exception as err:
-            retryable = not isinstance(err, policy.non_retryable)
-            log.info("saga %s: %s %s raised %r", snapshot.saga_id, phase, command.step, err)
-            return event("failed", error=ErrorInfo.from_exception(err, retryable=retryable))
-        problem = result_problem(result)
-        if problem is not None:
-            return event("failed", error=ErrorInfo("InvalidResult", problem, retryable=False))
-        if phase == "compensation":
-            return event("succeeded")
-        return event("succeeded", result=dict(result) if result else None)
+    def _outcome(
+        self, command: RunStep | RunCompensation, phase: str, what: str, **fields: Any
+    ) -> Event:
+        return Event(
+            f"{phase}_{what}",  # type: ignore[arg-type]
+            self.clock.now(),
+            step=command.step,
+            attempt=command.attempt,
+            **fields,
+        )
 
 
 def run_sync(
@@ -407,3 +410,50 @@ def run_sync(
             return await Orchestrator(opened, [definition]).run(definition, data, **options)
 
     return asyncio.run(go())
+
+
+class _LeaseKeeper:
+    """Renews the leases an orchestrator holds: one task for all the sagas it drives,
+    each renewed every third of ``lease_seconds`` (every write renews it too), instead
+    of a task per saga, which cost time to start and stop and memory while it slept."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self._orchestrator = orchestrator
+        self._held: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def hold(self, saga_id: str) -> None:
+        self._held[saga_id] = self._held.get(saga_id, 0) + 1
+        task = self._task
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            self._task = asyncio.get_running_loop().create_task(self._renew_forever())
+
+    def drop(self, saga_id: str) -> None:
+        count = self._held.pop(saga_id, 0) - 1
+        if count > 0:
+            self._held[saga_id] = count
+
+    def forget(self, saga_id: str) -> None:
+        """The lease was released by a write: stop renewing it now, not at ``drop``."""
+        self._held.pop(saga_id, None)
+
+    async def _renew_forever(self) -> None:
+        orchestrator = self._orchestrator
+        while self._held:
+            await asyncio.sleep(orchestrator.lease_seconds / 3)
+            for saga_id in list(self._held):
+                if saga_id not in self._held:
+                    continue  # finished while an earlier renewal was awaited
+                try:
+                    held = await orchestrator.store.renew(
+                        saga_id, orchestrator.worker_id, expires_at=orchestrator._lease_expiry()
+                    )
+                except SagaError as err:
+                    log.warning("saga %s: lease renewal failed: %s", saga_id, err)
+                    continue
+                if not held and saga_id in self._held:
+                    # Its writes will now fail and the drive loop stops; stop renewing.
+                    log.warning(
+                        "saga %s: lease no longer held by %s", saga_id, orchestrator.worker_id
+                    )
+                    del self._held[saga_id]

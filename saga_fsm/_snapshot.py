@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from attrs import evolve, field, frozen
+from attrs import field, fields, frozen
 
 
 class SagaStatus(StrEnum):
@@ -78,8 +79,10 @@ def _records(values: Iterable[StepRecord]) -> tuple[StepRecord, ...]:
     return tuple(values)
 
 
+@functools.lru_cache(maxsize=4096)
 def split_state(state: str) -> tuple[SagaStatus, str | None]:
-    """``"running:charge"`` -> ``(SagaStatus.RUNNING, "charge")``."""
+    """``"running:charge"`` -> ``(SagaStatus.RUNNING, "charge")``. (Cached: a flow has a
+    handful of states, and this is asked several times per transition.)"""
     status, _, step = state.partition(":")
     return SagaStatus(status), step or None
 
@@ -148,7 +151,8 @@ class Snapshot:
         raise KeyError(name)
 
     def with_version(self, version: int) -> Snapshot:
-        return evolve(self, version=version)
+        """This snapshot at ``version`` (itself when it is already there: frozen)."""
+        return self if self.version == version else replace(self, version=version)
 
 
 @frozen
@@ -160,3 +164,37 @@ class HistoryEntry:
     trigger: str
     at: datetime
     detail: dict[str, Any] = field(factory=dict)
+
+
+_T = TypeVar("_T")
+_REPLACERS: dict[type, Callable[..., Any]] = {}
+
+
+def replace(instance: _T, /, **changes: Any) -> _T:
+    """``attrs.evolve`` for the engine's hot path: the same result (the class's own
+    ``__init__``, converters included, on the old values overlaid with ``changes``,
+    keyed by init argument; an unknown one is refused by ``__init__``), through a
+    function generated once per class instead of looking the fields up on every call."""
+    cls = type(instance)
+    replacer = _REPLACERS.get(cls)
+    if replacer is None:
+        replacer = _REPLACERS[cls] = _make_replacer(cls)
+    return replacer(instance, changes)  # type: ignore[no-any-return]
+
+
+def _make_replacer(cls: type) -> Callable[..., Any]:
+    attributes = [a for a in fields(cls) if a.init]
+    for a in attributes:
+        if not (a.alias.isidentifier() and a.name.isidentifier()):
+            raise TypeError(f"cannot generate a replacer for {cls.__name__}.{a.name}")
+    current = ", ".join(f"{a.alias!r}: old.{a.name}" for a in attributes)
+    source = (
+        "def replace(old, changes):\n"
+        f"    arguments = {{{current}}}\n"
+        "    arguments.update(changes)\n"
+        "    return cls(**arguments)\n"
+    )
+    namespace: dict[str, Any] = {"cls": cls}
+    exec(compile(source, f"<saga_fsm replace {cls.__qualname__}>", "exec"), namespace)
+    generated: Callable[..., Any] = namespace["replace"]
+    return generated

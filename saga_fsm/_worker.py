@@ -18,6 +18,10 @@ from saga_fsm._snapshot import Snapshot
 
 log = logging.getLogger("saga_fsm.worker")
 
+# At most this many sagas per claim (a full claim is followed by another at once): a worker
+# with thousands of free slots does not hold thousands of rows in one result at a time.
+_CLAIM_BATCH = 256
+
 
 class Worker:
     """Claims due sagas and drives up to ``concurrency`` of them at a time.
@@ -44,7 +48,9 @@ class Worker:
         self.poll_interval = poll_interval
         self.max_hold = max_hold
         self.max_backoff = max_backoff
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Snapshot]] = set()
+        self._saga_of: dict[asyncio.Task[Snapshot], str] = {}
+        self._freed: asyncio.Event | None = None
         self.driven = 0
 
     @property
@@ -56,10 +62,12 @@ class Worker:
         in-flight steps finish for up to ``grace`` seconds, then cancel what is left and
         release its leases so another worker resumes it at once."""
         backoff = self.poll_interval
+        self._freed = asyncio.Event()  # bound to this run's event loop
         store, clock = self.orchestrator.store, self.orchestrator.clock
         log.info("worker %s serving", self.worker_id)
         try:
             while not stop.is_set():
+                self._freed.clear()  # a saga finishing from now on ends the idle wait
                 free = self.concurrency - len(self._tasks)
                 claimed: list[Snapshot | SnapshotDecodeError] = []
                 if free > 0:
@@ -68,7 +76,7 @@ class Worker:
                             self.worker_id,
                             now=clock.now(),
                             lease_seconds=self.orchestrator.lease_seconds,
-                            limit=free,
+                            limit=min(free, _CLAIM_BATCH),
                         )
                         backoff = self.poll_interval
                     except StoreError as err:
@@ -85,10 +93,10 @@ class Worker:
                     if isinstance(item, SnapshotDecodeError):
                         log.error("worker %s: skipping saga: %s", self.worker_id, item)
                         continue
-                    task = asyncio.create_task(self._drive(item))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                if free > 0 and len(claimed) == free:
+                    self._start(item)
+                full = free > 0 and len(claimed) == min(free, _CLAIM_BATCH)
+                claimed = []  # each is now its task's alone: do not keep them alive here
+                if full:
                     continue  # there may be more due work: claim again at once
                 await self._idle(stop)
         finally:
@@ -96,29 +104,50 @@ class Worker:
         log.info("worker %s stopped", self.worker_id)
 
     async def _idle(self, stop: asyncio.Event) -> None:
-        """Wait for a poll tick, a finished saga (a free slot), or the stop signal."""
+        """Wait for a poll tick, a finished saga (a free slot), or the stop signal.
+
+        A finished saga sets ``_freed`` from its done callback: waiting on every task
+        in flight instead would hang a callback on each of them at every poll."""
+        assert self._freed is not None
         stopper = asyncio.create_task(stop.wait())
-        waiting: set[asyncio.Future[object]] = {stopper, *self._tasks}  # type: ignore[arg-type]
+        freed = asyncio.create_task(self._freed.wait())
         try:
             await asyncio.wait(
-                waiting, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                {stopper, freed}, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             stopper.cancel()
+            freed.cancel()
 
-    async def _drive(self, snapshot: Snapshot) -> None:
-        try:
-            await self.orchestrator.drive(snapshot, max_hold=self.max_hold)
+    def _start(self, snapshot: Snapshot) -> None:
+        """Drive one claimed saga in its own task. The task runs ``drive`` itself (no
+        wrapper coroutine: every saga in flight keeps its frames alive) and reports how
+        it ended from its done callback, ``_finished``."""
+        task = asyncio.create_task(self.orchestrator.drive(snapshot, max_hold=self.max_hold))
+        self._tasks.add(task)
+        self._saga_of[task] = snapshot.saga_id
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Snapshot]) -> None:
+        self._tasks.discard(task)
+        saga_id = self._saga_of.pop(task, "?")
+        if self._freed is not None:
+            self._freed.set()
+        if task.cancelled():
+            return
+        err = task.exception()
+        if err is None:
             self.driven += 1
-        except asyncio.CancelledError:
-            raise
-        except SagaError as err:
+        elif isinstance(err, SagaError):
             # Unknown definition, undecodable row, store outage mid-saga: the lease runs
             # out and the saga is retried later; this worker goes on with the others.
-            log.error("worker %s: saga %s: %s", self.worker_id, snapshot.saga_id, err)
-        except Exception:
-            log.exception(
-                "worker %s: saga %s failed unexpectedly", self.worker_id, snapshot.saga_id
+            log.error("worker %s: saga %s: %s", self.worker_id, saga_id, err)
+        else:
+            log.error(
+                "worker %s: saga %s failed unexpectedly",
+                self.worker_id,
+                saga_id,
+                exc_info=(type(err), err, err.__traceback__),
             )
 
     async def _shutdown(self, grace: float) -> None:

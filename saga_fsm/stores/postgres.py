@@ -2,11 +2,13 @@
 
 Each create and each save is ONE SQL statement: data-modifying CTEs write the snapshot
 row and its history rows together, guarded by the optimistic version. A single
-statement is atomic on its own, so it runs in autocommit mode (no BEGIN, no COMMIT):
-one network round trip per transition. Pipeline mode would not help: psycopg syncs at
-every transaction boundary, so BEGIN + statement + COMMIT costs three or four. Loads,
+statement is atomic on its own, so a write made alone runs in autocommit mode (no
+BEGIN, no COMMIT): one network round trip per transition. Writes of sagas driven at
+the same time are group-committed (see ``_group``): the ones that queue up while a
+write is in flight go together, each still its own statement with its own outcome, in
+one transaction sent in one round trip (pipeline mode) and committed once. Loads,
 lists and the lease operations (``claim_due`` with ``FOR UPDATE SKIP LOCKED``,
-``acquire``, ``renew``, ``release``) are one statement each as well.
+``acquire``, ``renew``, ``release``) are one statement each.
 
 The snapshot is a JSONB document written by the project's codec (never pickle); the
 other columns copy fields out of it so SQL can filter, order and find due work.
@@ -39,7 +41,7 @@ from saga_fsm._codec import (
     dumps,
     history_to_dict,
     snapshot_from_json,
-    snapshot_to_dict,
+    snapshot_to_json,
 )
 from saga_fsm._errors import (
     ConcurrencyConflict,
@@ -50,6 +52,7 @@ from saga_fsm._errors import (
 )
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
+from saga_fsm.stores._group import GroupCommit
 
 _MIGRATIONS = migrations.load("postgres")
 _CONNECT_TIMEOUT = 10  # seconds, unless the conninfo says otherwise
@@ -204,21 +207,49 @@ def _like_prefix(status: str) -> str:
     return escaped + ":%"
 
 
-def _row_params(snapshot: Snapshot, history: Sequence[HistoryEntry]) -> dict[str, Any]:
-    encoded_history = []
+def _history_json(history: Sequence[HistoryEntry]) -> str:
+    """History rows as one JSON array; naive times are taken to be UTC."""
+    rows = []
     for entry in history:
-        row = history_to_dict(entry)
         at = _aware(entry.at)
         assert at is not None
-        row["at"] = at.isoformat()
-        encoded_history.append(row)
+        rows.append(
+            {
+                "from_state": entry.from_state,
+                "to_state": entry.to_state,
+                "trigger": entry.trigger,
+                "at": at.isoformat(),
+                "detail": entry.detail,
+            }
+        )
+    try:
+        return dumps(rows)
+    except (TypeError, ValueError):
+        # Details the converter would rewrite first (or refuse with its own message).
+        for row, entry in zip(rows, history, strict=True):
+            row["detail"] = history_to_dict(entry)["detail"]
+        return dumps(rows)
+
+
+def _text(value: str) -> Jsonb:
+    """Already-encoded JSON as a ``jsonb`` parameter: encoded once, by the codec."""
+    return Jsonb(value, dumps=_as_is)
+
+
+def _as_is(value: str) -> str:
+    return value
+
+
+def _row_params(snapshot: Snapshot, history: Sequence[HistoryEntry]) -> dict[str, Any]:
+    """The parameters of one create or save, the snapshot and history encoded once here,
+    before the write joins a batch: a value JSON cannot hold fails its own write."""
     return {
         "saga_id": snapshot.saga_id,
         "definition": snapshot.definition,
         "definition_version": snapshot.definition_version,
         "state": snapshot.state,
         "version": snapshot.version,
-        "snapshot": Jsonb(snapshot_to_dict(snapshot), dumps=dumps),
+        "snapshot": _text(snapshot_to_json(snapshot)),
         "correlation_id": snapshot.correlation_id,
         "idempotency_key": snapshot.idempotency_key,
         "wake_at": _aware(snapshot.wake_at),
@@ -227,8 +258,19 @@ def _row_params(snapshot: Snapshot, history: Sequence[HistoryEntry]) -> dict[str
         "lease_expires_at": _aware(snapshot.lease_expires_at),
         "created_at": _aware(snapshot.created_at),
         "updated_at": _aware(snapshot.updated_at),
-        "history": Jsonb(encoded_history, dumps=dumps),
+        "history": _text(_history_json(history)),
     }
+
+
+def _one_write_may_be_why(err: BaseException) -> bool:
+    """Whether a failed batch may have failed for one of its writes (a bad value, a
+    constraint, a deadlock): then each write is tried alone. Not for a lost connection or
+    a pool timeout, which every write would meet again, one after the other."""
+    if isinstance(err, errors.DeadlockDetected | errors.SerializationFailure):
+        return True
+    return isinstance(err, psycopg.Error) and not isinstance(
+        err, psycopg.OperationalError | psycopg.InterfaceError
+    )
 
 
 def _lease_params(
@@ -301,6 +343,14 @@ class PostgresStore:
         self._pool = pool
         self._owns_pool = False
         self._migrated = False
+        # Saves of sagas driven at once share a statement and a commit (see _group).
+        Rows = list[tuple[Any, ...]]
+        self._saves: GroupCommit[dict[str, Any], Rows] = GroupCommit(
+            self._save_many, retry_alone=_one_write_may_be_why
+        )
+        self._creates: GroupCommit[dict[str, Any], Rows] = GroupCommit(
+            self._create_many, retry_alone=_one_write_may_be_why
+        )
         self._where = f"pool {pool.name!r}"
 
     @classmethod
@@ -387,9 +437,13 @@ class PostgresStore:
     ) -> tuple[Snapshot, bool]:
         stored = snapshot.with_version(1)
         params = _row_params(stored, history)
+        # One create per idempotency key (else per saga id) in a batch: ON CONFLICT does
+        # not see a row inserted by its own transaction's earlier statement as a conflict
+        # to report, it just skips: keep such creates in separate transactions.
+        key = stored.saga_id if stored.idempotency_key is None else f"key:{stored.idempotency_key}"
         async with self._errors("create"):
             try:
-                rows = await self._query(_CREATE, params)
+                rows = await self._creates.submit(key, params)
             except errors.UniqueViolation as err:
                 if err.diag.constraint_name != _PKEY:
                     raise
@@ -416,7 +470,7 @@ class PostgresStore:
         stored = snapshot.with_version(expected_version + 1)
         params = _row_params(stored, history) | {"expected_version": expected_version}
         async with self._errors("save"):
-            ((updated, before),) = await self._query(_SAVE, params)
+            ((updated, before),) = await self._saves.submit(stored.saga_id, params)
             if updated == 1:
                 return stored
             if before is None:
@@ -426,6 +480,50 @@ class PostgresStore:
                 rows = await self._query(_VERSION, (stored.saga_id,))
                 before = rows[0][0] if rows else None
             raise ConcurrencyConflict(stored.saga_id, expected_version, before)
+
+    async def _create_many(self, batch: Sequence[dict[str, Any]]) -> list[list[tuple[Any, ...]]]:
+        return await self._pipelined(_CREATE, batch)
+
+    async def _save_many(self, batch: Sequence[dict[str, Any]]) -> list[list[tuple[Any, ...]]]:
+        return await self._pipelined(_SAVE, batch)
+
+    async def _pipelined(
+        self, query: LiteralString, batch: Sequence[dict[str, Any]]
+    ) -> list[list[tuple[Any, ...]]]:
+        """Group commit: the writes of several sagas in one transaction, sent in one
+        network round trip (pipeline mode), committed once. Each write is still its own
+        single statement with its own simple plan (an index lookup by saga id, whatever
+        the table's size when the plan was cached); one write alone is the plain
+        autocommit statement."""
+        if len(batch) == 1:
+            return [await self._query(query, batch[0])]
+        async with self._pool.connection() as conn:
+            restore = not conn.autocommit
+            if restore:
+                await conn.set_autocommit(True)
+            try:
+                cursors = []
+                # BEGIN/COMMIT as plain statements: conn.transaction() costs more client
+                # time than the writes themselves at these sizes.
+                try:
+                    async with conn.pipeline():
+                        await conn.execute("BEGIN")
+                        for params in batch:
+                            cur = conn.cursor(row_factory=tuple_row)
+                            await cur.execute(query, params)
+                            cursors.append(cur)
+                        await conn.execute("COMMIT")
+                except BaseException:
+                    # A failed statement aborted the transaction (and the pipeline
+                    # skipped the COMMIT): end it, nothing of the batch was written.
+                    with suppress(psycopg.Error):
+                        await conn.execute("ROLLBACK")
+                    raise
+                return [await cur.fetchall() for cur in cursors]
+            finally:
+                if restore:
+                    with suppress(psycopg.Error):
+                        await conn.set_autocommit(False)
 
     async def load(self, saga_id: str) -> Snapshot:
         async with self._errors("load"):

@@ -1,0 +1,98 @@
+"""The benchmark scripts run, at a tiny size, on every store, and report a correct world
+afterwards. Speed is never asserted here: bench/README.md holds the figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.durability.harness import store_url
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(script: str, *args: str) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert lines, done.stderr[-3000:]
+    return lines
+
+
+def assert_correct(lines: list[dict[str, Any]]) -> None:
+    for line in lines:
+        if "correct" in line:
+            assert line["correct"] is True, line
+
+
+TINY = ("--sagas", "20", "--concurrency", "4", "--seed", "3")
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_throughput_runs_on_the_embedded_stores(store: str, tmp_path: Path) -> None:
+    url = "memory://" if store == "memory" else f"sqlite:///{tmp_path}/bench.db"
+    lines = run("throughput.py", "--store", url, *TINY, "--app", "in-process")
+    assert [(line["engine"], line["mode"]) for line in lines] == [
+        ("saga_fsm", "sequential"),
+        ("saga_fsm", "concurrent"),
+    ]
+    assert_correct(lines)
+
+
+def test_throughput_runs_on_postgres_against_the_floor(postgres_dsn: str) -> None:
+    lines = run("throughput.py", "--store", store_url(postgres_dsn), *TINY)
+    assert [(line["engine"], line["mode"]) for line in lines] == [
+        ("floor", "sequential"),
+        ("saga_fsm", "sequential"),
+        ("floor", "concurrent"),
+        ("saga_fsm", "concurrent"),
+    ]
+    for line in lines:
+        assert line["commits_per_saga"] is not None
+        assert ("ratio_to_floor" in line) == (line["engine"] == "saga_fsm")
+    assert_correct(lines)
+
+
+def test_throughput_keeps_application_tables_in_postgres_beside_sqlite(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    lines = run(
+        "throughput.py",
+        "--store",
+        f"sqlite:///{tmp_path}/bench.db",
+        "--app-dsn",
+        store_url(postgres_dsn),
+        *TINY,
+    )
+    assert {line["app"] for line in lines} == {"postgres"}
+    assert all("ratio_to_floor" not in line for line in lines)
+    assert_correct(lines)
+
+
+SCALE = ("--sizes", "200,400", "--live", "60", "--claims", "3", "--in-flight", "20")
+
+
+def test_scale_runs_on_sqlite_and_memory(tmp_path: Path) -> None:
+    lines = run("scale.py", "--store", f"sqlite:///{tmp_path}/scale.db", *SCALE)
+    assert [line["bench"] for line in lines] == ["claim", "claim", "in_flight_memory"]
+    assert all(line["claimed"] > 0 for line in lines if line["bench"] == "claim")
+    assert_correct(lines)
+    assert_correct(run("scale.py", "--store", "memory://", *SCALE))
+
+
+def test_scale_runs_on_postgres(postgres_dsn: str) -> None:
+    lines = run("scale.py", "--store", store_url(postgres_dsn), *SCALE)
+    assert [line["bench"] for line in lines] == ["claim", "claim", "in_flight_memory"]
+    assert all(line["claimed"] > 0 for line in lines if line["bench"] == "claim")
+    assert_correct(lines)
