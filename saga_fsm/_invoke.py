@@ -51,8 +51,8 @@ def result_problem(result: Any) -> str | None:
 def failure_info(err: Exception, policy: RetryPolicy) -> ErrorInfo:
     """How an exception raised by an action is recorded: ``StepFailed`` says itself
     whether a retry can help; a type listed in the policy's ``non_retryable`` is
-    permanent; anything else is transient. (The orchestrator applies the same rules
-    inline, plus its own deadline handling; tests/testing pin the two together.)"""
+    permanent; anything else is transient. The orchestrator and saga_fsm.testing both
+    judge failures here; only the orchestrator's own deadline is told apart before."""
     if isinstance(err, StepFailed):
         return ErrorInfo.from_exception(err, retryable=err.retryable)
     if isinstance(err, TimeoutError):

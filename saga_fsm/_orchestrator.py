@@ -28,9 +28,9 @@ from saga_fsm._core import (
     outstanding,
 )
 from saga_fsm._definition import SagaDefinition, StepContext
-from saga_fsm._errors import ConcurrencyConflict, SagaError, StepFailed, TransitionNotAllowed
+from saga_fsm._errors import ConcurrencyConflict, SagaError, TransitionNotAllowed
 from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
-from saga_fsm._invoke import invoke, result_problem
+from saga_fsm._invoke import failure_info, invoke, result_problem
 from saga_fsm._snapshot import ErrorInfo, Snapshot, replace
 from saga_fsm.stores._protocol import SnapshotStore
 
@@ -356,20 +356,12 @@ class Orchestrator:
                 else:
                     async with asyncio.timeout(timeout) as deadline:
                         result = await invoke(fn, ctx)
-            except TimeoutError:
-                if deadline is not None and deadline.expired():
+            except Exception as err:
+                if isinstance(err, TimeoutError) and deadline is not None and deadline.expired():
                     log.warning("saga %s: %s %s timed out", snapshot.saga_id, phase, command.step)
                     return self._outcome(command, phase, "timed_out")
-                error = ErrorInfo.from_exception(TimeoutError(), retryable=True)
-                return self._outcome(command, phase, "failed", error=error)
-            except StepFailed as err:
-                error = ErrorInfo.from_exception(err, retryable=err.retryable)
-                return self._outcome(command, phase, "failed", error=error)
-            except Exception as err:
-                retryable = not isinstance(err, policy.non_retryable)
                 log.info("saga %s: %s %s raised %r", snapshot.saga_id, phase, command.step, err)
-                error = ErrorInfo.from_exception(err, retryable=retryable)
-                return self._outcome(command, phase, "failed", error=error)
+                return self._outcome(command, phase, "failed", error=failure_info(err, policy))
             problem = result_problem(result)
             if problem is not None:
                 error = ErrorInfo("InvalidResult", problem, retryable=False)
