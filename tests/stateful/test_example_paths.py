@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from saga_fsm import (
     ErrorInfo,
     Event,
+    Finish,
     MemoryStore,
     RunCompensation,
     RunStep,
@@ -63,6 +64,10 @@ class ExamplePaths(RuleBasedStateMachine):
     def _apply(self, saga_id: str, event: Event) -> None:
         before = self.sagas[saga_id]
         decision = decide(self._definition(before), before, event)
+        # What decide() asks for is exactly what recovery would rebuild from the snapshot.
+        pending = tuple(c for c in decision.commands if not isinstance(c, Finish))
+        if pending:
+            assert outstanding(self._definition(before), decision.snapshot) == pending
         saved = self._run(
             self.store.save(decision.snapshot, decision.history, expected_version=before.version)
         )
