@@ -14,7 +14,7 @@ import cattrs
 from cattrs.preconf.json import make_converter
 
 from saga_fsm._errors import SnapshotDecodeError
-from saga_fsm._snapshot import ErrorInfo, HistoryEntry, Snapshot
+from saga_fsm._snapshot import ErrorInfo, HistoryEntry, Snapshot, StepRecord
 
 SCHEMA_VERSION = 1
 
@@ -51,69 +51,69 @@ def snapshot_from_dict(encoded: Any, *, saga_id: str | None = None) -> Snapshot:
 
 
 def snapshot_to_json(snapshot: Snapshot) -> str:
-    """The snapshot's JSON text: exactly ``dumps(snapshot_to_dict(snapshot))``, built on
-    the fast path when the saga data is plain JSON (see ``_plain_snapshot``)."""
+    """The snapshot's JSON text: exactly ``dumps(snapshot_to_dict(snapshot))``, written
+    field by field when the saga data is plain JSON (see ``_snapshot_text``)."""
     # allow_nan=False: every store must refuse what PostgreSQL's JSONB cannot hold.
     try:
-        return _ENCODE(_plain_snapshot(snapshot))
+        return _snapshot_text(snapshot)
     except (TypeError, ValueError):
         # Data the converter would rewrite first (or refuse with its own message).
         return _ENCODE(snapshot_to_dict(snapshot))
 
 
 _ENCODE = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False).encode
+# What the encoder above does to a str (ensure_ascii), without building a list around it.
+_STR: Any = json.encoder.encode_basestring_ascii
 
 
-def _time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+def _str(value: str | None) -> str:
+    return "null" if value is None else _STR(value)
 
 
-def _error(error: ErrorInfo | None) -> dict[str, Any] | None:
+def _time(value: datetime | None) -> str:
+    # isoformat() is ASCII digits and separators: nothing for JSON to escape.
+    return "null" if value is None else f'"{value.isoformat()}"'
+
+
+def _error(error: ErrorInfo | None) -> str:
     if error is None:
-        return None
-    return {"type": error.type, "message": error.message, "retryable": error.retryable}
+        return "null"
+    retryable = "true" if error.retryable else "false"
+    return f'{{"message":{_STR(error.message)},"retryable":{retryable},"type":{_STR(error.type)}}}'
 
 
-def _plain_snapshot(snapshot: Snapshot) -> dict[str, Any]:
-    """What ``snapshot_to_dict`` gives, field for field, without the converter's generic
-    dispatch (the most expensive part of a transition). The saga data and step results
-    are handed to ``json`` as they are, not copied: for values JSON encodes natively this
-    is the converter's output, and anything else makes ``json`` raise, which sends the
-    caller back to the converter. tests/test_codec.py pins the two together."""
-    return {
-        "saga_id": snapshot.saga_id,
-        "definition": snapshot.definition,
-        "definition_version": snapshot.definition_version,
-        "state": snapshot.state,
-        "steps": [
-            {
-                "name": r.name,
-                "status": r.status.value,
-                "attempts": r.attempts,
-                "compensation_attempts": r.compensation_attempts,
-                "result": r.result,
-                "error": _error(r.error),
-                "started_at": _time(r.started_at),
-                "finished_at": _time(r.finished_at),
-                "deadline": _time(r.deadline),
-            }
-            for r in snapshot.steps
-        ],
-        "data": snapshot.data,
-        "created_at": snapshot.created_at.isoformat(),
-        "updated_at": snapshot.updated_at.isoformat(),
-        "correlation_id": snapshot.correlation_id,
-        "idempotency_key": snapshot.idempotency_key,
-        "version": snapshot.version,
-        "wake_at": _time(snapshot.wake_at),
-        "lease_owner": snapshot.lease_owner,
-        "lease_expires_at": _time(snapshot.lease_expires_at),
-        "cancel_requested": snapshot.cancel_requested,
-        "parked_at": snapshot.parked_at,
-        "failure": _error(snapshot.failure),
-        "definition_ref": snapshot.definition_ref,
-        "schema_version": SCHEMA_VERSION,
-    }
+def _step_text(r: StepRecord) -> str:
+    result = "null" if r.result is None else _ENCODE(r.result)
+    return (
+        f'{{"attempts":{int(r.attempts)},'
+        f'"compensation_attempts":{int(r.compensation_attempts)},'
+        f'"deadline":{_time(r.deadline)},"error":{_error(r.error)},'
+        f'"finished_at":{_time(r.finished_at)},"name":{_STR(r.name)},"result":{result},'
+        f'"started_at":{_time(r.started_at)},"status":{_STR(r.status.value)}}}'
+    )
+
+
+def _snapshot_text(s: Snapshot) -> str:
+    """What ``_ENCODE(snapshot_to_dict(s))`` gives, character for character (keys in
+    sorted order), written directly: the converter's generic dispatch and the encoder's
+    walk over a throwaway dict were the most expensive part of a transition. The saga
+    data and step results go through the encoder as they are: for values JSON encodes
+    natively that is the converter's output, and anything else makes it raise, which
+    sends the caller back to the converter. tests/test_codec.py pins the two together."""
+    steps = ",".join([_step_text(r) for r in s.steps])
+    return (
+        f'{{"cancel_requested":{"true" if s.cancel_requested else "false"},'
+        f'"correlation_id":{_str(s.correlation_id)},"created_at":{_time(s.created_at)},'
+        f'"data":{_ENCODE(s.data)},"definition":{_STR(s.definition)},'
+        f'"definition_ref":{_str(s.definition_ref)},'
+        f'"definition_version":{int(s.definition_version)},"failure":{_error(s.failure)},'
+        f'"idempotency_key":{_str(s.idempotency_key)},'
+        f'"lease_expires_at":{_time(s.lease_expires_at)},"lease_owner":{_str(s.lease_owner)},'
+        f'"parked_at":{_str(s.parked_at)},"saga_id":{_STR(s.saga_id)},'
+        f'"schema_version":{SCHEMA_VERSION},"state":{_STR(s.state)},"steps":[{steps}],'
+        f'"updated_at":{_time(s.updated_at)},"version":{int(s.version)},'
+        f'"wake_at":{_time(s.wake_at)}}}'
+    )
 
 
 def snapshot_from_json(text: str | bytes, *, saga_id: str | None = None) -> Snapshot:

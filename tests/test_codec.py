@@ -21,7 +21,7 @@ from saga_fsm._codec import (
     snapshot_to_dict,
     snapshot_to_json,
 )
-from saga_fsm.stores.postgres import _aware, _history_json
+from saga_fsm.stores.postgres import _aware, _history_json, _write_json
 from tests.test_golden import golden_snapshot
 
 
@@ -141,3 +141,40 @@ def test_what_json_cannot_hold_is_refused_as_before() -> None:
 def test_golden_snapshot_round_trips() -> None:
     golden = golden_snapshot()
     assert snapshot_from_json(snapshot_to_json(golden)) == golden
+
+
+def _utc_text(value: datetime | None) -> str | None:
+    aware = _aware(value)
+    return None if aware is None else aware.isoformat()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    snapshots,
+    st.sampled_from(["pending", "completed", "failed"]),
+    st.lists(entries, max_size=2),
+    st.none() | st.integers(0, 1000),
+)
+def test_postgres_write_element_holds_the_columns_snapshot_and_history(
+    snapshot: Snapshot, state: str, history: list[HistoryEntry], expected_version: int | None
+) -> None:
+    snapshot = evolve(snapshot, state=state)  # due_at reads the state
+    element = json.loads(_write_json(snapshot, history, expected_version))
+    assert element == {
+        "saga_id": snapshot.saga_id,
+        "expected_version": expected_version,
+        "version": snapshot.version,
+        "definition": snapshot.definition,
+        "definition_version": snapshot.definition_version,
+        "state": snapshot.state,
+        "correlation_id": snapshot.correlation_id,
+        "idempotency_key": snapshot.idempotency_key,
+        "wake_at": _utc_text(snapshot.wake_at),
+        "due_at": _utc_text(snapshot.due_at),
+        "lease_owner": snapshot.lease_owner,
+        "lease_expires_at": _utc_text(snapshot.lease_expires_at),
+        "created_at": _utc_text(snapshot.created_at),
+        "updated_at": _utc_text(snapshot.updated_at),
+        "snapshot": json.loads(snapshot_to_json(snapshot)),
+        "history": json.loads(_history_json(history)),
+    }

@@ -1,14 +1,14 @@
 """The production store: PostgreSQL through psycopg 3 and a ``psycopg_pool`` pool.
 
-Each create and each save is ONE SQL statement: data-modifying CTEs write the snapshot
-row and its history rows together, guarded by the optimistic version. A single
-statement is atomic on its own, so a write made alone runs in autocommit mode (no
-BEGIN, no COMMIT): one network round trip per transition. Writes of sagas driven at
-the same time are group-committed (see ``_group``): the ones that queue up while a
-write is in flight go together, each still its own statement with its own outcome, in
-one transaction sent in one round trip (pipeline mode) and committed once. Loads,
-lists and the lease operations (``claim_due`` with ``FOR UPDATE SKIP LOCKED``,
-``acquire``, ``renew``, ``release``) are one statement each.
+Creates and saves are group-committed (see ``_group``): the writes of sagas driven at
+the same time that queue up while a batch is in flight go together in the next one.
+A batch, even of one write, is ONE statement in autocommit mode, so one network round
+trip and one commit: a jsonb array with an element per write, handed to a function the
+schema defines (migration 3), which writes each saga's row and its history rows under
+the optimistic version, with single-row statements whose plans are index lookups, and
+returns one row per write, in order. Loads, lists and the lease operations
+(``claim_due`` with ``FOR UPDATE SKIP LOCKED``, ``acquire``, ``renew``, ``release``)
+are one statement each.
 
 The snapshot is a JSONB document written by the project's codec (never pickle); the
 other columns copy fields out of it so SQL can filter, order and find due work.
@@ -73,61 +73,11 @@ CREATE TABLE IF NOT EXISTS saga_fsm_migrations (
 )
 """
 
-# History rows arrive as one JSONB array; WITH ORDINALITY keeps their order in ``id``.
-_HISTORY_ROWS = """
-ROWS FROM (jsonb_to_recordset(%(history)s)
-           AS (from_state text, to_state text, trigger text, at timestamptz, detail jsonb))
-    WITH ORDINALITY AS h(from_state, to_state, trigger, at, detail, ord)
-"""
-
-# ON CONFLICT on the idempotency key returns the existing saga in the same statement;
-# a clash on saga_id still raises UniqueViolation, which becomes ConcurrencyConflict.
-_CREATE = f"""
-WITH new AS (
-    INSERT INTO saga_fsm_sagas (
-        saga_id, definition, definition_version, state, version, snapshot, correlation_id,
-        idempotency_key, wake_at, due_at, lease_owner, lease_expires_at, created_at,
-        updated_at)
-    VALUES (
-        %(saga_id)s, %(definition)s, %(definition_version)s, %(state)s, 1, %(snapshot)s,
-        %(correlation_id)s, %(idempotency_key)s, %(wake_at)s, %(due_at)s, %(lease_owner)s,
-        %(lease_expires_at)s, %(created_at)s, %(updated_at)s)
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING saga_id
-), appended AS (
-    INSERT INTO saga_fsm_history (saga_id, version, from_state, to_state, trigger, at, detail)
-    SELECT new.saga_id, 1, h.from_state, h.to_state, h.trigger, h.at, h.detail
-    FROM new, {_HISTORY_ROWS}
-    ORDER BY h.ord
-)
-SELECT NULL::text, NULL::text FROM new
-UNION ALL
-SELECT s.saga_id, s.snapshot::text FROM saga_fsm_sagas s
-WHERE s.idempotency_key = %(idempotency_key)s AND NOT EXISTS (SELECT FROM new)
-"""
-
-# The last SELECT reads the statement's snapshot, i.e. the version before this UPDATE:
-# enough to tell "no such saga" from "someone else saved first" without a second trip.
-# The idempotency key is a fact of creation: a save never moves it.
-_SAVE = f"""
-WITH updated AS (
-    UPDATE saga_fsm_sagas SET
-        definition = %(definition)s, definition_version = %(definition_version)s,
-        state = %(state)s, version = %(version)s, snapshot = %(snapshot)s,
-        correlation_id = %(correlation_id)s, wake_at = %(wake_at)s, due_at = %(due_at)s,
-        lease_owner = %(lease_owner)s, lease_expires_at = %(lease_expires_at)s,
-        created_at = %(created_at)s, updated_at = %(updated_at)s
-    WHERE saga_id = %(saga_id)s AND version = %(expected_version)s
-    RETURNING saga_id
-), appended AS (
-    INSERT INTO saga_fsm_history (saga_id, version, from_state, to_state, trigger, at, detail)
-    SELECT updated.saga_id, %(version)s, h.from_state, h.to_state, h.trigger, h.at, h.detail
-    FROM updated, {_HISTORY_ROWS}
-    ORDER BY h.ord
-)
-SELECT (SELECT count(*) FROM updated),
-       (SELECT version FROM saga_fsm_sagas WHERE saga_id = %(saga_id)s)
-"""
+# Creates and saves go in batches (see ``_group``), each batch ONE statement: a jsonb
+# array with one element per write, handed to a function of the schema (migration 3)
+# that returns one row per write, in order.
+_CREATE = "SELECT created, existing_id, existing_snapshot FROM saga_fsm_create_batch(%s)"
+_SAVE = "SELECT saved, found_version FROM saga_fsm_save_batch(%s)"
 
 _LOAD = "SELECT snapshot::text FROM saga_fsm_sagas WHERE saga_id = %s"
 _BY_KEY = "SELECT saga_id, snapshot::text FROM saga_fsm_sagas WHERE idempotency_key = %s"
@@ -240,26 +190,38 @@ def _as_is(value: str) -> str:
     return value
 
 
-def _row_params(snapshot: Snapshot, history: Sequence[HistoryEntry]) -> dict[str, Any]:
-    """The parameters of one create or save, the snapshot and history encoded once here,
-    before the write joins a batch: a value JSON cannot hold fails its own write."""
-    return {
-        "saga_id": snapshot.saga_id,
-        "definition": snapshot.definition,
-        "definition_version": snapshot.definition_version,
-        "state": snapshot.state,
-        "version": snapshot.version,
-        "snapshot": _text(snapshot_to_json(snapshot)),
-        "correlation_id": snapshot.correlation_id,
-        "idempotency_key": snapshot.idempotency_key,
-        "wake_at": _aware(snapshot.wake_at),
-        "due_at": _aware(snapshot.due_at),
-        "lease_owner": snapshot.lease_owner,
-        "lease_expires_at": _aware(snapshot.lease_expires_at),
-        "created_at": _aware(snapshot.created_at),
-        "updated_at": _aware(snapshot.updated_at),
-        "history": _text(_history_json(history)),
-    }
+_STR: Any = json.encoder.encode_basestring_ascii
+
+
+def _str(value: str | None) -> str:
+    return "null" if value is None else _STR(value)
+
+
+def _time(value: datetime | None) -> str:
+    aware = _aware(value)
+    return "null" if aware is None else f'"{aware.isoformat()}"'
+
+
+def _write_json(
+    snapshot: Snapshot, history: Sequence[HistoryEntry], expected_version: int | None = None
+) -> str:
+    """One create or save as an element of a batch's JSON array (the columns, the
+    snapshot, its history rows), encoded here, before the write joins a batch: a value
+    JSON cannot hold fails its own write. Written directly, the snapshot's text spliced
+    in as the codec wrote it: this runs on every transition."""
+    s = snapshot
+    expected = "null" if expected_version is None else int(expected_version)
+    return (
+        f'{{"saga_id":{_STR(s.saga_id)},"expected_version":{expected},'
+        f'"version":{int(s.version)},"definition":{_STR(s.definition)},'
+        f'"definition_version":{int(s.definition_version)},"state":{_STR(s.state)},'
+        f'"correlation_id":{_str(s.correlation_id)},'
+        f'"idempotency_key":{_str(s.idempotency_key)},"wake_at":{_time(s.wake_at)},'
+        f'"due_at":{_time(s.due_at)},"lease_owner":{_str(s.lease_owner)},'
+        f'"lease_expires_at":{_time(s.lease_expires_at)},'
+        f'"created_at":{_time(s.created_at)},"updated_at":{_time(s.updated_at)},'
+        f'"snapshot":{snapshot_to_json(s)},"history":{_history_json(history)}}}'
+    )
 
 
 def _one_write_may_be_why(err: BaseException) -> bool:
@@ -344,11 +306,10 @@ class PostgresStore:
         self._owns_pool = False
         self._migrated = False
         # Saves of sagas driven at once share a statement and a commit (see _group).
-        Rows = list[tuple[Any, ...]]
-        self._saves: GroupCommit[dict[str, Any], Rows] = GroupCommit(
+        self._saves: GroupCommit[str, tuple[Any, ...]] = GroupCommit(
             self._save_many, retry_alone=_one_write_may_be_why
         )
-        self._creates: GroupCommit[dict[str, Any], Rows] = GroupCommit(
+        self._creates: GroupCommit[str, tuple[Any, ...]] = GroupCommit(
             self._create_many, retry_alone=_one_write_may_be_why
         )
         self._where = f"pool {pool.name!r}"
@@ -436,42 +397,42 @@ class PostgresStore:
         self, snapshot: Snapshot, history: Sequence[HistoryEntry] = ()
     ) -> tuple[Snapshot, bool]:
         stored = snapshot.with_version(1)
-        params = _row_params(stored, history)
+        write = _write_json(stored, history)
         # One create per idempotency key (else per saga id) in a batch: ON CONFLICT does
-        # not see a row inserted by its own transaction's earlier statement as a conflict
-        # to report, it just skips: keep such creates in separate transactions.
+        # not report a row inserted by the same statement as a conflict, it just skips.
         key = stored.saga_id if stored.idempotency_key is None else f"key:{stored.idempotency_key}"
         async with self._errors("create"):
             try:
-                rows = await self._creates.submit(key, params)
+                created, existing_id, existing = await self._creates.submit(key, write)
             except errors.UniqueViolation as err:
                 if err.diag.constraint_name != _PKEY:
                     raise
                 rows = await self._query(_VERSION, (stored.saga_id,))
                 actual = int(rows[0][0]) if rows else None
                 raise ConcurrencyConflict(stored.saga_id, 0, actual) from None
-            if not rows:
+            if created:
+                return stored, True
+            if existing is None:
                 # The key's owner committed while this statement ran, too late for its
                 # snapshot: a fresh read sees it.
                 rows = await self._query(_BY_KEY, (stored.idempotency_key,))
-        if not rows:
-            raise StoreError(
-                f"PostgreSQL {self._where}: create of saga {stored.saga_id} lost a race for"
-                f" idempotency key {stored.idempotency_key!r} to a saga that is gone; retry"
-            )
-        if rows[0][0] is None:
-            return stored, True
-        saga_id, text = rows[0]
-        return snapshot_from_json(text, saga_id=saga_id), False
+                if not rows:
+                    raise StoreError(
+                        f"PostgreSQL {self._where}: create of saga {stored.saga_id} lost a"
+                        f" race for idempotency key {stored.idempotency_key!r} to a saga"
+                        " that is gone; retry"
+                    )
+                existing_id, existing = rows[0]
+        return snapshot_from_json(existing, saga_id=existing_id), False
 
     async def save(
         self, snapshot: Snapshot, history: Sequence[HistoryEntry], *, expected_version: int
     ) -> Snapshot:
         stored = snapshot.with_version(expected_version + 1)
-        params = _row_params(stored, history) | {"expected_version": expected_version}
+        write = _write_json(stored, history, expected_version)
         async with self._errors("save"):
-            ((updated, before),) = await self._saves.submit(stored.saga_id, params)
-            if updated == 1:
+            updated, before = await self._saves.submit(stored.saga_id, write)
+            if updated:
                 return stored
             if before is None:
                 raise SagaNotFound(stored.saga_id)
@@ -481,49 +442,19 @@ class PostgresStore:
                 before = rows[0][0] if rows else None
             raise ConcurrencyConflict(stored.saga_id, expected_version, before)
 
-    async def _create_many(self, batch: Sequence[dict[str, Any]]) -> list[list[tuple[Any, ...]]]:
-        return await self._pipelined(_CREATE, batch)
+    async def _create_many(self, batch: Sequence[str]) -> list[tuple[Any, ...]]:
+        return await self._batch(_CREATE, batch)
 
-    async def _save_many(self, batch: Sequence[dict[str, Any]]) -> list[list[tuple[Any, ...]]]:
-        return await self._pipelined(_SAVE, batch)
+    async def _save_many(self, batch: Sequence[str]) -> list[tuple[Any, ...]]:
+        return await self._batch(_SAVE, batch)
 
-    async def _pipelined(
-        self, query: LiteralString, batch: Sequence[dict[str, Any]]
-    ) -> list[list[tuple[Any, ...]]]:
-        """Group commit: the writes of several sagas in one transaction, sent in one
-        network round trip (pipeline mode), committed once. Each write is still its own
-        single statement with its own simple plan (an index lookup by saga id, whatever
-        the table's size when the plan was cached); one write alone is the plain
-        autocommit statement."""
-        if len(batch) == 1:
-            return [await self._query(query, batch[0])]
-        async with self._pool.connection() as conn:
-            restore = not conn.autocommit
-            if restore:
-                await conn.set_autocommit(True)
-            try:
-                cursors = []
-                # BEGIN/COMMIT as plain statements: conn.transaction() costs more client
-                # time than the writes themselves at these sizes.
-                try:
-                    async with conn.pipeline():
-                        await conn.execute("BEGIN")
-                        for params in batch:
-                            cur = conn.cursor(row_factory=tuple_row)
-                            await cur.execute(query, params)
-                            cursors.append(cur)
-                        await conn.execute("COMMIT")
-                except BaseException:
-                    # A failed statement aborted the transaction (and the pipeline
-                    # skipped the COMMIT): end it, nothing of the batch was written.
-                    with suppress(psycopg.Error):
-                        await conn.execute("ROLLBACK")
-                    raise
-                return [await cur.fetchall() for cur in cursors]
-            finally:
-                if restore:
-                    with suppress(psycopg.Error):
-                        await conn.set_autocommit(False)
+    async def _batch(self, query: LiteralString, batch: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Group commit: the writes of several sagas as one statement (one row of results
+        per write, in order), atomic by itself, sent in one round trip, committed once."""
+        rows = await self._query(query, (_text(f"[{','.join(batch)}]"),))
+        if len(rows) != len(batch):  # never: one result row per batch element
+            raise StoreError(f"PostgreSQL {self._where}: {len(rows)} results for {len(batch)}")
+        return rows
 
     async def load(self, saga_id: str) -> Snapshot:
         async with self._errors("load"):
