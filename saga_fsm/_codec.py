@@ -82,6 +82,26 @@ def _error(error: ErrorInfo | None) -> str:
     return f'{{"message":{_STR(error.message)},"retryable":{retryable},"type":{_STR(error.type)}}}'
 
 
+# The text of recently encoded step records, by identity: a transition changes one step
+# and the snapshot keeps the others' records as they were (records are immutable, their
+# results never changed in place), so most are encoded already.
+# Entries hold their record, so an id cannot be reused while cached; the cache is small
+# and simply emptied when full, to bound what it keeps alive.
+_STEP_TEXTS: dict[int, tuple[StepRecord, str]] = {}
+_STEP_TEXTS_MAX = 256
+
+
+def _cached_step_text(r: StepRecord) -> str:
+    hit = _STEP_TEXTS.get(id(r))
+    if hit is not None and hit[0] is r:
+        return hit[1]
+    text = _step_text(r)  # raises before caching: nothing half-done is kept
+    if len(_STEP_TEXTS) >= _STEP_TEXTS_MAX:
+        _STEP_TEXTS.clear()
+    _STEP_TEXTS[id(r)] = (r, text)
+    return text
+
+
 def _step_text(r: StepRecord) -> str:
     result = "null" if r.result is None else _ENCODE(r.result)
     return (
@@ -100,7 +120,7 @@ def _snapshot_text(s: Snapshot) -> str:
     data and step results go through the encoder as they are: for values JSON encodes
     natively that is the converter's output, and anything else makes it raise, which
     sends the caller back to the converter. tests/test_codec.py pins the two together."""
-    steps = ",".join([_step_text(r) for r in s.steps])
+    steps = ",".join([_cached_step_text(r) for r in s.steps])
     return (
         f'{{"cancel_requested":{"true" if s.cancel_requested else "false"},'
         f'"correlation_id":{_str(s.correlation_id)},"created_at":{_time(s.created_at)},'
