@@ -433,17 +433,18 @@ class _LeaseKeeper:
         orchestrator = self._orchestrator
         while self._held:
             await asyncio.sleep(orchestrator.lease_seconds / 3)
-            for saga_id in list(self._held):
-                if saga_id not in self._held:
-                    continue  # finished while an earlier renewal was awaited
-                try:
-                    held = await orchestrator.store.renew(
-                        saga_id, orchestrator.worker_id, expires_at=orchestrator._lease_expiry()
-                    )
-                except SagaError as err:
-                    log.warning("saga %s: lease renewal failed: %s", saga_id, err)
-                    continue
-                if not held and saga_id in self._held:
+            # All of them in one call (the store batches them): a worker with thousands
+            # of sagas in flight must not spend the lease renewing them one by one.
+            wanted = list(self._held)
+            try:
+                held = await orchestrator.store.renew_leases(
+                    wanted, orchestrator.worker_id, expires_at=orchestrator._lease_expiry()
+                )
+            except SagaError as err:
+                log.warning("lease renewal of %d sagas failed: %s", len(wanted), err)
+                continue
+            for saga_id in wanted:
+                if saga_id not in held and saga_id in self._held:
                     # Its writes will now fail and the drive loop stops; stop renewing.
                     log.warning(
                         "saga %s: lease no longer held by %s", saga_id, orchestrator.worker_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -195,3 +196,78 @@ def test_graceful_shutdown_releases_unfinished_sagas_for_others() -> None:
     left = asyncio.run(go())
     assert left.state == "running:a" and left.lease_owner is None
     assert left.due_at == left.created_at  # due at once: another worker re-runs step a
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals: list[list[str]] = []
+
+    async def renew_leases(self, saga_ids: Any, worker_id: str, *, expires_at: Any) -> set[str]:
+        self.renewals.append(sorted(saga_ids))
+        return await super().renew_leases(saga_ids, worker_id, expires_at=expires_at)
+
+
+def blocking_saga(release: asyncio.Event, inside: list[str]) -> SagaDefinition:
+    async def slow(ctx: StepContext) -> None:
+        inside.append(ctx.saga_id)
+        await release.wait()
+
+    async def undo(ctx: StepContext) -> None:
+        return None
+
+    return SagaBuilder("slow").step("a", slow, compensation=undo).build()
+
+
+def test_leases_of_sagas_in_flight_are_renewed_together_and_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def go() -> tuple[CountingStore, list[str]]:
+        release, inside = asyncio.Event(), []
+        saga = blocking_saga(release, inside)
+        store = CountingStore()
+        orchestrator = Orchestrator(store, [saga], worker_id="w1", lease_seconds=0.3)
+        runs = [asyncio.create_task(orchestrator.run(saga, {"n": n})) for n in range(5)]
+        while len(inside) < 5:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.8)  # well past the first lease: only renewals kept it
+        for snapshot in await store.list():
+            assert snapshot.lease_owner == "w1"
+        release.set()
+        finals = await asyncio.gather(*runs)
+        return store, [s.state for s in finals]
+
+    with caplog.at_level(logging.WARNING, logger="saga_fsm"):
+        store, states = asyncio.run(go())
+    assert states == ["completed"] * 5
+    assert "no longer held" not in caplog.text
+    # Every renewal carried all five sagas in one call.
+    assert len(store.renewals) >= 2
+    assert all(len(ids) == 5 for ids in store.renewals)
+
+
+def test_a_lease_taken_by_another_worker_stops_renewal_and_driving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def go() -> tuple[Any, Any]:
+        release, inside = asyncio.Event(), []
+        saga = blocking_saga(release, inside)
+        store = CountingStore()
+        orchestrator = Orchestrator(store, [saga], worker_id="w1", lease_seconds=0.3)
+        run = asyncio.create_task(orchestrator.run(saga, {}))
+        while not inside:
+            await asyncio.sleep(0.01)
+        # Another worker whose clock says the lease expired takes the saga.
+        later = orchestrator.clock.now() + timedelta(hours=1)
+        await store.acquire(inside[0], "w2", now=later, lease_seconds=3600)
+        renewals_at_theft = len(store.renewals)
+        await asyncio.sleep(0.5)
+        release.set()
+        final = await run
+        return final, (renewals_at_theft, store.renewals)
+
+    with caplog.at_level(logging.WARNING, logger="saga_fsm"):
+        final, (at_theft, renewals) = asyncio.run(go())
+    assert final.lease_owner == "w2" and final.state == "running:a"
+    assert "lease no longer held by w1" in caplog.text
+    assert len(renewals) == at_theft + 1  # tried once more, then stopped renewing it

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins  # the stores' own ``list`` method shadows it in class bodies
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -75,8 +75,13 @@ class SnapshotStore(Protocol):
         ``SagaNotFound`` if it does not exist. Bumps the version like a claim."""
         ...
 
-    async def renew(self, saga_id: str, worker_id: str, *, expires_at: datetime) -> bool:
-        """Extend ``worker_id``'s lease (no version bump); False if it no longer holds it."""
+    async def renew_leases(
+        self, saga_ids: Collection[str], worker_id: str, *, expires_at: datetime
+    ) -> set[str]:
+        """Extend ``worker_id``'s leases on these sagas to ``expires_at`` (no version
+        bump), in one round trip however many; returns the ids it still held (and now
+        holds until ``expires_at``). A worker with thousands of sagas in flight renews
+        them all at once, not one statement each."""
         ...
 
     async def release(self, saga_id: str, worker_id: str) -> None:
@@ -93,3 +98,11 @@ def state_matches(state: str, wanted: str | None) -> bool:
     if wanted is None:
         return True
     return state == wanted or (":" not in wanted and state.startswith(wanted + ":"))
+
+
+def ids(saga_ids: Collection[str]) -> builtins.list[str]:
+    """Saga ids as a list without repeats; one bare ``str`` is refused, not read as a
+    collection of one-character ids."""
+    if isinstance(saga_ids, str):
+        raise TypeError(f"expected a collection of saga ids, got the str {saga_ids!r}")
+    return list(dict.fromkeys(saga_ids))

@@ -4,7 +4,7 @@ like the durable stores (copies, not shared objects), minus the durability."""
 from __future__ import annotations
 
 import builtins  # the stores' own ``list`` method shadows it in class bodies
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 from attrs import define, evolve
@@ -17,6 +17,7 @@ from saga_fsm._codec import (
 )
 from saga_fsm._errors import ConcurrencyConflict, SagaLeased, SagaNotFound, SnapshotDecodeError
 from saga_fsm._snapshot import HistoryEntry, Snapshot
+from saga_fsm.stores._protocol import ids as _ids
 from saga_fsm.stores._protocol import state_matches
 
 
@@ -171,12 +172,16 @@ class MemoryStore:
             raise SagaLeased(saga_id, str(row.lease_owner), row.lease_expires_at)
         return self._lease(saga_id, worker_id, now + timedelta(seconds=lease_seconds), bump=True)
 
-    async def renew(self, saga_id: str, worker_id: str, *, expires_at: datetime) -> bool:
-        row = self._rows.get(saga_id)
-        if row is None or row.lease_owner != worker_id:
-            return False
-        self._lease(saga_id, worker_id, expires_at, bump=False)
-        return True
+    async def renew_leases(
+        self, saga_ids: Collection[str], worker_id: str, *, expires_at: datetime
+    ) -> set[str]:
+        held = set()
+        for saga_id in _ids(saga_ids):
+            row = self._rows.get(saga_id)
+            if row is not None and row.lease_owner == worker_id:
+                self._lease(saga_id, worker_id, expires_at, bump=False)
+                held.add(saga_id)
+        return held
 
     async def release(self, saga_id: str, worker_id: str) -> None:
         row = self._rows.get(saga_id)

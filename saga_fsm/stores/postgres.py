@@ -23,7 +23,7 @@ Driver errors never leave this module raw: they become ``StoreError`` (or
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any, LiteralString, TypeAlias
@@ -53,6 +53,7 @@ from saga_fsm._errors import (
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
 from saga_fsm.stores._group import GroupCommit
+from saga_fsm.stores._protocol import ids
 
 _MIGRATIONS = migrations.load("postgres")
 _CONNECT_TIMEOUT = 10  # seconds, unless the conninfo says otherwise
@@ -138,11 +139,18 @@ SELECT (SELECT snapshot FROM leased), s.saga_id, s.lease_owner, s.lease_expires_
 FROM (SELECT) AS one LEFT JOIN saga_fsm_sagas s ON s.saga_id = %(saga_id)s
 """
 _ACQUIRE_ATTEMPTS = 3
-_RELEASE_OR_RENEW = f"""
+_RELEASE = f"""
 UPDATE saga_fsm_sagas SET {_SET_LEASE}
 WHERE saga_id = %(saga_id)s AND lease_owner = %(worker)s
 RETURNING saga_id
 """
+# Every lease a worker holds, renewed in a statement per chunk of ids, not one each.
+_RENEW = f"""
+UPDATE saga_fsm_sagas SET {_SET_LEASE}
+WHERE saga_id = ANY(%(saga_ids)s::text[]) AND lease_owner = %(worker)s
+RETURNING saga_id
+"""
+_RENEW_CHUNK = 1000
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -542,15 +550,23 @@ class PostgresStore:
                 # the statement's snapshot was taken: look again.
         raise SagaLeased(saga_id, str(owner), until)
 
-    async def renew(self, saga_id: str, worker_id: str, *, expires_at: datetime) -> bool:
+    async def renew_leases(
+        self, saga_ids: Collection[str], worker_id: str, *, expires_at: datetime
+    ) -> set[str]:
+        wanted = ids(saga_ids)
         params = _lease_params(worker_id, worker_id, expires_at, bump=False)
-        async with self._errors("renew"):
-            return bool(await self._query(_RELEASE_OR_RENEW, params | {"saga_id": saga_id}))
+        held: set[str] = set()
+        async with self._errors("renew_leases"):
+            for start in range(0, len(wanted), _RENEW_CHUNK):
+                chunk = wanted[start : start + _RENEW_CHUNK]
+                rows = await self._query(_RENEW, params | {"saga_ids": chunk})
+                held.update(saga_id for (saga_id,) in rows)
+        return held
 
     async def release(self, saga_id: str, worker_id: str) -> None:
         params = _lease_params(worker_id, None, None, bump=False)
         async with self._errors("release"):
-            await self._query(_RELEASE_OR_RENEW, params | {"saga_id": saga_id})
+            await self._query(_RELEASE, params | {"saga_id": saga_id})
 
     async def close(self) -> None:
         """Close the pool if ``open()`` made it; a caller's pool is the caller's."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +33,7 @@ from saga_fsm._errors import (
 )
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
+from saga_fsm.stores._protocol import ids
 
 _MIGRATIONS = migrations.load("sqlite")
 Claimed: TypeAlias = list[Snapshot | SnapshotDecodeError]  # (a method named list shadows it)
@@ -383,13 +384,18 @@ class SqliteStore:
             expires_at = now + timedelta(seconds=lease_seconds)
             return self._lease(conn, saga_id, text, worker_id, expires_at, bump=True)
 
-    async def renew(self, saga_id: str, worker_id: str, *, expires_at: datetime) -> bool:
-        with self._transaction("renew") as conn:
-            row = conn.execute(_LEASE_OF, (saga_id,)).fetchone()
-            if row is None or row[1] != worker_id:
-                return False
-            self._lease(conn, saga_id, row[0], worker_id, expires_at, bump=False)
-            return True
+    async def renew_leases(
+        self, saga_ids: Collection[str], worker_id: str, *, expires_at: datetime
+    ) -> set[str]:
+        held = set()
+        wanted = ids(saga_ids)
+        with self._transaction("renew_leases") as conn:
+            for saga_id in wanted:
+                row = conn.execute(_LEASE_OF, (saga_id,)).fetchone()
+                if row is not None and row[1] == worker_id:
+                    self._lease(conn, saga_id, row[0], worker_id, expires_at, bump=False)
+                    held.add(saga_id)
+        return held
 
     async def release(self, saga_id: str, worker_id: str) -> None:
         with self._transaction("release") as conn:

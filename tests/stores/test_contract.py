@@ -594,19 +594,42 @@ def test_acquire(harness: Harness) -> None:
         harness.run(harness.store.save(again, [], expected_version=again.version))
 
 
-def test_renew(harness: Harness) -> None:
+def test_renew_leases(harness: Harness) -> None:
     _create(harness, new_snapshot(ORDER, "s-1", {}, T0))
     leased = harness.run(harness.store.acquire("s-1", W1, now=NOW, lease_seconds=LEASE))
-    assert not harness.run(harness.store.renew("s-1", W2, expires_at=NOW + timedelta(hours=1)))
-    assert not harness.run(harness.store.renew("nope", W1, expires_at=NOW))
-    assert harness.run(harness.store.load("s-1")) == leased
+    store = harness.store
+    assert (
+        harness.run(store.renew_leases(["s-1"], W2, expires_at=NOW + timedelta(hours=1))) == set()
+    )
+    assert harness.run(store.renew_leases(["nope"], W1, expires_at=NOW)) == set()
+    assert harness.run(store.renew_leases([], W1, expires_at=NOW)) == set()
+    assert harness.run(store.load("s-1")) == leased
     later = NOW + timedelta(minutes=5)  # past expiry, but nobody took it: still W1's
-    assert harness.run(harness.store.renew("s-1", W1, expires_at=later))
-    renewed = harness.run(harness.store.load("s-1"))
+    assert harness.run(store.renew_leases(["s-1", "nope", "s-1"], W1, expires_at=later)) == {"s-1"}
+    renewed = harness.run(store.load("s-1"))
     assert renewed == evolve(leased, lease_expires_at=later)  # no version bump
-    assert harness.run(harness.store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=5)) == []
+    assert harness.run(store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=5)) == []
     # The holder still saves at the same version.
-    assert harness.run(harness.store.save(renewed, [], expected_version=leased.version))
+    assert harness.run(store.save(renewed, [], expected_version=leased.version))
+    with pytest.raises(TypeError, match="collection of saga ids"):
+        harness.run(store.renew_leases("s-1", W1, expires_at=later))
+
+
+def test_renew_leases_many_at_once(harness: Harness) -> None:
+    """More ids than one statement carries (PostgreSQL renews 1000 per statement), a
+    mix of held, foreign and unknown ones: exactly the held ones come back, renewed."""
+    count = 1205
+    for n in range(count):
+        _create(harness, new_snapshot(ORDER, f"s-{n:04}", {}, T0))
+    claimed = harness.run(harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=count))
+    assert len(claimed) == count
+    harness.run(harness.store.acquire("s-0007", W2, now=NOW + timedelta(hours=1), lease_seconds=1))
+    later = NOW + timedelta(minutes=5)
+    wanted = [f"s-{n:04}" for n in range(count)] + ["unknown"]
+    held = harness.run(harness.store.renew_leases(wanted, W1, expires_at=later))
+    assert held == set(wanted) - {"s-0007", "unknown"}
+    assert harness.run(harness.store.load("s-1204")).lease_expires_at == later
+    assert harness.run(harness.store.load("s-0007")).lease_owner == W2
 
 
 def test_release(harness: Harness) -> None:
