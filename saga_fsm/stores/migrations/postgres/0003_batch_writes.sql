@@ -11,20 +11,48 @@
 --
 -- Unqualified names, as everywhere: the caller's search_path picks the schema.
 
+-- One element of a batch: the row's columns, the snapshot document, the history rows
+-- (a jsonb array) and, for a save, the version it expects to find.
+CREATE TYPE saga_fsm_write AS (
+    saga_id            text,
+    expected_version   bigint,
+    version            bigint,
+    definition         text,
+    definition_version integer,
+    state              text,
+    snapshot           jsonb,
+    correlation_id     text,
+    idempotency_key    text,
+    wake_at            timestamptz,
+    due_at             timestamptz,
+    lease_owner        text,
+    lease_expires_at   timestamptz,
+    created_at         timestamptz,
+    updated_at         timestamptz,
+    history            jsonb
+);
+
+-- A write's history rows (a jsonb array), in their order: the identity column ``id``
+-- follows it.
+CREATE FUNCTION saga_fsm_append_history(saga text, at_version bigint, history jsonb)
+RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO saga_fsm_history (saga_id, version, from_state, to_state, trigger, at, detail)
+    SELECT saga, at_version, h.from_state, h.to_state, h.trigger, h.at, h.detail
+    FROM ROWS FROM (jsonb_to_recordset(history) AS (
+            from_state text, to_state text, trigger text, at timestamptz, detail jsonb))
+        WITH ORDINALITY AS h(from_state, to_state, trigger, at, detail, ord)
+    ORDER BY h.ord
+$$;
+
 CREATE FUNCTION saga_fsm_create_batch(batch jsonb)
 RETURNS TABLE (created boolean, existing_id text, existing_snapshot text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    w record;
+    w saga_fsm_write;
 BEGIN
-    FOR w IN
-        SELECT * FROM jsonb_to_recordset(batch) AS (
-            saga_id text, definition text, definition_version integer, state text,
-            snapshot jsonb, correlation_id text, idempotency_key text, wake_at timestamptz,
-            due_at timestamptz, lease_owner text, lease_expires_at timestamptz,
-            created_at timestamptz, updated_at timestamptz, history jsonb)
-    LOOP
+    FOR w IN SELECT * FROM jsonb_populate_recordset(NULL::saga_fsm_write, batch) LOOP
         created := false;
         existing_id := NULL;
         existing_snapshot := NULL;
@@ -41,14 +69,7 @@ BEGIN
         ON CONFLICT (idempotency_key) DO NOTHING;
         IF FOUND THEN
             created := true;
-            INSERT INTO saga_fsm_history
-                (saga_id, version, from_state, to_state, trigger, at, detail)
-            SELECT w.saga_id, 1, h.from_state, h.to_state, h.trigger, h.at, h.detail
-            FROM ROWS FROM (jsonb_to_recordset(w.history) AS (
-                    from_state text, to_state text, trigger text, at timestamptz,
-                    detail jsonb))
-                WITH ORDINALITY AS h(from_state, to_state, trigger, at, detail, ord)
-            ORDER BY h.ord;
+            PERFORM saga_fsm_append_history(w.saga_id, 1, w.history);
         ELSE
             SELECT s.saga_id, s.snapshot::text INTO existing_id, existing_snapshot
             FROM saga_fsm_sagas s WHERE s.idempotency_key = w.idempotency_key;
@@ -65,16 +86,9 @@ RETURNS TABLE (saved boolean, found_version bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    w record;
+    w saga_fsm_write;
 BEGIN
-    FOR w IN
-        SELECT * FROM jsonb_to_recordset(batch) AS (
-            saga_id text, expected_version bigint, version bigint, definition text,
-            definition_version integer, state text, snapshot jsonb, correlation_id text,
-            wake_at timestamptz, due_at timestamptz, lease_owner text,
-            lease_expires_at timestamptz, created_at timestamptz, updated_at timestamptz,
-            history jsonb)
-    LOOP
+    FOR w IN SELECT * FROM jsonb_populate_recordset(NULL::saga_fsm_write, batch) LOOP
         -- The idempotency key is a fact of creation: a save never moves it.
         UPDATE saga_fsm_sagas SET
             definition = w.definition, definition_version = w.definition_version,
@@ -86,14 +100,7 @@ BEGIN
         saved := FOUND;
         IF saved THEN
             found_version := w.expected_version;
-            INSERT INTO saga_fsm_history
-                (saga_id, version, from_state, to_state, trigger, at, detail)
-            SELECT w.saga_id, w.version, h.from_state, h.to_state, h.trigger, h.at, h.detail
-            FROM ROWS FROM (jsonb_to_recordset(w.history) AS (
-                    from_state text, to_state text, trigger text, at timestamptz,
-                    detail jsonb))
-                WITH ORDINALITY AS h(from_state, to_state, trigger, at, detail, ord)
-            ORDER BY h.ord;
+            PERFORM saga_fsm_append_history(w.saga_id, w.version, w.history);
         ELSE
             SELECT s.version INTO found_version FROM saga_fsm_sagas s WHERE s.saga_id = w.saga_id;
         END IF;
