@@ -9,6 +9,9 @@
 -- PostgreSQL refuses) fails the whole batch, which the store then retries write by
 -- write so that only the guilty one sees the error.
 --
+-- The history INSERT is written out in both functions on purpose: as a function of its
+-- own, called for every write, it cost 0.1-0.2 ms of server CPU per write more.
+--
 -- Unqualified names, as everywhere: the caller's search_path picks the schema.
 
 -- One element of a batch: the row's columns, the snapshot document, the history rows
@@ -31,19 +34,6 @@ CREATE TYPE saga_fsm_write AS (
     updated_at         timestamptz,
     history            jsonb
 );
-
--- A write's history rows (a jsonb array), in their order: the identity column ``id``
--- follows it.
-CREATE FUNCTION saga_fsm_append_history(saga text, at_version bigint, history jsonb)
-RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO saga_fsm_history (saga_id, version, from_state, to_state, trigger, at, detail)
-    SELECT saga, at_version, h.from_state, h.to_state, h.trigger, h.at, h.detail
-    FROM ROWS FROM (jsonb_to_recordset(history) AS (
-            from_state text, to_state text, trigger text, at timestamptz, detail jsonb))
-        WITH ORDINALITY AS h(from_state, to_state, trigger, at, detail, ord)
-    ORDER BY h.ord
-$$;
 
 CREATE FUNCTION saga_fsm_create_batch(batch jsonb)
 RETURNS TABLE (created boolean, existing_id text, existing_snapshot text)
@@ -69,7 +59,15 @@ BEGIN
         ON CONFLICT (idempotency_key) DO NOTHING;
         IF FOUND THEN
             created := true;
-            PERFORM saga_fsm_append_history(w.saga_id, 1, w.history);
+            -- The write's history rows, in their order (the identity column follows it).
+            INSERT INTO saga_fsm_history
+                (saga_id, version, from_state, to_state, trigger, at, detail)
+            SELECT w.saga_id, 1, h.from_state, h.to_state, h.trigger, h.at, h.detail
+            FROM ROWS FROM (jsonb_to_recordset(w.history) AS (
+                    from_state text, to_state text, trigger text, at timestamptz,
+                    detail jsonb))
+                WITH ORDINALITY AS h(from_state, to_state, trigger, at, detail, ord)
+            ORDER BY h.ord;
         ELSE
             SELECT s.saga_id, s.snapshot::text INTO existing_id, existing_snapshot
             FROM saga_fsm_sagas s WHERE s.idempotency_key = w.idempotency_key;
@@ -100,7 +98,15 @@ BEGIN
         saved := FOUND;
         IF saved THEN
             found_version := w.expected_version;
-            PERFORM saga_fsm_append_history(w.saga_id, w.version, w.history);
+            -- The write's history rows, in their order (the identity column follows it).
+            INSERT INTO saga_fsm_history
+                (saga_id, version, from_state, to_state, trigger, at, detail)
+            SELECT w.saga_id, w.version, h.from_state, h.to_state, h.trigger, h.at, h.detail
+            FROM ROWS FROM (jsonb_to_recordset(w.history) AS (
+                    from_state text, to_state text, trigger text, at timestamptz,
+                    detail jsonb))
+                WITH ORDINALITY AS h(from_state, to_state, trigger, at, detail, ord)
+            ORDER BY h.ord;
         ELSE
             SELECT s.version INTO found_version FROM saga_fsm_sagas s WHERE s.saga_id = w.saga_id;
         END IF;
