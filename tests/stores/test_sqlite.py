@@ -93,3 +93,23 @@ def test_in_memory_database() -> None:
     stored, _ = asyncio.run(store.create(snapshot()))
     assert asyncio.run(store.load("s-1")) == stored
     asyncio.run(store.close())
+
+
+def test_indexes(tmp_path: Path) -> None:
+    """Every index is paid for by every transition: exactly these."""
+    path = tmp_path / "s.db"
+    asyncio.run(SqliteStore(path).close())
+    with sqlite3.connect(path) as conn:
+        names = sorted(
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index'"
+                " AND tbl_name = 'saga_fsm_sagas' AND name NOT LIKE 'sqlite_autoindex%'"
+            )
+        )
+    assert names == [
+        "saga_fsm_sagas_created_idx",
+        "saga_fsm_sagas_due_idx",
+        "saga_fsm_sagas_state_idx",
+    ]
+    conn.close()
