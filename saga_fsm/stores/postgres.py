@@ -7,8 +7,8 @@ trip and one commit: a jsonb array with an element per write, handed to a functi
 schema defines (migration 3), which writes each saga's row and its history rows under
 the optimistic version, with single-row statements whose plans are index lookups, and
 returns one row per write, in order. Loads, lists and the lease operations
-(``claim_due`` with ``FOR UPDATE SKIP LOCKED``, ``acquire``, ``renew``, ``release``)
-are one statement each.
+(``claim_due`` with ``FOR UPDATE SKIP LOCKED``, ``acquire``, ``release``) are one
+statement each; ``renew_leases`` is one statement per thousand sagas.
 
 The snapshot is a JSONB document written by the project's codec (never pickle); the
 other columns copy fields out of it so SQL can filter, order and find due work.
