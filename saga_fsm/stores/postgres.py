@@ -377,7 +377,11 @@ class PostgresStore:
             yield
 
     async def _query(
-        self, query: LiteralString, params: Sequence[Any] | dict[str, Any]
+        self,
+        query: LiteralString,
+        params: Sequence[Any] | dict[str, Any],
+        *,
+        prepare: bool | None = None,
     ) -> list[tuple[Any, ...]]:
         """One statement, atomic by itself, in one network round trip.
 
@@ -391,7 +395,7 @@ class PostgresStore:
                 await conn.set_autocommit(True)
             try:
                 cur = conn.cursor(row_factory=tuple_row)
-                await cur.execute(query, params)
+                await cur.execute(query, params, prepare=prepare)
                 rows: list[tuple[Any, ...]] = await cur.fetchall()
                 return rows
             finally:
@@ -559,7 +563,9 @@ class PostgresStore:
         async with self._errors("renew_leases"):
             for start in range(0, len(wanted), _RENEW_CHUNK):
                 chunk = wanted[start : start + _RENEW_CHUNK]
-                rows = await self._query(_RENEW, params | {"saga_ids": chunk})
+                # Never prepared: a plan cached while the table was small would scan it
+                # whole; planned each time, the actual ids make it an index lookup.
+                rows = await self._query(_RENEW, params | {"saga_ids": chunk}, prepare=False)
                 held.update(saga_id for (saga_id,) in rows)
         return held
 
