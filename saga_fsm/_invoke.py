@@ -7,12 +7,37 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from saga_fsm._codec import dumps
-from saga_fsm._definition import Action, RetryPolicy, StepContext
+from saga_fsm._core import RunCompensation, RunStep
+from saga_fsm._definition import Action, RetryPolicy, Step, StepContext
 from saga_fsm._errors import StepFailed
-from saga_fsm._snapshot import ErrorInfo
+from saga_fsm._snapshot import ErrorInfo, Snapshot
+
+
+def callee(step: Step, command: RunStep | RunCompensation) -> tuple[Action, RetryPolicy]:
+    """What ``command`` calls, and the policy that judges its failures."""
+    if isinstance(command, RunCompensation):
+        fn, policy = step.compensation, step.compensation_retry
+    else:
+        fn, policy = step.action, step.retry
+    assert fn is not None  # the flow issues no RunCompensation for a step without one
+    return fn, policy
+
+
+def step_context(snapshot: Snapshot, command: RunStep | RunCompensation) -> StepContext:
+    """What the called function sees: the saga's data read-only, the attempt's key."""
+    return StepContext(
+        saga_id=snapshot.saga_id,
+        step=command.step,
+        attempt=command.attempt,
+        idempotency_key=command.idempotency_key,
+        correlation_id=snapshot.correlation_id,
+        data=MappingProxyType(snapshot.data),
+        compensating=isinstance(command, RunCompensation),
+    )
 
 
 def invoke(fn: Action, ctx: StepContext) -> Awaitable[Any]:

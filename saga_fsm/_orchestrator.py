@@ -11,7 +11,6 @@ import socket
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from types import MappingProxyType
 from typing import Any
 
 from saga_fsm._clock import Clock, SystemClock
@@ -27,10 +26,10 @@ from saga_fsm._core import (
     new_snapshot,
     outstanding,
 )
-from saga_fsm._definition import SagaDefinition, StepContext
+from saga_fsm._definition import SagaDefinition
 from saga_fsm._errors import ConcurrencyConflict, SagaError, TransitionNotAllowed
 from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
-from saga_fsm._invoke import failure_info, invoke, result_problem
+from saga_fsm._invoke import callee, failure_info, invoke, result_problem, step_context
 from saga_fsm._snapshot import ErrorInfo, Snapshot, replace
 from saga_fsm.stores._protocol import SnapshotStore
 
@@ -325,23 +324,12 @@ class Orchestrator:
                     return None
                 await self.clock.sleep(delay)
                 return Event.retry_due(self.clock.now())
-            step = compiled.definition.steps[compiled.step_index[command.step]]
-            if isinstance(command, RunStep):
-                fn, policy, phase = step.action, step.retry, "step"
-            elif isinstance(command, RunCompensation):
-                fn, policy, phase = step.compensation, step.compensation_retry, "compensation"
-            else:
+            if not isinstance(command, RunStep | RunCompensation):
                 continue
-            assert fn is not None
-            ctx = StepContext(
-                saga_id=snapshot.saga_id,
-                step=command.step,
-                attempt=command.attempt,
-                idempotency_key=command.idempotency_key,
-                correlation_id=snapshot.correlation_id,
-                data=MappingProxyType(snapshot.data),
-                compensating=phase == "compensation",
-            )
+            step = compiled.definition.steps[compiled.step_index[command.step]]
+            fn, policy = callee(step, command)
+            phase = "compensation" if isinstance(command, RunCompensation) else "step"
+            ctx = step_context(snapshot, command)
             # The deadline is stored: after a takeover only the time left is granted,
             # and a step whose deadline passed while no worker watched it has timed out.
             timeout = None

@@ -100,6 +100,12 @@ def state_matches(state: str, wanted: str | None) -> bool:
     return state == wanted or (":" not in wanted and state.startswith(wanted + ":"))
 
 
+def check_limit(limit: int | None) -> None:
+    """A row limit is a count: ``None`` (no limit) or >= 0."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+
+
 def ids(saga_ids: Collection[str]) -> builtins.list[str]:
     """Saga ids as a list without repeats; one bare ``str`` is refused, not read as a
     collection of one-character ids."""

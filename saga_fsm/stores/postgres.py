@@ -26,6 +26,7 @@ import json
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, LiteralString, TypeAlias
 
 import psycopg
@@ -53,7 +54,7 @@ from saga_fsm._errors import (
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
 from saga_fsm.stores._group import GroupCommit
-from saga_fsm.stores._protocol import ids
+from saga_fsm.stores._protocol import check_limit, ids
 
 _MIGRATIONS = migrations.load("postgres")
 _CONNECT_TIMEOUT = 10  # seconds, unless the conninfo says otherwise
@@ -315,10 +316,10 @@ class PostgresStore:
         self._migrated = False
         # Saves of sagas driven at once share a statement and a commit (see _group).
         self._saves: GroupCommit[str, tuple[Any, ...]] = GroupCommit(
-            self._save_many, retry_alone=_one_write_may_be_why
+            partial(self._batch, _SAVE), retry_alone=_one_write_may_be_why
         )
         self._creates: GroupCommit[str, tuple[Any, ...]] = GroupCommit(
-            self._create_many, retry_alone=_one_write_may_be_why
+            partial(self._batch, _CREATE), retry_alone=_one_write_may_be_why
         )
         self._where = f"pool {pool.name!r}"
 
@@ -454,19 +455,10 @@ class PostgresStore:
                 before = rows[0][0] if rows else None
             raise ConcurrencyConflict(stored.saga_id, expected_version, before)
 
-    async def _create_many(self, batch: Sequence[str]) -> list[tuple[Any, ...]]:
-        return await self._batch(_CREATE, batch)
-
-    async def _save_many(self, batch: Sequence[str]) -> list[tuple[Any, ...]]:
-        return await self._batch(_SAVE, batch)
-
     async def _batch(self, query: LiteralString, batch: Sequence[str]) -> list[tuple[Any, ...]]:
         """Group commit: the writes of several sagas as one statement (one row of results
         per write, in order), atomic by itself, sent in one round trip, committed once."""
-        rows = await self._query(query, (_text(f"[{','.join(batch)}]"),))
-        if len(rows) != len(batch):  # never: one result row per batch element
-            raise StoreError(f"PostgreSQL {self._where}: {len(rows)} results for {len(batch)}")
-        return rows
+        return await self._query(query, (_text(f"[{','.join(batch)}]"),))
 
     async def load(self, saga_id: str) -> Snapshot:
         async with self._errors("load"):
@@ -494,8 +486,7 @@ class PostgresStore:
         limit: int | None = None,
         updated_before: datetime | None = None,
     ) -> list[Snapshot]:
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+        check_limit(limit)
         query: LiteralString = _LIST_HEAD
         params: dict[str, Any] = {"limit": limit}
         if state is not None:
@@ -519,8 +510,7 @@ class PostgresStore:
     async def claim_due(
         self, worker_id: str, *, now: datetime, lease_seconds: float, limit: int
     ) -> Claimed:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+        check_limit(limit)
         expires_at = now + timedelta(seconds=lease_seconds)
         params = _lease_params(worker_id, worker_id, expires_at, bump=True)
         params |= {"now": _aware(now), "limit": limit}

@@ -33,7 +33,7 @@ from saga_fsm._errors import (
 )
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
-from saga_fsm.stores._protocol import ids
+from saga_fsm.stores._protocol import check_limit, ids
 
 _MIGRATIONS = migrations.load("sqlite")
 Claimed: TypeAlias = list[Snapshot | SnapshotDecodeError]  # (a method named list shadows it)
@@ -298,8 +298,7 @@ class SqliteStore:
         limit: int | None = None,
         updated_before: datetime | None = None,
     ) -> list[Snapshot]:
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+        check_limit(limit)
         lo, hi = _status_range(state)
         rows = self._read(
             _LIST,
@@ -351,8 +350,7 @@ class SqliteStore:
     async def claim_due(
         self, worker_id: str, *, now: datetime, lease_seconds: float, limit: int
     ) -> Claimed:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+        check_limit(limit)
         expires_at = now + timedelta(seconds=lease_seconds)
         claimed: Claimed = []
         with self._transaction("claim_due") as conn:

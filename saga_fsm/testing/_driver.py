@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from datetime import datetime
-from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
 
 from attrs import define, field, frozen
@@ -31,10 +30,10 @@ from saga_fsm._core import (
     new_snapshot,
     outstanding,
 )
-from saga_fsm._definition import Action, SagaDefinition, Step, StepContext
+from saga_fsm._definition import Action, SagaDefinition, Step
 from saga_fsm._errors import TransitionNotAllowed
 from saga_fsm._flow import PENDING, compile_saga
-from saga_fsm._invoke import failure_info, invoke, result_problem
+from saga_fsm._invoke import callee, failure_info, invoke, result_problem, step_context
 from saga_fsm._snapshot import ErrorInfo, HistoryEntry, SagaStatus, Snapshot
 from saga_fsm.stores import SnapshotStore
 from saga_fsm.testing._faults import ALL_FAULTS, REFUSED, REPLY_LOST, Fault
@@ -283,8 +282,7 @@ class Driver:
         compensation = isinstance(command, RunCompensation)
         phase: TraceKind = "compensation" if compensation else "step"
         step = self.definition.step(command.step)
-        fn = step.compensation if compensation else step.action
-        assert fn is not None
+        fn, policy = callee(step, command)
         state = saga.decided.state
         at = self._tick()
         trace: dict[str, Any] = {
@@ -305,12 +303,11 @@ class Driver:
         if fault.calls:
             saga.seen_keys.add(command.idempotency_key)
         if fault.calls and not self.config.simulate:
-            trace.update(await self._invoke(saga.decided, command, fn, compensation))
+            trace.update(await self._invoke(saga.decided, command, fn))
             trace["called"] = True
         if fault is Fault.CRASH_AFTER:
             self._record(saga, TraceEntry(phase, state, state, **trace))
             return
-        policy = step.compensation_retry if compensation else step.retry
         if fault is Fault.PERMANENT:
             event = _event(phase, "failed", at, command, error=REFUSED)
         elif fault is Fault.TRANSIENT:
@@ -332,18 +329,10 @@ class Driver:
         await self._apply(saga, event, phase, **trace)
 
     async def _invoke(
-        self, snapshot: Snapshot, command: RunStep | RunCompensation, fn: Action, compensation: bool
+        self, snapshot: Snapshot, command: RunStep | RunCompensation, fn: Action
     ) -> dict[str, Any]:
         """Call the real function as the orchestrator does; what it returned or raised."""
-        ctx = StepContext(
-            saga_id=snapshot.saga_id,
-            step=command.step,
-            attempt=command.attempt,
-            idempotency_key=command.idempotency_key,
-            correlation_id=snapshot.correlation_id,
-            data=MappingProxyType(snapshot.data),
-            compensating=compensation,
-        )
+        ctx = step_context(snapshot, command)
         try:
             async with asyncio.timeout(self.config.call_timeout) as limit:
                 returned = await invoke(fn, ctx)
