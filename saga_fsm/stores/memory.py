@@ -17,8 +17,8 @@ from saga_fsm._codec import (
 )
 from saga_fsm._errors import ConcurrencyConflict, SagaLeased, SagaNotFound, SnapshotDecodeError
 from saga_fsm._snapshot import HistoryEntry, Snapshot
+from saga_fsm.stores._protocol import check_limit, state_matches
 from saga_fsm.stores._protocol import ids as _ids
-from saga_fsm.stores._protocol import state_matches
 
 
 @define
@@ -115,6 +115,7 @@ class MemoryStore:
         limit: int | None = None,
         updated_before: datetime | None = None,
     ) -> list[Snapshot]:
+        check_limit(limit)
         rows = sorted(
             (
                 (row.created_at, saga_id, row)
@@ -146,6 +147,7 @@ class MemoryStore:
     async def claim_due(
         self, worker_id: str, *, now: datetime, lease_seconds: float, limit: int
     ) -> builtins.list[Snapshot | SnapshotDecodeError]:
+        check_limit(limit)
         expires_at = now + timedelta(seconds=lease_seconds)
         due = sorted(
             (row.due_at, saga_id)

@@ -456,6 +456,15 @@ NOW = datetime(2024, 5, 1, 14, 0, tzinfo=CEST)  # == T0 + 0h, written in another
 LEASE = 30.0
 
 
+def test_a_negative_limit_is_refused(harness: Harness) -> None:
+    _create(harness, new_snapshot(ORDER, "s-1", {}, T0))
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        harness.run(harness.store.list(limit=-1))
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        harness.run(harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=-1))
+    assert harness.run(harness.store.load("s-1")).lease_owner is None  # nothing claimed
+
+
 def _create(harness: Harness, snapshot: Snapshot) -> Snapshot:
     return harness.run(harness.store.create(snapshot))[0]
 
