@@ -18,6 +18,7 @@ from saga_fsm._core import (
     decide,
     idempotency_key,
     new_snapshot,
+    outcome_event,
     outstanding,
 )
 from saga_fsm._definition import (
@@ -30,6 +31,7 @@ from saga_fsm._definition import (
     StepKind,
 )
 from saga_fsm._errors import (
+    CallbackError,
     ConcurrencyConflict,
     DefinitionError,
     InvalidReference,
@@ -41,11 +43,12 @@ from saga_fsm._errors import (
     StepFailed,
     StoreError,
     TransitionNotAllowed,
+    UnknownDefinition,
 )
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._loading import load_definition, load_definition_file, resolve_reference
-from saga_fsm._orchestrator import Orchestrator, UnknownDefinition, run_sync
+from saga_fsm._orchestrator import Orchestrator, run_sync
 from saga_fsm._snapshot import (
     ErrorInfo,
     HistoryEntry,
@@ -66,6 +69,7 @@ from saga_fsm.stores import (
 
 __all__ = [
     "Action",
+    "CallbackError",
     "Clock",
     "Command",
     "CompiledSaga",
@@ -116,6 +120,7 @@ __all__ = [
     "load_definition_file",
     "new_snapshot",
     "open_store",
+    "outcome_event",
     "outstanding",
     "resolve_reference",
     "run_sync",

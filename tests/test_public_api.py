@@ -6,6 +6,7 @@ import saga_fsm
 
 EXPECTED = [
     "Action",
+    "CallbackError",
     "Clock",
     "Command",
     "CompiledSaga",
@@ -56,6 +57,7 @@ EXPECTED = [
     "load_definition_file",
     "new_snapshot",
     "open_store",
+    "outcome_event",
     "outstanding",
     "resolve_reference",
     "run_sync",

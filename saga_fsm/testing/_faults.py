@@ -19,6 +19,9 @@ crash_before  not called          nothing: the process died after persisting ``r
 crash_after   called              nothing: the process died after the effect, before the
                                   write; recovery calls it again with the same
                                   idempotency key and attempt number
+lost          not called          a retryable failure: the request never arrived, so there is
+                                  nothing to undo, yet the engine cannot tell it from a lost
+                                  reply and compensates the step (an empty compensation)
 ============  ==================  ==========================================================
 
 ``transient``, ``timeout`` and ``crash_after`` leave the participant's effect in place,
@@ -41,11 +44,12 @@ class Fault(StrEnum):
     TIMEOUT = "timeout"
     CRASH_BEFORE = "crash_before"
     CRASH_AFTER = "crash_after"
+    LOST = "lost"
 
     @property
     def calls(self) -> bool:
         """Whether the real function runs under this fault."""
-        return self not in (Fault.PERMANENT, Fault.CRASH_BEFORE)
+        return self not in (Fault.PERMANENT, Fault.CRASH_BEFORE, Fault.LOST)
 
     @property
     def crashes(self) -> bool:
@@ -56,6 +60,7 @@ ALL_FAULTS: tuple[Fault, ...] = tuple(Fault)
 
 INJECTED = "saga_fsm.testing.InjectedFault"
 REPLY_LOST = ErrorInfo(INJECTED, "reply lost (injected transient failure)", retryable=True)
+REQUEST_LOST = ErrorInfo(INJECTED, "request lost (injected transient failure)", retryable=True)
 REFUSED = ErrorInfo(INJECTED, "refused (injected permanent failure)", retryable=False)
 
 

@@ -139,6 +139,14 @@ class SagaStateMachine(RuleBasedStateMachine):
         with self._guard():
             self._inject(data, (Fault.TRANSIENT,))
 
+    @precondition(lambda self: self._can_inject((Fault.LOST,)))
+    @rule(data=st.data())
+    def lose_request(self, data: st.DataObject) -> None:
+        """The next call never reaches the participant, yet looks like a lost reply:
+        the step is compensated with nothing to undo."""
+        with self._guard():
+            self._inject(data, (Fault.LOST,))
+
     @precondition(lambda self: self._can_inject((Fault.PERMANENT,)))
     @rule(data=st.data())
     def refuse(self, data: st.DataObject) -> None:

@@ -39,6 +39,7 @@ _WORDS = {
     Fault.TIMEOUT: "times out",
     Fault.CRASH_BEFORE: "crashes before its effect",
     Fault.CRASH_AFTER: "crashes after its effect",
+    Fault.LOST: "is lost before it arrives",
 }
 _LIMIT = 1000
 
@@ -81,6 +82,11 @@ class StepScript:
         """A permanent failure is a refusal before the participant acts; a transient
         one acts and loses its reply (see ``Fault``)."""
         return self._directive(Fault.PERMANENT if permanent else Fault.TRANSIENT, times)
+
+    def is_lost(self, *, times: int = 1) -> Directive:
+        """The request never reaches the participant, which does nothing; the engine
+        sees a transient failure, as for a lost reply (see ``Fault``)."""
+        return self._directive(Fault.LOST, times)
 
     def times_out(self, *, times: int = 1) -> Directive:
         return self._directive(Fault.TIMEOUT, times)
