@@ -6,6 +6,8 @@ the pure core decides, the asyncio ``Orchestrator`` acts, and every transition i
 persisted as a snapshot (memory, SQLite or PostgreSQL) before the next side effect.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from saga_fsm._clock import Clock, FakeClock, SystemClock
 from saga_fsm._core import (
     Command,
@@ -34,6 +36,8 @@ from saga_fsm._errors import (
     CallbackError,
     ConcurrencyConflict,
     DefinitionError,
+    InvalidArgument,
+    InvalidArgumentType,
     InvalidReference,
     InvalidStoreURL,
     SagaError,
@@ -61,11 +65,13 @@ from saga_fsm._worker import Worker
 from saga_fsm.stores import (
     DEFAULT_STORE_URL,
     MemoryStore,
-    PostgresStore,
     SnapshotStore,
     SqliteStore,
     open_store,
 )
+
+if TYPE_CHECKING:
+    from saga_fsm.stores.postgres import PostgresStore
 
 __all__ = [
     "Action",
@@ -82,6 +88,8 @@ __all__ = [
     "FakeClock",
     "Finish",
     "HistoryEntry",
+    "InvalidArgument",
+    "InvalidArgumentType",
     "InvalidReference",
     "InvalidStoreURL",
     "MemoryStore",
@@ -128,7 +136,16 @@ __all__ = [
 
 # Errors are raised to users under their public names (``saga_fsm.StepFailed``).
 for _name in __all__:
-    _value = globals()[_name]
+    _value = globals().get(_name)
     if isinstance(_value, type) and issubclass(_value, BaseException):
         _value.__module__ = "saga_fsm"
 del _name, _value
+
+
+def __getattr__(name: str) -> Any:
+    # psycopg is imported when PostgresStore is first used, not by ``import saga_fsm``.
+    if name == "PostgresStore":
+        from saga_fsm.stores.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

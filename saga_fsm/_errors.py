@@ -7,6 +7,14 @@ class SagaError(Exception):
     """Base of every error saga_fsm raises on purpose."""
 
 
+class InvalidArgument(SagaError, ValueError):
+    """A saga_fsm function was called with a value it cannot accept."""
+
+
+class InvalidArgumentType(SagaError, TypeError):
+    """A saga_fsm function was called with a value of the wrong kind."""
+
+
 class DefinitionError(SagaError, ValueError):
     """A saga definition is invalid. Raised when it is built, never when it runs.
 

@@ -31,6 +31,8 @@ from saga_fsm._core import idempotency_key as key_of
 from saga_fsm._definition import SagaDefinition
 from saga_fsm._errors import (
     ConcurrencyConflict,
+    InvalidArgument,
+    InvalidArgumentType,
     SagaError,
     TransitionNotAllowed,
     UnknownDefinition,
@@ -87,7 +89,7 @@ class Orchestrator:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         if lease_seconds <= 0:
-            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+            raise InvalidArgument(f"lease_seconds must be positive, got {lease_seconds}")
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
@@ -236,7 +238,7 @@ class Orchestrator:
         try:
             dumps(payload)
         except (TypeError, ValueError) as err:
-            raise TypeError(f"saga data must be JSON-serialisable: {err}") from None
+            raise InvalidArgumentType(f"saga data must be JSON-serialisable: {err}") from None
         return new_snapshot(
             definition,
             saga_id or str(uuid.uuid4()),

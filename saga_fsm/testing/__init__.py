@@ -48,6 +48,7 @@ and the plugin provides ``saga_clock`` and ``saga_store_memory``/``_sqlite``/``_
 
 from saga_fsm.testing import _requirements  # noqa: F401 (first: says what is missing)
 from saga_fsm.testing._coverage import TransitionCoverage
+from saga_fsm.testing._driver import CallDidNotReturn
 from saga_fsm.testing._explore import CheckReport, Counterexample, check
 from saga_fsm.testing._faults import Fault
 from saga_fsm.testing._fixtures import StoreFactory
@@ -75,6 +76,7 @@ from saga_fsm.testing._trace import TraceEntry
 
 __all__ = [
     "BUILTIN_INVARIANTS",
+    "CallDidNotReturn",
     "CheckReport",
     "Counterexample",
     "Directive",
@@ -99,3 +101,7 @@ __all__ = [
     "scenario",
     "step",
 ]
+
+# Errors are shown under their public names (``saga_fsm.testing.InvariantViolation``).
+CallDidNotReturn.__module__ = InvariantViolation.__module__ = __name__
+ScenarioMismatch.__module__ = __name__

@@ -32,7 +32,7 @@ from saga_fsm._core import (
     outstanding,
 )
 from saga_fsm._definition import Action, SagaDefinition, Step
-from saga_fsm._errors import TransitionNotAllowed
+from saga_fsm._errors import SagaError, TransitionNotAllowed
 from saga_fsm._flow import PENDING, compile_saga
 from saga_fsm._invoke import call_outcome, callee, invoke, result_problem, step_context
 from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot
@@ -54,7 +54,7 @@ TICK = 0.001
 """Seconds of fake time between two events, so every transition has its own instant."""
 
 
-class CallDidNotReturn(Exception):
+class CallDidNotReturn(SagaError):
     """A real action or compensation did not return within the harness's wall-clock
     limit: a fake should answer at once (the harness injects the slow cases)."""
 

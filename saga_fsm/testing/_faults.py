@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from saga_fsm._errors import InvalidArgument, InvalidArgumentType
 from saga_fsm._snapshot import ErrorInfo
 
 
@@ -71,11 +72,11 @@ def normalise_faults(faults: object) -> tuple[Fault, ...]:
     if isinstance(faults, (str, Fault)):
         faults = (faults,)
     if not isinstance(faults, (list, tuple, set, frozenset)):
-        raise TypeError(f"faults must be a collection of Fault values, got {faults!r}")
+        raise InvalidArgumentType(f"faults must be a collection of Fault values, got {faults!r}")
     try:
         chosen = {Fault(f) for f in faults}
     except ValueError as err:
         names = ", ".join(f.value for f in Fault)
-        raise ValueError(f"{err} (faults are: {names})") from None
+        raise InvalidArgument(f"{err} (faults are: {names})") from None
     chosen.add(Fault.OK)
     return tuple(f for f in Fault if f in chosen)

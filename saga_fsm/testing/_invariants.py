@@ -15,7 +15,7 @@ from attrs import fields, frozen
 
 from saga_fsm._codec import snapshot_from_json, snapshot_to_json
 from saga_fsm._definition import SagaDefinition
-from saga_fsm._errors import SagaError, StepFailed
+from saga_fsm._errors import InvalidArgumentType, SagaError, StepFailed
 from saga_fsm._flow import PENDING, compile_saga
 from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot, StepStatus
 from saga_fsm.testing._faults import Fault
@@ -139,7 +139,9 @@ def as_invariant(value: Invariant | InvariantFunction) -> Invariant:
         return value
     if callable(value):
         return saga_invariant(value)
-    raise TypeError(f"an invariant must be a function of an InvariantContext, got {value!r}")
+    raise InvalidArgumentType(
+        f"an invariant must be a function of an InvariantContext, got {value!r}"
+    )
 
 
 class InvariantViolation(SagaError, AssertionError):

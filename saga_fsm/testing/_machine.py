@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from saga_fsm._definition import SagaDefinition
+from saga_fsm._errors import InvalidArgument, InvalidArgumentType
 from saga_fsm.stores import SnapshotStore
 from saga_fsm.testing._coverage import TransitionCoverage
 from saga_fsm.testing._driver import Driver, DriverConfig, SagaRun, render_interleaving
@@ -220,9 +221,9 @@ def machine_config(
     builtin_invariants: bool = True,
 ) -> MachineConfig:
     if not isinstance(definition, SagaDefinition):
-        raise TypeError(f"expected a SagaDefinition, got {definition!r}")
+        raise InvalidArgumentType(f"expected a SagaDefinition, got {definition!r}")
     if isinstance(sagas, bool) or not isinstance(sagas, int) or sagas < 1:
-        raise ValueError(f"sagas must be a whole number >= 1, got {sagas!r}")
+        raise InvalidArgument(f"sagas must be a whole number >= 1, got {sagas!r}")
     return MachineConfig(
         driver=DriverConfig(
             definition,
