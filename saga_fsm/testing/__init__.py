@@ -60,6 +60,7 @@ from saga_fsm.testing._invariants import (
     saga_invariant,
 )
 from saga_fsm.testing._machine import SagaStateMachine, saga_state_machine
+from saga_fsm.testing._options import ExploreOptions
 from saga_fsm.testing._scenario import (
     Directive,
     Scenario,
@@ -80,6 +81,7 @@ __all__ = [
     "CheckReport",
     "Counterexample",
     "Directive",
+    "ExploreOptions",
     "Fault",
     "Invariant",
     "InvariantContext",
