@@ -6,6 +6,8 @@ the pure core decides, the asyncio ``Orchestrator`` acts, and every transition i
 persisted as a snapshot (memory, SQLite or PostgreSQL) before the next side effect.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from saga_fsm._clock import Clock, FakeClock, SystemClock
 from saga_fsm._core import (
     Command,
@@ -18,6 +20,7 @@ from saga_fsm._core import (
     decide,
     idempotency_key,
     new_snapshot,
+    outcome_event,
     outstanding,
 )
 from saga_fsm._definition import (
@@ -30,8 +33,11 @@ from saga_fsm._definition import (
     StepKind,
 )
 from saga_fsm._errors import (
+    CallbackError,
     ConcurrencyConflict,
     DefinitionError,
+    InvalidArgument,
+    InvalidArgumentType,
     InvalidReference,
     InvalidStoreURL,
     SagaError,
@@ -41,11 +47,12 @@ from saga_fsm._errors import (
     StepFailed,
     StoreError,
     TransitionNotAllowed,
+    UnknownDefinition,
 )
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._loading import load_definition, load_definition_file, resolve_reference
-from saga_fsm._orchestrator import Orchestrator, UnknownDefinition, run_sync
+from saga_fsm._orchestrator import Orchestrator, run_sync
 from saga_fsm._snapshot import (
     ErrorInfo,
     HistoryEntry,
@@ -58,14 +65,17 @@ from saga_fsm._worker import Worker
 from saga_fsm.stores import (
     DEFAULT_STORE_URL,
     MemoryStore,
-    PostgresStore,
     SnapshotStore,
     SqliteStore,
     open_store,
 )
 
+if TYPE_CHECKING:
+    from saga_fsm.stores.postgres import PostgresStore
+
 __all__ = [
     "Action",
+    "CallbackError",
     "Clock",
     "Command",
     "CompiledSaga",
@@ -78,6 +88,8 @@ __all__ = [
     "FakeClock",
     "Finish",
     "HistoryEntry",
+    "InvalidArgument",
+    "InvalidArgumentType",
     "InvalidReference",
     "InvalidStoreURL",
     "MemoryStore",
@@ -116,6 +128,7 @@ __all__ = [
     "load_definition_file",
     "new_snapshot",
     "open_store",
+    "outcome_event",
     "outstanding",
     "resolve_reference",
     "run_sync",
@@ -123,7 +136,16 @@ __all__ = [
 
 # Errors are raised to users under their public names (``saga_fsm.StepFailed``).
 for _name in __all__:
-    _value = globals()[_name]
+    _value = globals().get(_name)
     if isinstance(_value, type) and issubclass(_value, BaseException):
         _value.__module__ = "saga_fsm"
 del _name, _value
+
+
+def __getattr__(name: str) -> Any:
+    # psycopg is imported when PostgresStore is first used, not by ``import saga_fsm``.
+    if name == "PostgresStore":
+        from saga_fsm.stores.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

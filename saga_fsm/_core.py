@@ -14,10 +14,10 @@ from typing import Any, Literal
 from attrs import field, frozen
 from transitions.core import EventData
 
-from saga_fsm._definition import SagaDefinition, Step
+from saga_fsm._definition import RetryPolicy, SagaDefinition, Step
 from saga_fsm._errors import TransitionNotAllowed
 from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
-from saga_fsm._lifecycle import step_transition
+from saga_fsm._lifecycle import fire, step_transition
 from saga_fsm._snapshot import (
     ErrorInfo,
     HistoryEntry,
@@ -41,6 +41,15 @@ Trigger = Literal[
     "compensation_timed_out",
     "retry",
 ]
+Outcome = Literal["succeeded", "failed", "timed_out"]
+_OUTCOMES: dict[tuple[bool, Outcome], Trigger] = {
+    (False, "succeeded"): "step_succeeded",
+    (False, "failed"): "step_failed",
+    (False, "timed_out"): "step_timed_out",
+    (True, "succeeded"): "compensation_succeeded",
+    (True, "failed"): "compensation_failed",
+    (True, "timed_out"): "compensation_timed_out",
+}
 _FORWARD_RESULTS = frozenset({"step_succeeded", "step_failed", "step_timed_out"})
 _COMPENSATION_RESULTS = frozenset(
     {"compensation_succeeded", "compensation_failed", "compensation_timed_out"}
@@ -102,6 +111,37 @@ class Finish:
 
 
 Command = RunStep | RunCompensation | ScheduleWake | Finish
+
+
+def outcome_event(
+    command: RunStep | RunCompensation,
+    outcome: Outcome,
+    at: datetime,
+    *,
+    result: Mapping[str, Any] | None = None,
+    error: ErrorInfo | None = None,
+) -> Event:
+    """The event that reports how ``command``'s call ended (a compensation's result is
+    never merged into the saga data)."""
+    compensation = isinstance(command, RunCompensation)
+    return Event(
+        _OUTCOMES[(compensation, outcome)],
+        at,
+        step=command.step,
+        attempt=command.attempt,
+        result=None if compensation or not result else dict(result),
+        error=error,
+    )
+
+
+INVALID_RESULT = "InvalidResult"
+"""The error type of an action whose return value cannot be merged: it did run."""
+
+
+def is_refusal(error: ErrorInfo) -> bool:
+    """A definite refusal (``StepFailed(retryable=False)`` or a ``non_retryable`` type):
+    the participant did nothing. Any other failure may have acted."""
+    return not error.retryable and error.type != INVALID_RESULT
 
 
 def _entries(values: Iterable[HistoryEntry]) -> tuple[HistoryEntry, ...]:
@@ -217,14 +257,20 @@ class _Scratch:
         if error is not None and not error.retryable:
             return False
         row = self._row(_source(ev))
-        record, step = self.steps[row], self._step(row)
-        if ev.event.name.startswith("compensation_"):
-            return step.compensation_retry.allows_attempt(record.compensation_attempts)
-        return step.retry.allows_attempt(record.attempts)
+        return self._step(row).retry.allows_attempt(self.steps[row].attempts)
 
-    def past_pivot(self, ev: EventData) -> bool:
-        pivot = self.compiled.definition.pivot_index
-        return pivot is not None and self._row(_source(ev)) > pivot
+    def compensation_may_retry(self, ev: EventData) -> bool:
+        error = self.event.error
+        if error is not None and not error.retryable:
+            return False
+        row = self._row(_source(ev))
+        policy = self._step(row).compensation_retry
+        return policy.allows_attempt(self.steps[row].compensation_attempts)
+
+    def refused(self, _ev: EventData) -> bool:
+        """The participant definitely refused, so the step did nothing to undo."""
+        error = self.event.error
+        return error is not None and is_refusal(error)
 
     def in_flight(self, ev: EventData) -> bool:
         return self.steps[self._row(_source(ev))].status is StepStatus.RUNNING
@@ -302,28 +348,32 @@ class _Scratch:
         )
         self.wake_at = None
 
-    def record_failure(self, ev: EventData) -> None:
-        row = self._row(_source(ev))
-        timed_out = ev.event.name == "step_timed_out"
-        error = _TIMEOUT if timed_out else self.event.error
+    def _record_end(self, ev: EventData, trigger: str, error: ErrorInfo | None) -> None:
         self._move(
-            row,
-            "time_out" if timed_out else "fail",
-            error=error,
-            finished_at=self.event.at,
-            deadline=None,
+            self._row(_source(ev)), trigger, error=error, finished_at=self.event.at, deadline=None
         )
         self.wake_at = None
 
-    def schedule_retry(self, ev: EventData) -> None:
-        row = self._row(_source(ev))
-        step, record = self._step(row), self.steps[row]
-        compensation = ev.event.name.startswith("compensation_")
-        policy = step.compensation_retry if compensation else step.retry
-        attempt = record.compensation_attempts if compensation else record.attempts
+    def record_failure(self, ev: EventData) -> None:
+        self._record_end(ev, "fail", self.event.error)
+
+    def record_timeout(self, ev: EventData) -> None:
+        self._record_end(ev, "time_out", _TIMEOUT)
+
+    def _schedule(self, step: Step, policy: RetryPolicy, attempt: int) -> None:
         delay = policy.delay(attempt, f"{self.snapshot.saga_id}:{step.name}")
         self.wake_at = self.event.at + timedelta(seconds=delay)
         self.commands.append(ScheduleWake(self.wake_at))
+
+    def schedule_retry(self, ev: EventData) -> None:
+        row = self._row(_source(ev))
+        step = self._step(row)
+        self._schedule(step, step.retry, self.steps[row].attempts)
+
+    def schedule_compensation_retry(self, ev: EventData) -> None:
+        row = self._row(_source(ev))
+        step = self._step(row)
+        self._schedule(step, step.compensation_retry, self.steps[row].compensation_attempts)
 
     def begin_compensation(self, ev: EventData) -> None:
         if self.cancel_requested:
@@ -336,23 +386,13 @@ class _Scratch:
                 self._move(row, "skip")
 
     def record_compensated(self, ev: EventData) -> None:
-        row = self._row(_source(ev))
-        self._move(
-            row, "compensation_succeed", error=None, finished_at=self.event.at, deadline=None
-        )
-        self.wake_at = None
+        self._record_end(ev, "compensation_succeed", None)
 
     def record_compensation_failure(self, ev: EventData) -> None:
-        row = self._row(_source(ev))
-        timed_out = ev.event.name == "compensation_timed_out"
-        self._move(
-            row,
-            "compensation_fail",
-            error=_TIMEOUT if timed_out else self.event.error,
-            finished_at=self.event.at,
-            deadline=None,
-        )
-        self.wake_at = None
+        self._record_end(ev, "compensation_fail", self.event.error)
+
+    def record_compensation_timeout(self, ev: EventData) -> None:
+        self._record_end(ev, "compensation_fail", _TIMEOUT)
 
     def park(self, ev: EventData) -> None:
         row = self._row(_source(ev))
@@ -414,7 +454,7 @@ def _fire(scratch: _Scratch, event: Event) -> HistoryEntry:
         raise TransitionNotAllowed(saga_id, source, event.trigger, stale)
     scratch.event = event
     try:
-        done = scratch.compiled.dispatch.fire(scratch, event.trigger)
+        done = fire(scratch.compiled.machine, scratch, event.trigger)
     except KeyError:
         raise TransitionNotAllowed(
             saga_id, source, event.trigger, _no_transition_reason(scratch, event)

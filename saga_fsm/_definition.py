@@ -208,6 +208,34 @@ def _steps_tuple(steps: Iterable[Step]) -> tuple[Step, ...]:
     return tuple(steps)
 
 
+Callback: TypeAlias = Callable[[Any], object]
+"""A transitions callback: called with the ``EventData`` of the transition."""
+
+TRIGGERS: tuple[str, ...] = (
+    "start",
+    "step_succeeded",
+    "step_failed",
+    "step_timed_out",
+    "retry_due",
+    "cancel",
+    "compensation_succeeded",
+    "compensation_failed",
+    "compensation_timed_out",
+    "retry",
+)
+"""Every trigger of a saga's Machine."""
+
+
+def _callbacks(
+    value: Mapping[str, Callback | Iterable[Callback]] | Iterable[tuple[str, Any]],
+) -> tuple[tuple[str, tuple[Callback, ...]], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple(
+        (hook, (functions,) if callable(functions) else tuple(functions))
+        for hook, functions in items
+    )
+
+
 @frozen
 class SagaDefinition:
     """A named, versioned, ordered state table of steps. Immutable once built."""
@@ -216,6 +244,14 @@ class SagaDefinition:
     steps: tuple[Step, ...] = field(converter=_steps_tuple)
     version: int = 1
     description: str = ""
+    callbacks: tuple[tuple[str, tuple[Callback, ...]], ...] = field(
+        default=(), converter=_callbacks
+    )
+    """transitions callbacks run inside every decision, keyed by transitions' names:
+    ``on_enter_<state>``, ``on_exit_<state>``, ``before_state_change``,
+    ``after_state_change``, ``before_<trigger>``, ``after_<trigger>``. Each gets the
+    ``EventData``, may only record (its return is ignored), and an exception in it is a
+    ``CallbackError``."""
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -264,6 +300,39 @@ class SagaDefinition:
                     step=step.name,
                     field="kind",
                 )
+
+        self._check_callbacks()
+
+    def _check_callbacks(self) -> None:
+        states = {
+            "pending",
+            "completed",
+            "compensated",
+            "failed",
+            *(f"running:{s.name}" for s in self.steps),
+            *(f"compensating:{s.name}" for s in self.steps if s.compensable),
+        }
+        for hook, functions in self.callbacks:
+            when, _, target = hook.partition("_") if isinstance(hook, str) else ("", "", "")
+            kind, _, state = target.partition("_")
+            known = (
+                hook in ("before_state_change", "after_state_change")
+                or (when == "on" and kind in ("enter", "exit") and state in states)
+                or (when in ("before", "after") and target in TRIGGERS)
+            )
+            if not known:
+                raise DefinitionError(
+                    f"unknown callback {hook!r}: use on_enter_<state>, on_exit_<state>,"
+                    " before_state_change, after_state_change, before_<trigger> or"
+                    " after_<trigger>",
+                    field="callbacks",
+                )
+            for function in functions:
+                if not callable(function):
+                    raise DefinitionError(
+                        f"callback {hook!r} must be callable, got {function!r}",
+                        field="callbacks",
+                    )
 
     @property
     def pivot_index(self) -> int | None:

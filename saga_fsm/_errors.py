@@ -7,6 +7,14 @@ class SagaError(Exception):
     """Base of every error saga_fsm raises on purpose."""
 
 
+class InvalidArgument(SagaError, ValueError):
+    """A saga_fsm function was called with a value it cannot accept."""
+
+
+class InvalidArgumentType(SagaError, TypeError):
+    """A saga_fsm function was called with a value of the wrong kind."""
+
+
 class DefinitionError(SagaError, ValueError):
     """A saga definition is invalid. Raised when it is built, never when it runs.
 
@@ -116,3 +124,26 @@ class StoreError(SagaError):
 
 class InvalidStoreURL(StoreError, ValueError):
     """A store URL has an unknown scheme or a malformed path."""
+
+
+class CallbackError(SagaError):
+    """A definition's own transitions callback raised inside a decision; nothing was
+    decided. ``hook`` is where it was attached (``on_enter_<state>``, ...), ``callback``
+    the function's name, ``error`` what it raised."""
+
+    def __init__(self, hook: str, callback: str, error: BaseException) -> None:
+        self.hook = hook
+        self.callback = callback
+        self.error = error
+        super().__init__(f"callback {callback} ({hook}) raised {error!r}")
+
+
+class UnknownDefinition(SagaError, LookupError):
+    """A snapshot names a definition (name, version) this orchestrator cannot find."""
+
+    def __init__(self, name: str, version: int, why: str = "") -> None:
+        self.name = name
+        self.version = version
+        super().__init__(
+            f"no definition {name!r} version {version} is registered" + (f": {why}" if why else "")
+        )

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import functools
 
-from attrs import Factory, field, frozen
+from attrs import frozen
 from transitions import Machine
 
 from saga_fsm._definition import SagaDefinition
-from saga_fsm._lifecycle import Dispatch, TransitionRow, build_machine
+from saga_fsm._lifecycle import TransitionRow, build_machine
 from saga_fsm._snapshot import SagaStatus
 
 PENDING = SagaStatus.PENDING.value
@@ -34,7 +34,8 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
 
     def undo_from(row: int, *, inclusive: bool) -> str:
         # The last step at or before ``row`` with a compensation: every earlier step on
-        # the forward path has succeeded, so this target is static.
+        # the forward path has succeeded (and ``row`` itself may have acted when
+        # ``inclusive``), so this target is static.
         last = row if inclusive else row - 1
         for j in range(last, -1, -1):
             if steps[j].compensable:
@@ -75,20 +76,14 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
                     effects=["record_success", "begin_compensation", then(undo, compensation=True)],
                 )
             )
-        for trigger in ("step_failed", "step_timed_out"):
+        for trigger, record in (
+            ("step_failed", "record_failure"),
+            ("step_timed_out", "record_timeout"),
+        ):
             if not cancellable:
                 # Past the pivot there is no way back: retry, whatever the error.
-                rows.append(
-                    TransitionRow(
-                        trigger,
-                        here,
-                        here,
-                        conditions=["past_pivot"],
-                        effects=["record_failure", "schedule_retry"],
-                    )
-                )
+                rows.append(TransitionRow(trigger, here, here, effects=[record, "schedule_retry"]))
                 continue
-            undo = undo_from(i, inclusive=False)
             rows.append(
                 TransitionRow(
                     trigger,
@@ -96,15 +91,31 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
                     here,
                     conditions=["may_retry"],
                     unless=["cancel_requested"],
-                    effects=["record_failure", "schedule_retry"],
+                    effects=[record, "schedule_retry"],
                 )
             )
+            if trigger == "step_failed" and step.compensable:
+                # A definite refusal: the participant did nothing, there is nothing of
+                # this step to undo.
+                undo = undo_from(i, inclusive=False)
+                rows.append(
+                    TransitionRow(
+                        trigger,
+                        here,
+                        undo,
+                        conditions=["refused"],
+                        effects=[record, "begin_compensation", then(undo, compensation=True)],
+                    )
+                )
+            # Anything else (a timeout, a transient error the policy gave up on) may
+            # have acted: this step's own compensation runs first.
+            undo = undo_from(i, inclusive=True)
             rows.append(
                 TransitionRow(
                     trigger,
                     here,
                     undo,
-                    effects=["record_failure", "begin_compensation", then(undo, compensation=True)],
+                    effects=[record, "begin_compensation", then(undo, compensation=True)],
                 )
             )
         rows.append(
@@ -113,7 +124,9 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
             )
         )
         if cancellable:
-            undo = undo_from(i, inclusive=False)
+            # Not in flight: its last attempt failed transiently or timed out and awaits
+            # a retry, so it may have acted.
+            undo = undo_from(i, inclusive=True)
             rows.append(
                 TransitionRow(
                     "cancel", here, None, conditions=["in_flight"], effects=["request_cancel"]
@@ -141,21 +154,20 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
                 effects=["record_compensated", then(undo, compensation=True)],
             )
         )
-        for trigger in ("compensation_failed", "compensation_timed_out"):
+        for trigger, record in (
+            ("compensation_failed", "record_compensation_failure"),
+            ("compensation_timed_out", "record_compensation_timeout"),
+        ):
             rows.append(
                 TransitionRow(
                     trigger,
                     here,
                     here,
-                    conditions=["may_retry"],
-                    effects=["record_compensation_failure", "schedule_retry"],
+                    conditions=["compensation_may_retry"],
+                    effects=[record, "schedule_compensation_retry"],
                 )
             )
-            rows.append(
-                TransitionRow(
-                    trigger, here, FAILED, effects=["record_compensation_failure", "park"]
-                )
-            )
+            rows.append(TransitionRow(trigger, here, FAILED, effects=[record, "park"]))
         rows.append(
             TransitionRow(
                 "retry_due", here, here, conditions=["awaiting_retry"], effects=["run_compensation"]
@@ -191,10 +203,6 @@ class CompiledSaga:
     rows: tuple[TransitionRow, ...]
     machine: Machine
     step_index: dict[str, int]
-    dispatch: Dispatch = field(
-        default=Factory(lambda self: Dispatch(self.machine), takes_self=True), repr=False
-    )
-    """The Machine's transitions indexed for the engine's hot path (see ``Dispatch``)."""
 
     @property
     def triggers(self) -> tuple[str, ...]:
@@ -206,7 +214,9 @@ def compile_saga(definition: SagaDefinition) -> CompiledSaga:
     """Build (once per definition) the flow table and its Machine."""
     states = _flow_states(definition)
     rows = _flow_rows(definition)
-    machine = build_machine(states, rows, initial=PENDING, name=definition.name)
+    machine = build_machine(
+        states, rows, initial=PENDING, name=definition.name, callbacks=definition.callbacks
+    )
     return CompiledSaga(
         definition=definition,
         states=states,

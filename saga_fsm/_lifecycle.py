@@ -3,13 +3,14 @@ from them. Guards and effects are named here; the model classes implement them."
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from attrs import field, frozen
 from transitions import Machine
-from transitions.core import EventData, Transition
+from transitions.core import EventData
 
+from saga_fsm._errors import CallbackError
 from saga_fsm._snapshot import SagaStatus, StepStatus
 
 
@@ -34,11 +35,22 @@ class TransitionRow:
 
 
 def build_machine(
-    states: Sequence[str], rows: Iterable[TransitionRow], *, initial: str, name: str
+    states: Sequence[str],
+    rows: Iterable[TransitionRow],
+    *,
+    initial: str,
+    name: str,
+    callbacks: Iterable[tuple[str, tuple[Callable[[EventData], object], ...]]] = (),
 ) -> Machine:
     """A model-less Machine: models are passed per trigger, never registered, so nothing
-    per instance is kept alive by the shared Machine."""
-    return Machine(
+    per instance is kept alive by the shared Machine.
+
+    ``callbacks`` are a definition's own transitions callbacks, by transitions' names
+    (``on_enter_<state>``, ``on_exit_<state>``, ``before_state_change``,
+    ``after_state_change``, ``before_<trigger>``, ``after_<trigger>``); each runs inside
+    the decision with the event data, its return ignored, an exception in it raised as a
+    ``CallbackError`` naming it."""
+    machine = Machine(
         model=None,
         states=list(states),
         transitions=[
@@ -57,122 +69,50 @@ def build_machine(
         send_event=True,
         name=name,
     )
+    for hook, functions in callbacks:
+        for function in functions:
+            _attach(machine, hook, UserCallback(hook, function))
+    return machine
 
 
-def fire(machine: Machine, model: Any, trigger: str, **kwargs: Any) -> bool:
+def _attach(machine: Machine, hook: str, callback: UserCallback) -> None:
+    if hook in ("before_state_change", "after_state_change"):
+        getattr(machine, hook).append(callback)
+        return
+    when, _, target = hook.partition("_")
+    if when == "on":
+        kind, _, state = target.partition("_")
+        machine.get_state(state).add_callback(kind, callback)
+    else:
+        machine.events[target].add_callback(when, callback)
+
+
+class UserCallback:
+    """A definition's callback as the Machine calls it: with the event data, its return
+    ignored, any exception raised as a ``CallbackError`` naming it."""
+
+    __slots__ = ("function", "hook")
+
+    def __init__(self, hook: str, function: Callable[[EventData], object]) -> None:
+        self.hook = hook
+        self.function = function
+
+    def __call__(self, event_data: EventData) -> None:
+        try:
+            self.function(event_data)
+        except Exception as err:
+            name = getattr(self.function, "__qualname__", repr(self.function))
+            raise CallbackError(self.hook, name, err) from err
+
+
+def fire(machine: Machine, model: Any, trigger: str) -> bool:
     """Fire ``trigger`` on an unregistered ``model`` through transitions' own trigger
-    path. Returns False when a guard refused; raises ``KeyError`` when the state has no
-    transition for the trigger at all. (The engine's hot path is ``Dispatch.fire``: the
-    same choice, read from the same Machine, without the per-call machinery.)"""
+    path (``Event.trigger``: guards, state change, callbacks). Returns False when every
+    guard refused; raises ``KeyError`` when the state has no transition for the trigger."""
     event = machine.events.get(trigger)
     if event is None or model.state not in event.transitions:
         raise KeyError(trigger)
-    return bool(event.trigger(model, **kwargs))
-
-
-@frozen
-class _Candidate:
-    """One of the Machine's ``Transition`` objects, with its guards and effects read out
-    once: (name, wanted value) pairs and callback names, in the Machine's order."""
-
-    transition: Transition
-    dest: str | None
-    guards: tuple[tuple[str, bool], ...]
-    effects: tuple[str, ...]
-
-
-class Dispatch:
-    """The Machine's transitions indexed by (source, trigger), fired without the
-    per-call machinery of ``Event.trigger`` (partials, callback resolution, debug
-    logging, state objects), which costs more than the decision itself.
-
-    Nothing is copied from the state table: the candidates are the Machine's own
-    ``Transition`` objects, tried in the Machine's order, each passing only if every
-    condition's value equals its target (``unless`` is a condition with target False),
-    the first that passes moving the model to its ``dest`` (``None``: internal) and then
-    calling its ``after`` callbacks: exactly ``Event._process``/``Transition.execute``
-    for a Machine with ``send_event=True`` and no other callbacks. ``Dispatch.of``
-    refuses any Machine that has other callbacks, so the two paths cannot disagree;
-    tests/core/test_dispatch.py fires both on every (state, trigger, guard values).
-    """
-
-    __slots__ = ("_events", "_states", "machine", "table")
-
-    def __init__(self, machine: Machine) -> None:
-        _check_plain(machine)
-        self.machine = machine
-        self.table: dict[tuple[str, str], tuple[_Candidate, ...]] = {}
-        self._events = dict(machine.events)
-        self._states = dict(machine.states)
-        for trigger, event in machine.events.items():
-            for source, transitions in event.transitions.items():
-                self.table[(source, trigger)] = tuple(
-                    _Candidate(
-                        t,
-                        t.dest,
-                        tuple((str(c.func), bool(c.target)) for c in t.conditions),
-                        tuple(str(name) for name in t.after),
-                    )
-                    for t in transitions
-                )
-
-    def fire(self, model: Any, trigger: str) -> bool:
-        """Like ``fire(machine, model, trigger)``: False when every guard refused,
-        ``KeyError`` when the model's state has no transition for ``trigger``."""
-        source = model.state
-        candidates = self.table.get((source, trigger))
-        if candidates is None:
-            raise KeyError(trigger)
-        event_data = EventData(
-            self._states[source], self._events[trigger], self.machine, model, (), {}
-        )
-        for candidate in candidates:
-            event_data.transition = candidate.transition
-            for name, target in candidate.guards:
-                guard = getattr(model, name)
-                if (guard(event_data) if callable(guard) else guard) != target:
-                    break
-            else:
-                if candidate.dest is not None:
-                    model.state = candidate.dest
-                for name in candidate.effects:
-                    getattr(model, name)(event_data)
-                event_data.result = True
-                return True
-        return False
-
-
-def _check_plain(machine: Machine) -> None:
-    """Refuse a Machine whose behaviour ``Dispatch`` would not reproduce."""
-    problems = []
-    if not machine.send_event:
-        problems.append("send_event is off")
-    if machine.has_queue:
-        problems.append("it queues events")
-    for hook in (
-        "prepare_event",
-        "before_state_change",
-        "after_state_change",
-        "finalize_event",
-        "on_exception",
-        "on_final",
-    ):
-        if getattr(machine, hook, None):
-            problems.append(f"machine {hook} callbacks")
-    for state in machine.states.values():
-        if state.on_enter or state.on_exit or state.final:
-            problems.append(f"state {state.name!r} callbacks")
-    for event in machine.events.values():
-        for transition in (t for ts in event.transitions.values() for t in ts):
-            if transition.prepare or transition.before:
-                problems.append(f"{event.name} prepare/before callbacks")
-            callbacks = [c.func for c in transition.conditions] + list(transition.after)
-            if not all(isinstance(c, str) for c in callbacks):
-                problems.append(f"{event.name}: callbacks that are not names")
-            if transition.dest is not None and transition.dest not in machine.states:
-                problems.append(f"{event.name}: unknown dest {transition.dest!r}")
-    if problems:
-        raise ValueError("Dispatch cannot stand in for this Machine: " + "; ".join(problems))
+    return bool(event.trigger(model))
 
 
 # -- saga lifecycle -------------------------------------------------------------------------
@@ -209,7 +149,7 @@ SAGA_LIFECYCLE: tuple[TransitionRow, ...] = (
         row
         for trigger in ("compensation_failed", "compensation_timed_out")
         for row in (
-            TransitionRow(trigger, _C, _C, conditions=["may_retry"]),
+            TransitionRow(trigger, _C, _C, conditions=["compensation_may_retry"]),
             TransitionRow(trigger, _C, _FAILED),
         )
     ),
@@ -230,6 +170,9 @@ STEP_LIFECYCLE: tuple[TransitionRow, ...] = (
     TransitionRow("time_out", _S.RUNNING.value, _S.TIMED_OUT.value),
     TransitionRow("skip", _S.PENDING.value, _S.SKIPPED.value),
     TransitionRow("compensate", _S.SUCCEEDED.value, _S.COMPENSATING.value),
+    # A step whose last attempt failed transiently or timed out may have acted.
+    TransitionRow("compensate", _S.FAILED.value, _S.COMPENSATING.value),
+    TransitionRow("compensate", _S.TIMED_OUT.value, _S.COMPENSATING.value),
     TransitionRow(
         "compensate",
         _S.COMPENSATION_FAILED.value,
@@ -262,20 +205,18 @@ STEP_LIFECYCLE_MACHINE = build_machine(
 )
 
 
-STEP_DISPATCH = Dispatch(STEP_LIFECYCLE_MACHINE)
-
-
 def _step_table() -> dict[tuple[str, str, bool], StepStatus | None]:
-    """Every answer the step Machine can give, asked of the Machine itself once: its one
-    guard (``attempts_left``) is the only input besides the status and the trigger, so
-    (status, trigger, attempts_left) -> new status (None: refused) is the Machine's
-    decision, memoised."""
+    """Every answer the step Machine can give, asked of the Machine itself (fired through
+    transitions) once: its one guard (``attempts_left``) is the only input besides the
+    status and the trigger, so (status, trigger, attempts_left) -> new status (None:
+    refused) is the Machine's decision, memoised. It has no callbacks to miss."""
     table: dict[tuple[str, str, bool], StepStatus | None] = {}
-    for source, trigger in STEP_DISPATCH.table:
-        for attempts_left in (True, False):
-            model = StepModel(source, attempts_left)
-            moved = STEP_DISPATCH.fire(model, trigger)
-            table[(source, trigger, attempts_left)] = StepStatus(model.state) if moved else None
+    for trigger, event in STEP_LIFECYCLE_MACHINE.events.items():
+        for source in event.transitions:
+            for attempts_left in (True, False):
+                model = StepModel(source, attempts_left)
+                moved = fire(STEP_LIFECYCLE_MACHINE, model, trigger)
+                table[(source, trigger, attempts_left)] = StepStatus(model.state) if moved else None
     return table
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import attrs
 import cattrs
-import yaml
 from attrs import frozen
 from cattrs.v import format_exception
 
@@ -242,16 +241,26 @@ def load_definition_file(path: str | Path) -> SagaDefinition:
     except OSError as err:
         raise DefinitionError(f"cannot read file: {err.strerror}", source=source) from None
     try:
-        if suffix == ".toml":
-            raw: Any = tomllib.loads(text)
-        elif suffix == ".json":
-            raw = json.loads(text)
-        else:
-            raw = yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
+        raw = _parse(suffix, text)
+    except ValueError as err:
         reason = str(err).splitlines()[0]
         raise DefinitionError(f"malformed {suffix[1:].upper()}: {reason}", source=source) from None
     return definition_from_mapping(raw, source=source)
+
+
+def _parse(suffix: str, text: str) -> Any:
+    """The file's data; a ``ValueError`` (the parsers' own, or YAML's re-raised as one)
+    when it is malformed. YAML is imported only for YAML files."""
+    if suffix == ".toml":
+        return tomllib.loads(text)
+    if suffix == ".json":
+        return json.loads(text)
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(str(err)) from None
 
 
 def load_definition(ref: str) -> SagaDefinition:

@@ -24,30 +24,35 @@ from saga_fsm._core import (
     ScheduleWake,
     decide,
     new_snapshot,
+    outcome_event,
     outstanding,
 )
+from saga_fsm._core import idempotency_key as key_of
 from saga_fsm._definition import SagaDefinition
-from saga_fsm._errors import ConcurrencyConflict, SagaError, TransitionNotAllowed
+from saga_fsm._errors import (
+    ConcurrencyConflict,
+    InvalidArgument,
+    InvalidArgumentType,
+    SagaError,
+    TransitionNotAllowed,
+    UnknownDefinition,
+)
 from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
-from saga_fsm._invoke import callee, failure_info, invoke, result_problem, step_context
-from saga_fsm._snapshot import ErrorInfo, Snapshot, replace
+from saga_fsm._invoke import (
+    STILL_RUNNING,
+    call_outcome,
+    callee,
+    invoke,
+    settle_late_calls,
+    step_context,
+)
+from saga_fsm._snapshot import Snapshot, replace
 from saga_fsm.stores._protocol import SnapshotStore
 
 log = logging.getLogger("saga_fsm")
 
 _CONFLICT_RETRIES = 5
 DEFAULT_LEASE_SECONDS = 30.0
-
-
-class UnknownDefinition(SagaError, LookupError):
-    """A snapshot names a definition (name, version) this orchestrator cannot find."""
-
-    def __init__(self, name: str, version: int, why: str = "") -> None:
-        self.name = name
-        self.version = version
-        super().__init__(
-            f"no definition {name!r} version {version} is registered" + (f": {why}" if why else "")
-        )
 
 
 class _LeaseLost(Exception):
@@ -84,7 +89,7 @@ class Orchestrator:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         if lease_seconds <= 0:
-            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+            raise InvalidArgument(f"lease_seconds must be positive, got {lease_seconds}")
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
@@ -233,7 +238,7 @@ class Orchestrator:
         try:
             dumps(payload)
         except (TypeError, ValueError) as err:
-            raise TypeError(f"saga data must be JSON-serialisable: {err}") from None
+            raise InvalidArgumentType(f"saga data must be JSON-serialisable: {err}") from None
         return new_snapshot(
             definition,
             saga_id or str(uuid.uuid4()),
@@ -329,6 +334,13 @@ class Orchestrator:
             step = compiled.definition.steps[compiled.step_index[command.step]]
             fn, policy = callee(step, command)
             phase = "compensation" if isinstance(command, RunCompensation) else "step"
+            if isinstance(command, RunCompensation) and not await settle_late_calls(
+                key_of(snapshot.saga_id, command.step), step.timeout or 0.0
+            ):
+                # The action's thread outlived its deadline and a grace as long again:
+                # undoing now could come before its effect. An operator decides.
+                log.warning("saga %s: action %s still running", snapshot.saga_id, command.step)
+                return outcome_event(command, "failed", self.clock.now(), error=STILL_RUNNING)
             ctx = step_context(snapshot, command)
             # The deadline is stored: after a takeover only the time left is granted,
             # and a step whose deadline passed while no worker watched it has timed out.
@@ -336,7 +348,7 @@ class Orchestrator:
             if command.deadline is not None:
                 timeout = (command.deadline - self.clock.now()).total_seconds()
                 if timeout <= 0:
-                    return self._outcome(command, phase, "timed_out")
+                    return outcome_event(command, "timed_out", self.clock.now())
             deadline = None
             try:
                 if timeout is None:
@@ -347,30 +359,11 @@ class Orchestrator:
             except Exception as err:
                 if isinstance(err, TimeoutError) and deadline is not None and deadline.expired():
                     log.warning("saga %s: %s %s timed out", snapshot.saga_id, phase, command.step)
-                    return self._outcome(command, phase, "timed_out")
+                    return outcome_event(command, "timed_out", self.clock.now())
                 log.info("saga %s: %s %s raised %r", snapshot.saga_id, phase, command.step, err)
-                return self._outcome(command, phase, "failed", error=failure_info(err, policy))
-            problem = result_problem(result)
-            if problem is not None:
-                error = ErrorInfo("InvalidResult", problem, retryable=False)
-                return self._outcome(command, phase, "failed", error=error)
-            if phase == "compensation":
-                return self._outcome(command, phase, "succeeded")
-            return self._outcome(
-                command, phase, "succeeded", result=dict(result) if result else None
-            )
+                return call_outcome(command, policy, self.clock.now(), raised=err)
+            return call_outcome(command, policy, self.clock.now(), returned=result)
         return None
-
-    def _outcome(
-        self, command: RunStep | RunCompensation, phase: str, what: str, **fields: Any
-    ) -> Event:
-        return Event(
-            f"{phase}_{what}",  # type: ignore[arg-type]
-            self.clock.now(),
-            step=command.step,
-            attempt=command.attempt,
-            **fields,
-        )
 
 
 def run_sync(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -259,3 +260,65 @@ def test_non_json_saga_data_is_refused_before_anything_is_written() -> None:
         return len(await store.list())
 
     assert asyncio.run(go()) == 0
+
+
+class LateBooking:
+    """A sync action that outlives its timeout in its thread, and lands its effect late;
+    its compensation undoes whatever is there (nothing, if nothing landed yet)."""
+
+    def __init__(self, takes: float) -> None:
+        self.takes = takes
+        self.effects: list[str] = []
+        self.landed = threading.Event()
+
+    def book(self, ctx: StepContext) -> None:
+        time.sleep(self.takes)
+        self.effects.append("booked")
+        self.landed.set()
+
+    def unbook(self, ctx: StepContext) -> None:
+        self.effects.append("unbooked" if "booked" in self.effects else "nothing to undo")
+
+    def definition(self) -> SagaDefinition:
+        return (
+            SagaBuilder(f"late_{self.takes}")
+            .step(
+                "book",
+                self.book,
+                compensation=self.unbook,
+                timeout=0.2,
+                retry=RetryPolicy(max_attempts=1),
+            )
+            .pivot("ship", lambda ctx: None)
+            .build()
+        )
+
+
+def test_a_timed_out_step_is_undone_after_its_late_effect_lands() -> None:
+    booking = LateBooking(takes=0.3)  # past the 0.2 s timeout, within a grace as long again
+    definition = booking.definition()
+    final = asyncio.run(Orchestrator(MemoryStore(), [definition]).run(definition))
+    assert final.state == "compensated"
+    assert final.step("book").status is StepStatus.COMPENSATED
+    assert booking.effects == ["booked", "unbooked"]
+
+
+def test_a_step_still_running_after_the_grace_parks_the_saga_until_its_effect_lands() -> None:
+    booking = LateBooking(takes=2.0)
+    definition = booking.definition()
+
+    async def go() -> tuple[Any, Any]:
+        orchestrator = Orchestrator(MemoryStore(), [definition])
+        parked = await orchestrator.run(definition)
+        # Never undo before the effect: the operator retries once the thread is done.
+        assert booking.landed.wait(5)
+        await orchestrator.retry(parked.saga_id)
+        return parked, await orchestrator.resume(parked.saga_id)
+
+    parked, final = asyncio.run(go())
+    assert parked.state == "failed"
+    assert parked.parked_at == "compensating:book"
+    assert parked.failure is not None and parked.failure.type == "ActionStillRunning"
+    assert parked.failure.message == "action still running after its deadline"
+    assert final.state == "compensated"
+    assert booking.effects == ["booked", "unbooked"]

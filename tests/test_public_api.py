@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
 import saga_fsm
+from saga_fsm import testing
 
 EXPECTED = [
     "Action",
+    "CallbackError",
     "Clock",
     "Command",
     "CompiledSaga",
@@ -18,6 +26,8 @@ EXPECTED = [
     "FakeClock",
     "Finish",
     "HistoryEntry",
+    "InvalidArgument",
+    "InvalidArgumentType",
     "InvalidReference",
     "InvalidStoreURL",
     "MemoryStore",
@@ -56,6 +66,7 @@ EXPECTED = [
     "load_definition_file",
     "new_snapshot",
     "open_store",
+    "outcome_event",
     "outstanding",
     "resolve_reference",
     "run_sync",
@@ -82,3 +93,45 @@ def test_package_is_typed() -> None:
     from importlib.resources import files
 
     assert files("saga_fsm").joinpath("py.typed").is_file()
+
+
+def test_import_saga_fsm_leaves_the_heavy_optional_parts_unimported() -> None:
+    heavy = ("psycopg", "psycopg_pool", "graphviz", "click", "rich", "yaml", "hypothesis")
+    code = (
+        "import sys, saga_fsm; "
+        f"print([m for m in {heavy!r} if m in sys.modules]); "
+        "saga_fsm.PostgresStore; print('psycopg' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+def test_misuse_raises_saga_errors_that_are_also_value_or_type_errors() -> None:
+    with pytest.raises(saga_fsm.InvalidArgument) as caught:
+        saga_fsm.Orchestrator(saga_fsm.MemoryStore(), lease_seconds=0)
+    assert isinstance(caught.value, ValueError | saga_fsm.SagaError)
+    assert issubclass(saga_fsm.InvalidArgument, ValueError)
+    assert issubclass(saga_fsm.InvalidArgumentType, TypeError)
+    orchestrator = saga_fsm.Orchestrator(saga_fsm.MemoryStore())
+    definition = saga_fsm.SagaBuilder("d").pivot("only", lambda ctx: None).build()
+    with pytest.raises(saga_fsm.InvalidArgumentType, match="JSON"):
+        asyncio.run(orchestrator.start(definition, {"x": object()}))
+    with pytest.raises(saga_fsm.InvalidArgument):
+        testing.check(definition, sagas=0)
+    with pytest.raises(saga_fsm.InvalidArgument, match="faults are"):
+        testing.check(definition, faults=["nope"])
+
+
+def test_every_error_of_the_subpackages_derives_from_saga_error_under_its_public_name() -> None:
+    from saga_fsm import diagrams
+
+    for module in (testing, diagrams):
+        errors = [
+            v for v in vars(module).values() if isinstance(v, type) and issubclass(v, BaseException)
+        ]
+        assert errors
+        for error in errors:
+            assert issubclass(error, saga_fsm.SagaError), error
+            assert error.__module__ == module.__name__, error
+    assert saga_fsm.UnknownDefinition.__module__ == "saga_fsm"
+    assert issubclass(saga_fsm.UnknownDefinition, saga_fsm.SagaError)

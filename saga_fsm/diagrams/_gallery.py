@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from saga_fsm._errors import InvalidArgument
 from saga_fsm.diagrams._diagram import Diagram, definition_diagram, lifecycle_diagram
 from saga_fsm.diagrams._render import PNG_SIGNATURE, Renderer
 
@@ -47,7 +48,7 @@ def dot_digest(dot: str) -> str:
 def stamp_png(png: bytes, key: str, value: str) -> bytes:
     """``png`` with a tEXt chunk ``key=value`` right after its IHDR chunk."""
     if not png.startswith(PNG_SIGNATURE):
-        raise ValueError("not a PNG")
+        raise InvalidArgument("not a PNG")
     ihdr_end = len(PNG_SIGNATURE) + 8 + struct.unpack(">I", png[8:12])[0] + 4
     body = b"tEXt" + key.encode("latin-1") + b"\0" + value.encode("latin-1")
     chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))

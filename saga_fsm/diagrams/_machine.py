@@ -21,8 +21,10 @@ IMPLIED_EFFECTS = frozenset(
     {
         "record_success",
         "record_failure",
+        "record_timeout",
         "record_compensated",
         "record_compensation_failure",
+        "record_compensation_timeout",
         "run_step",
         "run_compensation",
         "finish",
@@ -32,6 +34,7 @@ IMPLIED_EFFECTS = frozenset(
 # Short verbs for the effects worth printing; anything unknown is printed by its name.
 EFFECT_VERBS = {
     "schedule_retry": "retry",
+    "schedule_compensation_retry": "retry",
     "begin_compensation": "compensate",
     "park": "park",
     "resume_parked": "resume",

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from saga_fsm._definition import StepContext
-from saga_fsm._errors import StepFailed
+from saga_fsm._errors import InvalidArgument, StepFailed
 
 
 class TransientServiceError(ConnectionError):
@@ -32,7 +32,7 @@ class FakeServices:
 
     def configure(self, *, fail_rate: float = 0.0, seed: int = 0, latency: float = 0.0) -> None:
         if not 0 <= fail_rate <= 1:
-            raise ValueError(f"fail_rate must be between 0 and 1, got {fail_rate}")
+            raise InvalidArgument(f"fail_rate must be between 0 and 1, got {fail_rate}")
         self.fail_rate, self.seed, self.latency = fail_rate, seed, latency
         self.effects.clear()
         self.applied.clear()

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit, urlunsplit
 from saga_fsm._errors import InvalidStoreURL
 from saga_fsm.stores._protocol import SnapshotStore
 from saga_fsm.stores.memory import MemoryStore
-from saga_fsm.stores.postgres import PostgresStore
 from saga_fsm.stores.sqlite import SqliteStore
 
 DEFAULT_STORE_URL = "sqlite:///saga_fsm.db"
@@ -71,6 +70,8 @@ async def _open(url: str) -> SnapshotStore:
     if scheme == "sqlite":
         return SqliteStore(sqlite_path(url))
     if scheme in ("postgresql", "postgres"):
+        from saga_fsm.stores.postgres import PostgresStore  # psycopg only when used
+
         return await PostgresStore.open(url)
     raise _invalid(url, "unknown scheme")
 

@@ -48,6 +48,7 @@ and the plugin provides ``saga_clock`` and ``saga_store_memory``/``_sqlite``/``_
 
 from saga_fsm.testing import _requirements  # noqa: F401 (first: says what is missing)
 from saga_fsm.testing._coverage import TransitionCoverage
+from saga_fsm.testing._driver import CallDidNotReturn
 from saga_fsm.testing._explore import CheckReport, Counterexample, check
 from saga_fsm.testing._faults import Fault
 from saga_fsm.testing._fixtures import StoreFactory
@@ -59,6 +60,7 @@ from saga_fsm.testing._invariants import (
     saga_invariant,
 )
 from saga_fsm.testing._machine import SagaStateMachine, saga_state_machine
+from saga_fsm.testing._options import ExploreOptions
 from saga_fsm.testing._scenario import (
     Directive,
     Scenario,
@@ -75,9 +77,11 @@ from saga_fsm.testing._trace import TraceEntry
 
 __all__ = [
     "BUILTIN_INVARIANTS",
+    "CallDidNotReturn",
     "CheckReport",
     "Counterexample",
     "Directive",
+    "ExploreOptions",
     "Fault",
     "Invariant",
     "InvariantContext",
@@ -99,3 +103,7 @@ __all__ = [
     "scenario",
     "step",
 ]
+
+# Errors are shown under their public names (``saga_fsm.testing.InvariantViolation``).
+CallDidNotReturn.__module__ = InvariantViolation.__module__ = __name__
+ScenarioMismatch.__module__ = __name__

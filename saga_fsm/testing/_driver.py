@@ -28,15 +28,16 @@ from saga_fsm._core import (
     ScheduleWake,
     decide,
     new_snapshot,
+    outcome_event,
     outstanding,
 )
 from saga_fsm._definition import Action, SagaDefinition, Step
-from saga_fsm._errors import TransitionNotAllowed
+from saga_fsm._errors import SagaError, TransitionNotAllowed
 from saga_fsm._flow import PENDING, compile_saga
-from saga_fsm._invoke import callee, failure_info, invoke, result_problem, step_context
-from saga_fsm._snapshot import ErrorInfo, HistoryEntry, SagaStatus, Snapshot
+from saga_fsm._invoke import call_outcome, callee, invoke, result_problem, step_context
+from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot
 from saga_fsm.stores import SnapshotStore
-from saga_fsm.testing._faults import ALL_FAULTS, REFUSED, REPLY_LOST, Fault
+from saga_fsm.testing._faults import ALL_FAULTS, REFUSED, REPLY_LOST, REQUEST_LOST, Fault
 from saga_fsm.testing._fixtures import Setup, StoreFactory, enter_setup, fresh_memory
 from saga_fsm.testing._invariants import (
     BUILTIN_INVARIANTS,
@@ -53,7 +54,7 @@ TICK = 0.001
 """Seconds of fake time between two events, so every transition has its own instant."""
 
 
-class CallDidNotReturn(Exception):
+class CallDidNotReturn(SagaError):
     """A real action or compensation did not return within the harness's wall-clock
     limit: a fake should answer at once (the harness injects the slow cases)."""
 
@@ -101,17 +102,6 @@ def _label(step: Step, compensation: bool) -> str:
         return step.name
     name = getattr(step.compensation, "__name__", "")
     return name if name.isidentifier() else f"undo {step.name}"
-
-
-def _event(phase: str, outcome: str, at: datetime, command: Command, **fields: Any) -> Event:
-    assert isinstance(command, RunStep | RunCompensation)
-    return Event(
-        f"{phase}_{outcome}",  # type: ignore[arg-type]
-        at,
-        step=command.step,
-        attempt=command.attempt,
-        **fields,
-    )
 
 
 class Driver:
@@ -298,7 +288,7 @@ class Driver:
         if command.deadline is not None and at >= command.deadline:
             # As the orchestrator does after a takeover: no time left, no call.
             trace["deadline_passed"] = True
-            await self._apply(saga, _event(phase, "timed_out", at, command), phase, **trace)
+            await self._apply(saga, outcome_event(command, "timed_out", at), phase, **trace)
             return
         if fault.calls:
             saga.seen_keys.add(command.idempotency_key)
@@ -309,23 +299,18 @@ class Driver:
             self._record(saga, TraceEntry(phase, state, state, **trace))
             return
         if fault is Fault.PERMANENT:
-            event = _event(phase, "failed", at, command, error=REFUSED)
+            event = outcome_event(command, "failed", at, error=REFUSED)
         elif fault is Fault.TRANSIENT:
-            event = _event(phase, "failed", at, command, error=REPLY_LOST)
+            event = outcome_event(command, "failed", at, error=REPLY_LOST)
+        elif fault is Fault.LOST:
+            event = outcome_event(command, "failed", at, error=REQUEST_LOST)
         elif fault is Fault.TIMEOUT:
             assert command.deadline is not None
             self._wait_until(command.deadline)
-            event = _event(phase, "timed_out", self.clock.now(), command)
-        elif trace.get("raised") is not None:
-            error = failure_info(trace["raised"], policy)
-            event = _event(phase, "failed", at, command, error=error)
-        elif trace.get("problem") is not None:
-            error = ErrorInfo("InvalidResult", trace["problem"], retryable=False)
-            event = _event(phase, "failed", at, command, error=error)
-        elif compensation or not trace.get("returned"):
-            event = _event(phase, "succeeded", at, command)
+            event = outcome_event(command, "timed_out", self.clock.now())
         else:
-            event = _event(phase, "succeeded", at, command, result=dict(trace["returned"]))
+            returned, raised = trace.get("returned"), trace.get("raised")
+            event = call_outcome(command, policy, at, returned=returned, raised=raised)
         await self._apply(saga, event, phase, **trace)
 
     async def _invoke(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 import traceback
-from collections.abc import Iterable
+from typing import Any
 
 import hypothesis
 from attrs import field, frozen
@@ -16,13 +16,11 @@ from hypothesis.reporting import with_reporter
 from hypothesis.stateful import run_state_machine_as_test
 
 from saga_fsm._definition import SagaDefinition
-from saga_fsm.stores import SnapshotStore
 from saga_fsm.testing._coverage import TransitionCoverage
 from saga_fsm.testing._directed import DirectedResult, minimise, run_directed
-from saga_fsm.testing._faults import Fault
-from saga_fsm.testing._fixtures import DataSource, Setup, StoreFactory
-from saga_fsm.testing._invariants import Invariant, InvariantFunction, InvariantViolation
+from saga_fsm.testing._invariants import InvariantViolation
 from saga_fsm.testing._machine import build_machine, machine_config
+from saga_fsm.testing._options import ExploreOptions, explore_options
 
 DEFAULT_STEPS = 30
 
@@ -140,21 +138,13 @@ class CheckReport:
 
 def check(
     definition: SagaDefinition,
+    options: ExploreOptions | None = None,
     *,
-    invariants: Iterable[Invariant | InvariantFunction] = (),
-    data: DataSource = None,
-    setup: Setup | None = None,
-    store: SnapshotStore | StoreFactory | str | None = None,
-    faults: Iterable[Fault | str] | None = None,
-    sagas: int = 1,
-    simulate: bool = False,
-    operator_retry: bool = True,
-    builtin_invariants: bool = True,
-    directed_paths: bool = True,
     max_examples: int | None = None,
     steps: int = DEFAULT_STEPS,
     seed: int | None = None,
     settings: hypothesis.settings | None = None,
+    **keywords: Any,
 ) -> CheckReport:
     """Explore ``definition`` with hypothesis and report; never raises for a broken
     property (see ``CheckReport.raise_for_failure``).
@@ -164,20 +154,11 @@ def check(
     random one is chosen and reported otherwise); ``settings`` replaces the defaults.
     With ``directed_paths`` (the default), every reachable transition the random
     examples missed is then taken by a shortest path to it, real actions and all.
-    The other options are those of ``saga_state_machine``.
+    ``options`` (an ``ExploreOptions``), or its fields as keywords, say what to
+    explore: ``check(order, invariants=[...], setup=fresh_world)``.
     """
-    config = machine_config(
-        definition,
-        invariants=invariants,
-        data=data,
-        setup=setup,
-        store=store,
-        faults=faults,
-        sagas=sagas,
-        simulate=simulate,
-        operator_retry=operator_retry,
-        builtin_invariants=builtin_invariants,
-    )
+    chosen_options = explore_options(options, keywords)
+    config = machine_config(definition, chosen_options)
     machine = build_machine(config)
     chosen = seed if seed is not None else random.SystemRandom().randrange(2**32)
     seeded = _seeded(machine, chosen)
@@ -210,7 +191,7 @@ def check(
         counterexample = _counterexample(
             found, found_after, found_after + replays, path, "\n".join(program)
         )
-    elif directed_paths:
+    elif chosen_options.directed_paths:
         taken_at_random = len(set(stats.coverage.taken))
         directed = run_directed(config, stats)
         if directed.error is not None:

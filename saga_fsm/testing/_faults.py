@@ -19,6 +19,9 @@ crash_before  not called          nothing: the process died after persisting ``r
 crash_after   called              nothing: the process died after the effect, before the
                                   write; recovery calls it again with the same
                                   idempotency key and attempt number
+lost          not called          a retryable failure: the request never arrived, so there is
+                                  nothing to undo, yet the engine cannot tell it from a lost
+                                  reply and compensates the step (an empty compensation)
 ============  ==================  ==========================================================
 
 ``transient``, ``timeout`` and ``crash_after`` leave the participant's effect in place,
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from saga_fsm._errors import InvalidArgument, InvalidArgumentType
 from saga_fsm._snapshot import ErrorInfo
 
 
@@ -41,11 +45,12 @@ class Fault(StrEnum):
     TIMEOUT = "timeout"
     CRASH_BEFORE = "crash_before"
     CRASH_AFTER = "crash_after"
+    LOST = "lost"
 
     @property
     def calls(self) -> bool:
         """Whether the real function runs under this fault."""
-        return self not in (Fault.PERMANENT, Fault.CRASH_BEFORE)
+        return self not in (Fault.PERMANENT, Fault.CRASH_BEFORE, Fault.LOST)
 
     @property
     def crashes(self) -> bool:
@@ -56,6 +61,7 @@ ALL_FAULTS: tuple[Fault, ...] = tuple(Fault)
 
 INJECTED = "saga_fsm.testing.InjectedFault"
 REPLY_LOST = ErrorInfo(INJECTED, "reply lost (injected transient failure)", retryable=True)
+REQUEST_LOST = ErrorInfo(INJECTED, "request lost (injected transient failure)", retryable=True)
 REFUSED = ErrorInfo(INJECTED, "refused (injected permanent failure)", retryable=False)
 
 
@@ -66,11 +72,11 @@ def normalise_faults(faults: object) -> tuple[Fault, ...]:
     if isinstance(faults, (str, Fault)):
         faults = (faults,)
     if not isinstance(faults, (list, tuple, set, frozenset)):
-        raise TypeError(f"faults must be a collection of Fault values, got {faults!r}")
+        raise InvalidArgumentType(f"faults must be a collection of Fault values, got {faults!r}")
     try:
         chosen = {Fault(f) for f in faults}
     except ValueError as err:
         names = ", ".join(f.value for f in Fault)
-        raise ValueError(f"{err} (faults are: {names})") from None
+        raise InvalidArgument(f"{err} (faults are: {names})") from None
     chosen.add(Fault.OK)
     return tuple(f for f in Fault if f in chosen)

@@ -21,6 +21,7 @@ from attrs import frozen
 from hypothesis.strategies import SearchStrategy
 
 from saga_fsm._codec import dumps
+from saga_fsm._errors import InvalidArgumentType
 from saga_fsm.stores import MemoryStore, SnapshotStore, open_store
 from saga_fsm.stores.url import redact
 
@@ -79,14 +80,16 @@ def make_data(
     elif callable(source):
         value = source(world) if _takes_world(source) else source()
     else:
-        raise TypeError(f"data must be a mapping, a factory or a strategy, got {source!r}")
+        raise InvalidArgumentType(
+            f"data must be a mapping, a factory or a strategy, got {source!r}"
+        )
     if not isinstance(value, Mapping):
-        raise TypeError(f"the saga data must be a mapping, got {type(value).__name__}")
+        raise InvalidArgumentType(f"the saga data must be a mapping, got {type(value).__name__}")
     payload = dict(value)
     try:
         dumps(payload)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"the saga data must be JSON-serialisable: {err}") from None
+        raise InvalidArgumentType(f"the saga data must be JSON-serialisable: {err}") from None
     return payload
 
 
@@ -152,4 +155,6 @@ def store_factory(store: SnapshotStore | StoreFactory | str | None) -> StoreFact
         return StoreFactory.from_url(store)
     if all(hasattr(store, name) for name in ("create", "save", "load", "history")):
         return StoreFactory.of(store)
-    raise TypeError(f"store must be a SnapshotStore, a StoreFactory or a store URL, got {store!r}")
+    raise InvalidArgumentType(
+        f"store must be a SnapshotStore, a StoreFactory or a store URL, got {store!r}"
+    )

@@ -15,7 +15,7 @@ from attrs import fields, frozen
 
 from saga_fsm._codec import snapshot_from_json, snapshot_to_json
 from saga_fsm._definition import SagaDefinition
-from saga_fsm._errors import SagaError, StepFailed
+from saga_fsm._errors import InvalidArgumentType, SagaError, StepFailed
 from saga_fsm._flow import PENDING, compile_saga
 from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot, StepStatus
 from saga_fsm.testing._faults import Fault
@@ -139,7 +139,9 @@ def as_invariant(value: Invariant | InvariantFunction) -> Invariant:
         return value
     if callable(value):
         return saga_invariant(value)
-    raise TypeError(f"an invariant must be a function of an InvariantContext, got {value!r}")
+    raise InvalidArgumentType(
+        f"an invariant must be a function of an InvariantContext, got {value!r}"
+    )
 
 
 class InvariantViolation(SagaError, AssertionError):
@@ -208,15 +210,48 @@ def snapshots_round_trip(ctx: InvariantContext) -> None:
             )
 
 
-def compensates_exactly_what_succeeded(ctx: InvariantContext) -> None:
-    """Only steps that succeeded are compensated, each once, in reverse order; a
-    compensated saga undid all of them, a completed one none."""
-    compensable = [s for s in ctx.succeeded if ctx.definition.step(s).compensable]
-    expected = list(reversed(compensable))
+def _may_have_acted(ctx: InvariantContext) -> list[str]:
+    """The compensable steps that may have acted, in order: those the engine recorded
+    as succeeded, and those whose last call ended in anything but a definite refusal
+    (refused by the harness, or raising ``StepFailed(retryable=False)`` or a
+    ``non_retryable`` type): a lost reply or request, a timeout, an unusable result."""
+    last: dict[str, TraceEntry] = {}
+    for entry in ctx.trace:
+        if (
+            entry.kind == "step"
+            and entry.step is not None
+            and not (entry.fault or Fault.OK).crashes
+        ):
+            last[entry.step] = entry
+    succeeded = set(ctx.succeeded)
+    acted = []
+    for step in ctx.definition.steps:
+        call = last.get(step.name)
+        ran = call is not None and not _refused(call, step.retry.non_retryable)
+        if step.compensable and (step.name in succeeded or ran):
+            acted.append(step.name)
+    return acted
+
+
+def _refused(entry: TraceEntry, non_retryable: tuple[type[BaseException], ...]) -> bool:
+    if entry.fault is Fault.PERMANENT:
+        return True
+    if entry.fault not in (None, Fault.OK) or entry.deadline_passed:
+        return False
+    err = entry.raised
+    return (isinstance(err, StepFailed) and not err.retryable) or isinstance(err, non_retryable)
+
+
+def compensates_every_step_that_may_have_acted(ctx: InvariantContext) -> None:
+    """Every step that may have acted (it succeeded, or its last attempt timed out,
+    failed transiently or returned something unusable) is compensated, once, in reverse
+    order; a step refused definitely is not; a completed saga compensated nothing."""
+    expected = list(reversed(_may_have_acted(ctx)))
     done = list(ctx.compensated)
     _require(
         done == expected[: len(done)],
-        f"compensated {done}, but the succeeded compensable steps, last first, are {expected}",
+        f"compensated {done}, but the compensable steps that may have acted, last first,"
+        f" are {expected}",
     )
     status = ctx.snapshot.status
     if status is SagaStatus.COMPENSATED:
@@ -229,6 +264,19 @@ def compensates_exactly_what_succeeded(ctx: InvariantContext) -> None:
             len(done) < len(expected) and expected[len(done)] == parked,
             f"parked at {parked!r}, but the next step to compensate was"
             f" {expected[len(done)] if len(done) < len(expected) else None!r}",
+        )
+
+
+def no_compensation_while_its_action_may_run(ctx: InvariantContext) -> None:
+    """A step's compensation is never called before a call of its action that has not
+    yet returned: the undo must come after the effect it undoes."""
+    for n, entry in enumerate(ctx.trace):
+        if entry.kind != "compensation" or not entry.called:
+            continue
+        later = [e for e in ctx.trace[n + 1 :] if e.kind == "step" and e.step == entry.step]
+        _require(
+            not any(e.called for e in later),
+            f"the action of step {entry.step!r} was called after its compensation",
         )
 
 
@@ -375,7 +423,10 @@ BUILTIN_INVARIANTS: tuple[Invariant, ...] = (
     Invariant(actions_fail_only_on_purpose, "actions_fail_only_on_purpose"),
     Invariant(compensations_do_not_fail_on_their_own, "compensations_do_not_fail_on_their_own"),
     Invariant(replays_return_the_first_result, "replays_return_the_first_result"),
-    Invariant(compensates_exactly_what_succeeded, "compensates_exactly_what_succeeded"),
+    Invariant(
+        compensates_every_step_that_may_have_acted, "compensates_every_step_that_may_have_acted"
+    ),
+    Invariant(no_compensation_while_its_action_may_run, "no_compensation_while_its_action_may_run"),
     Invariant(never_compensates_after_the_pivot, "never_compensates_after_the_pivot"),
     Invariant(fails_only_when_a_compensation_gives_up, "fails_only_when_a_compensation_gives_up"),
     Invariant(cancel_is_refused_only_when_it_must_be, "cancel_is_refused_only_when_it_must_be"),

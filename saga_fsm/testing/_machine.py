@@ -15,19 +15,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from attrs import define, field, frozen
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from saga_fsm._definition import SagaDefinition
-from saga_fsm.stores import SnapshotStore
+from saga_fsm._errors import InvalidArgumentType
 from saga_fsm.testing._coverage import TransitionCoverage
 from saga_fsm.testing._driver import Driver, DriverConfig, SagaRun, render_interleaving
-from saga_fsm.testing._faults import Fault, normalise_faults
-from saga_fsm.testing._fixtures import DataSource, Setup, StoreFactory, make_data, store_factory
-from saga_fsm.testing._invariants import Invariant, InvariantFunction, as_invariant
+from saga_fsm.testing._faults import Fault
+from saga_fsm.testing._fixtures import DataSource, make_data, store_factory
+from saga_fsm.testing._options import ExploreOptions, explore_options
 from saga_fsm.testing._reachability import Edge, edge_of_entry
 from saga_fsm.testing._trace import render_path
 
@@ -139,6 +139,14 @@ class SagaStateMachine(RuleBasedStateMachine):
         with self._guard():
             self._inject(data, (Fault.TRANSIENT,))
 
+    @precondition(lambda self: self._can_inject((Fault.LOST,)))
+    @rule(data=st.data())
+    def lose_request(self, data: st.DataObject) -> None:
+        """The next call never reaches the participant, yet looks like a lost reply:
+        the step is compensated with nothing to undo."""
+        with self._guard():
+            self._inject(data, (Fault.LOST,))
+
     @precondition(lambda self: self._can_inject((Fault.PERMANENT,)))
     @rule(data=st.data())
     def refuse(self, data: st.DataObject) -> None:
@@ -198,36 +206,22 @@ def class_name(definition: SagaDefinition) -> str:
     return "".join(w[:1].upper() + w[1:] for w in words if w) or "Saga"
 
 
-def machine_config(
-    definition: SagaDefinition,
-    *,
-    invariants: Iterable[Invariant | InvariantFunction] = (),
-    data: DataSource = None,
-    setup: Setup | None = None,
-    store: SnapshotStore | StoreFactory | str | None = None,
-    faults: Iterable[Fault | str] | None = None,
-    sagas: int = 1,
-    simulate: bool = False,
-    operator_retry: bool = True,
-    builtin_invariants: bool = True,
-) -> MachineConfig:
+def machine_config(definition: SagaDefinition, options: ExploreOptions) -> MachineConfig:
     if not isinstance(definition, SagaDefinition):
-        raise TypeError(f"expected a SagaDefinition, got {definition!r}")
-    if isinstance(sagas, bool) or not isinstance(sagas, int) or sagas < 1:
-        raise ValueError(f"sagas must be a whole number >= 1, got {sagas!r}")
+        raise InvalidArgumentType(f"expected a SagaDefinition, got {definition!r}")
     return MachineConfig(
         driver=DriverConfig(
             definition,
-            invariants=tuple(as_invariant(i) for i in invariants),
-            setup=setup,
-            store=store_factory(store),
-            simulate=simulate,
-            faults=normalise_faults(faults),
-            builtin_invariants=builtin_invariants,
+            invariants=options.invariants,
+            setup=options.setup,
+            store=store_factory(options.store),
+            simulate=options.simulate,
+            faults=options.faults,
+            builtin_invariants=options.builtin_invariants,
         ),
-        data=data,
-        sagas=sagas,
-        operator_retry=operator_retry,
+        data=options.data,
+        sagas=options.sagas,
+        operator_retry=options.operator_retry,
     )
 
 
@@ -242,35 +236,13 @@ def build_machine(config: MachineConfig) -> type[SagaStateMachine]:
 
 
 def saga_state_machine(
-    definition: SagaDefinition,
-    *,
-    invariants: Iterable[Invariant | InvariantFunction] = (),
-    data: DataSource = None,
-    setup: Setup | None = None,
-    store: SnapshotStore | StoreFactory | str | None = None,
-    faults: Iterable[Fault | str] | None = None,
-    sagas: int = 1,
-    simulate: bool = False,
-    operator_retry: bool = True,
-    builtin_invariants: bool = True,
+    definition: SagaDefinition, options: ExploreOptions | None = None, **keywords: Any
 ) -> type[SagaStateMachine]:
     """A hypothesis ``RuleBasedStateMachine`` class exploring ``definition``.
 
     Run it like any other (``TestOrder = saga_state_machine(order).TestCase``, or
     ``run_state_machine_as_test``); ``cls.stats`` accumulates coverage and counts over
     every example. ``check`` and ``saga_test_case`` wrap it with settings and a report.
+    ``options`` (an ``ExploreOptions``), or its fields as keywords, say what to explore.
     """
-    return build_machine(
-        machine_config(
-            definition,
-            invariants=invariants,
-            data=data,
-            setup=setup,
-            store=store,
-            faults=faults,
-            sagas=sagas,
-            simulate=simulate,
-            operator_retry=operator_retry,
-            builtin_invariants=builtin_invariants,
-        )
-    )
+    return build_machine(machine_config(definition, explore_options(options, keywords)))

@@ -21,11 +21,13 @@ from attrs import frozen
 
 from saga_fsm._core import (
     Event,
+    Outcome,
     RunCompensation,
     RunStep,
     ScheduleWake,
     decide,
     new_snapshot,
+    outcome_event,
     outstanding,
 )
 from saga_fsm._definition import RetryPolicy, SagaDefinition
@@ -126,8 +128,9 @@ def _moves(
         if isinstance(command, ScheduleWake):
             yield ("tick", Fault.OK), Event.retry_due(_T0)
         elif isinstance(command, RunStep | RunCompensation):
-            phase = "step" if isinstance(command, RunStep) else "compensation"
-            outcomes: list[tuple[Fault, str, ErrorInfo | None]] = [(Fault.OK, "succeeded", None)]
+            outcomes: list[tuple[Fault, Outcome, ErrorInfo | None]] = [
+                (Fault.OK, "succeeded", None)
+            ]
             if Fault.TRANSIENT in faults:
                 outcomes.append((Fault.TRANSIENT, "failed", REPLY_LOST))
             if Fault.PERMANENT in faults and command.attempt == 1:
@@ -136,14 +139,7 @@ def _moves(
             if Fault.TIMEOUT in faults and command.deadline is not None:
                 outcomes.append((Fault.TIMEOUT, "timed_out", None))
             for fault, outcome, error in outcomes:
-                event = Event(
-                    f"{phase}_{outcome}",  # type: ignore[arg-type]
-                    _T0,
-                    step=command.step,
-                    attempt=command.attempt,
-                    error=error,
-                )
-                yield ("call", fault), event
+                yield ("call", fault), outcome_event(command, outcome, _T0, error=error)
 
 
 @functools.cache

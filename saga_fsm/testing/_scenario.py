@@ -21,7 +21,7 @@ from attrs import evolve, field, frozen
 
 from saga_fsm._core import RunCompensation, RunStep
 from saga_fsm._definition import SagaDefinition
-from saga_fsm._errors import SagaError
+from saga_fsm._errors import InvalidArgument, InvalidArgumentType, SagaError
 from saga_fsm._flow import PENDING
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import SnapshotStore
@@ -39,6 +39,7 @@ _WORDS = {
     Fault.TIMEOUT: "times out",
     Fault.CRASH_BEFORE: "crashes before its effect",
     Fault.CRASH_AFTER: "crashes after its effect",
+    Fault.LOST: "is lost before it arrives",
 }
 _LIMIT = 1000
 
@@ -71,7 +72,7 @@ class StepScript:
 
     def _directive(self, fault: Fault, times: int) -> Directive:
         if isinstance(times, bool) or not isinstance(times, int) or times < 1:
-            raise ValueError(f"times must be a whole number >= 1, got {times!r}")
+            raise InvalidArgument(f"times must be a whole number >= 1, got {times!r}")
         return Directive("call", self.phase, self.name, fault, times)
 
     def succeeds(self) -> Directive:
@@ -81,6 +82,11 @@ class StepScript:
         """A permanent failure is a refusal before the participant acts; a transient
         one acts and loses its reply (see ``Fault``)."""
         return self._directive(Fault.PERMANENT if permanent else Fault.TRANSIENT, times)
+
+    def is_lost(self, *, times: int = 1) -> Directive:
+        """The request never reaches the participant, which does nothing; the engine
+        sees a transient failure, as for a lost reply (see ``Fault``)."""
+        return self._directive(Fault.LOST, times)
 
     def times_out(self, *, times: int = 1) -> Directive:
         return self._directive(Fault.TIMEOUT, times)
@@ -180,7 +186,7 @@ class Scenario:
 
     def _validate(self, directive: Directive) -> None:
         if not isinstance(directive, Directive):
-            raise TypeError(
+            raise InvalidArgumentType(
                 f"when() takes step(...)/compensation(...) outcomes, cancel() or"
                 f" operator_retry(), got {directive!r}"
             )
@@ -188,17 +194,17 @@ class Scenario:
             return
         names = [s.name for s in self.definition.steps]
         if directive.step not in names:
-            raise ValueError(
+            raise InvalidArgument(
                 f"no step {directive.step!r} in {self.definition.name} (steps: {names})"
             )
         found = self.definition.step(directive.step)
         if directive.phase == "compensation" and found.compensation is None:
-            raise ValueError(f"step {directive.step!r} has no compensation")
+            raise InvalidArgument(f"step {directive.step!r} has no compensation")
         if directive.phase == "step" and found.action is None:
-            raise ValueError(f"step {directive.step!r} has no action to call")
+            raise InvalidArgument(f"step {directive.step!r} has no action to call")
         timeout = found.compensation_timeout if directive.phase == "compensation" else found.timeout
         if directive.fault is Fault.TIMEOUT and timeout is None:
-            raise ValueError(
+            raise InvalidArgument(
                 f"{directive.describe()}: the {directive.phase} has no timeout, so it cannot"
                 " time out (the engine would wait for it)"
             )
@@ -289,7 +295,7 @@ def scenario(
 ) -> Scenario:
     """Start a script for ``definition`` (see the module docstring)."""
     if not isinstance(definition, SagaDefinition):
-        raise TypeError(f"expected a SagaDefinition, got {definition!r}")
+        raise InvalidArgumentType(f"expected a SagaDefinition, got {definition!r}")
     return Scenario(
         definition,
         setup=setup,
@@ -318,7 +324,7 @@ def _apply(driver: Driver, saga: SagaRun, directive: Directive) -> bool:
                     return False
                 if _matches(saga, directive):
                     if directive.fault not in driver.faults_for(saga):
-                        raise ValueError(
+                        raise InvalidArgument(
                             f"{directive.describe()}: the participant already acted on this"
                             " call's idempotency key, so it cannot refuse it any more"
                             " (fails() is a lost reply)"
@@ -353,4 +359,4 @@ def _play(
 
 
 def _no_draw(strategy: Any) -> Any:
-    raise TypeError("a scenario's data is a mapping, not a strategy")
+    raise InvalidArgumentType("a scenario's data is a mapping, not a strategy")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from saga_fsm._definition import SagaDefinition
 from saga_fsm.stores import SnapshotStore
 from saga_fsm.testing._explore import DEFAULT_STEPS, check
-from saga_fsm.testing._faults import Fault
-from saga_fsm.testing._fixtures import DataSource, Setup, StoreFactory
-from saga_fsm.testing._invariants import Invariant, InvariantFunction
+from saga_fsm.testing._fixtures import StoreFactory
 from saga_fsm.testing._machine import class_name
+from saga_fsm.testing._options import ExploreOptions, explore_options
 
 if TYPE_CHECKING:
     import pytest
@@ -33,21 +31,13 @@ def _resolve_store(
 
 def saga_test_case(
     definition: SagaDefinition,
+    options: ExploreOptions | None = None,
     *,
-    invariants: Iterable[Invariant | InvariantFunction] = (),
-    data: DataSource = None,
-    setup: Setup | None = None,
-    store: SnapshotStore | StoreFactory | str | None = "memory",
-    faults: Iterable[Fault | str] | None = None,
-    sagas: int = 1,
-    simulate: bool = False,
-    operator_retry: bool = True,
-    builtin_invariants: bool = True,
-    directed_paths: bool = True,
     max_examples: int | None = None,
     steps: int = DEFAULT_STEPS,
     seed: int | None = None,
     min_coverage: float | None = None,
+    **keywords: Any,
 ) -> type:
     """A pytest test class checking ``definition``: ``TestOrder = saga_test_case(order)``.
 
@@ -56,27 +46,18 @@ def saga_test_case(
     it). ``store`` is ``"memory"`` (default), ``"sqlite"`` or ``"postgres"`` (the
     plugin's fixtures), the name of a fixture of yours, a URL or a store. Coverage is
     listed in pytest's terminal summary; with ``min_coverage`` (0..1) too little of it
-    fails the test.
+    fails the test. ``options`` (an ``ExploreOptions``), or its fields as keywords,
+    say what to explore.
     """
-    options: dict[str, Any] = {
-        "invariants": tuple(invariants),
-        "data": data,
-        "setup": setup,
-        "faults": faults,
-        "sagas": sagas,
-        "simulate": simulate,
-        "operator_retry": operator_retry,
-        "builtin_invariants": builtin_invariants,
-        "directed_paths": directed_paths,
-        "max_examples": max_examples,
-        "steps": steps,
-        "seed": seed,
-    }
+    chosen = explore_options(options, keywords)  # a bad option fails here, not in the test
+    settings: dict[str, Any] = {"max_examples": max_examples, "steps": steps, "seed": seed}
 
     def test_saga_properties(self: object, request: pytest.FixtureRequest) -> None:
         from saga_fsm.testing.pytest_plugin import record_report
 
-        report = check(definition, store=_resolve_store(request, store), **options)
+        store = chosen.store if chosen.store is not None else "memory"
+        resolved = chosen.with_changes({"store": _resolve_store(request, store)})
+        report = check(definition, resolved, **settings)
         record_report(request.config, request.node.nodeid, report)
         report.raise_for_failure()
         if min_coverage is not None and report.coverage.ratio < min_coverage:

@@ -85,6 +85,8 @@ class TraceEntry:
             return f"crash before {name}"
         if self.fault is Fault.PERMANENT:
             return f"{name} refused (permanent)"
+        if self.fault is Fault.LOST:
+            return f"{name} lost before it arrived"
         fault = self.fault or Fault.OK
         if self.raised is not None:
             return f"{name} raised {self.raised!r}{_AFTER_RAISE[fault]}"

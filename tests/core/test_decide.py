@@ -75,15 +75,77 @@ def test_transient_failure_schedules_a_retry_then_runs_again() -> None:
     assert outstanding(definition, d.snapshot) == d.commands
     d = decide(definition, d.snapshot, Event.retry_due(T0))
     assert d.commands == (RunStep("reserve", 2, "s1:reserve", None),)
-    # The policy is spent: compensation begins; nothing succeeded, so nothing to undo.
+    # The policy is spent: compensation begins with reserve's own, since a transient
+    # error leaves open whether it acted.
     d = decide(definition, d.snapshot, result("step_failed", "reserve", 2, error=TRANSIENT))
-    assert d.snapshot.state == "compensated"
+    assert d.snapshot.state == "compensating:reserve"
+    assert d.commands == (RunCompensation("reserve", 1, "s1:reserve:compensate", None),)
     assert d.snapshot.failure == TRANSIENT
     assert [r.status for r in d.snapshot.steps] == [
-        StepStatus.FAILED,
+        StepStatus.COMPENSATING,
         StepStatus.SKIPPED,
         StepStatus.SKIPPED,
     ]
+    d = decide(definition, d.snapshot, result("compensation_succeeded", "reserve"))
+    assert d.snapshot.state == "compensated"
+
+
+def test_a_definite_refusal_skips_the_steps_own_compensation() -> None:
+    definition = (
+        SagaBuilder("refused")
+        .step("reserve", noop, compensation=noop)
+        .step("charge", noop, compensation=noop)
+        .build()
+    )
+    s = started(definition)
+    s = decide(definition, s, result("step_succeeded", "reserve")).snapshot
+    d = decide(definition, s, result("step_failed", "charge", error=PERMANENT))
+    assert d.snapshot.state == "compensating:reserve"
+    assert d.snapshot.step("charge").status is StepStatus.FAILED
+
+
+@pytest.mark.parametrize(
+    ("trigger", "error"),
+    [
+        ("step_timed_out", None),
+        ("step_failed", TRANSIENT),
+        # It ran and returned something unusable: it acted.
+        ("step_failed", ErrorInfo("InvalidResult", "not a mapping", retryable=False)),
+    ],
+)
+def test_a_step_that_may_have_acted_is_compensated_first(
+    trigger: str, error: ErrorInfo | None
+) -> None:
+    definition = (
+        SagaBuilder("acted")
+        .step("reserve", noop, compensation=noop)
+        .step("charge", noop, compensation=noop, retry=RetryPolicy(max_attempts=1))
+        .pivot("ship", noop)
+        .build()
+    )
+    s = started(definition)
+    s = decide(definition, s, result("step_succeeded", "reserve")).snapshot
+    d = decide(definition, s, result(trigger, "charge", error=error))
+    assert d.snapshot.state == "compensating:charge"
+    assert d.commands == (RunCompensation("charge", 1, "s1:charge:compensate", None),)
+    d = decide(definition, d.snapshot, result("compensation_succeeded", "charge"))
+    assert d.snapshot.state == "compensating:reserve"
+    d = decide(definition, d.snapshot, result("compensation_succeeded", "reserve"))
+    assert d.snapshot.state == "compensated"
+    assert [r.status for r in d.snapshot.steps] == [
+        StepStatus.COMPENSATED,
+        StepStatus.COMPENSATED,
+        StepStatus.SKIPPED,
+    ]
+
+
+def test_cancel_while_a_retry_is_pending_compensates_the_failed_step_too() -> None:
+    definition = three_step(retry=RetryPolicy(max_attempts=3, initial_interval=5))
+    s = started(definition)
+    s = decide(definition, s, result("step_failed", "reserve", error=TRANSIENT)).snapshot
+    d = decide(definition, s, Event.cancel(T0))
+    assert d.snapshot.state == "compensating:reserve"
+    assert d.commands == (RunCompensation("reserve", 1, "s1:reserve:compensate", None),)
 
 
 def test_permanent_pivot_failure_compensates_in_reverse() -> None:
@@ -176,8 +238,10 @@ def test_timeout_counts_as_a_failure_under_the_policy() -> None:
     definition = three_step(retry=RetryPolicy(max_attempts=1))
     s = started(definition)
     d = decide(definition, s, result("step_timed_out", "reserve"))
-    assert d.snapshot.state == "compensated"
-    assert d.snapshot.step("reserve").status is StepStatus.TIMED_OUT
+    assert d.snapshot.state == "compensating:reserve"
+    assert d.snapshot.step("reserve").status is StepStatus.COMPENSATING
+    assert d.snapshot.step("reserve").error is not None
+    assert d.snapshot.step("reserve").error.type == "StepTimedOut"
 
 
 def test_stale_and_foreign_results_are_refused_and_change_nothing() -> None:

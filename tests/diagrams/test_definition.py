@@ -77,19 +77,21 @@ def test_failure_edges_are_labelled_with_their_guards(dot: str) -> None:
     assert "step_failed|step_timed_out [may_retry, !cancel_requested] / retry" in loop
     assert "retry_due [awaiting_retry]" in loop
     assert "cancel [in_flight] (internal)" in loop
-    undo = edge(dot, "running:process_payment", "compensating:reserve_inventory")
-    assert label_lines(undo) == [
-        "cancel [!in_flight] / compensate",
-        "step_failed|step_timed_out / compensate",
+    # A step that may have acted is undone first: its own compensation.
+    own = edge(dot, "running:process_payment", "compensating:process_payment")
+    assert "cancel [!in_flight] / compensate" in label_lines(own)
+    assert "step_failed|step_timed_out / compensate" in label_lines(own)
+    assert own["style"] == "dashed"
+    # A definite refusal did nothing: the compensation starts at the step before.
+    refused = edge(dot, "running:process_payment", "compensating:reserve_inventory")
+    assert label_lines(refused) == ["step_failed [refused] / compensate"]
+    # The first step refused has nothing before it to undo: straight to compensated.
+    assert label_lines(edge(dot, "running:reserve_inventory", "compensated")) == [
+        "step_failed [refused] / compensate"
     ]
-    assert undo["style"] == "dashed"
-    # The first step has nothing before it to undo: straight to compensated.
-    assert "step_failed|step_timed_out / compensate" in label_lines(
-        edge(dot, "running:reserve_inventory", "compensated")
-    )
     # Past the pivot a failure is only ever retried.
     after = label_lines(edge(dot, "running:send_confirmation", "running:send_confirmation"))
-    assert "step_failed|step_timed_out [past_pivot] / retry" in after
+    assert "step_failed|step_timed_out / retry" in after
     assert not [d for s, d, _ in edges(dot) if s == "running:send_confirmation" and d != s][1:]
 
 
@@ -195,7 +197,7 @@ def test_mermaid_ids_are_sanitised_and_names_kept() -> None:
             assert all(re.fullmatch(r"\[\*\]|[A-Za-z][A-Za-z0-9_]*", end) for end in ends), line
     assert (
         "running_process_payment --> compensating_reserve_inventory :"
-        " cancel [!in_flight] / compensate<br/>step_failed|step_timed_out / compensate"
+        " step_failed [refused] / compensate"
     ) in text
     assert "class running_create_shipment pivot" in text
 

@@ -27,6 +27,7 @@ from saga_fsm import (
     compile_saga,
     decide,
     new_snapshot,
+    outcome_event,
     outstanding,
 )
 from saga_fsm._codec import snapshot_from_json, snapshot_to_json
@@ -136,17 +137,19 @@ class ExamplePaths(RuleBasedStateMachine):
             self._apply(saga_id, Event.retry_due(self.now))
             return
         assert isinstance(command, RunStep | RunCompensation)
-        phase = "step" if isinstance(command, RunStep) else "compensation"
+        forward = isinstance(command, RunStep)
         if outcome == "success":
-            self.effects[saga_id].append(("do" if phase == "step" else "undo", command.step))
-            event = Event(f"{phase}_succeeded", at, step=command.step, attempt=command.attempt)  # type: ignore[arg-type]
+            self.effects[saga_id].append(("do" if forward else "undo", command.step))
+            event = outcome_event(command, "succeeded", at)
         elif outcome == "timeout":
-            event = Event(f"{phase}_timed_out", at, step=command.step, attempt=command.attempt)  # type: ignore[arg-type]
+            event = outcome_event(command, "timed_out", at)
         else:
             error = ErrorInfo("Boom", outcome, retryable=outcome == "transient")
-            event = Event(
-                f"{phase}_failed", at, step=command.step, attempt=command.attempt, error=error
-            )  # type: ignore[arg-type]
+            event = outcome_event(command, "failed", at, error=error)
+        if forward and outcome != "success":
+            # A refusal did nothing; otherwise the participant may have acted.
+            kind = "refused" if outcome == "permanent" else "maybe"
+            self.effects[saga_id].append((kind, command.step))
         self._apply(saga_id, event)
 
     # -- invariants -------------------------------------------------------------------------
@@ -185,7 +188,10 @@ class ExamplePaths(RuleBasedStateMachine):
         definition = self._definition(snapshot)
         done = [step for kind, step in self.effects[saga_id] if kind == "do"]
         undone = [step for kind, step in self.effects[saga_id] if kind == "undo"]
-        compensable_done = [s for s in done if definition.step(s).compensable]
+        # A step may have acted if it succeeded or its last outcome was ambiguous.
+        last = {step: kind for kind, step in self.effects[saga_id] if kind != "undo"}
+        maybe = [s.name for s in definition.steps if last.get(s.name) in ("do", "maybe")]
+        compensable_done = [s for s in maybe if definition.step(s).compensable]
         if snapshot.state == "failed":
             # Only a compensation that gave up parks a saga, with the cause recorded.
             assert snapshot.parked_at is not None and snapshot.parked_at.startswith("compensating:")
@@ -193,7 +199,7 @@ class ExamplePaths(RuleBasedStateMachine):
             record = snapshot.step(snapshot.parked_at.partition(":")[2])
             assert record.status is StepStatus.COMPENSATION_FAILED
         elif snapshot.state == "compensated":
-            # Exactly the succeeded compensable steps, each once, in reverse order.
+            # Exactly the compensable steps that may have acted, each once, in reverse order.
             assert undone == list(reversed(compensable_done))
         else:
             assert undone == []

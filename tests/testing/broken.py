@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
-from saga_fsm import SagaBuilder, StepContext, StepFailed
+from saga_fsm import RetryPolicy, SagaBuilder, StepContext, StepFailed
 from saga_fsm.testing import InvariantContext, saga_invariant
 
 
@@ -165,3 +165,25 @@ def compensated_orders_are_not_picked(ctx: InvariantContext) -> None:
 
 
 picked_invariants = [compensated_orders_are_not_picked]
+
+
+# 6. A compensation that fails when there is nothing to undo: the hold request was lost
+#    (or timed out before arriving), so there is no hold, and cancelling it raises.
+
+
+def place_hold(ctx: StepContext) -> dict[str, Any]:
+    return ledger.once(ctx.idempotency_key, {"hold_id": f"h-{ctx.saga_id[:8]}"})
+
+
+def cancel_hold_strictly(ctx: StepContext) -> None:
+    if f"{ctx.saga_id}:hold" not in ledger.by_key:
+        raise LookupError("no hold to cancel")
+    ledger.once(ctx.idempotency_key, {})
+
+
+empty_compensation_fails = (
+    SagaBuilder("empty_compensation_fails")
+    .step("hold", place_hold, compensation=cancel_hold_strictly, retry=RetryPolicy(max_attempts=1))
+    .pivot("ship", ship)
+    .build()
+)

@@ -38,15 +38,15 @@ CASES = [
         "double_refund",
         "double_refund_invariants",
         "refunded_at_most_once",
-        ("refund_every_time ran", "refund_every_time ok"),
-        4,
+        ("refund_every_time ran",),
+        5,
     ),
     Case(
         "missing_data",
         None,
         "compensations_do_not_fail_on_their_own",
         ("release_with_payment raised KeyError('payment_id')",),
-        3,
+        4,
     ),
     Case(
         "compensation_always_fails",
@@ -66,8 +66,18 @@ CASES = [
         "picked_after_compensation",
         "picked_invariants",
         "compensated_orders_are_not_picked",
-        ("reserve ok -> notify_warehouse", "release ok"),
+        ("reserve ok", "notify_warehouse ok", "release ok"),
         5,
+    ),
+    Case(
+        "empty_compensation_fails",
+        None,
+        "compensations_do_not_fail_on_their_own",
+        (
+            "hold lost before it arrived",
+            "cancel_hold_strictly raised LookupError('no hold to cancel')",
+        ),
+        2,
     ),
 ]
 

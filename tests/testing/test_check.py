@@ -13,9 +13,24 @@ from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
 import saga_fsm.testing
-from saga_fsm import SagaBuilder, SagaDefinition, StepContext, compile_saga
+from saga_fsm import (
+    InvalidArgument,
+    InvalidArgumentType,
+    SagaBuilder,
+    SagaDefinition,
+    StepContext,
+    compile_saga,
+)
 from saga_fsm.cli import main
-from saga_fsm.testing import InvariantContext, check, saga_invariant, saga_state_machine
+from saga_fsm.testing import (
+    ExploreOptions,
+    Fault,
+    InvariantContext,
+    check,
+    saga_invariant,
+    saga_state_machine,
+    saga_test_case,
+)
 from tests.helpers import noop, three_step
 
 
@@ -204,3 +219,38 @@ def test_async_setup_hooks_are_entered_and_torn_down_per_example() -> None:
     assert report.ok, report.format()
     assert events and events.count("up") == events.count("down")
     assert events[:2] == ["up", "down"]
+
+
+def test_one_options_value_serves_check_the_state_machine_and_the_test_case() -> None:
+    options = ExploreOptions(faults=["transient"], operator_retry=False, directed_paths=False)
+    assert options.faults == (Fault.OK, Fault.TRANSIENT)
+    definition = three_step()
+    report = check(definition, options, max_examples=5, seed=1)
+    assert report.directed_paths == 0
+    machine = saga_state_machine(definition, options)
+    assert machine.config.driver.faults == (Fault.OK, Fault.TRANSIENT)
+    assert machine.config.operator_retry is False
+    # Keywords override the value's fields, in every one of them.
+    keyworded = saga_state_machine(definition, options, sagas=2)
+    assert keyworded.config.sagas == 2 and keyworded.config.operator_retry is False
+    assert saga_test_case(definition, options, simulate=True).definition is definition
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda d: check(d, max_examples=1, sagaz=2),
+        lambda d: saga_state_machine(d, invariant=[]),
+        lambda d: saga_test_case(d, fault=["lost"]),
+    ],
+)
+def test_an_unknown_option_is_refused_naming_the_known_ones(call: Any) -> None:
+    with pytest.raises(InvalidArgumentType, match=r"unknown option .*options are: invariants"):
+        call(three_step())
+
+
+def test_options_are_checked_when_built() -> None:
+    with pytest.raises(InvalidArgument, match="sagas"):
+        ExploreOptions(sagas=0)
+    with pytest.raises(InvalidArgument, match="faults are"):
+        ExploreOptions(faults=["nope"])

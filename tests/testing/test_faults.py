@@ -271,13 +271,13 @@ def test_failures_are_recorded_as_the_orchestrator_records_them(raise_or_return:
         run = harness.create({})
         harness.advance(run)
         harness.advance(run, Fault.OK)
-        by_harness = run.decided.step("first").error
+        by_harness = run.decided.failure
     finally:
         harness.close()
 
     async def engine() -> Any:
         final = await Orchestrator(MemoryStore(), [saga], clock=FakeClock()).run(saga, {})
-        return final.step("first").error
+        return final.failure
 
     assert by_harness is not None
     assert by_harness == asyncio.run(engine())

@@ -70,8 +70,10 @@ def broken(check: Any, ctx: InvariantContext) -> str:
         (),
         (step("pay").fails(permanent=True),),
         (step("ship").fails(permanent=True), compensation("pay").fails(permanent=True)),
+        (step("pay").fails(times=3),),
+        (step("pay").is_lost(times=3),),
     ],
-    ids=["completed", "compensated", "failed"],
+    ids=["completed", "compensated", "failed", "reply-lost", "request-lost"],
 )
 def test_every_builtin_holds_on_real_runs(directives: tuple[Any, ...]) -> None:
     ctx = context(*directives)
@@ -103,12 +105,12 @@ def test_compensations_out_of_order_or_of_steps_that_never_ran_are_caught() -> N
         entry("compensation_succeeded", "compensating:pay", "compensated", "pay"),
     ]
     assert "last first" in broken(
-        inv.compensates_exactly_what_succeeded, evolve(ctx, history=tuple(swapped))
+        inv.compensates_every_step_that_may_have_acted, evolve(ctx, history=tuple(swapped))
     )
     never_ran = context(step("pay").fails(permanent=True))
     extra = (*never_ran.history, entry("compensation_succeeded", "x", "y", "pay"))
     assert "last first" in broken(
-        inv.compensates_exactly_what_succeeded, evolve(never_ran, history=extra)
+        inv.compensates_every_step_that_may_have_acted, evolve(never_ran, history=extra)
     )
     missing = tuple(
         e
@@ -116,8 +118,40 @@ def test_compensations_out_of_order_or_of_steps_that_never_ran_are_caught() -> N
         if e.detail.get("step") != "reserve" or e.trigger != "compensation_succeeded"
     )
     assert "expected" in broken(
-        inv.compensates_exactly_what_succeeded, evolve(ctx, history=missing)
+        inv.compensates_every_step_that_may_have_acted, evolve(ctx, history=missing)
     )
+
+
+def test_a_step_that_may_have_acted_must_be_compensated_and_a_refused_one_must_not() -> None:
+    lost = context(step("pay").fails(times=3))  # its policy gives up on a lost reply
+    assert lost.compensated == ("pay", "reserve")
+    without_pay = tuple(
+        e
+        for e in lost.history
+        if e.detail.get("step") != "pay" or e.trigger != "compensation_succeeded"
+    )
+    assert "may have acted" in broken(
+        inv.compensates_every_step_that_may_have_acted, evolve(lost, history=without_pay)
+    )
+    refused = context(step("pay").fails(permanent=True))
+    assert refused.compensated == ("reserve",)
+    extra = (
+        *refused.history[:-1],
+        entry("compensation_succeeded", "x", "y", "pay"),
+        refused.history[-1],
+    )
+    assert "may have acted" in broken(
+        inv.compensates_every_step_that_may_have_acted, evolve(refused, history=extra)
+    )
+
+
+def test_an_action_called_after_its_compensation_is_caught() -> None:
+    ctx = context(step("pay").fails(times=3))
+    late = TraceEntry("step", "compensated", "compensated", step="pay", called=True)
+    assert "called after its compensation" in broken(
+        inv.no_compensation_while_its_action_may_run, evolve(ctx, trace=(*ctx.trace, late))
+    )
+    assert inv.no_compensation_while_its_action_may_run(ctx) is None
 
 
 def test_going_back_after_the_pivot_is_caught() -> None:
