@@ -22,6 +22,8 @@ from saga_fsm import (
 from saga_fsm._errors import SagaLeased
 from saga_fsm._worker import Worker
 
+SERVED = [("w", 1)]
+
 
 def definition(calls: list[str], *, fail_first: int = 0, backoff: float = 0.01) -> SagaDefinition:
     remaining = {"n": fail_first}
@@ -81,16 +83,25 @@ def test_a_dead_workers_saga_is_taken_over_after_its_lease_expires() -> None:
         store = MemoryStore()
         started = await Orchestrator(store, [saga], clock=clock).start(saga, {})
         # Worker "dead" claims the saga, marks step a running, then vanishes.
-        (claimed,) = await store.claim_due("dead", now=clock.now(), lease_seconds=5, limit=10)
+        (claimed,) = await store.claim_due(
+            "dead", now=clock.now(), lease_seconds=5, limit=10, definitions=SERVED
+        )
         from saga_fsm import Event, decide
 
         decision = decide(saga, claimed, Event.start(clock.now()))
         await store.save(decision.snapshot, decision.history, expected_version=claimed.version)
-        assert await store.claim_due("live", now=clock.now(), lease_seconds=5, limit=10) == []
+        assert (
+            await store.claim_due(
+                "live", now=clock.now(), lease_seconds=5, limit=10, definitions=SERVED
+            )
+            == []
+        )
         with pytest.raises(SagaLeased, match="dead"):
             await Orchestrator(store, [saga], clock=clock, worker_id="live").resume(started.saga_id)
         clock.advance(5.1)
-        (taken,) = await store.claim_due("live", now=clock.now(), lease_seconds=5, limit=10)
+        (taken,) = await store.claim_due(
+            "live", now=clock.now(), lease_seconds=5, limit=10, definitions=SERVED
+        )
         assert taken.lease_owner == "live" and taken.version > claimed.version
         final = await Orchestrator(store, [saga], clock=clock, worker_id="live").drive(taken)
         # The dead worker's late write is refused: its version is stale.
@@ -115,13 +126,22 @@ def test_long_backoff_releases_the_lease_and_the_timer_fires_later() -> None:
         store = MemoryStore()
         orchestrator = Orchestrator(store, [saga], clock=clock, worker_id="w1")
         started = await orchestrator.start(saga, {})
-        (claimed,) = await store.claim_due("w1", now=clock.now(), lease_seconds=10, limit=1)
+        (claimed,) = await store.claim_due(
+            "w1", now=clock.now(), lease_seconds=10, limit=1, definitions=SERVED
+        )
         waiting = await orchestrator.drive(claimed, max_hold=1.0)
         assert waiting.state == "running:b" and waiting.lease_owner is None
         assert waiting.wake_at == waiting.due_at and waiting.wake_at is not None
-        assert await store.claim_due("w2", now=clock.now(), lease_seconds=10, limit=1) == []
+        assert (
+            await store.claim_due(
+                "w2", now=clock.now(), lease_seconds=10, limit=1, definitions=SERVED
+            )
+            == []
+        )
         clock.advance(31)
-        (due,) = await store.claim_due("w2", now=clock.now(), lease_seconds=10, limit=1)
+        (due,) = await store.claim_due(
+            "w2", now=clock.now(), lease_seconds=10, limit=1, definitions=SERVED
+        )
         assert due.saga_id == started.saga_id
         final = await Orchestrator(store, [saga], clock=clock, worker_id="w2").drive(due)
         assert final.state == "completed"
@@ -139,14 +159,21 @@ def test_finished_sagas_are_never_due_even_with_an_old_timer() -> None:
         store = MemoryStore()
         orchestrator = Orchestrator(store, [saga], clock=clock, worker_id="w1")
         started = await orchestrator.start(saga, {})
-        (claimed,) = await store.claim_due("w1", now=clock.now(), lease_seconds=10, limit=1)
+        (claimed,) = await store.claim_due(
+            "w1", now=clock.now(), lease_seconds=10, limit=1, definitions=SERVED
+        )
         await orchestrator.drive(claimed, max_hold=1.0)  # waiting on a 30 s timer
         cancelled = await orchestrator.cancel(started.saga_id)
         assert cancelled.state == "compensating:a"
         final = await orchestrator.resume(started.saga_id)
         assert final.state == "compensated" and final.due_at is None and final.wake_at is None
         clock.advance(3600)
-        assert await store.claim_due("w2", now=clock.now(), lease_seconds=10, limit=5) == []
+        assert (
+            await store.claim_due(
+                "w2", now=clock.now(), lease_seconds=10, limit=5, definitions=SERVED
+            )
+            == []
+        )
 
     asyncio.run(go())
 

@@ -1,6 +1,6 @@
 """Snapshot stores: one Protocol, three implementations, opened by URL."""
 
-from saga_fsm.stores._protocol import SnapshotStore
+from saga_fsm.stores._protocol import QuarantinedSaga, SnapshotStore
 from saga_fsm.stores.memory import MemoryStore
 from saga_fsm.stores.postgres import PostgresStore
 from saga_fsm.stores.sqlite import SqliteStore
@@ -10,6 +10,7 @@ __all__ = [
     "DEFAULT_STORE_URL",
     "MemoryStore",
     "PostgresStore",
+    "QuarantinedSaga",
     "SnapshotStore",
     "SqliteStore",
     "open_store",

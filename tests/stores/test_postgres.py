@@ -99,6 +99,7 @@ def test_indexes(postgres_dsn: str) -> None:
         "saga_fsm_sagas_due_idx",
         "saga_fsm_sagas_idempotency_key_key",
         "saga_fsm_sagas_pkey",
+        "saga_fsm_sagas_quarantined_idx",
         "saga_fsm_sagas_state_idx",
     ]
     assert "(state text_pattern_ops)" in indexes["saga_fsm_sagas_state_idx"]

@@ -110,6 +110,7 @@ def test_indexes(tmp_path: Path) -> None:
     assert names == [
         "saga_fsm_sagas_created_idx",
         "saga_fsm_sagas_due_idx",
+        "saga_fsm_sagas_quarantined_idx",
         "saga_fsm_sagas_state_idx",
     ]
     conn.close()
