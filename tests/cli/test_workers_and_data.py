@@ -234,6 +234,38 @@ def test_worker_without_definitions_is_one_line_exit_2(tmp_path: Path) -> None:
     one_line_error(cli(tmp_path, "worker"), "REF")
 
 
+# -- 13: what a worker says ------------------------------------------------------------------
+def test_worker_logs_json_lines_with_the_saga_context(tmp_path: Path) -> None:
+    saga_id = cli(
+        tmp_path, "start", COMPLETES, "--data", "{}", "--idempotency-key", "k"
+    ).stdout.strip()
+    url = f"sqlite:///{tmp_path}/ops.db"
+    with RunningWorker(tmp_path, url, COMPLETES, extra=("-v", "--log-format", "json")) as logs:
+        wait_for(lambda: state_of(tmp_path, saga_id) == "completed")
+    records = [json.loads(line) for line in logs.read_text().splitlines()]
+    assert all(
+        {"time", "level", "logger", "message", "saga_id", "step", "correlation_id"} <= set(r)
+        for r in records
+    )
+    assert "serving completes v1 from " + url in records[0]["message"]
+    steps = [r for r in records if r["message"].startswith("step charge")]
+    assert steps and all(r["saga_id"] == saga_id and r["step"] == "charge" for r in steps)
+    assert any(r["message"].startswith(f"claimed saga {saga_id}") for r in records)
+    summary = [r["message"] for r in records if ": claimed " in r["message"]]
+    assert summary[-1].endswith("claimed 1, completed 1, compensated 0, failed 0, in flight 0")
+
+
+@pytest.mark.postgres
+def test_worker_start_line_never_shows_the_password(tmp_path: Path, postgres_dsn: str) -> None:
+    url = store_url(postgres_dsn).replace(
+        "postgresql://postgres@", "postgresql://postgres:SECRETPW@"
+    )
+    with RunningWorker(tmp_path, url, COMPLETES) as logs:
+        wait_for(lambda: "serving" in logs.read_text())
+    text = logs.read_text()
+    assert "SECRETPW" not in text and "postgres:***@" in text, text
+
+
 # -- helpers -----------------------------------------------------------------------------------
 def state_of_at(tmp_path: Path, url: str, saga_id: str) -> str:
     shown = cli(tmp_path, "show", saga_id, "--json", "--store", url)
