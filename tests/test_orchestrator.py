@@ -300,7 +300,10 @@ def test_an_action_returning_nan_fails_its_step_for_good_naming_the_field() -> N
         undone.append(ctx.step)
 
     definition = (
-        SagaBuilder("nan").step("reserve", _ok, compensation=release).step("quote", quote, read_only=True).build()
+        SagaBuilder("nan")
+        .step("reserve", _ok, compensation=release)
+        .step("quote", quote, read_only=True)
+        .build()
     )
     final = asyncio.run(Orchestrator(MemoryStore(), [definition]).run(definition, {}))
     assert final.state == "compensated" and undone == ["reserve"]
