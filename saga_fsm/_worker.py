@@ -129,7 +129,12 @@ class Worker:
                     if isinstance(item, SnapshotDecodeError):
                         await self._quarantine(item)
                         continue
-                    log.debug("claimed saga %s (%s)", item.saga_id, item.state)
+                    log.debug(
+                        "claimed saga %s (%s)",
+                        item.saga_id,
+                        item.state,
+                        extra={"saga_id": item.saga_id, "correlation_id": item.correlation_id},
+                    )
                     self._start(item)
                 full = free > 0 and len(claimed) == min(free, _CLAIM_BATCH)
                 claimed = []  # each is now its task's alone: do not keep them alive here
@@ -162,7 +167,7 @@ class Worker:
         lease expiry; if the store cannot take that now, the lease is released at
         shutdown and the next claim tries again."""
         saga_id = str(err.saga_id)
-        log.error("quarantining saga %s: %s", saga_id, err.reason)
+        log.error("quarantining saga %s: %s", saga_id, err.reason, extra={"saga_id": saga_id})
         try:
             await self.orchestrator.store.quarantine(
                 saga_id, err.reason, now=self.orchestrator.clock.now()
