@@ -13,8 +13,8 @@ idle worker polls).
 
 ls: SQLite only: a file bulk-loaded as above with ``--ls-rows`` rows, all but ten of
 them finished; ``saga-fsm ls --limit 1`` and ``saga-fsm ls --stuck --older-than 0s
---limit 1`` each run ``--ls-runs`` times as subprocesses: median wall time and peak RSS
-of the command (what an operator waits for, and what it costs the machine).
+--limit 1`` each run ``--ls-runs`` times as subprocesses: median wall and CPU time, and
+peak RSS of the command (what an operator waits for, and what it costs the machine).
 
 memory: a Worker drives K sagas whose first step awaits an event that is set only once
 all K are inside it; the resident-memory growth divided by K is what one in-flight
@@ -349,8 +349,9 @@ LS_COMMANDS = {
 }
 
 
-def timed_command(args: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of ``python -m saga_fsm.cli *args``."""
+def timed_command(args: list[str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (KiB) of
+    ``python -m saga_fsm.cli *args``."""
     import os
     import subprocess
 
@@ -366,7 +367,7 @@ def timed_command(args: list[str]) -> tuple[float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"saga-fsm {' '.join(args)} exited {proc.returncode}")
-    return elapsed, usage.ru_maxrss
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
 
 def ls_benchmark(args: argparse.Namespace) -> None:
@@ -377,14 +378,16 @@ def ls_benchmark(args: argparse.Namespace) -> None:
     with table_of(args.store, args.ls_rows, 10, now) as (target, load_s):
         for name, command in LS_COMMANDS.items():
             runs = [timed_command([*command, "--store", target]) for _ in range(args.ls_runs)]
-            times = sorted(t for t, _ in runs)
+            times = sorted(t for t, _, _ in runs)
+            cpu = sorted(c for _, c, _ in runs)
             _common.emit(
                 bench=name,
                 store="sqlite",
                 rows=args.ls_rows,
                 unfinished=10,
                 wall_s_p50=round(times[len(times) // 2], 3),
-                peak_rss_mb=round(max(kb for _, kb in runs) / 1024, 1),
+                cpu_s_p50=round(cpu[len(cpu) // 2], 3),
+                peak_rss_mb=round(max(kb for _, _, kb in runs) / 1024, 1),
                 load_s=round(load_s, 1),
             )
 
