@@ -111,7 +111,7 @@ class MemoryStore:
         return None
 
     def _insert(self, stored: Snapshot, history: Sequence[HistoryEntry]) -> None:
-        row = _Row.of(stored)
+        row = _Row.of(stored)  # encodes first: a value JSON cannot hold changes nothing
         key = stored.idempotency_key
         if key is not None:
             row.fingerprint = request_fingerprint(stored)
@@ -126,7 +126,6 @@ class MemoryStore:
         if existing is not None:
             return await self.load(existing), False
         stored = snapshot.with_version(1)
-        snapshot_to_json(stored)  # a value JSON cannot hold changes nothing
         self._insert(stored, history)
         return stored, True
 

@@ -684,8 +684,10 @@ def test_list_unfinished_leaves_finished_and_failed_sagas_out(harness: Harness) 
     for n, state in enumerate(["completed", "running:charge", "compensated", "failed", "pending"]):
         snapshot = evolve(new_snapshot(ORDER, f"s-{n}", {}, T0 + timedelta(minutes=n)), state=state)
         _create(harness, snapshot)
+    harness.write_raw("s-0", '{"x": 1}')  # a finished row is never even decoded
     found = harness.run(harness.store.list(unfinished=True))
     assert [s.saga_id for s in found] == ["s-1", "s-4"]
+    assert all(isinstance(s, Snapshot) for s in found)
     assert [s.saga_id for s in harness.run(harness.store.list(unfinished=True, limit=1))] == ["s-1"]
     older = T0 + timedelta(minutes=2)
     assert harness.run(harness.store.list(unfinished=True, updated_before=older)) == found[:1]
