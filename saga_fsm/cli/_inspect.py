@@ -79,6 +79,8 @@ def list_sagas(
 ) -> None:
     """List saga instances, oldest first."""
     if quarantined:
+        if state is not None or definition is not None or stuck:
+            raise UsageProblem("--quarantined takes no --state, --definition or --stuck")
         list_quarantined(resolve_store_url(store_url), limit, as_json)
         return
     cutoff = datetime.now(UTC) - parse_duration(older_than) if stuck else None

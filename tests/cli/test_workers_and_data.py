@@ -110,6 +110,7 @@ def test_a_worker_quarantines_an_undecodable_row_until_an_operator_fixes_it(
         wait_for(lambda: count(tmp_path, "--quarantined", "--store", url) == 1)
     assert "quarantining saga " + bad in logs.read_text()
 
+    one_line_error(cli(tmp_path, "ls", "--quarantined", "--stuck", "--store", url), "--stuck")
     quarantined = json.loads(cli(tmp_path, "ls", "--quarantined", "--json", "--store", url).stdout)
     assert [row["id"] for row in quarantined] == [bad] and quarantined[0]["error"]
     # Still undecodable: refused, and it stays quarantined.
