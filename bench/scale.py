@@ -11,6 +11,11 @@ sagas, ``--claims`` times; each line gives the claim latency and, against the sm
 size, how much slower it got. ``idle_claim`` is a claim when nothing is due (what an
 idle worker polls).
 
+ls: SQLite only: a file bulk-loaded as above with ``--ls-rows`` rows, all but ten of
+them finished; ``saga-fsm ls --limit 1`` and ``saga-fsm ls --stuck --older-than 0s
+--limit 1`` each run ``--ls-runs`` times as subprocesses: median wall and CPU time, and
+peak RSS of the command (what an operator waits for, and what it costs the machine).
+
 memory: a Worker drives K sagas whose first step awaits an event that is set only once
 all K are inside it; the resident-memory growth divided by K is what one in-flight
 saga costs the worker process (``--store`` decides where the rows live; memory://
@@ -56,6 +61,7 @@ from saga_fsm import (
 from saga_fsm._codec import snapshot_to_json
 
 STEPS = ("reserve", "charge", "ship")
+SERVED = [("bench_scale", 1)]  # what the claims take: the bulk-loaded rows' definition
 
 
 async def _noop(ctx: StepContext) -> None:
@@ -202,18 +208,22 @@ async def store_at(target: str) -> AsyncIterator[SnapshotStore]:
 
 async def measure_claims(target: str, now: datetime, batch: int, claims: int) -> dict[str, Any]:
     async with store_at(target) as store:
-        await store.claim_due("warm-up", now=now, lease_seconds=30, limit=1)
+        await store.claim_due("warm-up", now=now, lease_seconds=30, limit=1, definitions=SERVED)
         times, claimed = [], 0
         for _ in range(claims):
             started = time.perf_counter()
-            got = await store.claim_due("bench", now=now, lease_seconds=30, limit=batch)
+            got = await store.claim_due(
+                "bench", now=now, lease_seconds=30, limit=batch, definitions=SERVED
+            )
             times.append(time.perf_counter() - started)
             claimed += len(got)
         idle = []
         later = now - timedelta(days=2)  # nothing is due yet then
         for _ in range(claims):
             started = time.perf_counter()
-            await store.claim_due("bench", now=later, lease_seconds=30, limit=batch)
+            await store.claim_due(
+                "bench", now=later, lease_seconds=30, limit=batch, definitions=SERVED
+            )
             idle.append(time.perf_counter() - started)
     return {
         "claim_p50_ms": _common.median_ms(times),
@@ -331,6 +341,57 @@ def memory_benchmark(args: argparse.Namespace) -> None:
             _common.emit(**asyncio.run(in_flight_rss(url, count, kind)))
 
 
+# -- ls on a table of finished sagas ----------------------------------------------------
+
+LS_COMMANDS = {
+    "ls_limit_1": ["ls", "--limit", "1"],
+    "ls_stuck_limit_1": ["ls", "--stuck", "--older-than", "0s", "--limit", "1"],
+}
+
+
+def timed_command(args: list[str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (KiB) of
+    ``python -m saga_fsm.cli *args``."""
+    import os
+    import subprocess
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saga_fsm.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"saga-fsm {' '.join(args)} exited {proc.returncode}")
+    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+
+
+def ls_benchmark(args: argparse.Namespace) -> None:
+    if not args.store.startswith("sqlite"):
+        _common.note("ls: SQLite only (the figure the CLI pays on the default store); skipped")
+        return
+    now = datetime.now(UTC)
+    with table_of(args.store, args.ls_rows, 10, now) as (target, load_s):
+        for name, command in LS_COMMANDS.items():
+            runs = [timed_command([*command, "--store", target]) for _ in range(args.ls_runs)]
+            times = sorted(t for t, _, _ in runs)
+            cpu = sorted(c for _, c, _ in runs)
+            _common.emit(
+                bench=name,
+                store="sqlite",
+                rows=args.ls_rows,
+                unfinished=10,
+                wall_s_p50=round(times[len(times) // 2], 3),
+                cpu_s_p50=round(cpu[len(cpu) // 2], 3),
+                peak_rss_mb=round(max(kb for _, _, kb in runs) / 1024, 1),
+                load_s=round(load_s, 1),
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", required=True, help="postgresql://... or sqlite:///x.db")
@@ -339,8 +400,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--claims", type=int, default=50)
     parser.add_argument("--in-flight", default="1000,10000")
-    parser.add_argument("--only", choices=("claim", "memory"), default=None)
+    parser.add_argument("--ls-rows", type=int, default=30_000)
+    parser.add_argument("--ls-runs", type=int, default=3)
+    parser.add_argument("--only", choices=("claim", "memory", "ls"), default=None)
     args = parser.parse_args(argv)
+    if args.only == "ls":
+        ls_benchmark(args)
+        return 0
     if args.only != "memory":
         if args.store.startswith("memory"):
             _common.note("claim: memory:// keeps no table to load; skipped")

@@ -6,14 +6,16 @@ not know rather than guessing. Never pickle.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from datetime import datetime
 from typing import Any
 
 import cattrs
 from cattrs.preconf.json import make_converter
 
-from saga_fsm._errors import SnapshotDecodeError
+from saga_fsm._errors import InvalidSagaData, SnapshotDecodeError
 from saga_fsm._snapshot import ErrorInfo, HistoryEntry, Snapshot, StepRecord
 
 SCHEMA_VERSION = 1
@@ -144,6 +146,15 @@ def snapshot_from_json(text: str | bytes, *, saga_id: str | None = None) -> Snap
     return snapshot_from_dict(encoded, saga_id=saga_id)
 
 
+def snapshot_or_error(text: str | bytes, *, saga_id: str) -> Snapshot | SnapshotDecodeError:
+    """The snapshot, or (for a row that cannot be decoded) its error, to list in its
+    place: one bad row must never hide the others."""
+    try:
+        return snapshot_from_json(text, saga_id=saga_id)
+    except SnapshotDecodeError as err:
+        return err
+
+
 def history_to_dict(entry: HistoryEntry) -> dict[str, Any]:
     encoded: dict[str, Any] = converter.unstructure(entry)
     return encoded
@@ -156,3 +167,39 @@ def history_from_dict(encoded: Any) -> HistoryEntry:
 def dumps(value: Any) -> str:
     """Compact JSON for saga data and details; rejects anything JSON cannot hold."""
     return _ENCODE(value)
+
+
+def data_problem(value: Any, path: str) -> InvalidSagaData | None:
+    """Why ``value`` is not plain JSON that every store keeps exactly (objects with
+    string keys, arrays, strings, finite numbers, booleans, null), naming the field
+    under ``path``; None when it is."""
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        shown = "NaN" if math.isnan(value) else "Infinity (or a number too large for a float)"
+        return InvalidSagaData(path, f"{shown} is not a JSON number; use a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return InvalidSagaData(path, f"key {key!r} is not a string")
+            problem = data_problem(item, f"{path}.{key}")
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        for n, item in enumerate(value):
+            problem = data_problem(item, f"{path}[{n}]")
+            if problem is not None:
+                return problem
+        return None
+    return InvalidSagaData(path, f"a value of type {type(value).__name__} is not JSON")
+
+
+def request_fingerprint(snapshot: Snapshot) -> str:
+    """What an idempotency key stands for: the definition (name and version) and the
+    data a saga was started with, hashed. The same key with another fingerprint is
+    another request."""
+    text = _ENCODE([snapshot.definition, snapshot.definition_version, snapshot.data])
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -147,3 +147,35 @@ class UnknownDefinition(SagaError, LookupError):
         super().__init__(
             f"no definition {name!r} version {version} is registered" + (f": {why}" if why else "")
         )
+
+
+class InvalidSagaData(InvalidArgument, InvalidArgumentType):
+    """Saga data (or an action's result) that JSON cannot hold exactly: NaN, Infinity,
+    a number too large for a float (``1e999``), a key that is not a string, a value of
+    another type. ``path`` names the field (``data.order.lines[0].qty``)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class IdempotencyKeyReused(SagaError, ValueError):
+    """An idempotency key already started saga ``saga_id`` with another definition or
+    other data: the same key must mean the same request."""
+
+    def __init__(self, key: str, saga_id: str) -> None:
+        self.key = key
+        self.saga_id = saga_id
+        super().__init__(
+            f"idempotency key {key!r} already started saga {saga_id} with another definition"
+            " or other data; use a new key for a new request"
+        )
+
+
+class NotQuarantined(SagaError):
+    """``unquarantine`` of a saga that is not quarantined."""
+
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id = saga_id
+        super().__init__(f"saga {saga_id} is not quarantined")

@@ -13,7 +13,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from saga_fsm._codec import dumps
+from saga_fsm._codec import data_problem
 from saga_fsm._core import INVALID_RESULT, Event, RunCompensation, RunStep, outcome_event
 from saga_fsm._definition import Action, RetryPolicy, Step, StepContext
 from saga_fsm._errors import StepFailed
@@ -141,10 +141,9 @@ def result_problem(result: Any) -> str | None:
         return f"an action must return a mapping or None, got {type(result).__name__}"
     if not all(isinstance(k, str) for k in result):
         return "an action's result must have string keys"
-    try:
-        dumps(dict(result))
-    except (TypeError, ValueError) as err:
-        return f"an action's result must be JSON-serialisable: {err}"
+    problem = data_problem(dict(result), "result")
+    if problem is not None:
+        return f"an action's result must be plain JSON: {problem}"
     return None
 
 

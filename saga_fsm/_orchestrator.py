@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from saga_fsm._clock import Clock, SystemClock
-from saga_fsm._codec import dumps
+from saga_fsm._codec import data_problem
 from saga_fsm._core import (
     Command,
     Event,
@@ -32,7 +31,6 @@ from saga_fsm._definition import SagaDefinition
 from saga_fsm._errors import (
     ConcurrencyConflict,
     InvalidArgument,
-    InvalidArgumentType,
     SagaError,
     TransitionNotAllowed,
     UnknownDefinition,
@@ -46,10 +44,11 @@ from saga_fsm._invoke import (
     settle_late_calls,
     step_context,
 )
+from saga_fsm._logging import bind_saga, bind_step, get_logger, unbind
 from saga_fsm._snapshot import Snapshot, replace
 from saga_fsm.stores._protocol import SnapshotStore
 
-log = logging.getLogger("saga_fsm")
+log = get_logger("saga_fsm")
 
 _CONFLICT_RETRIES = 5
 DEFAULT_LEASE_SECONDS = 30.0
@@ -114,25 +113,20 @@ class Orchestrator:
         self._definitions[key] = compiled
         return compiled
 
+    @property
+    def served(self) -> tuple[tuple[str, int], ...]:
+        """The (name, version) of every registered definition: what a worker claims."""
+        return tuple(self._definitions)
+
     def compiled_for(self, snapshot: Snapshot) -> CompiledSaga:
-        """The registered definition of a snapshot, else the one its ``definition_ref``
-        names (checked for name and version)."""
+        """The registered definition of a snapshot. Never one loaded from what the row
+        says (``definition_ref``): whoever can write a row must not choose the code a
+        worker imports."""
         key = (snapshot.definition, snapshot.definition_version)
         compiled = self._definitions.get(key)
-        if compiled is not None:
-            return compiled
-        if snapshot.definition_ref is None:
-            raise UnknownDefinition(*key, "the saga records no definition_ref to load it from")
-        from saga_fsm._loading import load_definition
-
-        definition = load_definition(snapshot.definition_ref)
-        if (definition.name, definition.version) != key:
-            raise UnknownDefinition(
-                *key,
-                f"{snapshot.definition_ref} now holds {definition.name!r}"
-                f" version {definition.version}",
-            )
-        return self.register(definition)
+        if compiled is None:
+            raise UnknownDefinition(*key, "register it with this orchestrator")
+        return compiled
 
     # -- public operations ----------------------------------------------------------------
     async def start(
@@ -146,10 +140,30 @@ class Orchestrator:
         definition_ref: str | None = None,
     ) -> Snapshot:
         """Persist a new ``pending`` instance for a worker to run. With an
-        ``idempotency_key`` already in the store, return that instance instead."""
+        ``idempotency_key`` already in the store for the same definition and data,
+        return that instance instead (``IdempotencyKeyReused`` for other ones)."""
         snapshot = self._new(definition, data, saga_id, correlation_id, idempotency_key)
         stored, _created = await self.store.create(replace(snapshot, definition_ref=definition_ref))
         return stored
+
+    async def start_many(
+        self,
+        definition: SagaDefinition,
+        data: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_keys: Sequence[str | None] | None = None,
+        definition_ref: str | None = None,
+    ) -> list[Snapshot]:
+        """``start`` for each of ``data``, all or nothing: every item is checked before
+        anything is written, and all are written in one transaction."""
+        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(data)
+        if len(keys) != len(data):
+            raise ValueError(f"{len(data)} data items but {len(keys)} idempotency keys")
+        snapshots = [
+            replace(self._new(definition, item, None, None, key), definition_ref=definition_ref)
+            for item, key in zip(data, keys, strict=True)
+        ]
+        return await self.store.create_many(snapshots)
 
     async def run(
         self,
@@ -202,6 +216,7 @@ class Orchestrator:
         wake-up time stored, and whichever worker is free then picks the saga up."""
         compiled = self.compiled_for(snapshot)
         self._leases.hold(snapshot.saga_id)
+        context = bind_saga(snapshot.saga_id, snapshot.correlation_id)
         try:
             if snapshot.state == PENDING:
                 snapshot, commands = await self._apply(
@@ -218,6 +233,7 @@ class Orchestrator:
             log.warning("saga %s: lease lost to %s", snapshot.saga_id, lost.snapshot.lease_owner)
             return lost.snapshot
         finally:
+            unbind(context)
             self._leases.drop(snapshot.saga_id)
             if snapshot.lease_owner == self.worker_id:
                 # Interrupted (shutdown, store outage): let another worker take over now.
@@ -235,10 +251,9 @@ class Orchestrator:
     ) -> Snapshot:
         self.register(definition)
         payload = dict(data or {})
-        try:
-            dumps(payload)
-        except (TypeError, ValueError) as err:
-            raise InvalidArgumentType(f"saga data must be JSON-serialisable: {err}") from None
+        problem = data_problem(payload, "data")
+        if problem is not None:
+            raise problem
         return new_snapshot(
             definition,
             saga_id or str(uuid.uuid4()),
@@ -334,6 +349,8 @@ class Orchestrator:
             step = compiled.definition.steps[compiled.step_index[command.step]]
             fn, policy = callee(step, command)
             phase = "compensation" if isinstance(command, RunCompensation) else "step"
+            bind_step(command.step)
+            log.debug("%s %s: attempt %d", phase, command.step, command.attempt)
             if isinstance(command, RunCompensation) and not await settle_late_calls(
                 key_of(snapshot.saga_id, command.step), step.timeout or 0.0
             ):
@@ -360,9 +377,14 @@ class Orchestrator:
                 if isinstance(err, TimeoutError) and deadline is not None and deadline.expired():
                     log.warning("saga %s: %s %s timed out", snapshot.saga_id, phase, command.step)
                     return outcome_event(command, "timed_out", self.clock.now())
-                log.info("saga %s: %s %s raised %r", snapshot.saga_id, phase, command.step, err)
+                log.debug("%s %s raised %r", phase, command.step, err)
                 return call_outcome(command, policy, self.clock.now(), raised=err)
-            return call_outcome(command, policy, self.clock.now(), returned=result)
+            event = call_outcome(command, policy, self.clock.now(), returned=result)
+            if event.error is not None:
+                log.warning("%s %s: invalid result: %s", phase, command.step, event.error.message)
+            else:
+                log.debug("%s %s succeeded", phase, command.step)
+            return event
         return None
 
 

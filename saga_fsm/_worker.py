@@ -4,19 +4,26 @@ Any number of workers, in any number of processes and machines, can share one st
 the store hands each due saga to one of them under a lease with an expiry, renewed
 while the worker drives it. A worker that dies stops renewing; once its leases expire,
 the others take its sagas over from their last snapshot.
+
+A worker runs only the definitions registered with its orchestrator: it claims sagas
+of those (name, version) pairs and leaves the others to workers that serve them. A row
+it cannot decode is quarantined: set aside in the store, no longer claimed by anyone,
+until an operator fixes it and lets it go (``saga-fsm unquarantine``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import time
+from collections import Counter
 
 from saga_fsm._errors import SagaError, SnapshotDecodeError, StoreError
+from saga_fsm._logging import get_logger
 from saga_fsm._orchestrator import Orchestrator
 from saga_fsm._snapshot import Snapshot
 
-log = logging.getLogger("saga_fsm.worker")
+log = get_logger("saga_fsm.worker")
 
 # At most this many sagas per claim (a full claim is followed by another at once): a worker
 # with thousands of free slots does not hold thousands of rows in one result at a time.
@@ -30,6 +37,11 @@ class Worker:
     ones release the lease, leaving the wake-up time in the store (a durable timer).
     When the store cannot be reached the worker backs off (doubling up to
     ``max_backoff`` seconds) and keeps trying: it never exits on an outage.
+
+    It logs (logger ``saga_fsm.worker``) a start line naming ``store_name`` (default:
+    the store's repr, which never holds a password), the definitions it serves and its
+    concurrency; a summary every ``summary_every`` seconds while busy; each claim at
+    DEBUG.
     """
 
     def __init__(
@@ -40,10 +52,21 @@ class Worker:
         poll_interval: float = 0.2,
         max_hold: float = 1.0,
         max_backoff: float = 5.0,
+        summary_every: float = 10.0,
+        store_name: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if not orchestrator.served:
+            raise ValueError(
+                "a worker needs the definitions it serves: register them with its Orchestrator"
+            )
         self.orchestrator = orchestrator
+        self.summary_every = summary_every
+        self.store_name = store_name if store_name is not None else repr(orchestrator.store)
+        # Since the last summary: claimed, completed, compensated, failed.
+        self.counts: Counter[str] = Counter()
+        self._bad: set[str] = set()  # undecodable rows leased here, not yet quarantined
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.max_hold = max_hold
@@ -64,9 +87,20 @@ class Worker:
         backoff = self.poll_interval
         self._freed = asyncio.Event()  # bound to this run's event loop
         store, clock = self.orchestrator.store, self.orchestrator.clock
-        log.info("worker %s serving", self.worker_id)
+        served = self.orchestrator.served
+        log.info(
+            "worker %s serving %s from %s, concurrency %d",
+            self.worker_id,
+            ", ".join(f"{name} v{version}" for name, version in served),
+            self.store_name,
+            self.concurrency,
+        )
+        last_summary = time.monotonic()
         try:
             while not stop.is_set():
+                if time.monotonic() - last_summary >= self.summary_every:
+                    self._summary()
+                    last_summary = time.monotonic()
                 self._freed.clear()  # a saga finishing from now on ends the idle wait
                 free = self.concurrency - len(self._tasks)
                 claimed: list[Snapshot | SnapshotDecodeError] = []
@@ -77,6 +111,7 @@ class Worker:
                             now=clock.now(),
                             lease_seconds=self.orchestrator.lease_seconds,
                             limit=min(free, _CLAIM_BATCH),
+                            definitions=served,
                         )
                         backoff = self.poll_interval
                     except StoreError as err:
@@ -90,9 +125,16 @@ class Worker:
                         backoff = min(backoff * 2, self.max_backoff)
                         continue
                 for item in claimed:
+                    self.counts["claimed"] += 1
                     if isinstance(item, SnapshotDecodeError):
-                        log.error("worker %s: skipping saga: %s", self.worker_id, item)
+                        await self._quarantine(item)
                         continue
+                    log.debug(
+                        "claimed saga %s (%s)",
+                        item.saga_id,
+                        item.state,
+                        extra={"saga_id": item.saga_id, "correlation_id": item.correlation_id},
+                    )
                     self._start(item)
                 full = free > 0 and len(claimed) == min(free, _CLAIM_BATCH)
                 claimed = []  # each is now its task's alone: do not keep them alive here
@@ -101,7 +143,38 @@ class Worker:
                 await self._idle(stop)
         finally:
             await self._shutdown(grace)
+        self._summary()
         log.info("worker %s stopped", self.worker_id)
+
+    def _summary(self) -> None:
+        """One line of what happened since the last one; nothing when idle."""
+        if not self.counts and not self._tasks:
+            return
+        c = self.counts
+        log.info(
+            "worker %s: claimed %d, completed %d, compensated %d, failed %d, in flight %d",
+            self.worker_id,
+            c["claimed"],
+            c["completed"],
+            c["compensated"],
+            c["failed"],
+            len(self._tasks),
+        )
+        c.clear()
+
+    async def _quarantine(self, err: SnapshotDecodeError) -> None:
+        """Set an undecodable row aside so that no worker claims it again after every
+        lease expiry; if the store cannot take that now, the lease is released at
+        shutdown and the next claim tries again."""
+        saga_id = str(err.saga_id)
+        log.error("quarantining saga %s: %s", saga_id, err.reason, extra={"saga_id": saga_id})
+        try:
+            await self.orchestrator.store.quarantine(
+                saga_id, err.reason, now=self.orchestrator.clock.now()
+            )
+        except SagaError as failed:
+            log.warning("saga %s: quarantine failed (%s)", saga_id, failed)
+            self._bad.add(saga_id)
 
     async def _idle(self, stop: asyncio.Event) -> None:
         """Wait for a poll tick, a finished saga (a free slot), or the stop signal.
@@ -138,9 +211,12 @@ class Worker:
         err = task.exception()
         if err is None:
             self.driven += 1
+            state = task.result().state
+            if state in ("completed", "compensated", "failed"):
+                self.counts[state] += 1
         elif isinstance(err, SagaError):
-            # Unknown definition, undecodable row, store outage mid-saga: the lease runs
-            # out and the saga is retried later; this worker goes on with the others.
+            # A store outage mid-saga: the lease runs out and the saga is retried later;
+            # this worker goes on with the others.
             log.error("worker %s: saga %s: %s", self.worker_id, saga_id, err)
         else:
             log.error(
@@ -151,6 +227,11 @@ class Worker:
             )
 
     async def _shutdown(self, grace: float) -> None:
+        for saga_id in sorted(self._bad):
+            # Undecodable rows this worker leased: free them for the next claimer now.
+            with contextlib.suppress(SagaError):
+                await self.orchestrator.store.release(saga_id, self.worker_id)
+        self._bad.clear()
         if not self._tasks:
             return
         log.info(

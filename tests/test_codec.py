@@ -175,6 +175,7 @@ def test_postgres_write_element_holds_the_columns_snapshot_and_history(
         "lease_expires_at": _utc_text(snapshot.lease_expires_at),
         "created_at": _utc_text(snapshot.created_at),
         "updated_at": _utc_text(snapshot.updated_at),
+        "request_fingerprint": None,
         "snapshot": json.loads(snapshot_to_json(snapshot)),
         "history": json.loads(_history_json(history)),
     }

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from typing import Any
 
 import pytest
+from attrs import evolve
 
 from saga_fsm import (
     FakeClock,
+    IdempotencyKeyReused,
+    InvalidSagaData,
     MemoryStore,
     Orchestrator,
     RetryPolicy,
@@ -243,11 +247,75 @@ def test_start_with_an_idempotency_key_returns_the_existing_instance() -> None:
         store = MemoryStore()
         orchestrator = Orchestrator(store, [definition])
         first = await orchestrator.start(definition, {"a": 1}, idempotency_key="k1")
-        second = await orchestrator.start(definition, {"a": 2}, idempotency_key="k1")
+        second = await orchestrator.start(definition, {"a": 1}, idempotency_key="k1")
+        # Another request under the same key is refused, naming the saga it started.
+        with pytest.raises(IdempotencyKeyReused) as caught:
+            await orchestrator.start(definition, {"a": 2}, idempotency_key="k1")
+        assert (caught.value.key, caught.value.saga_id) == ("k1", first.saga_id)
+        other = evolve(definition, version=2)
+        with pytest.raises(IdempotencyKeyReused):
+            await orchestrator.run(other, {"a": 1}, idempotency_key="k1")
         return first, second, len(await store.list())
 
     first, second, count = asyncio.run(go())
     assert first.saga_id == second.saga_id and second.data == {"a": 1} and count == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"total": float("nan")}, "data.total"),
+        ({"order": {"lines": [{"qty": float("inf")}]}}, "data.order.lines[0].qty"),
+        ({"big": json.loads("1e999")}, "data.big"),
+        ({"when": object()}, "data.when"),
+    ],
+)
+def test_saga_data_json_cannot_hold_is_refused_naming_the_field(
+    data: dict[str, Any], field: str
+) -> None:
+    definition = order(World())
+
+    async def go() -> int:
+        store = MemoryStore()
+        orchestrator = Orchestrator(store, [definition])
+        for attempt in (
+            orchestrator.start(definition, data),
+            orchestrator.run(definition, data),
+            orchestrator.start_many(definition, [{"fine": 1}, data]),
+        ):
+            with pytest.raises(InvalidSagaData) as caught:
+                await attempt
+            assert caught.value.path == field and field in str(caught.value)
+        return len(await store.list())
+
+    assert asyncio.run(go()) == 0
+
+
+def test_an_action_returning_nan_fails_its_step_for_good_naming_the_field() -> None:
+    async def quote(ctx: StepContext) -> dict[str, Any]:
+        return {"price": {"net": float("nan")}}
+
+    undone: list[str] = []
+
+    async def release(ctx: StepContext) -> None:
+        undone.append(ctx.step)
+
+    definition = (
+        SagaBuilder("nan")
+        .step("reserve", _ok, compensation=release)
+        .step("quote", quote, read_only=True)
+        .build()
+    )
+    final = asyncio.run(Orchestrator(MemoryStore(), [definition]).run(definition, {}))
+    assert final.state == "compensated" and undone == ["reserve"]
+    error = final.step("quote").error
+    assert error is not None and error.type == "InvalidResult" and not error.retryable
+    assert "result.price.net" in error.message and "NaN" in error.message
+    assert final.step("quote").attempts == 1  # permanent: never retried
+
+
+async def _ok(ctx: StepContext) -> None:
+    return None
 
 
 def test_non_json_saga_data_is_refused_before_anything_is_written() -> None:

@@ -19,8 +19,10 @@ from saga_fsm import (
     SagaDefinition,
     StepContext,
 )
-from saga_fsm._errors import SagaLeased
+from saga_fsm._errors import SagaLeased, StoreError
 from saga_fsm._worker import Worker
+
+SERVED = [("w", 1)]
 
 
 def definition(calls: list[str], *, fail_first: int = 0, backoff: float = 0.01) -> SagaDefinition:
@@ -81,16 +83,25 @@ def test_a_dead_workers_saga_is_taken_over_after_its_lease_expires() -> None:
         store = MemoryStore()
         started = await Orchestrator(store, [saga], clock=clock).start(saga, {})
         # Worker "dead" claims the saga, marks step a running, then vanishes.
-        (claimed,) = await store.claim_due("dead", now=clock.now(), lease_seconds=5, limit=10)
+        (claimed,) = await store.claim_due(
+            "dead", now=clock.now(), lease_seconds=5, limit=10, definitions=SERVED
+        )
         from saga_fsm import Event, decide
 
         decision = decide(saga, claimed, Event.start(clock.now()))
         await store.save(decision.snapshot, decision.history, expected_version=claimed.version)
-        assert await store.claim_due("live", now=clock.now(), lease_seconds=5, limit=10) == []
+        assert (
+            await store.claim_due(
+                "live", now=clock.now(), lease_seconds=5, limit=10, definitions=SERVED
+            )
+            == []
+        )
         with pytest.raises(SagaLeased, match="dead"):
             await Orchestrator(store, [saga], clock=clock, worker_id="live").resume(started.saga_id)
         clock.advance(5.1)
-        (taken,) = await store.claim_due("live", now=clock.now(), lease_seconds=5, limit=10)
+        (taken,) = await store.claim_due(
+            "live", now=clock.now(), lease_seconds=5, limit=10, definitions=SERVED
+        )
         assert taken.lease_owner == "live" and taken.version > claimed.version
         final = await Orchestrator(store, [saga], clock=clock, worker_id="live").drive(taken)
         # The dead worker's late write is refused: its version is stale.
@@ -115,13 +126,22 @@ def test_long_backoff_releases_the_lease_and_the_timer_fires_later() -> None:
         store = MemoryStore()
         orchestrator = Orchestrator(store, [saga], clock=clock, worker_id="w1")
         started = await orchestrator.start(saga, {})
-        (claimed,) = await store.claim_due("w1", now=clock.now(), lease_seconds=10, limit=1)
+        (claimed,) = await store.claim_due(
+            "w1", now=clock.now(), lease_seconds=10, limit=1, definitions=SERVED
+        )
         waiting = await orchestrator.drive(claimed, max_hold=1.0)
         assert waiting.state == "running:b" and waiting.lease_owner is None
         assert waiting.wake_at == waiting.due_at and waiting.wake_at is not None
-        assert await store.claim_due("w2", now=clock.now(), lease_seconds=10, limit=1) == []
+        assert (
+            await store.claim_due(
+                "w2", now=clock.now(), lease_seconds=10, limit=1, definitions=SERVED
+            )
+            == []
+        )
         clock.advance(31)
-        (due,) = await store.claim_due("w2", now=clock.now(), lease_seconds=10, limit=1)
+        (due,) = await store.claim_due(
+            "w2", now=clock.now(), lease_seconds=10, limit=1, definitions=SERVED
+        )
         assert due.saga_id == started.saga_id
         final = await Orchestrator(store, [saga], clock=clock, worker_id="w2").drive(due)
         assert final.state == "completed"
@@ -139,14 +159,21 @@ def test_finished_sagas_are_never_due_even_with_an_old_timer() -> None:
         store = MemoryStore()
         orchestrator = Orchestrator(store, [saga], clock=clock, worker_id="w1")
         started = await orchestrator.start(saga, {})
-        (claimed,) = await store.claim_due("w1", now=clock.now(), lease_seconds=10, limit=1)
+        (claimed,) = await store.claim_due(
+            "w1", now=clock.now(), lease_seconds=10, limit=1, definitions=SERVED
+        )
         await orchestrator.drive(claimed, max_hold=1.0)  # waiting on a 30 s timer
         cancelled = await orchestrator.cancel(started.saga_id)
         assert cancelled.state == "compensating:a"
         final = await orchestrator.resume(started.saga_id)
         assert final.state == "compensated" and final.due_at is None and final.wake_at is None
         clock.advance(3600)
-        assert await store.claim_due("w2", now=clock.now(), lease_seconds=10, limit=5) == []
+        assert (
+            await store.claim_due(
+                "w2", now=clock.now(), lease_seconds=10, limit=5, definitions=SERVED
+            )
+            == []
+        )
 
     asyncio.run(go())
 
@@ -272,3 +299,121 @@ def test_a_lease_taken_by_another_worker_stops_renewal_and_driving(
     assert final.lease_owner == "w2" and final.state == "running:a"
     assert "lease no longer held by w1" in caplog.text
     assert len(renewals) == at_theft + 1  # tried once more, then stopped renewing it
+
+
+# -- served definitions, quarantine, what a worker says ----------------------------------------
+
+
+def test_a_worker_needs_the_definitions_it_serves() -> None:
+    with pytest.raises(ValueError, match="definitions it serves"):
+        Worker(Orchestrator(MemoryStore()))
+
+
+def test_a_worker_runs_only_its_definitions_and_never_loads_a_rows_reference() -> None:
+    calls: list[str] = []
+    mine, other = definition(calls), SagaBuilder("other").step("x", _noop, read_only=True).build()
+
+    async def go() -> tuple[str, str]:
+        store = MemoryStore()
+        starter = Orchestrator(store, [mine, other])
+        ran = await starter.start(mine, {}, definition_ref="no.such.module:definition")
+        left = await starter.start(other, {}, definition_ref="no.such.module:definition")
+        worker = Worker(Orchestrator(store, [mine]), poll_interval=0.01)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        async with asyncio.timeout(10):
+            while (await store.load(ran.saga_id)).state != "completed":
+                await asyncio.sleep(0.01)
+        stop.set()
+        await task
+        return (await store.load(ran.saga_id)).state, (await store.load(left.saga_id)).state
+
+    assert asyncio.run(go()) == ("completed", "pending")
+
+
+class _QuarantineDown(MemoryStore):
+    """A store that cannot take a quarantine right now (an outage at that moment)."""
+
+    async def quarantine(self, saga_id: str, reason: str, *, now: Any) -> None:
+        raise StoreError("store unavailable")
+
+
+@pytest.mark.parametrize("store_kind", ["working", "quarantine fails"])
+def test_a_worker_quarantines_an_undecodable_row_and_runs_the_others(store_kind: str) -> None:
+    calls: list[str] = []
+    saga = definition(calls)
+
+    async def go() -> None:
+        clock = FakeClock()
+        store = MemoryStore() if store_kind == "working" else _QuarantineDown()
+        starter = Orchestrator(store, [saga], clock=clock)
+        bad = await starter.start(saga, {"n": 0})
+        good = await starter.start(saga, {"n": 1})
+        store._rows[bad.saga_id].encoded = '{"x": 1}'
+        worker = Worker(
+            Orchestrator(store, [saga], clock=clock, worker_id="w1"), poll_interval=0.01
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        async with asyncio.timeout(10):
+            while (await store.load(good.saga_id)).state != "completed":
+                await asyncio.sleep(0.01)
+        stop.set()
+        await task
+        if store_kind == "working":
+            (quarantined,) = await store.list_quarantined()
+            assert quarantined.saga_id == bad.saga_id and "schema_version" in quarantined.reason
+            clock.advance(3600)  # long after any lease: still nobody claims it
+        # Not quarantined: its lease was released at shutdown, so the next worker
+        # tries again at once instead of waiting for the lease to run out.
+        claim = await store.claim_due(
+            "w2", now=clock.now(), lease_seconds=30, limit=5, definitions=SERVED
+        )
+        assert len(claim) == (0 if store_kind == "working" else 1)
+
+    asyncio.run(go())
+
+
+def test_worker_log_records_carry_the_saga_step_and_correlation_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[str] = []
+    saga = definition(calls, fail_first=1)
+
+    async def go() -> str:
+        store = MemoryStore()
+        started = await Orchestrator(store, [saga]).start(saga, {}, correlation_id="order-7")
+        worker = Worker(
+            Orchestrator(store, [saga], worker_id="w1"),
+            poll_interval=0.01,
+            summary_every=0.0,
+            store_name="sqlite:///x.db",
+        )
+        await serve_until_finished(worker, store)
+        return started.saga_id
+
+    with caplog.at_level(logging.DEBUG, logger="saga_fsm"):
+        saga_id = asyncio.run(go())
+    messages = [r.getMessage() for r in caplog.records]
+    assert "worker w1 serving w v1 from sqlite:///x.db, concurrency 8" in messages
+    summaries = [m for m in messages if m.startswith("worker w1: claimed")]
+    totals = [0, 0, 0, 0]
+    for line in summaries:  # "worker w1: claimed 1, completed 0, ..., in flight 1"
+        numbers = [int(word.strip(",")) for word in line.split() if word.strip(",").isdigit()]
+        totals = [t + n for t, n in zip(totals, numbers[:4], strict=True)]
+    assert totals == [1, 1, 0, 0], summaries
+    assert summaries[-1].endswith("in flight 0")
+    steps = [r for r in caplog.records if r.getMessage().startswith("step b")]
+    assert steps and all(
+        (r.saga_id, r.step, r.correlation_id) == (saga_id, "b", "order-7")  # type: ignore[attr-defined]
+        for r in steps
+    )
+    claims = [r for r in caplog.records if r.getMessage().startswith("claimed saga")]
+    assert claims and claims[0].getMessage().startswith(f"claimed saga {saga_id}")
+    # Outside a saga, the fields are there and empty.
+    start_line = next(r for r in caplog.records if "serving" in r.getMessage())
+    assert start_line.saga_id is None  # type: ignore[attr-defined]
+
+
+async def _noop(ctx: StepContext) -> None:
+    return None

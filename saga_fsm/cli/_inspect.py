@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from saga_fsm._codec import history_to_dict, snapshot_to_dict
+from saga_fsm._errors import SnapshotDecodeError
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.cli._app import (
     UsageProblem,
@@ -20,6 +21,7 @@ from saga_fsm.cli._app import (
 )
 from saga_fsm.cli._render import console, print_history, print_snapshot, state_text
 from saga_fsm.stores import open_store
+from saga_fsm.stores._protocol import QuarantinedSaga
 
 
 def summary(snapshot: Snapshot) -> dict[str, object]:
@@ -61,6 +63,9 @@ def parse_duration(text: str) -> timedelta:
     metavar="DURATION",
     help="With --stuck: no transition for this long (90s, 5m, 2h, 1d).",
 )
+@click.option(
+    "--quarantined", is_flag=True, help="Only sagas set aside because they cannot be decoded."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def list_sagas(
     store_url: str | None,
@@ -69,30 +74,38 @@ def list_sagas(
     limit: int | None,
     stuck: bool,
     older_than: str,
+    quarantined: bool,
     as_json: bool,
 ) -> None:
     """List saga instances, oldest first."""
+    if quarantined:
+        if state is not None or definition is not None or stuck:
+            raise UsageProblem("--quarantined takes no --state, --definition or --stuck")
+        list_quarantined(resolve_store_url(store_url), limit, as_json)
+        return
     cutoff = datetime.now(UTC) - parse_duration(older_than) if stuck else None
 
-    async def fetch() -> list[Snapshot]:
+    async def fetch() -> list[Snapshot | SnapshotDecodeError]:
         async with open_store(resolve_store_url(store_url)) as store:
-            found = await store.list(
+            # A saga parked in failed waits for an operator on purpose: it is not stuck.
+            return await store.list(
                 state=state,
                 definition=definition,
-                limit=None if stuck else limit,
+                limit=limit,
                 updated_before=cutoff,
+                unfinished=stuck,
             )
-        if stuck:
-            # A saga parked in failed waits for an operator on purpose: it is not stuck.
-            found = [s for s in found if not s.is_terminal][:limit]
-        return found
 
     snapshots = run_async(fetch)
+    warn_undecodable(snapshots)
     if as_json:
-        echo_json([summary(s) for s in snapshots])
+        echo_json([listed(s) for s in snapshots])
         return
     table = Table("id", "definition", "state", "updated")
     for s in snapshots:
+        if isinstance(s, SnapshotDecodeError):
+            table.add_row(str(s.saga_id), "?", "[bold red]undecodable[/]", s.reason)
+            continue
         table.add_row(
             s.saga_id,
             f"{s.definition} v{s.definition_version}",
@@ -101,6 +114,47 @@ def list_sagas(
         )
     console.print(table)
     console.print(f"{len(snapshots)} saga(s)")
+
+
+def listed(item: Snapshot | SnapshotDecodeError) -> dict[str, object]:
+    """A listed saga as JSON; a row that cannot be decoded: its id and the reason."""
+    if isinstance(item, SnapshotDecodeError):
+        return {"id": item.saga_id, "error": item.reason}
+    return summary(item)
+
+
+def warn_undecodable(items: list[Snapshot | SnapshotDecodeError]) -> None:
+    bad = [item for item in items if isinstance(item, SnapshotDecodeError)]
+    if bad:
+        click.echo(
+            f"saga-fsm: warning: {len(bad)} saga(s) cannot be decoded and are listed as"
+            f" undecodable (first: {bad[0]}); workers quarantine them"
+            " (saga-fsm ls --quarantined)",
+            err=True,
+        )
+
+
+def list_quarantined(url: str, limit: int | None, as_json: bool) -> None:
+    """``ls --quarantined``: the sagas workers set aside, and why."""
+
+    async def fetch() -> list[QuarantinedSaga]:
+        async with open_store(url) as store:
+            return await store.list_quarantined(limit=limit)
+
+    found = run_async(fetch)
+    if as_json:
+        echo_json(
+            [
+                {"id": q.saga_id, "quarantined_at": q.quarantined_at.isoformat(), "error": q.reason}
+                for q in found
+            ]
+        )
+        return
+    table = Table("id", "quarantined", "reason")
+    for q in found:
+        table.add_row(q.saga_id, q.quarantined_at.isoformat(timespec="seconds"), q.reason)
+    console.print(table)
+    console.print(f"{len(found)} quarantined saga(s); fix a row, then: saga-fsm unquarantine ID")
 
 
 @main.command("show")

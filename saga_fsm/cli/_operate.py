@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from pathlib import Path
 from typing import Any
 
 import click
 
-from saga_fsm._errors import InvalidStoreURL, SagaLeased, StoreError, TransitionNotAllowed
+from saga_fsm._codec import data_problem
+from saga_fsm._definition import SagaDefinition
+from saga_fsm._errors import (
+    InvalidStoreURL,
+    SagaLeased,
+    StoreError,
+    TransitionNotAllowed,
+    UnknownDefinition,
+)
 from saga_fsm._loading import load_definition
+from saga_fsm._logging import configure as configure_logging
+from saga_fsm._logging import get_logger
 from saga_fsm._orchestrator import DEFAULT_LEASE_SECONDS, Orchestrator
 from saga_fsm._snapshot import Snapshot
 from saga_fsm._worker import Worker
@@ -29,9 +38,10 @@ from saga_fsm.cli._app import (
 )
 from saga_fsm.cli._render import console, state_text
 from saga_fsm.stores import open_store
+from saga_fsm.stores.url import redact_url
 
 EXIT_REFUSED = 1
-log = logging.getLogger("saga_fsm.worker")
+log = get_logger("saga_fsm.worker")
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -42,7 +52,12 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     rows = []
     for number, line in enumerate(lines, 1):
         if line.strip():
-            rows.append(parse_json_object(line, f"{path} line {number}"))
+            row = parse_json_object(line, f"{path} line {number}")
+            # Every line is checked before any saga is written: all of them, or none.
+            problem = data_problem(row, "data")
+            if problem is not None:
+                raise UsageProblem(f"{path} line {number}: {problem}")
+            rows.append(row)
     return rows
 
 
@@ -82,19 +97,17 @@ def start(
 
     async def go() -> list[Snapshot]:
         async with open_store(resolve_store_url(store_url)) as store:
-            orchestrator = Orchestrator(store, [definition])
-            return [
-                await orchestrator.start(
-                    definition, payload, idempotency_key=key, definition_ref=source
-                )
-                for payload, key in zip(payloads, keys, strict=True)
-            ]
+            # One transaction: a failure leaves no saga of the batch behind.
+            return await Orchestrator(store, [definition]).start_many(
+                definition, payloads, idempotency_keys=keys, definition_ref=source
+            )
 
     for snapshot in run_async(go):
         click.echo(snapshot.saga_id)
 
 
 @main.command("worker")
+@click.argument("refs", nargs=-1, metavar="REF [REF ...]")
 @store_option
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--id", "worker_id", default=None, help="Worker name (default: host:pid:random).")
@@ -114,7 +127,15 @@ def start(
     help="On SIGTERM/SIGINT, seconds to let in-flight steps finish.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log each claim and step.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["human", "json"]),
+    default="human",
+    show_default=True,
+    help="Log lines for people, or one JSON object per line.",
+)
 def worker(
+    refs: tuple[str, ...],
     store_url: str | None,
     concurrency: int,
     worker_id: str | None,
@@ -122,15 +143,23 @@ def worker(
     poll_interval: float,
     grace: float,
     verbose: bool,
+    log_format: str,
 ) -> None:
-    """Claim and run due sagas until SIGTERM or SIGINT, then exit 0.
+    """Claim and run due sagas of the definitions REF... until SIGTERM or SIGINT, then
+    exit 0.
 
-    Definitions are loaded from the reference recorded when each saga was started.
+    Each REF is a definition file or package.module:attribute, as for start. Only sagas
+    of these definitions (name and version) are claimed; others are left for workers
+    that serve them. Logs a start line, a summary every 10 s while busy, and with -v
+    each claim and step.
     """
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if not refs:
+        raise UsageProblem(
+            "name the definitions this worker serves: saga-fsm worker REF [REF ...]"
+            " (a definition file or package.module:attribute)"
+        )
+    definitions = [load_definition(ref) for ref in refs]
+    configure_logging(verbose=verbose, log_format=log_format)
     url = resolve_store_url(store_url)
 
     async def serve() -> None:
@@ -144,10 +173,13 @@ def worker(
             try:
                 async with open_store(url) as store:
                     orchestrator = Orchestrator(
-                        store, worker_id=worker_id, lease_seconds=lease_seconds
+                        store, definitions, worker_id=worker_id, lease_seconds=lease_seconds
                     )
                     await Worker(
-                        orchestrator, concurrency=concurrency, poll_interval=poll_interval
+                        orchestrator,
+                        concurrency=concurrency,
+                        poll_interval=poll_interval,
+                        store_name=redact_url(url),
                     ).run(stop, grace=grace)
                     return
             except InvalidStoreURL:
@@ -161,13 +193,30 @@ def worker(
     run_async(serve)
 
 
+def recorded_definition(snapshot: Snapshot) -> SagaDefinition:
+    """The definition an operator command drives a saga with: loaded from the REF that
+    ``start``/``run`` recorded on it (an operator chose to act on this saga; workers
+    never load what a row names), checked to still be the same name and version."""
+    key = (snapshot.definition, snapshot.definition_version)
+    if snapshot.definition_ref is None:
+        raise UnknownDefinition(*key, f"saga {snapshot.saga_id} records no definition REF")
+    definition = load_definition(snapshot.definition_ref)
+    if (definition.name, definition.version) != key:
+        raise UnknownDefinition(
+            *key,
+            f"{snapshot.definition_ref} now holds {definition.name!r} version {definition.version}",
+        )
+    return definition
+
+
 def _operate(saga_id: str, store_url: str | None, action: str, as_json: bool) -> None:
     """Apply an operator command through the Machine, then drive the saga here unless a
     live worker holds it. Refusals exit 1 and change nothing."""
 
     async def go() -> Snapshot:
         async with open_store(resolve_store_url(store_url)) as store:
-            orchestrator = Orchestrator(store)
+            recorded = recorded_definition(await store.load(saga_id))
+            orchestrator = Orchestrator(store, [recorded])
             if action == "cancel":
                 await orchestrator.cancel(saga_id)
             elif action == "retry":

@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from saga_fsm.stores._protocol import SnapshotStore
+from saga_fsm.stores._protocol import QuarantinedSaga, SnapshotStore
 from saga_fsm.stores.memory import MemoryStore
 from saga_fsm.stores.sqlite import SqliteStore
 from saga_fsm.stores.url import DEFAULT_STORE_URL, open_store
@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_STORE_URL",
     "MemoryStore",
     "PostgresStore",
+    "QuarantinedSaga",
     "SnapshotStore",
     "SqliteStore",
     "open_store",

@@ -7,8 +7,24 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from attrs import frozen
+
 from saga_fsm._errors import SnapshotDecodeError
 from saga_fsm._snapshot import HistoryEntry, Snapshot
+
+# Statuses of sagas that are not finished (``running`` is ``running:<step>``); a saga
+# parked in ``failed`` waits for an operator on purpose and counts as finished.
+UNFINISHED_STATUSES = ("pending", "running", "compensating")
+
+
+@frozen
+class QuarantinedSaga:
+    """A saga set aside because its stored snapshot could not be decoded: no worker
+    claims it until an operator fixes the row and calls ``unquarantine``."""
+
+    saga_id: str
+    reason: str
+    quarantined_at: datetime
 
 
 @runtime_checkable
@@ -24,7 +40,17 @@ class SnapshotStore(Protocol):
     ) -> tuple[Snapshot, bool]:
         """Insert a new saga at version 1. If ``snapshot.idempotency_key`` is already
         taken, return ``(existing, False)`` and write nothing; otherwise
-        ``(stored, True)``. An existing ``saga_id`` raises ``ConcurrencyConflict``."""
+        ``(stored, True)``. An existing ``saga_id`` raises ``ConcurrencyConflict``.
+
+        The key stands for one request: the store keeps a fingerprint of the definition
+        (name, version) and the data it was created with, and the same key with another
+        fingerprint raises ``IdempotencyKeyReused`` and writes nothing."""
+        ...
+
+    async def create_many(self, snapshots: Sequence[Snapshot]) -> builtins.list[Snapshot]:
+        """``create`` for each snapshot (no history), all in ONE transaction: every
+        one is written, or (on any error) none. Returns, in order, the stored snapshot,
+        or the existing one for an idempotency key already taken."""
         ...
 
     async def save(
@@ -50,22 +76,51 @@ class SnapshotStore(Protocol):
         definition: str | None = None,
         limit: int | None = None,
         updated_before: datetime | None = None,
-    ) -> list[Snapshot]:
-        """Snapshots, oldest first. ``state`` matches a whole flow state
-        (``running:charge``) or a status (``running`` matches every ``running:*``);
-        ``updated_before`` keeps those whose last transition is older."""
+        unfinished: bool = False,
+    ) -> list[Snapshot | SnapshotDecodeError]:
+        """Snapshots, oldest first; a row that cannot be decoded is returned as its
+        error, in its place, and never hides the others. ``state`` matches a whole flow
+        state (``running:charge``) or a status (``running`` matches every
+        ``running:*``); ``updated_before`` keeps those whose last transition is older;
+        ``unfinished`` keeps only ``UNFINISHED_STATUSES``, filtered by the store on its
+        state index: finished sagas, however many, are never read nor decoded."""
+        ...
+
+    # -- quarantine: rows no worker can decode ---------------------------------------------
+
+    async def quarantine(self, saga_id: str, reason: str, *, now: datetime) -> None:
+        """Set the saga aside (``claim_due`` no longer returns it) and drop its lease,
+        recording why and when. ``SagaNotFound`` if it does not exist."""
+        ...
+
+    async def unquarantine(self, saga_id: str) -> Snapshot:
+        """Let workers claim the saga again, once its row decodes; returns it.
+        ``NotQuarantined`` if it is not quarantined, ``SnapshotDecodeError`` (nothing
+        changed) if it still cannot be decoded, ``SagaNotFound`` if unknown."""
+        ...
+
+    async def list_quarantined(self, *, limit: int | None = None) -> builtins.list[QuarantinedSaga]:
+        """The quarantined sagas, oldest quarantine first."""
         ...
 
     # -- leases: which worker drives a saga ------------------------------------------------
 
     async def claim_due(
-        self, worker_id: str, *, now: datetime, lease_seconds: float, limit: int
+        self,
+        worker_id: str,
+        *,
+        now: datetime,
+        lease_seconds: float,
+        limit: int,
+        definitions: Collection[tuple[str, int]],
     ) -> builtins.list[Snapshot | SnapshotDecodeError]:
-        """Lease up to ``limit`` sagas that are due (``due_at <= now``) and not leased by
-        a live worker, to ``worker_id`` until ``now + lease_seconds``. Each claim bumps
-        the version, so a worker whose lease expired can no longer save. Concurrent
-        claimers never get the same saga. A row that cannot be decoded is still leased
-        (so it is not handed out in a tight loop) and returned as its error."""
+        """Lease up to ``limit`` sagas of ``definitions`` (name, version) that are due
+        (``due_at <= now``), not quarantined and not leased by a live worker, to
+        ``worker_id`` until ``now + lease_seconds``. Sagas of other definitions are left
+        for workers that serve them. Each claim bumps the version, so a worker whose
+        lease expired can no longer save. Concurrent claimers never get the same saga.
+        A row that cannot be decoded is still leased (so it is not handed out in a tight
+        loop) and returned as its error, for the worker to ``quarantine``."""
         ...
 
     async def acquire(
@@ -86,7 +141,7 @@ class SnapshotStore(Protocol):
 
     async def release(self, saga_id: str, worker_id: str) -> None:
         """Drop ``worker_id``'s lease, if it still holds it (no version bump), so another
-        worker can take the saga at once."""
+        worker can take the saga at once; an undecodable row's lease too."""
         ...
 
     async def close(self) -> None:
@@ -104,6 +159,13 @@ def check_limit(limit: int | None) -> None:
     """A row limit is a count: ``None`` (no limit) or >= 0."""
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+
+
+def served(definitions: Collection[tuple[str, int]]) -> builtins.list[tuple[str, int]]:
+    """The (name, version) pairs a claim may return, without repeats."""
+    if isinstance(definitions, str):
+        raise TypeError(f"expected (name, version) pairs, got the str {definitions!r}")
+    return list(dict.fromkeys((str(name), int(version)) for name, version in definitions))
 
 
 def ids(saga_ids: Collection[str]) -> builtins.list[str]:

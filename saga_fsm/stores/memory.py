@@ -12,12 +12,27 @@ from attrs import define, evolve
 from saga_fsm._codec import (
     history_from_dict,
     history_to_dict,
+    request_fingerprint,
     snapshot_from_json,
+    snapshot_or_error,
     snapshot_to_json,
 )
-from saga_fsm._errors import ConcurrencyConflict, SagaLeased, SagaNotFound, SnapshotDecodeError
+from saga_fsm._errors import (
+    ConcurrencyConflict,
+    IdempotencyKeyReused,
+    NotQuarantined,
+    SagaLeased,
+    SagaNotFound,
+    SnapshotDecodeError,
+)
 from saga_fsm._snapshot import HistoryEntry, Snapshot
-from saga_fsm.stores._protocol import check_limit, state_matches
+from saga_fsm.stores._protocol import (
+    UNFINISHED_STATUSES,
+    QuarantinedSaga,
+    check_limit,
+    served,
+    state_matches,
+)
 from saga_fsm.stores._protocol import ids as _ids
 
 
@@ -34,9 +49,13 @@ class _Row:
     due_at: datetime | None
     lease_owner: str | None
     lease_expires_at: datetime | None
+    definition_version: int
+    # Facts of creation and of operators, which writes of the snapshot never move.
+    fingerprint: str | None = None
+    quarantine: QuarantinedSaga | None = None
 
     @classmethod
-    def of(cls, snapshot: Snapshot) -> _Row:
+    def of(cls, snapshot: Snapshot, was: _Row | None = None) -> _Row:
         return cls(
             snapshot_to_json(snapshot),
             snapshot.version,
@@ -47,6 +66,9 @@ class _Row:
             snapshot.due_at,
             snapshot.lease_owner,
             snapshot.lease_expires_at,
+            snapshot.definition_version,
+            was.fingerprint if was else None,
+            was.quarantine if was else None,
         )
 
     def leased_elsewhere(self, worker_id: str, now: datetime) -> bool:
@@ -66,26 +88,55 @@ class MemoryStore:
         self._history: dict[str, list[dict[str, object]]] = {}
         self._keys: dict[str, str] = {}
 
+    def __repr__(self) -> str:
+        return "MemoryStore()"
+
     def _row(self, saga_id: str) -> _Row:
         row = self._rows.get(saga_id)
         if row is None:
             raise SagaNotFound(saga_id)
         return row
 
+    def _existing(self, snapshot: Snapshot) -> str | None:
+        """The saga already created with ``snapshot``'s idempotency key, if any (the
+        same request); raises for the same key with another request, or a taken id."""
+        key = snapshot.idempotency_key
+        if key is not None and key in self._keys:
+            existing = self._keys[key]
+            if self._rows[existing].fingerprint != request_fingerprint(snapshot):
+                raise IdempotencyKeyReused(key, existing)
+            return existing
+        if snapshot.saga_id in self._rows:
+            raise ConcurrencyConflict(snapshot.saga_id, 0, self._rows[snapshot.saga_id].version)
+        return None
+
+    def _insert(self, stored: Snapshot, history: Sequence[HistoryEntry]) -> None:
+        row = _Row.of(stored)  # encodes first: a value JSON cannot hold changes nothing
+        key = stored.idempotency_key
+        if key is not None:
+            row.fingerprint = request_fingerprint(stored)
+            self._keys[key] = stored.saga_id
+        self._rows[stored.saga_id] = row
+        self._history[stored.saga_id] = [history_to_dict(h) for h in history]
+
     async def create(
         self, snapshot: Snapshot, history: Sequence[HistoryEntry] = ()
     ) -> tuple[Snapshot, bool]:
-        key = snapshot.idempotency_key
-        if key is not None and key in self._keys:
-            return await self.load(self._keys[key]), False
-        if snapshot.saga_id in self._rows:
-            raise ConcurrencyConflict(snapshot.saga_id, 0, self._rows[snapshot.saga_id].version)
+        existing = self._existing(snapshot)
+        if existing is not None:
+            return await self.load(existing), False
         stored = snapshot.with_version(1)
-        self._rows[stored.saga_id] = _Row.of(stored)
-        self._history[stored.saga_id] = [history_to_dict(h) for h in history]
-        if key is not None:
-            self._keys[key] = stored.saga_id
+        self._insert(stored, history)
         return stored, True
+
+    async def create_many(self, snapshots: Sequence[Snapshot]) -> builtins.list[Snapshot]:
+        # create() only adds rows: putting the three maps back undoes a partial batch.
+        before = (dict(self._rows), dict(self._history), dict(self._keys))
+        try:
+            return [(await self.create(snapshot))[0] for snapshot in snapshots]
+        except BaseException:
+            self._rows, self._history, self._keys = before
+            raise
 
     async def save(
         self, snapshot: Snapshot, history: Sequence[HistoryEntry], *, expected_version: int
@@ -94,7 +145,7 @@ class MemoryStore:
         if row.version != expected_version:
             raise ConcurrencyConflict(snapshot.saga_id, expected_version, row.version)
         stored = snapshot.with_version(expected_version + 1)
-        new_row = _Row.of(stored)  # encodes first: a bad value changes nothing
+        new_row = _Row.of(stored, row)  # encodes first: a bad value changes nothing
         self._rows[stored.saga_id] = new_row
         self._history[stored.saga_id].extend(history_to_dict(h) for h in history)
         return stored
@@ -114,7 +165,8 @@ class MemoryStore:
         definition: str | None = None,
         limit: int | None = None,
         updated_before: datetime | None = None,
-    ) -> list[Snapshot]:
+        unfinished: bool = False,
+    ) -> list[Snapshot | SnapshotDecodeError]:
         check_limit(limit)
         rows = sorted(
             (
@@ -123,12 +175,36 @@ class MemoryStore:
                 if state_matches(row.state, state)
                 and (definition is None or row.definition == definition)
                 and (updated_before is None or row.updated_at < updated_before)
+                and not (unfinished and row.state.partition(":")[0] not in UNFINISHED_STATUSES)
             ),
             key=lambda item: (item[0], item[1]),
         )
         if limit is not None:
             rows = rows[:limit]
-        return [snapshot_from_json(row.encoded, saga_id=saga_id) for _, saga_id, row in rows]
+        return [snapshot_or_error(row.encoded, saga_id=saga_id) for _, saga_id, row in rows]
+
+    # -- quarantine -------------------------------------------------------------------------
+
+    async def quarantine(self, saga_id: str, reason: str, *, now: datetime) -> None:
+        row = self._row(saga_id)
+        row.quarantine = QuarantinedSaga(saga_id, reason, now)
+        row.lease_owner = row.lease_expires_at = None
+
+    async def unquarantine(self, saga_id: str) -> Snapshot:
+        row = self._row(saga_id)
+        if row.quarantine is None:
+            raise NotQuarantined(saga_id)
+        snapshot = snapshot_from_json(row.encoded, saga_id=saga_id)
+        row.quarantine = None
+        return snapshot
+
+    async def list_quarantined(self, *, limit: int | None = None) -> builtins.list[QuarantinedSaga]:
+        check_limit(limit)
+        found = sorted(
+            (row.quarantine for row in self._rows.values() if row.quarantine is not None),
+            key=lambda q: (q.quarantined_at, q.saga_id),
+        )
+        return found if limit is None else found[:limit]
 
     # -- leases -----------------------------------------------------------------------------
 
@@ -141,13 +217,20 @@ class MemoryStore:
             lease_expires_at=expires_at,
             version=snapshot.version + (1 if bump else 0),
         )
-        self._rows[saga_id] = _Row.of(leased)
+        self._rows[saga_id] = _Row.of(leased, row)
         return leased
 
     async def claim_due(
-        self, worker_id: str, *, now: datetime, lease_seconds: float, limit: int
+        self,
+        worker_id: str,
+        *,
+        now: datetime,
+        lease_seconds: float,
+        limit: int,
+        definitions: Collection[tuple[str, int]],
     ) -> builtins.list[Snapshot | SnapshotDecodeError]:
         check_limit(limit)
+        wanted = set(served(definitions))
         expires_at = now + timedelta(seconds=lease_seconds)
         due = sorted(
             (row.due_at, saga_id)
@@ -155,6 +238,8 @@ class MemoryStore:
             if row.due_at is not None
             and row.due_at <= now
             and (row.lease_expires_at is None or row.lease_expires_at <= now)
+            and row.quarantine is None
+            and (row.definition, row.definition_version) in wanted
         )
         claimed: builtins.list[Snapshot | SnapshotDecodeError] = []
         for _, saga_id in due[:limit]:
@@ -189,8 +274,13 @@ class MemoryStore:
         row = self._rows.get(saga_id)
         if row is None or row.lease_owner != worker_id:
             return
-        snapshot = snapshot_from_json(row.encoded, saga_id=saga_id)
-        self._rows[saga_id] = _Row.of(evolve(snapshot, lease_owner=None, lease_expires_at=None))
+        try:
+            snapshot = snapshot_from_json(row.encoded, saga_id=saga_id)
+        except SnapshotDecodeError:
+            row.lease_owner = row.lease_expires_at = None  # the columns are all there is
+            return
+        released = evolve(snapshot, lease_owner=None, lease_expires_at=None)
+        self._rows[saga_id] = _Row.of(released, row)
 
     async def close(self) -> None:
         return None

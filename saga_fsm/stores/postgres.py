@@ -22,6 +22,7 @@ Driver errors never leave this module raw: they become ``StoreError`` (or
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -41,11 +42,15 @@ from saga_fsm._codec import (
     converter,
     dumps,
     history_to_dict,
+    request_fingerprint,
     snapshot_from_json,
+    snapshot_or_error,
     snapshot_to_json,
 )
 from saga_fsm._errors import (
     ConcurrencyConflict,
+    IdempotencyKeyReused,
+    NotQuarantined,
     SagaLeased,
     SagaNotFound,
     SnapshotDecodeError,
@@ -54,11 +59,12 @@ from saga_fsm._errors import (
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
 from saga_fsm.stores._group import GroupCommit
-from saga_fsm.stores._protocol import check_limit, ids
+from saga_fsm.stores._protocol import UNFINISHED_STATUSES, QuarantinedSaga, check_limit, ids, served
 
 _MIGRATIONS = migrations.load("postgres")
 _CONNECT_TIMEOUT = 10  # seconds, unless the conninfo says otherwise
 _PKEY = "saga_fsm_sagas_pkey"
+_KEY_REUSED = "SF001"  # raised by saga_fsm_create_batch (migration 4), DETAIL: the saga
 Claimed: TypeAlias = list[Snapshot | SnapshotDecodeError]  # (a method named list shadows it)
 
 # Concurrent workers starting together must not both apply a migration; the key is per
@@ -82,7 +88,10 @@ _CREATE = "SELECT created, existing_id, existing_snapshot FROM saga_fsm_create_b
 _SAVE = "SELECT saved, found_version FROM saga_fsm_save_batch(%s)"
 
 _LOAD = "SELECT snapshot::text FROM saga_fsm_sagas WHERE saga_id = %s"
-_BY_KEY = "SELECT saga_id, snapshot::text FROM saga_fsm_sagas WHERE idempotency_key = %s"
+_BY_KEY = """
+SELECT saga_id, snapshot::text, request_fingerprint FROM saga_fsm_sagas
+WHERE idempotency_key = %s
+"""
 _VERSION = "SELECT version FROM saga_fsm_sagas WHERE saga_id = %s"
 # One read: the LEFT JOIN tells "no saga" (no row) from "no history" (a NULL row).
 _HISTORY = """
@@ -96,6 +105,30 @@ ORDER BY h.id
 # the indexes even in a generic prepared plan.
 _LIST_HEAD = "SELECT saga_id, snapshot::text FROM saga_fsm_sagas WHERE true"
 _LIST_TAIL = ' ORDER BY created_at, saga_id COLLATE "C" LIMIT %(limit)s'
+# Unfinished sagas as ranges of the state index (text_pattern_ops serves LIKE 'x:%'),
+# so that finished ones, however many, are never read.
+_UNFINISHED: LiteralString = (
+    " AND (state IN ('pending', 'running', 'compensating')"
+    " OR state LIKE 'running:%%' OR state LIKE 'compensating:%%')"
+)
+assert UNFINISHED_STATUSES == ("pending", "running", "compensating")
+_QUARANTINE = """
+UPDATE saga_fsm_sagas SET quarantine = %(reason)s, quarantined_at = %(now)s,
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE saga_id = %(saga_id)s
+RETURNING saga_id
+"""
+# FOR UPDATE: the row is checked and cleared by one transaction.
+_QUARANTINED_ROW = (
+    "SELECT snapshot::text, quarantine FROM saga_fsm_sagas WHERE saga_id = %s FOR UPDATE"
+)
+_UNQUARANTINE = (
+    "UPDATE saga_fsm_sagas SET quarantine = NULL, quarantined_at = NULL WHERE saga_id = %s"
+)
+_LIST_QUARANTINED = """
+SELECT saga_id, quarantine, quarantined_at FROM saga_fsm_sagas WHERE quarantine IS NOT NULL
+ORDER BY quarantined_at, saga_id COLLATE "C" LIMIT %s
+"""
 
 # -- leases --------------------------------------------------------------------------------
 # A lease change must reach the snapshot JSON too (it is the truth), so the JSONB document
@@ -119,6 +152,9 @@ _CLAIM_DUE = f"""
 WITH due AS (
     SELECT saga_id FROM saga_fsm_sagas
     WHERE due_at <= %(now)s AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)
+      AND quarantine IS NULL
+      AND (definition, definition_version) IN (
+          SELECT * FROM unnest(%(names)s::text[], %(versions)s::integer[]))
     ORDER BY due_at, saga_id COLLATE "C"
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -212,7 +248,10 @@ def _time(value: datetime | None) -> str:
 
 
 def _write_json(
-    snapshot: Snapshot, history: Sequence[HistoryEntry], expected_version: int | None = None
+    snapshot: Snapshot,
+    history: Sequence[HistoryEntry],
+    expected_version: int | None = None,
+    fingerprint: str | None = None,
 ) -> str:
     """One create or save as an element of a batch's JSON array (the columns, the
     snapshot, its history rows), encoded here, before the write joins a batch: a value
@@ -229,8 +268,28 @@ def _write_json(
         f'"due_at":{_time(s.due_at)},"lease_owner":{_str(s.lease_owner)},'
         f'"lease_expires_at":{_time(s.lease_expires_at)},'
         f'"created_at":{_time(s.created_at)},"updated_at":{_time(s.updated_at)},'
+        f'"request_fingerprint":{_str(fingerprint)},'
         f'"snapshot":{snapshot_to_json(s)},"history":{_history_json(history)}}}'
     )
+
+
+def _create_json(snapshot: Snapshot, history: Sequence[HistoryEntry]) -> str:
+    """A create's write: with the fingerprint of the request its idempotency key names."""
+    key = snapshot.idempotency_key
+    fingerprint = None if key is None else request_fingerprint(snapshot)
+    return _write_json(snapshot, history, None, fingerprint)
+
+
+def _key_reused(err: psycopg.Error, key: str | None) -> IdempotencyKeyReused | None:
+    if err.diag.sqlstate != _KEY_REUSED or key is None:
+        return None
+    return IdempotencyKeyReused(key, err.diag.message_detail or "?")
+
+
+def _duplicate_id(err: psycopg.Error) -> str:
+    """The saga id a primary-key violation names (``Key (saga_id)=(x) already exists``)."""
+    detail = err.diag.message_detail or ""
+    return detail.partition(")=(")[2].rpartition(")")[0] or "?"
 
 
 def _one_write_may_be_why(err: BaseException) -> bool:
@@ -410,7 +469,7 @@ class PostgresStore:
         self, snapshot: Snapshot, history: Sequence[HistoryEntry] = ()
     ) -> tuple[Snapshot, bool]:
         stored = snapshot.with_version(1)
-        write = _write_json(stored, history)
+        write = _create_json(stored, history)
         # One create per idempotency key (else per saga id) in a batch: ON CONFLICT does
         # not report a row inserted by the same statement as a conflict, it just skips.
         key = stored.saga_id if stored.idempotency_key is None else f"key:{stored.idempotency_key}"
@@ -423,6 +482,11 @@ class PostgresStore:
                 rows = await self._query(_VERSION, (stored.saga_id,))
                 actual = int(rows[0][0]) if rows else None
                 raise ConcurrencyConflict(stored.saga_id, 0, actual) from None
+            except psycopg.Error as err:
+                reused = _key_reused(err, stored.idempotency_key)
+                if reused is None:
+                    raise
+                raise reused from None
             if created:
                 return stored, True
             if existing is None:
@@ -435,8 +499,47 @@ class PostgresStore:
                         f" race for idempotency key {stored.idempotency_key!r} to a saga"
                         " that is gone; retry"
                     )
-                existing_id, existing = rows[0]
+                existing_id, existing, fingerprint = rows[0]
+                if fingerprint is not None and fingerprint != request_fingerprint(stored):
+                    raise IdempotencyKeyReused(str(stored.idempotency_key), existing_id)
         return snapshot_from_json(existing, saga_id=existing_id), False
+
+    async def create_many(self, snapshots: Sequence[Snapshot]) -> builtins.list[Snapshot]:
+        # ONE statement, outside the group commit: atomic by itself, all or nothing.
+        stored = [snapshot.with_version(1) for snapshot in snapshots]
+        if not stored:
+            return []
+        writes = [_create_json(s, ()) for s in stored]
+        async with self._errors("create_many"):
+            try:
+                rows = await self._batch(_CREATE, writes)
+            except errors.UniqueViolation as err:
+                if err.diag.constraint_name != _PKEY:
+                    raise
+                raise ConcurrencyConflict(_duplicate_id(err), 0, None) from None
+            except psycopg.Error as err:
+                detail = err.diag.message_detail
+                key = next((s.idempotency_key for s in stored if s.idempotency_key), None)
+                reused = _key_reused(err, key)
+                if reused is None:
+                    raise
+                # Which key: the one whose existing saga the database named.
+                owner = await self._query(
+                    "SELECT idempotency_key FROM saga_fsm_sagas WHERE saga_id = %s", (detail,)
+                )
+                raise IdempotencyKeyReused(owner[0][0] if owner else "?", str(detail)) from None
+        found: list[Snapshot] = []
+        for snapshot, (created, existing_id, existing) in zip(stored, rows, strict=True):
+            if created:
+                found.append(snapshot)
+            elif existing is None:
+                raise StoreError(
+                    f"PostgreSQL {self._where}: create of saga {snapshot.saga_id} lost a race"
+                    f" for idempotency key {snapshot.idempotency_key!r}; retry"
+                )
+            else:
+                found.append(snapshot_from_json(existing, saga_id=existing_id))
+        return found
 
     async def save(
         self, snapshot: Snapshot, history: Sequence[HistoryEntry], *, expected_version: int
@@ -485,7 +588,8 @@ class PostgresStore:
         definition: str | None = None,
         limit: int | None = None,
         updated_before: datetime | None = None,
-    ) -> list[Snapshot]:
+        unfinished: bool = False,
+    ) -> list[Snapshot | SnapshotDecodeError]:
         check_limit(limit)
         query: LiteralString = _LIST_HEAD
         params: dict[str, Any] = {"limit": limit}
@@ -502,18 +606,63 @@ class PostgresStore:
         if updated_before is not None:
             query += " AND updated_at < %(updated_before)s"
             params["updated_before"] = _aware(updated_before)
+        if unfinished:
+            query += _UNFINISHED
         async with self._errors("list"):
             rows = await self._query(query + _LIST_TAIL, params)
-        return [snapshot_from_json(text, saga_id=saga_id) for saga_id, text in rows]
+        return [snapshot_or_error(text, saga_id=saga_id) for saga_id, text in rows]
+
+    # -- quarantine -------------------------------------------------------------------------
+    async def quarantine(self, saga_id: str, reason: str, *, now: datetime) -> None:
+        params = {"reason": reason, "now": _aware(now), "saga_id": saga_id}
+        async with self._errors("quarantine"):
+            rows = await self._query(_QUARANTINE, params)
+        if not rows:
+            raise SagaNotFound(saga_id)
+
+    async def unquarantine(self, saga_id: str) -> Snapshot:
+        async with (
+            self._errors("unquarantine"),
+            self._pool.connection() as conn,
+            conn.transaction(),
+        ):
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(_QUARANTINED_ROW, (saga_id,))
+            found = await cur.fetchone()
+            if found is None:
+                raise SagaNotFound(saga_id)
+            if found[1] is None:
+                raise NotQuarantined(saga_id)
+            snapshot = snapshot_from_json(found[0], saga_id=saga_id)
+            await cur.execute(_UNQUARANTINE, (saga_id,))
+        return snapshot
+
+    async def list_quarantined(self, *, limit: int | None = None) -> builtins.list[QuarantinedSaga]:
+        check_limit(limit)
+        async with self._errors("list_quarantined"):
+            rows = await self._query(_LIST_QUARANTINED, (limit,))
+        return [QuarantinedSaga(i, why, at.astimezone(UTC)) for i, why, at in rows]
 
     # -- leases ---------------------------------------------------------------------------
     async def claim_due(
-        self, worker_id: str, *, now: datetime, lease_seconds: float, limit: int
+        self,
+        worker_id: str,
+        *,
+        now: datetime,
+        lease_seconds: float,
+        limit: int,
+        definitions: Collection[tuple[str, int]],
     ) -> Claimed:
         check_limit(limit)
+        wanted = served(definitions)
         expires_at = now + timedelta(seconds=lease_seconds)
         params = _lease_params(worker_id, worker_id, expires_at, bump=True)
-        params |= {"now": _aware(now), "limit": limit}
+        params |= {
+            "now": _aware(now),
+            "limit": limit,
+            "names": [name for name, _ in wanted],
+            "versions": [version for _, version in wanted],
+        }
         async with self._errors("claim_due"):
             rows = await self._query(_CLAIM_DUE, params)
         rows.sort(key=lambda row: (row[2], row[0]))  # RETURNING has no order

@@ -12,6 +12,7 @@ is a few short statements on a local file, cheaper than a hop to a thread.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -23,9 +24,18 @@ from typing import Any, TypeAlias
 
 from attrs import evolve
 
-from saga_fsm._codec import dumps, history_to_dict, snapshot_from_json, snapshot_to_json
+from saga_fsm._codec import (
+    dumps,
+    history_to_dict,
+    request_fingerprint,
+    snapshot_from_json,
+    snapshot_or_error,
+    snapshot_to_json,
+)
 from saga_fsm._errors import (
     ConcurrencyConflict,
+    IdempotencyKeyReused,
+    NotQuarantined,
     SagaLeased,
     SagaNotFound,
     SnapshotDecodeError,
@@ -33,7 +43,7 @@ from saga_fsm._errors import (
 )
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
-from saga_fsm.stores._protocol import check_limit, ids
+from saga_fsm.stores._protocol import UNFINISHED_STATUSES, QuarantinedSaga, check_limit, ids, served
 
 _MIGRATIONS = migrations.load("sqlite")
 Claimed: TypeAlias = list[Snapshot | SnapshotDecodeError]  # (a method named list shadows it)
@@ -42,11 +52,12 @@ _BUSY_TIMEOUT_MS = 10_000
 _INSERT = """
 INSERT INTO saga_fsm_sagas (
     saga_id, definition, definition_version, state, version, snapshot, correlation_id,
-    idempotency_key, wake_at, due_at, lease_owner, lease_expires_at, created_at, updated_at
+    idempotency_key, wake_at, due_at, lease_owner, lease_expires_at, created_at, updated_at,
+    request_fingerprint
 ) VALUES (
     :saga_id, :definition, :definition_version, :state, :version, :snapshot, :correlation_id,
     :idempotency_key, :wake_at, :due_at, :lease_owner, :lease_expires_at, :created_at,
-    :updated_at
+    :updated_at, :request_fingerprint
 )
 """
 # The idempotency key is a fact of creation: a save never moves it.
@@ -62,19 +73,19 @@ _INSERT_HISTORY = """
 INSERT INTO saga_fsm_history (saga_id, version, from_state, to_state, trigger, at, detail)
 VALUES (?, ?, ?, ?, ?, ?, ?)
 """
-_LIST = """
-SELECT saga_id, snapshot FROM saga_fsm_sagas
-WHERE (:state IS NULL OR state = :state OR (:prefix_lo IS NOT NULL
-       AND state >= :prefix_lo AND state < :prefix_hi))
-  AND (:definition IS NULL OR definition = :definition)
-  AND (:updated_before IS NULL OR updated_at < :updated_before)
-ORDER BY created_at, saga_id
-LIMIT :limit
-"""
+# Each filter is added only when given, so that SQLite picks the index that fits.
+_LIST_HEAD = "SELECT saga_id, snapshot FROM saga_fsm_sagas WHERE true"
+_LIST_TAIL = " ORDER BY created_at, saga_id LIMIT :limit"
+# Unfinished sagas as ranges of the state index (one per status, its "status:*" too), so
+# that finished ones, however many, are never read. Statuses are fixed words: no quoting.
+_UNFINISHED = " AND ({})".format(
+    " OR ".join(f"(state >= '{s}' AND state < '{s};')" for s in UNFINISHED_STATUSES)
+)
 
 _DUE = """
 SELECT saga_id, snapshot FROM saga_fsm_sagas
 WHERE due_at <= :now AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
+  AND quarantine IS NULL AND (definition, definition_version) IN ({served})
 ORDER BY due_at, saga_id
 LIMIT :limit
 """
@@ -117,6 +128,14 @@ def _columns(snapshot: Snapshot) -> dict[str, Any]:
         "lease_expires_at": utc_text(snapshot.lease_expires_at),
         "created_at": utc_text(snapshot.created_at),
         "updated_at": utc_text(snapshot.updated_at),
+    }
+
+
+def _new_row(snapshot: Snapshot) -> dict[str, Any]:
+    """The row a create inserts: the columns, and what its idempotency key stands for."""
+    key = snapshot.idempotency_key
+    return _columns(snapshot) | {
+        "request_fingerprint": None if key is None else request_fingerprint(snapshot)
     }
 
 
@@ -231,27 +250,45 @@ class SqliteStore:
         return None if row is None else int(row[0])
 
     # -- SnapshotStore ----------------------------------------------------------------------
+    def _create_in(
+        self, conn: sqlite3.Connection, stored: Snapshot, row: dict[str, Any], history: list[Any]
+    ) -> tuple[Snapshot, bool]:
+        key = stored.idempotency_key
+        if key is not None:
+            found = conn.execute(
+                "SELECT saga_id, snapshot, request_fingerprint FROM saga_fsm_sagas"
+                " WHERE idempotency_key = ?",
+                (key,),
+            ).fetchone()
+            if found is not None:
+                # A row from before fingerprints were kept (NULL) cannot be compared.
+                if found[2] is not None and found[2] != row["request_fingerprint"]:
+                    raise IdempotencyKeyReused(key, found[0])
+                return snapshot_from_json(found[1], saga_id=found[0]), False
+        actual = self._version(conn, stored.saga_id)
+        if actual is not None:
+            raise ConcurrencyConflict(stored.saga_id, 0, actual)
+        conn.execute(_INSERT, row)
+        conn.executemany(_INSERT_HISTORY, history)
+        return stored, True
+
     async def create(
         self, snapshot: Snapshot, history: Sequence[HistoryEntry] = ()
     ) -> tuple[Snapshot, bool]:
         stored = snapshot.with_version(1)
         # Encode before the transaction: a value JSON cannot hold changes nothing.
-        row = _columns(stored)
+        row = _new_row(stored)
         rows = _history_rows(stored.saga_id, 1, history)
         with self._transaction("create") as conn:
-            if stored.idempotency_key is not None:
-                found = conn.execute(
-                    "SELECT saga_id, snapshot FROM saga_fsm_sagas WHERE idempotency_key = ?",
-                    (stored.idempotency_key,),
-                ).fetchone()
-                if found is not None:
-                    return snapshot_from_json(found[1], saga_id=found[0]), False
-            actual = self._version(conn, stored.saga_id)
-            if actual is not None:
-                raise ConcurrencyConflict(stored.saga_id, 0, actual)
-            conn.execute(_INSERT, row)
-            conn.executemany(_INSERT_HISTORY, rows)
-        return stored, True
+            return self._create_in(conn, stored, row, rows)
+
+    async def create_many(self, snapshots: Sequence[Snapshot]) -> builtins.list[Snapshot]:
+        stored = [snapshot.with_version(1) for snapshot in snapshots]
+        rows = [_new_row(s) for s in stored]
+        with self._transaction("create_many") as conn:
+            return [
+                self._create_in(conn, s, row, [])[0] for s, row in zip(stored, rows, strict=True)
+            ]
 
     async def save(
         self, snapshot: Snapshot, history: Sequence[HistoryEntry], *, expected_version: int
@@ -297,21 +334,62 @@ class SqliteStore:
         definition: str | None = None,
         limit: int | None = None,
         updated_before: datetime | None = None,
-    ) -> list[Snapshot]:
+        unfinished: bool = False,
+    ) -> list[Snapshot | SnapshotDecodeError]:
         check_limit(limit)
+        query = _LIST_HEAD
         lo, hi = _status_range(state)
+        params: dict[str, Any] = {"limit": -1 if limit is None else limit}
+        if state is not None:
+            query += " AND (state = :state OR (state >= :lo AND state < :hi))"
+            params |= {"state": state, "lo": lo, "hi": hi}
+        if definition is not None:
+            query += " AND definition = :definition"
+            params["definition"] = definition
+        if updated_before is not None:
+            query += " AND updated_at < :updated_before"
+            params["updated_before"] = utc_text(updated_before)
+        if unfinished:
+            query += _UNFINISHED
+        rows = self._read(query + _LIST_TAIL, params)
+        return [snapshot_or_error(text, saga_id=saga_id) for saga_id, text in rows]
+
+    # -- quarantine -------------------------------------------------------------------------
+    async def quarantine(self, saga_id: str, reason: str, *, now: datetime) -> None:
+        with self._transaction("quarantine") as conn:
+            changed = conn.execute(
+                "UPDATE saga_fsm_sagas SET quarantine = ?, quarantined_at = ?,"
+                " lease_owner = NULL, lease_expires_at = NULL WHERE saga_id = ?",
+                (reason, utc_text(now), saga_id),
+            ).rowcount
+        if changed != 1:
+            raise SagaNotFound(saga_id)
+
+    async def unquarantine(self, saga_id: str) -> Snapshot:
+        with self._transaction("unquarantine") as conn:
+            found = conn.execute(
+                "SELECT snapshot, quarantine FROM saga_fsm_sagas WHERE saga_id = ?", (saga_id,)
+            ).fetchone()
+            if found is None:
+                raise SagaNotFound(saga_id)
+            if found[1] is None:
+                raise NotQuarantined(saga_id)
+            snapshot = snapshot_from_json(found[0], saga_id=saga_id)
+            conn.execute(
+                "UPDATE saga_fsm_sagas SET quarantine = NULL, quarantined_at = NULL"
+                " WHERE saga_id = ?",
+                (saga_id,),
+            )
+        return snapshot
+
+    async def list_quarantined(self, *, limit: int | None = None) -> builtins.list[QuarantinedSaga]:
+        check_limit(limit)
         rows = self._read(
-            _LIST,
-            {
-                "state": state,
-                "prefix_lo": lo,
-                "prefix_hi": hi,
-                "definition": definition,
-                "updated_before": utc_text(updated_before),
-                "limit": -1 if limit is None else limit,
-            },
+            "SELECT saga_id, quarantine, quarantined_at FROM saga_fsm_sagas"
+            " WHERE quarantine IS NOT NULL ORDER BY quarantined_at, saga_id LIMIT ?",
+            (-1 if limit is None else limit,),
         )
-        return [snapshot_from_json(text, saga_id=saga_id) for saga_id, text in rows]
+        return [QuarantinedSaga(i, why, datetime.fromisoformat(at)) for i, why, at in rows]
 
     # -- leases ---------------------------------------------------------------------------
     # Read-modify-write inside BEGIN IMMEDIATE: the snapshot JSON is the truth, so a lease
@@ -348,13 +426,28 @@ class SqliteStore:
         return leased
 
     async def claim_due(
-        self, worker_id: str, *, now: datetime, lease_seconds: float, limit: int
+        self,
+        worker_id: str,
+        *,
+        now: datetime,
+        lease_seconds: float,
+        limit: int,
+        definitions: Collection[tuple[str, int]],
     ) -> Claimed:
         check_limit(limit)
+        wanted = served(definitions)
+        if not wanted:
+            return []
         expires_at = now + timedelta(seconds=lease_seconds)
+        params: dict[str, Any] = {"now": utc_text(now), "limit": limit}
+        for n, (name, version) in enumerate(wanted):
+            params |= {f"name{n}": name, f"version{n}": version}
+        query = _DUE.format(
+            served=", ".join(f"(:name{n}, :version{n})" for n in range(len(wanted)))
+        )
         claimed: Claimed = []
         with self._transaction("claim_due") as conn:
-            due = conn.execute(_DUE, {"now": utc_text(now), "limit": limit}).fetchall()
+            due = conn.execute(query, params).fetchall()
             for saga_id, text in due:
                 try:
                     claimed.append(
@@ -399,7 +492,10 @@ class SqliteStore:
         with self._transaction("release") as conn:
             row = conn.execute(_LEASE_OF, (saga_id,)).fetchone()
             if row is not None and row[1] == worker_id:
-                self._lease(conn, saga_id, row[0], None, None, bump=False)
+                try:
+                    self._lease(conn, saga_id, row[0], None, None, bump=False)
+                except SnapshotDecodeError:
+                    conn.execute(_SET_LEASE_COLUMNS, (None, None, saga_id))
 
     async def close(self) -> None:
         with self._lock:

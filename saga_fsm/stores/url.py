@@ -43,6 +43,11 @@ def redact(url: str) -> str:
         return url
 
 
+def redact_url(url: str) -> str:
+    """A store URL fit to show: any password replaced by ``***``."""
+    return redact(url)
+
+
 def _invalid(url: str, why: str) -> InvalidStoreURL:
     return InvalidStoreURL(f"invalid store URL {redact(url)!r} ({why}); use one of: {ACCEPTED}")
 

@@ -96,3 +96,12 @@ def test_scale_runs_on_postgres(postgres_dsn: str) -> None:
     assert [line["bench"] for line in lines] == ["claim", "claim", "in_flight_memory"]
     assert all(line["claimed"] > 0 for line in lines if line["bench"] == "claim")
     assert_correct(lines)
+
+
+def test_scale_ls_runs_on_sqlite(tmp_path: Path) -> None:
+    lines = run(
+        "scale.py", "--store", f"sqlite:///{tmp_path}/scale.db", "--only", "ls",
+        "--ls-rows", "200", "--ls-runs", "1",
+    )  # fmt: skip
+    assert [line["bench"] for line in lines] == ["ls_limit_1", "ls_stuck_limit_1"]
+    assert all(line["wall_s_p50"] > 0 and line["peak_rss_mb"] > 0 for line in lines)

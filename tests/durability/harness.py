@@ -84,6 +84,8 @@ class Workers:
                 "-m",
                 "saga_fsm.cli",
                 "worker",
+                participants.REF,
+                participants.SLOW_REF,
                 "--store",
                 self.url,
                 "--id",

@@ -18,10 +18,13 @@ from attrs import evolve, frozen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from saga_fsm._codec import snapshot_to_json
 from saga_fsm._core import Event, decide, new_snapshot
 from saga_fsm._definition import SagaBuilder, SagaDefinition, StepContext
 from saga_fsm._errors import (
     ConcurrencyConflict,
+    IdempotencyKeyReused,
+    NotQuarantined,
     SagaLeased,
     SagaNotFound,
     SnapshotDecodeError,
@@ -34,7 +37,7 @@ from saga_fsm._snapshot import (
     StepRecord,
     StepStatus,
 )
-from saga_fsm.stores import MemoryStore, PostgresStore, SnapshotStore, SqliteStore
+from saga_fsm.stores import MemoryStore, PostgresStore, QuarantinedSaga, SnapshotStore, SqliteStore
 
 T = TypeVar("T")
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -232,7 +235,7 @@ def test_create_from_the_core(harness: Harness) -> None:
 def test_duplicate_idempotency_key_returns_the_existing_saga(harness: Harness) -> None:
     first, history = started("s-1", key="order-42")
     stored, _ = harness.run(harness.store.create(first, history))
-    again, again_history = started("s-2", key="order-42", data={"other": True})
+    again, again_history = started("s-2", key="order-42")  # the same request again
     existing, created = harness.run(harness.store.create(again, again_history))
     assert not created
     assert existing == stored
@@ -240,6 +243,51 @@ def test_duplicate_idempotency_key_returns_the_existing_saga(harness: Harness) -
         harness.run(harness.store.load("s-2"))
     assert len(harness.run(harness.store.history("s-1"))) == len(history)
     assert harness.run(harness.store.list()) == [stored]
+
+
+@pytest.mark.parametrize("other", ["data", "definition"])
+def test_an_idempotency_key_reused_for_another_request_is_refused(
+    harness: Harness, other: str
+) -> None:
+    stored, _ = harness.run(harness.store.create(started("s-1", key="order-42")[0]))
+    # The saga moving on (its data growing) does not change what the key stood for.
+    harness.run(harness.store.save(*advanced(stored), expected_version=1))
+    if other == "data":
+        clash, _ = started("s-2", key="order-42", data={"other": True})
+    else:
+        clash, _ = started("s-2", key="order-42", definition=REFUND)
+    with pytest.raises(IdempotencyKeyReused) as caught:
+        harness.run(harness.store.create(clash))
+    assert (caught.value.key, caught.value.saga_id) == ("order-42", "s-1")
+    with pytest.raises(IdempotencyKeyReused):
+        harness.run(harness.store.create_many([started("s-3")[0], clash]))
+    assert [s.saga_id for s in harness.run(harness.store.list())] == ["s-1"]
+    same, created = harness.run(harness.store.create(started("s-4", key="order-42")[0]))
+    assert (same.saga_id, created) == ("s-1", False)
+
+
+def test_create_many_writes_all_or_nothing(harness: Harness) -> None:
+    keyed = started("k-1", key="batch:1")[0]
+    harness.run(harness.store.create(keyed))
+    batch = [started("m-1")[0], started("m-2", key="batch:1")[0], started("m-3")[0]]
+    stored = harness.run(harness.store.create_many(batch))
+    # New ones at version 1; a key already taken (the same request) gives its saga.
+    assert [s.saga_id for s in stored] == ["m-1", "k-1", "m-3"]
+    assert stored[0] == batch[0].with_version(1)
+    assert harness.run(harness.store.load("m-3")) == stored[2]
+    assert harness.run(harness.store.history("m-1")) == []
+    assert harness.run(harness.store.create_many([])) == []
+    before = harness.run(harness.store.list())
+    # A taken saga id in the middle of a batch: nothing of it is written.
+    with pytest.raises(ConcurrencyConflict):
+        harness.run(
+            harness.store.create_many([started("n-1")[0], started("m-2")[0], started("m-1")[0]])
+        )
+    # A value JSON cannot hold: refused before anything is written.
+    bad = evolve(started("n-3")[0], data={"x": float("nan")})
+    with pytest.raises(ValueError):
+        harness.run(harness.store.create_many([started("n-2")[0], bad]))
+    assert harness.run(harness.store.list()) == before
 
 
 def test_sagas_without_a_key_never_collide(harness: Harness) -> None:
@@ -440,13 +488,16 @@ def test_a_corrupt_row_raises_snapshot_decode_error(
         encoded["steps"] = [{"name": "reserve", "status": "exploded"}]
         garbage = dumps(encoded)
     harness.write_raw("s-1", garbage)
-    for read in (harness.store.load("s-1"), harness.store.list()):
-        with pytest.raises(SnapshotDecodeError) as caught:
-            harness.run(read)
-        assert caught.value.saga_id == "s-1"
-        assert "s-1" in str(caught.value)
-        assert reason in str(caught.value)
-    # The others are still readable.
+    with pytest.raises(SnapshotDecodeError) as caught:
+        harness.run(harness.store.load("s-1"))
+    # A list returns the error in the row's place, and the others as they are.
+    listed, other = harness.run(harness.store.list())
+    assert isinstance(listed, SnapshotDecodeError)
+    for error in (caught.value, listed):
+        assert error.saga_id == "s-1"
+        assert "s-1" in str(error)
+        assert reason in str(error)
+    assert isinstance(other, Snapshot) and other.saga_id == "s-2"
     assert harness.run(harness.store.load("s-2")).saga_id == "s-2"
 
 
@@ -454,6 +505,7 @@ def test_a_corrupt_row_raises_snapshot_decode_error(
 W1, W2 = "worker-1", "worker-2"
 NOW = datetime(2024, 5, 1, 14, 0, tzinfo=CEST)  # == T0 + 0h, written in another zone
 LEASE = 30.0
+SERVED = [("order", 1), ("refund", 1)]
 
 
 def test_a_negative_limit_is_refused(harness: Harness) -> None:
@@ -461,7 +513,9 @@ def test_a_negative_limit_is_refused(harness: Harness) -> None:
     with pytest.raises(ValueError, match="limit must be >= 0"):
         harness.run(harness.store.list(limit=-1))
     with pytest.raises(ValueError, match="limit must be >= 0"):
-        harness.run(harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=-1))
+        harness.run(
+            harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=-1, definitions=SERVED)
+        )
     assert harness.run(harness.store.load("s-1")).lease_owner is None  # nothing claimed
 
 
@@ -504,7 +558,9 @@ def test_due_at_is_what_the_snapshot_says(harness: Harness) -> None:
 
 def test_claim_due_leases_due_sagas_in_due_order(harness: Harness) -> None:
     world = _due_world(harness)
-    claimed = harness.run(harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=10))
+    claimed = harness.run(
+        harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=10, definitions=SERVED)
+    )
     expected = ["expired", "pending", "in-flight", "backing-off"]
     assert [c.saga_id for c in claimed if isinstance(c, Snapshot)] == expected
     for snapshot in claimed:
@@ -522,17 +578,31 @@ def test_claim_due_leases_due_sagas_in_due_order(harness: Harness) -> None:
         assert snapshot.lease_expires_at is not None
         assert snapshot.lease_expires_at.utcoffset() == timedelta(hours=2)
     # Everything due is leased now; the history is untouched by leases.
-    assert harness.run(harness.store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=10)) == []
+    assert (
+        harness.run(
+            harness.store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=10, definitions=SERVED)
+        )
+        == []
+    )
     assert harness.run(harness.store.history("in-flight")) == []
 
 
 def test_claim_due_takes_over_expired_leases_and_respects_limit(harness: Harness) -> None:
     _due_world(harness)
-    first = harness.run(harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=2))
+    first = harness.run(
+        harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=2, definitions=SERVED)
+    )
     assert [c.saga_id for c in first] == ["expired", "pending"]
-    assert harness.run(harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=0)) == []
+    assert (
+        harness.run(
+            harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=0, definitions=SERVED)
+        )
+        == []
+    )
     later = NOW + timedelta(seconds=LEASE + 1)  # W1's leases ran out; "held" still live
-    taken = harness.run(harness.store.claim_due(W2, now=later, lease_seconds=LEASE, limit=10))
+    taken = harness.run(
+        harness.store.claim_due(W2, now=later, lease_seconds=LEASE, limit=10, definitions=SERVED)
+    )
     assert [c.saga_id for c in taken] == ["expired", "pending", "in-flight", "backing-off"]
     assert all(isinstance(c, Snapshot) and c.lease_owner == W2 for c in taken)
     assert [c.version for c in taken if isinstance(c, Snapshot)] == [3, 3, 2, 2]
@@ -546,7 +616,9 @@ def test_concurrent_claimers_never_share_a_saga(harness: Harness) -> None:
         return list(
             await asyncio.gather(
                 *(
-                    harness.store.claim_due(f"w{n}", now=NOW, lease_seconds=LEASE, limit=6)
+                    harness.store.claim_due(
+                        f"w{n}", now=NOW, lease_seconds=LEASE, limit=6, definitions=SERVED
+                    )
                     for n in range(5)
                 )
             )
@@ -556,7 +628,9 @@ def test_concurrent_claimers_never_share_a_saga(harness: Harness) -> None:
     ids = [str(c.saga_id) for batch in batches for c in batch]
     assert len(ids) == len(set(ids))
     assert all(len(batch) <= 6 for batch in batches)
-    rest = harness.run(harness.store.claim_due("w9", now=NOW, lease_seconds=LEASE, limit=20))
+    rest = harness.run(
+        harness.store.claim_due("w9", now=NOW, lease_seconds=LEASE, limit=20, definitions=SERVED)
+    )
     assert sorted([*ids, *(str(c.saga_id) for c in rest)]) == [f"s-{i:02}" for i in range(20)]
     for batch in batches:
         for snapshot in batch:
@@ -568,15 +642,124 @@ def test_claim_due_leases_an_undecodable_row_and_returns_its_error(harness: Harn
     _create(harness, new_snapshot(ORDER, "good", {}, T0 - timedelta(hours=1)))
     _create(harness, new_snapshot(ORDER, "bad", {}, T0 - timedelta(hours=2)))
     harness.write_raw("bad", '{"schema_version": 99, "saga_id": "bad"}')
-    claimed = harness.run(harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=10))
+    claimed = harness.run(
+        harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=10, definitions=SERVED)
+    )
     assert isinstance(claimed[0], SnapshotDecodeError) and claimed[0].saga_id == "bad"
     assert isinstance(claimed[1], Snapshot) and claimed[1].saga_id == "good"
     # Leased, so not handed out again until the lease runs out.
-    assert harness.run(harness.store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=10)) == []
+    assert (
+        harness.run(
+            harness.store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=10, definitions=SERVED)
+        )
+        == []
+    )
     later = NOW + timedelta(seconds=LEASE + 1)
-    again = harness.run(harness.store.claim_due(W2, now=later, lease_seconds=LEASE, limit=10))
+    again = harness.run(
+        harness.store.claim_due(W2, now=later, lease_seconds=LEASE, limit=10, definitions=SERVED)
+    )
     assert [c.saga_id for c in again] == ["bad", "good"]
     assert isinstance(again[0], SnapshotDecodeError)
+
+
+def test_an_undecodable_row_is_listed_as_its_error_and_hides_nothing(harness: Harness) -> None:
+    for n in range(3):
+        _create(harness, new_snapshot(ORDER, f"s-{n}", {}, T0 + timedelta(minutes=n)))
+    harness.write_raw("s-1", '{"x": 1}')
+    listed = harness.run(harness.store.list())
+    assert [type(item).__name__ for item in listed] == [
+        "Snapshot",
+        "SnapshotDecodeError",
+        "Snapshot",
+    ]
+    assert [item.saga_id for item in listed] == ["s-0", "s-1", "s-2"]
+    bad = listed[1]
+    assert isinstance(bad, SnapshotDecodeError) and "schema_version" in bad.reason
+    # Filters work on the row's columns: the bad row is found (or not) like any other.
+    assert len(harness.run(harness.store.list(state="pending", limit=2))) == 2
+    assert len(harness.run(harness.store.list(unfinished=True))) == 3
+
+
+def test_list_unfinished_leaves_finished_and_failed_sagas_out(harness: Harness) -> None:
+    for n, state in enumerate(["completed", "running:charge", "compensated", "failed", "pending"]):
+        snapshot = evolve(new_snapshot(ORDER, f"s-{n}", {}, T0 + timedelta(minutes=n)), state=state)
+        _create(harness, snapshot)
+    harness.write_raw("s-0", '{"x": 1}')  # a finished row is never even decoded
+    found = harness.run(harness.store.list(unfinished=True))
+    assert [s.saga_id for s in found] == ["s-1", "s-4"]
+    assert all(isinstance(s, Snapshot) for s in found)
+    assert [s.saga_id for s in harness.run(harness.store.list(unfinished=True, limit=1))] == ["s-1"]
+    older = T0 + timedelta(minutes=2)
+    assert harness.run(harness.store.list(unfinished=True, updated_before=older)) == found[:1]
+
+
+def test_quarantine_sets_a_row_aside_until_it_is_fixed(harness: Harness) -> None:
+    _create(harness, new_snapshot(ORDER, "good", {}, T0 - timedelta(hours=1)))
+    bad = _create(harness, new_snapshot(ORDER, "bad", {}, T0 - timedelta(hours=2)))
+    harness.write_raw("bad", '{"x": 1}')
+    (error, _good) = harness.run(
+        harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=10, definitions=SERVED)
+    )
+    assert isinstance(error, SnapshotDecodeError)
+    with pytest.raises(NotQuarantined):
+        harness.run(harness.store.unquarantine("bad"))
+    harness.run(harness.store.quarantine("bad", error.reason, now=NOW))
+    with pytest.raises(SagaNotFound):
+        harness.run(harness.store.quarantine("nope", "why", now=NOW))
+    (listed,) = harness.run(harness.store.list_quarantined())
+    assert listed == QuarantinedSaga("bad", error.reason, NOW)
+    assert harness.run(harness.store.list_quarantined(limit=0)) == []
+    # Its lease was dropped, yet no worker claims it again, however late.
+    later = NOW + timedelta(days=1)
+    claim = harness.store.claim_due(
+        W2, now=later, lease_seconds=LEASE, limit=10, definitions=SERVED
+    )
+    assert [c.saga_id for c in harness.run(claim)] == ["good"]
+    # Still undecodable: refused, and it stays quarantined.
+    with pytest.raises(SnapshotDecodeError):
+        harness.run(harness.store.unquarantine("bad"))
+    assert len(harness.run(harness.store.list_quarantined())) == 1
+    with pytest.raises(SagaNotFound):
+        harness.run(harness.store.unquarantine("nope"))
+    # Fixed by an operator: claimable again.
+    harness.write_raw("bad", snapshot_to_json(bad))
+    assert harness.run(harness.store.unquarantine("bad")) == bad
+    assert harness.run(harness.store.list_quarantined()) == []
+    (again,) = harness.run(
+        harness.store.claim_due(W2, now=later, lease_seconds=LEASE, limit=10, definitions=SERVED)
+    )
+    assert again.saga_id == "bad"
+
+
+def test_release_frees_an_undecodable_row(harness: Harness) -> None:
+    _create(harness, new_snapshot(ORDER, "bad", {}, T0))
+    harness.write_raw("bad", '{"x": 1}')
+    (error,) = harness.run(
+        harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=10, definitions=SERVED)
+    )
+    assert isinstance(error, SnapshotDecodeError)
+    harness.run(harness.store.release("bad", W1))
+    (again,) = harness.run(
+        harness.store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=10, definitions=SERVED)
+    )
+    assert isinstance(again, SnapshotDecodeError)
+
+
+def test_claim_due_takes_only_the_served_definitions(harness: Harness) -> None:
+    _create(harness, new_snapshot(ORDER, "o-1", {}, T0))
+    _create(harness, new_snapshot(REFUND, "r-1", {}, T0))
+    _create(harness, evolve(new_snapshot(ORDER, "o-2", {}, T0), definition_version=2))
+
+    def claim(worker: str, served: list[tuple[str, int]]) -> list[str]:
+        found = harness.store.claim_due(
+            worker, now=NOW, lease_seconds=LEASE, limit=10, definitions=served
+        )
+        return [c.saga_id for c in harness.run(found)]
+
+    assert claim(W1, []) == []
+    assert claim(W1, [("refund", 1)]) == ["r-1"]
+    assert claim(W1, [("order", 2), ("refund", 1)]) == ["o-2"]
+    assert claim(W2, [("order", 1), ("order", 1)]) == ["o-1"]
 
 
 def test_acquire(harness: Harness) -> None:
@@ -617,7 +800,10 @@ def test_renew_leases(harness: Harness) -> None:
     assert harness.run(store.renew_leases(["s-1", "nope", "s-1"], W1, expires_at=later)) == {"s-1"}
     renewed = harness.run(store.load("s-1"))
     assert renewed == evolve(leased, lease_expires_at=later)  # no version bump
-    assert harness.run(store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=5)) == []
+    assert (
+        harness.run(store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=5, definitions=SERVED))
+        == []
+    )
     # The holder still saves at the same version.
     assert harness.run(store.save(renewed, [], expected_version=leased.version))
     with pytest.raises(TypeError, match="collection of saga ids"):
@@ -630,7 +816,9 @@ def test_renew_leases_many_at_once(harness: Harness) -> None:
     count = 1205
     for n in range(count):
         _create(harness, new_snapshot(ORDER, f"s-{n:04}", {}, T0))
-    claimed = harness.run(harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=count))
+    claimed = harness.run(
+        harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=count, definitions=SERVED)
+    )
     assert len(claimed) == count
     harness.run(harness.store.acquire("s-0007", W2, now=NOW + timedelta(hours=1), lease_seconds=1))
     later = NOW + timedelta(minutes=5)
@@ -651,7 +839,9 @@ def test_release(harness: Harness) -> None:
     released = harness.run(harness.store.load("s-1"))
     assert released == evolve(leased, lease_owner=None, lease_expires_at=None)
     # Free at once: claimable and acquirable by another worker.
-    claimed = harness.run(harness.store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=5))
+    claimed = harness.run(
+        harness.store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=5, definitions=SERVED)
+    )
     assert [c.saga_id for c in claimed] == ["s-1"]
 
 
@@ -659,10 +849,17 @@ def test_a_save_can_set_and_clear_the_lease(harness: Harness) -> None:
     stored = _create(harness, new_snapshot(ORDER, "s-1", {}, T0 - timedelta(hours=1)))
     held = evolve(stored, lease_owner=W1, lease_expires_at=T0 + timedelta(minutes=1))
     harness.run(harness.store.save(held, [], expected_version=1))
-    assert harness.run(harness.store.claim_due(W2, now=T0, lease_seconds=LEASE, limit=5)) == []
+    assert (
+        harness.run(
+            harness.store.claim_due(W2, now=T0, lease_seconds=LEASE, limit=5, definitions=SERVED)
+        )
+        == []
+    )
     free = evolve(held, lease_owner=None, lease_expires_at=None)
     harness.run(harness.store.save(free, [], expected_version=2))
-    claimed = harness.run(harness.store.claim_due(W2, now=T0, lease_seconds=LEASE, limit=5))
+    claimed = harness.run(
+        harness.store.claim_due(W2, now=T0, lease_seconds=LEASE, limit=5, definitions=SERVED)
+    )
     assert [c.saga_id for c in claimed] == ["s-1"]
 
 

@@ -110,6 +110,47 @@ def test_indexes(tmp_path: Path) -> None:
     assert names == [
         "saga_fsm_sagas_created_idx",
         "saga_fsm_sagas_due_idx",
+        "saga_fsm_sagas_quarantined_idx",
         "saga_fsm_sagas_state_idx",
     ]
     conn.close()
+
+
+def test_migration_3_upgrades_a_file_of_the_previous_release(tmp_path: Path) -> None:
+    """Sagas created before fingerprints were kept still answer their key (matched on
+    the key alone); new ones are fingerprinted; nothing is quarantined."""
+    from attrs import evolve
+
+    from saga_fsm._errors import IdempotencyKeyReused
+    from saga_fsm.stores.sqlite import _columns, _statements
+
+    path = tmp_path / "sagas.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "CREATE TABLE saga_fsm_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+        " applied_at TEXT NOT NULL)"
+    )
+    for migration in load("sqlite")[:2]:
+        for statement in _statements(migration.sql):
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO saga_fsm_migrations VALUES (?, ?, 'then')",
+            (migration.version, migration.name),
+        )
+    # A saga the previous release created under a key (no fingerprint column then).
+    row = _columns(evolve(snapshot("legacy"), idempotency_key="k-old", version=1))
+    conn.execute(
+        f"INSERT INTO saga_fsm_sagas ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+        tuple(row.values()),
+    )
+    conn.close()
+    old = SqliteStore(path)  # migrates to 3 on open
+    same, created = asyncio.run(
+        old.create(evolve(snapshot("s-2"), idempotency_key="k-old", data={"other": 1}))
+    )
+    assert (same.saga_id, created) == ("legacy", False)
+    asyncio.run(old.create(evolve(snapshot("s-3"), idempotency_key="k-new")))
+    with pytest.raises(IdempotencyKeyReused):
+        asyncio.run(old.create(evolve(snapshot("s-4"), idempotency_key="k-new", data={})))
+    assert asyncio.run(old.list_quarantined()) == []
+    asyncio.run(old.close())
