@@ -13,6 +13,7 @@ import click
 
 from saga_fsm._errors import InvalidStoreURL, SagaLeased, StoreError, TransitionNotAllowed
 from saga_fsm._loading import load_definition
+from saga_fsm._operator import Operated, OperatorCommand, operate
 from saga_fsm._orchestrator import DEFAULT_LEASE_SECONDS, Orchestrator
 from saga_fsm._snapshot import Snapshot
 from saga_fsm._worker import Worker
@@ -161,38 +162,30 @@ def worker(
     run_async(serve)
 
 
-def _operate(saga_id: str, store_url: str | None, action: str, as_json: bool) -> None:
-    """Apply an operator command through the Machine, then drive the saga here unless a
-    live worker holds it. Refusals exit 1 and change nothing."""
+def _operate(saga_id: str, store_url: str | None, action: OperatorCommand, as_json: bool) -> None:
+    """Apply an operator command (see ``saga_fsm._operator.operate``). Refusals exit 1
+    and change nothing."""
 
-    async def go() -> Snapshot:
+    async def go() -> Operated:
         async with open_store(resolve_store_url(store_url)) as store:
-            orchestrator = Orchestrator(store)
-            if action == "cancel":
-                await orchestrator.cancel(saga_id)
-            elif action == "retry":
-                await orchestrator.retry(saga_id)
-            try:
-                return await orchestrator.resume(saga_id)
-            except SagaLeased as leased:
-                if action == "resume":
-                    raise
-                console.print(f"[dim]{leased}: it carries on there[/]")
-                return await store.load(saga_id)
+            return await operate(store, saga_id, action)
 
     try:
-        final = run_async(go)
+        operated = run_async(go)
     except (TransitionNotAllowed, SagaLeased) as refused:
         click.echo(f"saga-fsm: refused: {refused}", err=True)
         exit_with(EXIT_REFUSED)
         return
+    if operated.carried_on_by is not None:
+        console.print(f"[dim]{operated.carried_on_by}: it carries on there[/]")
+    final = operated.snapshot
     if as_json:
         echo_json({"id": final.saga_id, "state": final.state, "version": final.version})
     else:
         console.print(f"saga {final.saga_id}: {state_text(final.state)}")
 
 
-def _operator_command(name: str, help_text: str) -> None:
+def _operator_command(name: OperatorCommand, help_text: str) -> None:
     @main.command(name, help=help_text)
     @click.argument("saga_id")
     @store_option
