@@ -92,6 +92,6 @@ def exit_with(code: int) -> None:
 __all__ = ["main", "open_store"]
 
 # Register the commands (each module adds its own to ``main``).
-from saga_fsm.cli import _check, _demo, _diagram, _inspect, _operate, _run  # noqa: E402
+from saga_fsm.cli import _check, _demo, _diagram, _inspect, _operate, _run, _ui  # noqa: E402
 
-del _check, _demo, _diagram, _inspect, _operate, _run
+del _check, _demo, _diagram, _inspect, _operate, _run, _ui
