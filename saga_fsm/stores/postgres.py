@@ -618,14 +618,17 @@ class PostgresStore:
 
 
 # One template per SagaFilter field (see sql_conditions). A status is matched on the
-# expression migration 4 indexes, so the planner can walk (status, created_at) in order.
+# expression migration 4 indexes, so the planner can walk (status, created_at) in order;
+# an id prefix is a range of migration 4's byte-ordered index on saga_id.
 _STATUS = "split_part(state, ':', 1)"
 _LIVE = ", ".join(f"'{status}'" for status in LIVE_STATUSES)
 _QUERY_SQL = {
     "state": "state = %(state)s",
     "status": f"{_STATUS} = %(status)s",
     "definition": "definition = %(definition)s",
-    "id_prefix": "starts_with(saga_id, %(id_prefix)s)",
+    # A range on saga_fsm_sagas_id_pattern_idx (U+10FFFF sorts after any character).
+    "id_prefix": "saga_id ~>=~ %(id_prefix)s AND saga_id ~<~ (%(id_prefix)s || chr(1114111))"
+    " AND starts_with(saga_id, %(id_prefix)s)",
     "created_from": "created_at >= %(created_from)s",
     "created_before": "created_at < %(created_before)s",
     "updated_from": "updated_at >= %(updated_from)s",

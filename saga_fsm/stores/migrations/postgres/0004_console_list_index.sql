@@ -9,3 +9,8 @@
 -- further filter on that range.
 CREATE INDEX saga_fsm_sagas_status_created_idx
     ON saga_fsm_sagas (split_part(state, ':', 1), created_at, saga_id COLLATE "C");
+
+-- "Id starts with": ids compared byte by byte (text_pattern_ops), whatever the
+-- database's collation, so a prefix is an index range. Ids never change: only the
+-- insert of a new saga pays for it.
+CREATE INDEX saga_fsm_sagas_id_pattern_idx ON saga_fsm_sagas (saga_id text_pattern_ops);
