@@ -186,7 +186,7 @@ def bench_dsn(store: str | None) -> str:
     with psycopg.connect(DEFAULT_APP_DSN, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     params = conninfo_to_dict(DEFAULT_APP_DSN)
-    return make_conninfo(**params, options=f"-csearch_path={SCHEMA}")  # type: ignore[arg-type]
+    return make_conninfo(**params, options=f"-csearch_path={SCHEMA}")
 
 
 def main() -> None:

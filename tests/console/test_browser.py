@@ -22,7 +22,7 @@ import pytest
 from tests.cli.test_cli import saga_fsm
 
 ROOT = Path(__file__).resolve().parents[2]
-REF = "saga_fsm.examples.order_fulfillment:definition"
+REF = "saga_fsm.examples.order_fulfillment"  # as the README starts it
 EVIL = "<script>document.title='owned'</script>"
 # Set it to a path to keep the saga page's screenshot (the README's picture is one).
 SCREENSHOT_ENV = "SAGA_FSM_CONSOLE_SCREENSHOT"
