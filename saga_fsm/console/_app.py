@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
@@ -156,6 +157,7 @@ class Console:
             request,
             template,
             done=done if done in OPERATOR_COMMANDS else None,
+            elsewhere=request.query_params.get("elsewhere") == "1",
             refresh=REFRESH_SECONDS,
             **live,
         )
@@ -372,6 +374,4 @@ def _terminal(state: str) -> bool:
 
 
 def _quote(saga_id: str) -> str:
-    from urllib.parse import quote
-
     return quote(saga_id, safe="")
