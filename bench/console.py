@@ -180,11 +180,12 @@ async def measure(dsn: str, size: int, requests: int) -> None:
 
 
 def bench_dsn(store: str | None) -> str:
-    """The given store, else a schema of its own on the default server."""
+    """The given store, else a new schema of its own on the default server."""
     if store is not None:
         return store
     with psycopg.connect(DEFAULT_APP_DSN, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        conn.execute(f"CREATE SCHEMA {SCHEMA}")
     params = conninfo_to_dict(DEFAULT_APP_DSN)
     return make_conninfo(**params, options=f"-csearch_path={SCHEMA}")
 

@@ -626,9 +626,10 @@ _QUERY_SQL = {
     "state": "state = %(state)s",
     "status": f"{_STATUS} = %(status)s",
     "definition": "definition = %(definition)s",
-    # A range on saga_fsm_sagas_id_pattern_idx (U+10FFFF sorts after any character).
-    "id_prefix": "saga_id ~>=~ %(id_prefix)s AND saga_id ~<~ (%(id_prefix)s || chr(1114111))"
-    " AND starts_with(saga_id, %(id_prefix)s)",
+    # A range of saga_fsm_sagas_id_pattern_idx: the ids from the prefix up to the prefix
+    # followed by U+10FFFF, the last character, are those that start with it. (Written
+    # with starts_with() the planner reads it off the created_at index instead, whole.)
+    "id_prefix": "saga_id ~>=~ %(id_prefix)s AND saga_id ~<~ (%(id_prefix)s || chr(1114111))",
     "created_from": "created_at >= %(created_from)s",
     "created_before": "created_at < %(created_before)s",
     "updated_from": "updated_at >= %(updated_from)s",
