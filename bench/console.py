@@ -20,6 +20,7 @@ saga_fsm_sagas_status_created_idx (migration 4).
 
     python bench/console.py                       # 10k and 1M, ~2-4 min
     python bench/console.py --sizes 2000 --requests 20 --store postgresql://...
+    python bench/console.py --sizes 1000000 --reuse   # measure again, no refill
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -47,7 +47,9 @@ from saga_fsm._snapshot import replace
 from saga_fsm.console import create_app
 from saga_fsm.examples import order_fulfillment
 from saga_fsm.examples._fakes import services
-from saga_fsm.stores import PageKey
+from saga_fsm.stores import PageKey, SagaFilter
+from saga_fsm.stores._queries import sql_conditions
+from saga_fsm.stores.postgres import _QUERY_SQL
 
 SCHEMA = "saga_fsm_bench_console"
 COLUMNS = (
@@ -116,12 +118,14 @@ def fill(dsn: str, size: int, shapes: list[Snapshot]) -> float:
     return time.perf_counter() - started
 
 
-def explain(dsn: str, where: str, params: dict[str, Any]) -> str:
+def explain(dsn: str, where: SagaFilter) -> str:
+    """The plan of the page query the store sends for ``where`` (its own SQL)."""
+    conditions, params = sql_conditions(where, None, _QUERY_SQL, lambda value: value)
     query = (
         "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON)"
         " SELECT saga_id, definition, state, created_at, updated_at, snapshot::text"
-        f' FROM saga_fsm_sagas WHERE {where} ORDER BY created_at DESC, saga_id COLLATE "C" DESC'
-        " LIMIT 51"
+        f" FROM saga_fsm_sagas WHERE {conditions}"
+        ' ORDER BY created_at DESC, saga_id COLLATE "C" DESC LIMIT 51'
     )
     with psycopg.connect(dsn, autocommit=True) as conn:
         return "\n".join(row[0] for row in conn.execute(query, params).fetchall())
@@ -165,27 +169,24 @@ async def measure(dsn: str, size: int, requests: int) -> None:
                 )
     finally:
         await store.close()
-    for name, where, params in (
-        ("unfiltered", "true", {}),
-        (
-            "id_prefix",
-            "saga_id ~>=~ %(p)s AND saga_id ~<~ (%(p)s || chr(1114111))"
-            " AND starts_with(saga_id, %(p)s)",
-            {"p": prefix},
-        ),
-        ("failed", "split_part(state, ':', 1) = %(s)s", {"s": "failed"}),
-        ("compensated", "split_part(state, ':', 1) = %(s)s", {"s": "compensated"}),
+    for name, where in (
+        ("unfiltered", SagaFilter()),
+        ("id_prefix", SagaFilter(id_prefix=prefix)),
+        ("failed", SagaFilter(state="failed")),
+        ("compensated", SagaFilter(state="compensated")),
     ):
-        note(f"-- EXPLAIN {name} at {size} sagas\n{explain(dsn, where, params)}")
+        note(f"-- EXPLAIN {name} at {size} sagas\n{explain(dsn, where)}")
 
 
-def bench_dsn(store: str | None) -> str:
-    """The given store, else a new schema of its own on the default server."""
+def bench_dsn(store: str | None, *, fresh: bool) -> str:
+    """The given store, else a (new, unless ``fresh`` is false) schema of its own on the
+    default server."""
     if store is not None:
         return store
     with psycopg.connect(DEFAULT_APP_DSN, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        conn.execute(f"CREATE SCHEMA {SCHEMA}")
+        if fresh:
+            conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     params = conninfo_to_dict(DEFAULT_APP_DSN)
     return make_conninfo(**params, options=f"-csearch_path={SCHEMA}")
 
@@ -196,8 +197,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,1000000")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--shapes", type=int, default=200, help="real sagas to copy from")
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure the schema as the last run left it"
+    )
     args = parser.parse_args()
-    dsn = bench_dsn(args.store)
+    dsn = bench_dsn(args.store, fresh=not args.reuse)
 
     async def prepare() -> list[Snapshot]:
         migrated = await PostgresStore.open(dsn, max_size=1)  # creates the schema's tables
@@ -206,8 +210,9 @@ def main() -> None:
 
     shapes = asyncio.run(prepare())
     for size in (int(s) for s in args.sizes.split(",")):
-        seconds = fill(dsn, size, shapes)
-        note(f"filled {size} sagas in {seconds:.1f}s")
+        if not args.reuse:
+            seconds = fill(dsn, size, shapes)
+            note(f"filled {size} sagas in {seconds:.1f}s")
         asyncio.run(measure(dsn, size, args.requests))
 
 

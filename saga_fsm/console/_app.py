@@ -7,6 +7,7 @@ exactly as the CLI runs them. No page shows the store's URL.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -45,7 +46,7 @@ from saga_fsm.stores import PageKey, SagaFilter, SagaQueries, SnapshotStore, Sta
 
 PAGE_SIZE = 50
 REFRESH_SECONDS = 2
-STUCK_AFTER = "5m"
+STUCK_AFTER = timedelta(minutes=5)
 _HERE = Path(__file__).parent
 _CONFIRM = {
     "cancel": "Compensate this saga: undo the steps it completed, newest first.",
@@ -100,11 +101,13 @@ class Console:
     # -- pages -------------------------------------------------------------------------------
     async def overview(self, request: Request) -> Response:
         now = datetime.now(UTC)
-        counts = await self.queries.counts()
-        started = await self.queries.counts(SagaFilter(created_from=now - timedelta(hours=1)))
-        moved = await self.queries.counts(SagaFilter(updated_from=now - timedelta(hours=1)))
-        stuck = await self.queries.counts(
-            SagaFilter(stuck_before=now - timedelta(minutes=int(STUCK_AFTER[:-1])))
+        hour_ago = now - timedelta(hours=1)
+        # Concurrent: on PostgreSQL each is a statement of its own on its own connection.
+        counts, started, moved, stuck = await asyncio.gather(
+            self.queries.counts(),
+            self.queries.counts(SagaFilter(created_from=hour_ago)),
+            self.queries.counts(SagaFilter(updated_from=hour_ago)),
+            self.queries.counts(SagaFilter(stuck_before=now - STUCK_AFTER)),
         )
         by_status: Counter[str] = Counter()
         by_definition: dict[str, Counter[str]] = {}
@@ -123,8 +126,8 @@ class Console:
             started=_total(started),
             finished=sum(c.count for c in moved if _terminal(c.state)),
             stuck=_total(stuck),
-            stuck_after=STUCK_AFTER,
-            hour_ago=(now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"),
+            stuck_after=f"{STUCK_AFTER.seconds // 60}m",
+            hour_ago=hour_ago.strftime("%Y-%m-%dT%H:%M"),
             link=link,
         )
 
