@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -28,7 +29,13 @@ from starlette.staticfiles import StaticFiles
 
 from saga_fsm._codec import history_to_dict
 from saga_fsm._definition import SagaDefinition
-from saga_fsm._errors import SagaError, SagaLeased, SagaNotFound, SnapshotDecodeError
+from saga_fsm._errors import (
+    SagaError,
+    SagaLeased,
+    SagaNotFound,
+    SnapshotDecodeError,
+    StoreError,
+)
 from saga_fsm._flow import compile_saga
 from saga_fsm._operator import OPERATOR_COMMANDS, OperatorCommand, operate
 from saga_fsm._orchestrator import Orchestrator
@@ -44,6 +51,7 @@ from saga_fsm.console._security import (
 from saga_fsm.diagrams import DiagramError, definition_diagram, instance_diagram
 from saga_fsm.stores import PageKey, SagaFilter, SagaQueries, SnapshotStore, StateCount, open_store
 
+log = logging.getLogger("saga_fsm.console")
 PAGE_SIZE = 50
 REFRESH_SECONDS = 2
 STUCK_AFTER = timedelta(minutes=5)
@@ -235,6 +243,8 @@ class Console:
             operated = await operate(self.store, saga_id, command, definitions=self.definitions)
         except SagaNotFound:
             return self.problem(request, 404, f"no saga with id {saga_id!r}")
+        except StoreError:
+            raise  # not a refusal: the store_failed page
         except (SagaError, ValueError) as refused:
             # TransitionNotAllowed, SagaLeased, a definition that cannot be loaded...
             live = await self._live(saga_id)
@@ -346,8 +356,19 @@ def create_app(
         Route("/login", login, methods=["GET", "POST"]),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
+
+    async def store_failed(request: Request, exc: Exception) -> Response:
+        # The message names the server (user@host:port/db): it goes to the log, not the page.
+        log.error("saga-fsm ui: %s %s: %s", request.method, request.url.path, exc)
+        return console().problem(
+            request, 503, "the store did not answer; the console's log says why. Try again."
+        )
+
     return Starlette(
-        routes=routes, middleware=[Middleware(GuardMiddleware, guard=guard)], lifespan=lifespan
+        routes=routes,
+        middleware=[Middleware(GuardMiddleware, guard=guard)],
+        exception_handlers={StoreError: store_failed},
+        lifespan=lifespan,
     )
 
 

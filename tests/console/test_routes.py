@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from saga_fsm import MemoryStore, Orchestrator
+from saga_fsm import MemoryStore, Orchestrator, StoreError
 from saga_fsm.console import create_app, is_loopback
 from saga_fsm.console._security import AUTH_COOKIE, HEADERS, safe_next
 from saga_fsm.stores import SnapshotStore, open_store
@@ -288,3 +288,18 @@ def test_no_page_shows_the_store_url_or_its_password(postgres_dsn: str) -> None:
     for page in pages:
         for secret in ("hunter2", "postgresql:", "search_path", str(params.get("dbname"))):
             assert secret not in page.text
+
+
+class DownStore(MemoryStore):
+    async def counts(self, where: Any = None) -> Any:
+        raise StoreError("PostgreSQL ops@db.internal:5432/prod: counts failed: connection refused")
+
+
+def test_a_store_that_does_not_answer_is_a_503_naming_no_server(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    web = TestClient(create_app(store=DownStore()), raise_server_exceptions=False)
+    page = web.get("/")
+    assert page.status_code == 503 and "the store did not answer" in page.text
+    assert "db.internal" not in page.text
+    assert "db.internal" in caplog.text  # the console's log says why
