@@ -107,9 +107,12 @@ def test_an_operator_filters_opens_and_cancels_in_chromium(
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support import expected_conditions as expected
+    from selenium.webdriver.support.ui import WebDriverWait
 
     assert isinstance(browser, WebDriver)
     driver = browser
+    wait = WebDriverWait(driver, 15)  # page loads, on a busy machine
     base, (to_cancel, to_forge) = console
 
     # The overview, then the list filtered to compensated sagas through its form.
@@ -120,7 +123,7 @@ def test_an_operator_filters_opens_and_cancels_in_chromium(
     field = driver.find_element(By.NAME, "state")
     field.send_keys("compensated")
     driver.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
-    assert "state=compensated" in driver.current_url
+    wait.until(expected.url_contains("state=compensated"))
     states = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#sagas td .state")]
     assert states and set(states) == {"compensated"}
 
@@ -145,7 +148,7 @@ def test_an_operator_filters_opens_and_cancels_in_chromium(
     assert driver.title.startswith("Saga ") and EVIL in driver.find_element(By.ID, "data").text
     assert driver.find_element(By.ID, "state").text == "pending"
     driver.find_element(By.ID, "action-cancel").click()
-    assert "Cancel saga" in driver.find_element(By.TAG_NAME, "h1").text
+    wait.until(expected.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Cancel saga"))
     driver.find_element(By.ID, "confirm").click()
     assert driver.find_element(By.ID, "done").text == "cancel: done."
     assert driver.find_element(By.ID, "state").text == "compensated"
