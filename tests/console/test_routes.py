@@ -286,7 +286,8 @@ def test_no_page_shows_the_store_url_or_its_password(postgres_dsn: str) -> None:
     assert [p.status_code for p in pages] == [200] * 4
     assert saga_id in pages[1].text
     for page in pages:
-        for secret in ("hunter2", "postgresql:", "search_path", str(params.get("dbname"))):
+        where = f"{params.get('host')}:{params.get('port', 5432)}/{params.get('dbname')}"
+        for secret in ("hunter2", "postgresql:", "search_path", where, f"@{params.get('host')}"):
             assert secret not in page.text
 
 
