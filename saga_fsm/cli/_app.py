@@ -92,6 +92,15 @@ def exit_with(code: int) -> None:
 __all__ = ["main", "open_store"]
 
 # Register the commands (each module adds its own to ``main``).
-from saga_fsm.cli import _check, _demo, _diagram, _inspect, _operate, _quarantine, _run  # noqa: E402
+from saga_fsm.cli import (  # noqa: E402
+    _check,
+    _demo,
+    _diagram,
+    _inspect,
+    _operate,
+    _quarantine,
+    _run,
+    _ui,
+)
 
-del _check, _demo, _diagram, _inspect, _operate, _quarantine, _run
+del _check, _demo, _diagram, _inspect, _operate, _quarantine, _run, _ui

@@ -11,17 +11,16 @@ from typing import Any
 import click
 
 from saga_fsm._codec import data_problem
-from saga_fsm._definition import SagaDefinition
 from saga_fsm._errors import (
     InvalidStoreURL,
     SagaLeased,
     StoreError,
     TransitionNotAllowed,
-    UnknownDefinition,
 )
 from saga_fsm._loading import load_definition
 from saga_fsm._logging import configure as configure_logging
 from saga_fsm._logging import get_logger
+from saga_fsm._operator import Operated, OperatorCommand, operate
 from saga_fsm._orchestrator import DEFAULT_LEASE_SECONDS, Orchestrator
 from saga_fsm._snapshot import Snapshot
 from saga_fsm._worker import Worker
@@ -193,55 +192,30 @@ def worker(
     run_async(serve)
 
 
-def recorded_definition(snapshot: Snapshot) -> SagaDefinition:
-    """The definition an operator command drives a saga with: loaded from the REF that
-    ``start``/``run`` recorded on it (an operator chose to act on this saga; workers
-    never load what a row names), checked to still be the same name and version."""
-    key = (snapshot.definition, snapshot.definition_version)
-    if snapshot.definition_ref is None:
-        raise UnknownDefinition(*key, f"saga {snapshot.saga_id} records no definition REF")
-    definition = load_definition(snapshot.definition_ref)
-    if (definition.name, definition.version) != key:
-        raise UnknownDefinition(
-            *key,
-            f"{snapshot.definition_ref} now holds {definition.name!r} version {definition.version}",
-        )
-    return definition
+def _operate(saga_id: str, store_url: str | None, action: OperatorCommand, as_json: bool) -> None:
+    """Apply an operator command (see ``saga_fsm._operator.operate``). Refusals exit 1
+    and change nothing."""
 
-
-def _operate(saga_id: str, store_url: str | None, action: str, as_json: bool) -> None:
-    """Apply an operator command through the Machine, then drive the saga here unless a
-    live worker holds it. Refusals exit 1 and change nothing."""
-
-    async def go() -> Snapshot:
+    async def go() -> Operated:
         async with open_store(resolve_store_url(store_url)) as store:
-            recorded = recorded_definition(await store.load(saga_id))
-            orchestrator = Orchestrator(store, [recorded])
-            if action == "cancel":
-                await orchestrator.cancel(saga_id)
-            elif action == "retry":
-                await orchestrator.retry(saga_id)
-            try:
-                return await orchestrator.resume(saga_id)
-            except SagaLeased as leased:
-                if action == "resume":
-                    raise
-                console.print(f"[dim]{leased}: it carries on there[/]")
-                return await store.load(saga_id)
+            return await operate(store, saga_id, action)
 
     try:
-        final = run_async(go)
+        operated = run_async(go)
     except (TransitionNotAllowed, SagaLeased) as refused:
         click.echo(f"saga-fsm: refused: {refused}", err=True)
         exit_with(EXIT_REFUSED)
         return
+    if operated.carried_on_by is not None:
+        console.print(f"[dim]{operated.carried_on_by}: it carries on there[/]")
+    final = operated.snapshot
     if as_json:
         echo_json({"id": final.saga_id, "state": final.state, "version": final.version})
     else:
         console.print(f"saga {final.saga_id}: {state_text(final.state)}")
 
 
-def _operator_command(name: str, help_text: str) -> None:
+def _operator_command(name: OperatorCommand, help_text: str) -> None:
     @main.command(name, help=help_text)
     @click.argument("saga_id")
     @store_option

@@ -1,8 +1,17 @@
-"""Snapshot stores: one Protocol, three implementations, opened by URL."""
+"""Snapshot stores: one Protocol, three implementations, opened by URL; ``SagaQueries``
+is the read side a console pages through."""
 
 from typing import TYPE_CHECKING, Any
 
 from saga_fsm.stores._protocol import QuarantinedSaga, SnapshotStore
+from saga_fsm.stores._queries import (
+    PageKey,
+    SagaFilter,
+    SagaPage,
+    SagaQueries,
+    SagaRow,
+    StateCount,
+)
 from saga_fsm.stores.memory import MemoryStore
 from saga_fsm.stores.sqlite import SqliteStore
 from saga_fsm.stores.url import DEFAULT_STORE_URL, open_store
@@ -23,9 +32,15 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DEFAULT_STORE_URL",
     "MemoryStore",
+    "PageKey",
     "PostgresStore",
     "QuarantinedSaga",
+    "SagaFilter",
+    "SagaPage",
+    "SagaQueries",
+    "SagaRow",
     "SnapshotStore",
     "SqliteStore",
+    "StateCount",
     "open_store",
 ]

@@ -4,6 +4,7 @@ like the durable stores (copies, not shared objects), minus the durability."""
 from __future__ import annotations
 
 import builtins  # the stores' own ``list`` method shadows it in class bodies
+from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
@@ -34,6 +35,17 @@ from saga_fsm.stores._protocol import (
     state_matches,
 )
 from saga_fsm.stores._protocol import ids as _ids
+from saga_fsm.stores._queries import (
+    EVERYTHING,
+    PageKey,
+    SagaFilter,
+    SagaPage,
+    StateCount,
+    aware,
+    check_page_limit,
+    decoded_row,
+    paged,
+)
 
 
 @define
@@ -284,3 +296,42 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+    # -- SagaQueries: what an operator's console reads ----------------------------------------
+
+    async def page(
+        self, where: SagaFilter, *, after: PageKey | None = None, limit: int = 50
+    ) -> SagaPage:
+        check_page_limit(limit)
+        found = sorted(
+            (
+                PageKey(aware(row.created_at), saga_id)
+                for saga_id, row in self._rows.items()
+                if where.matches(saga_id, row.state, row.definition, row.created_at, row.updated_at)
+                and (after is None or PageKey(aware(row.created_at), saga_id) < after)
+            ),
+            reverse=True,
+        )[: limit + 1]
+        rows = [self._rows[key.saga_id] for key in found]
+        return paged(
+            [
+                decoded_row(
+                    key.saga_id,
+                    row.definition,
+                    row.state,
+                    row.created_at,
+                    row.updated_at,
+                    row.encoded,
+                )
+                for key, row in zip(found, rows, strict=True)
+            ],
+            limit,
+        )
+
+    async def counts(self, where: SagaFilter = EVERYTHING) -> builtins.list[StateCount]:
+        counted = Counter(
+            (row.definition, row.state)
+            for saga_id, row in self._rows.items()
+            if where.matches(saga_id, row.state, row.definition, row.created_at, row.updated_at)
+        )
+        return sorted(StateCount(d, s, n) for (d, s), n in counted.items())

@@ -22,7 +22,7 @@ Driver errors never leave this module raw: they become ``StoreError`` (or
 
 from __future__ import annotations
 
-import builtins
+import builtins  # the store's own ``list`` method shadows it in the class body
 import json
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -60,6 +60,18 @@ from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
 from saga_fsm.stores._group import GroupCommit
 from saga_fsm.stores._protocol import UNFINISHED_STATUSES, QuarantinedSaga, check_limit, ids, served
+from saga_fsm.stores._queries import (
+    EVERYTHING,
+    LIVE_STATUSES,
+    PageKey,
+    SagaFilter,
+    SagaPage,
+    StateCount,
+    check_page_limit,
+    decoded_row,
+    paged,
+    sql_conditions,
+)
 
 _MIGRATIONS = migrations.load("postgres")
 _CONNECT_TIMEOUT = 10  # seconds, unless the conninfo says otherwise
@@ -717,3 +729,58 @@ class PostgresStore:
         """Close the pool if ``open()`` made it; a caller's pool is the caller's."""
         if self._owns_pool:
             await self._pool.close()
+
+    # -- SagaQueries: what an operator's console reads ----------------------------------------
+    # Planned with the actual values (never prepared): a rare state walks its own index
+    # range, a common one the created_at order; see migration 5.
+
+    async def page(
+        self, where: SagaFilter, *, after: PageKey | None = None, limit: int = 50
+    ) -> SagaPage:
+        check_page_limit(limit)
+        conditions, params = sql_conditions(where, after, _QUERY_SQL, _aware)
+        query = (
+            "SELECT saga_id, definition, state, created_at, updated_at, snapshot::text"
+            f" FROM saga_fsm_sagas WHERE {conditions}"
+            ' ORDER BY created_at DESC, saga_id COLLATE "C" DESC LIMIT %(limit)s'
+        )
+        async with self._errors("page"):
+            rows = await self._query(query, params | {"limit": limit + 1}, prepare=False)
+        return paged(
+            [
+                decoded_row(saga_id, definition, state, created, updated, text)
+                for saga_id, definition, state, created, updated, text in rows
+            ],
+            limit,
+        )
+
+    async def counts(self, where: SagaFilter = EVERYTHING) -> builtins.list[StateCount]:
+        conditions, params = sql_conditions(where, None, _QUERY_SQL, _aware)
+        query = (
+            "SELECT definition, state, count(*) FROM saga_fsm_sagas"
+            f" WHERE {conditions} GROUP BY definition, state"
+        )
+        async with self._errors("counts"):
+            rows = await self._query(query, params, prepare=False)
+        return sorted(StateCount(d, s, int(n)) for d, s, n in rows)
+
+
+# One template per SagaFilter field (see sql_conditions). A status is matched on the
+# expression migration 5 indexes, so the planner can walk (status, created_at) in order;
+# an id prefix is a range of migration 5's byte-ordered index on saga_id.
+_STATUS = "split_part(state, ':', 1)"
+_LIVE = ", ".join(f"'{status}'" for status in LIVE_STATUSES)
+_QUERY_SQL = {
+    "state": "state = %(state)s",
+    "status": f"{_STATUS} = %(status)s",
+    "definition": "definition = %(definition)s",
+    # A range of saga_fsm_sagas_id_pattern_idx: the ids from the prefix up to the prefix
+    # followed by U+10FFFF, the last character, are those that start with it. (Written
+    # with starts_with() the planner reads it off the created_at index instead, whole.)
+    "id_prefix": "saga_id ~>=~ %(id_prefix)s AND saga_id ~<~ (%(id_prefix)s || chr(1114111))",
+    "created_from": "created_at >= %(created_from)s",
+    "created_before": "created_at < %(created_before)s",
+    "updated_from": "updated_at >= %(updated_from)s",
+    "stuck_before": f"updated_at < %(stuck_before)s AND {_STATUS} IN ({_LIVE})",
+    "after": '(created_at, saga_id COLLATE "C") < (%(after_created)s, %(after_id)s)',
+}

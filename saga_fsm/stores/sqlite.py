@@ -12,7 +12,7 @@ is a few short statements on a local file, cheaper than a hop to a thread.
 
 from __future__ import annotations
 
-import builtins
+import builtins  # the store's own ``list`` method shadows it in the class body
 import json
 import sqlite3
 import threading
@@ -44,6 +44,18 @@ from saga_fsm._errors import (
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
 from saga_fsm.stores._protocol import UNFINISHED_STATUSES, QuarantinedSaga, check_limit, ids, served
+from saga_fsm.stores._queries import (
+    EVERYTHING,
+    LIVE_STATUSES,
+    PageKey,
+    SagaFilter,
+    SagaPage,
+    StateCount,
+    check_page_limit,
+    decoded_row,
+    paged,
+    sql_conditions,
+)
 
 _MIGRATIONS = migrations.load("sqlite")
 Claimed: TypeAlias = list[Snapshot | SnapshotDecodeError]  # (a method named list shadows it)
@@ -501,6 +513,38 @@ class SqliteStore:
         with self._lock:
             self._conn.close()
 
+    # -- SagaQueries: what an operator's console reads ----------------------------------------
+    # Times are fixed-width UTC text, so text comparisons are time comparisons; newest
+    # first walks saga_fsm_sagas_created_idx backwards.
+
+    async def page(
+        self, where: SagaFilter, *, after: PageKey | None = None, limit: int = 50
+    ) -> SagaPage:
+        check_page_limit(limit)
+        conditions, params = sql_conditions(where, after, _QUERY_SQL, utc_text)
+        rows = self._read(
+            "SELECT saga_id, definition, state, created_at, updated_at, snapshot"
+            f" FROM saga_fsm_sagas WHERE {conditions}"
+            " ORDER BY created_at DESC, saga_id DESC LIMIT :limit",
+            params | {"limit": limit + 1},
+        )
+        return paged(
+            [
+                decoded_row(saga_id, definition, state, _time(created), _time(updated), text)
+                for saga_id, definition, state, created, updated, text in rows
+            ],
+            limit,
+        )
+
+    async def counts(self, where: SagaFilter = EVERYTHING) -> builtins.list[StateCount]:
+        conditions, params = sql_conditions(where, None, _QUERY_SQL, utc_text)
+        rows = self._read(
+            "SELECT definition, state, count(*) FROM saga_fsm_sagas"
+            f" WHERE {conditions} GROUP BY definition, state",
+            params,
+        )
+        return sorted(StateCount(d, s, int(n)) for d, s, n in rows)
+
 
 def _statements(script: str) -> Iterator[str]:
     """Split a migration file into statements (``sqlite3`` runs one at a time, and
@@ -519,3 +563,23 @@ def _statements(script: str) -> Iterator[str]:
 def _strip_comments(sql: str) -> str:
     lines = (line.split("--", 1)[0] for line in sql.splitlines())
     return "".join(lines).strip(" \t;")
+
+
+# One template per SagaFilter field (see sql_conditions); byte-order text comparisons.
+_LIVE = ", ".join(f"'{status}'" for status in LIVE_STATUSES)
+_QUERY_SQL = {
+    "state": "state = :state",
+    "status": "(state = :status OR (state >= :status || ':' AND state < :status || ';'))",
+    "definition": "definition = :definition",
+    "id_prefix": "substr(saga_id, 1, length(:id_prefix)) = :id_prefix",
+    "created_from": "created_at >= :created_from",
+    "created_before": "created_at < :created_before",
+    "updated_from": "updated_at >= :updated_from",
+    "stuck_before": "updated_at < :stuck_before"
+    f" AND substr(state, 1, instr(state || ':', ':') - 1) IN ({_LIVE})",
+    "after": "(created_at, saga_id) < (:after_created, :after_id)",
+}
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)

@@ -105,3 +105,21 @@ def test_scale_ls_runs_on_sqlite(tmp_path: Path) -> None:
     )  # fmt: skip
     assert [line["bench"] for line in lines] == ["ls_limit_1", "ls_stuck_limit_1"]
     assert all(line["wall_s_p50"] > 0 and line["peak_rss_mb"] > 0 for line in lines)
+
+
+def test_console_bench_runs_on_postgres(postgres_dsn: str) -> None:
+    lines = run(
+        "console.py", "--store", postgres_dsn, "--sizes", "300", "--requests", "3", "--shapes", "30"
+    )
+    assert [line["view"] for line in lines] == [
+        "unfiltered",
+        "compensated",
+        "failed",
+        "definition",
+        "deep",
+        "id_prefix",
+        "overview",
+    ]
+    assert all(line["sagas"] == 300 and line["p50_ms"] > 0 for line in lines)
+    by_view = {line["view"]: line["rows"] for line in lines}
+    assert by_view["unfiltered"] == by_view["deep"] == 50 and by_view["id_prefix"] == 1

@@ -99,11 +99,19 @@ def test_indexes(postgres_dsn: str) -> None:
     assert sorted(indexes) == [
         "saga_fsm_sagas_created_idx",
         "saga_fsm_sagas_due_idx",
+        "saga_fsm_sagas_id_pattern_idx",
         "saga_fsm_sagas_idempotency_key_key",
         "saga_fsm_sagas_pkey",
         "saga_fsm_sagas_quarantined_idx",
         "saga_fsm_sagas_state_idx",
+        "saga_fsm_sagas_status_created_idx",
     ]
+    # The console's list (migration 5): by status in keyset order, and by id prefix.
+    assert (
+        "(split_part(state, ':'::text, 1), created_at, saga_id COLLATE \"C\")"
+        in (indexes["saga_fsm_sagas_status_created_idx"])
+    )
+    assert "(saga_id text_pattern_ops)" in indexes["saga_fsm_sagas_id_pattern_idx"]
     assert "(state text_pattern_ops)" in indexes["saga_fsm_sagas_state_idx"]
     assert "WHERE (due_at IS NOT NULL)" in indexes["saga_fsm_sagas_due_idx"]
     assert "UNIQUE" in indexes["saga_fsm_sagas_idempotency_key_key"]

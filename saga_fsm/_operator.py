@@ -1,0 +1,73 @@
+"""The operator commands (cancel, retry, resume) as the CLI and the console both run
+them: one function, so both are refused the same way and drive the saga the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal, get_args
+
+from attrs import frozen
+
+from saga_fsm._definition import SagaDefinition
+from saga_fsm._errors import InvalidArgument, SagaLeased, UnknownDefinition
+from saga_fsm._loading import load_definition
+from saga_fsm._orchestrator import Orchestrator
+from saga_fsm._snapshot import Snapshot
+from saga_fsm.stores import SnapshotStore
+
+OperatorCommand = Literal["cancel", "retry", "resume"]
+OPERATOR_COMMANDS: tuple[OperatorCommand, ...] = get_args(OperatorCommand)
+
+
+@frozen
+class Operated:
+    """What an operator command left: the saga's snapshot, and the live worker's lease
+    when that worker, not this process, carries the saga on."""
+
+    snapshot: Snapshot
+    carried_on_by: SagaLeased | None = None
+
+
+async def operate(
+    store: SnapshotStore,
+    saga_id: str,
+    command: OperatorCommand,
+    *,
+    definitions: Iterable[SagaDefinition] = (),
+) -> Operated:
+    """Apply ``command`` through the Machine, then drive the saga here unless a live
+    worker holds it. Refusals raise (``TransitionNotAllowed``; ``SagaLeased`` for a
+    ``resume`` of a saga a live worker runs) and change nothing."""
+    if command not in OPERATOR_COMMANDS:
+        raise InvalidArgument(f"unknown operator command {command!r}: one of {OPERATOR_COMMANDS}")
+    orchestrator = Orchestrator(store, definitions)
+    snapshot = await store.load(saga_id)
+    if (snapshot.definition, snapshot.definition_version) not in orchestrator.served:
+        orchestrator.register(recorded_definition(snapshot))
+    if command == "cancel":
+        await orchestrator.cancel(saga_id)
+    elif command == "retry":
+        await orchestrator.retry(saga_id)
+    try:
+        return Operated(await orchestrator.resume(saga_id))
+    except SagaLeased as leased:
+        if command == "resume":
+            raise
+        return Operated(await store.load(saga_id), leased)
+
+
+def recorded_definition(snapshot: Snapshot) -> SagaDefinition:
+    """The definition an operator command drives a saga with when it was given none:
+    loaded from the REF that ``start``/``run`` recorded on it (an operator chose to act
+    on this saga; workers never load what a row names), checked to still be the same
+    name and version."""
+    key = (snapshot.definition, snapshot.definition_version)
+    if snapshot.definition_ref is None:
+        raise UnknownDefinition(*key, f"saga {snapshot.saga_id} records no definition REF")
+    definition = load_definition(snapshot.definition_ref)
+    if (definition.name, definition.version) != key:
+        raise UnknownDefinition(
+            *key,
+            f"{snapshot.definition_ref} now holds {definition.name!r} version {definition.version}",
+        )
+    return definition

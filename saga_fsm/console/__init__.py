@@ -1,0 +1,12 @@
+"""The operator console: ``saga-fsm ui`` serves it (``pip install 'saga-fsm[ui]'``).
+
+A server-rendered web app (Starlette, Jinja2, uvicorn; no build step, nothing from a
+CDN): an overview of the store, the list of sagas with filters in the URL, one page per
+saga with its path drawn on its definition's Machine, the operator commands behind a
+confirmation, and the definitions the console was given.
+"""
+
+from saga_fsm.console._app import create_app
+from saga_fsm.console._security import is_loopback
+
+__all__ = ["create_app", "is_loopback"]
