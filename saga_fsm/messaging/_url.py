@@ -56,8 +56,9 @@ async def connect_transport(
 
         try:
             path = sqlite_path(url)
-        except InvalidStoreURL as err:
-            raise _invalid(url, str(err).split(" (", 1)[-1].split(")", 1)[0]) from None
+        except InvalidStoreURL:
+            why = "a sqlite URL is sqlite:///relative.db or sqlite:////absolute.db"
+            raise _invalid(url, why) from None
         return SqliteTransport(path, max_deliveries=max_deliveries, ack_wait=ack_wait)
     if scheme in ("postgresql", "postgres"):
         from saga_fsm.messaging.postgres import PostgresTransport
