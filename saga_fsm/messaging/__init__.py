@@ -32,6 +32,7 @@ from saga_fsm.messaging._protocol import (
     Subscription,
     Transport,
 )
+from saga_fsm.messaging._reply import Outcome, ReplyBody, reply_from_payload, reply_to_payload
 from saga_fsm.messaging._url import connect_transport, open_transport
 
 __all__ = [
@@ -49,6 +50,8 @@ __all__ = [
     "MessageDecodeError",
     "MessageKind",
     "MessagingError",
+    "Outcome",
+    "ReplyBody",
     "Subscription",
     "Transport",
     "TransportError",
@@ -58,4 +61,6 @@ __all__ = [
     "message_to_json",
     "new_message_id",
     "open_transport",
+    "reply_from_payload",
+    "reply_to_payload",
 ]

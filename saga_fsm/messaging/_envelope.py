@@ -76,6 +76,9 @@ class Headers:
     traceparent: str | None = None
 
 
+_REPLY_IDS = uuid.UUID("6d1f4a52-58f4-4a6c-9a0e-5b9c2e0f7a31")
+
+
 def new_message_id() -> str:
     return uuid.uuid4().hex
 
@@ -99,7 +102,7 @@ class Message:
             kind=MessageKind.REPLY,
             payload=payload,
             headers=self.headers,
-            message_id=message_id or new_message_id(),
+            message_id=uuid.uuid5(_REPLY_IDS, self.message_id).hex,
         )
 
 

@@ -81,7 +81,7 @@ class PostgresBroker:
     def __init__(self, pool: AsyncConnectionPool[Any], conninfo: str, where: str) -> None:
         self.pool = pool
         self.where = where
-        self._conninfo = conninfo
+        self.conninfo = conninfo
         self._wakes: dict[str, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
 
@@ -122,7 +122,7 @@ class PostgresBroker:
     async def _listen(self) -> None:
         # Best effort: without notifications, subscriptions still poll every _POLL seconds.
         with contextlib.suppress(psycopg.Error):
-            async with await AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
+            async with await AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
                 await conn.execute(f"LISTEN {_NOTIFY_CHANNEL}")
                 async for notify in conn.notifies():
                     wake = self._wakes.get(notify.payload)
