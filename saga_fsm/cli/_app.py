@@ -95,3 +95,4 @@ __all__ = ["main", "open_store"]
 from saga_fsm.cli import _check, _demo, _diagram, _inspect, _operate, _run  # noqa: E402
 
 del _check, _demo, _diagram, _inspect, _operate, _run
+from saga_fsm.cli import _dlq  # noqa: E402, F401  (registers ``dlq``)
