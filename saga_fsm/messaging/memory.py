@@ -49,7 +49,7 @@ class MemoryBroker:
     queues: dict[str, list[_Entry]] = attrs.field(factory=dict)
     seen: dict[str, set[str]] = attrs.field(factory=dict)
     dead: dict[str, list[DeadLetter]] = attrs.field(factory=dict)
-    wake: asyncio.Event = attrs.field(factory=asyncio.Event)
+    wakes: dict[str, asyncio.Event] = attrs.field(factory=dict)
     _seq: Iterator[int] = attrs.field(factory=itertools.count)
 
     def put(self, channel: str, message_id: str, body: str) -> None:
@@ -58,7 +58,12 @@ class MemoryBroker:
             return
         seen.add(message_id)
         self.queues.setdefault(channel, []).append(_Entry(next(self._seq), message_id, body))
-        self.wake.set()
+        self.wake(channel).set()
+
+    def wake(self, channel: str) -> asyncio.Event:
+        if channel not in self.wakes:
+            self.wakes[channel] = asyncio.Event()
+        return self.wakes[channel]
 
     def claim(self, channel: str, holder: object, ack_wait: float) -> _Entry | None:
         now = asyncio.get_running_loop().time()
@@ -73,7 +78,7 @@ class MemoryBroker:
     def release(self, channel: str, entry: _Entry, delay: float) -> None:
         entry.holder = None
         entry.visible_at = asyncio.get_running_loop().time() + delay
-        self.wake.set()
+        self.wake(channel).set()
 
     def remove(self, channel: str, entry: _Entry) -> bool:
         queue = self.queues.get(channel, [])
@@ -84,12 +89,12 @@ class MemoryBroker:
 
     def drop_holder(self, holder: object) -> None:
         """What a closed subscription held becomes deliverable at once."""
-        for queue in self.queues.values():
+        for channel, queue in self.queues.items():
             for entry in queue:
                 if entry.holder is holder:
                     entry.holder = None
                     entry.visible_at = 0.0
-        self.wake.set()
+            self.wake(channel).set()
 
 
 _NAMED: dict[str, MemoryBroker] = {}
@@ -143,8 +148,9 @@ class MemorySubscription(BaseSubscription):
     async def _next(self, timeout: float | None) -> Inbound | None:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        wake = self._broker.wake(self.channel)
         while not self._closed:
-            self._broker.wake.clear()
+            wake.clear()
             entry = self._broker.claim(self.channel, self, self._ack_wait)
             if entry is not None:
                 settle = _Settle(self._broker, self.channel, entry)
@@ -153,7 +159,7 @@ class MemorySubscription(BaseSubscription):
             if wait <= 0:
                 return None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._broker.wake.wait(), wait)
+                await asyncio.wait_for(wake.wait(), wait)
         return None
 
     async def close(self) -> None:
