@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common
 
-from saga_fsm.messaging import Headers, Message, MessageKind, Transport, connect_transport
+from saga_fsm.messaging import Delivery, Headers, Message, MessageKind, Transport, connect_transport
 
 RoundTrip = Callable[[], Awaitable[None]]
 
@@ -75,10 +75,19 @@ async def transport_run(url: str, prefix: str, total: int, concurrency: int) -> 
     waiting: dict[str, asyncio.Future[None]] = {}
 
     async def respond(transport: Transport) -> None:
+        # Like the floor's callbacks, each request is answered in a task of its own.
         subscription = await transport.subscribe(requests, prefetch=concurrency)
+        slots, running = asyncio.Semaphore(concurrency), set()
+
+        async def answer(delivery: Delivery) -> None:
+            async with slots:
+                await transport.publish(delivery.message.reply({"ok": True}))
+                await delivery.ack()
+
         async for delivery in subscription:
-            await transport.publish(delivery.message.reply({"ok": True}))
-            await delivery.ack()
+            task = asyncio.create_task(answer(delivery))
+            running.add(task)
+            task.add_done_callback(running.discard)
 
     async def collect(transport: Transport) -> None:
         subscription = await transport.subscribe(replies, prefetch=concurrency)

@@ -201,17 +201,43 @@ class Participant:
         return message.reply(payload), attrs.evolve(record, **{field: dumps(payload)})
 
     async def serve(
-        self, transport: Transport, inbox: Inbox, *, stop: asyncio.Event | None = None
+        self,
+        transport: Transport,
+        inbox: Inbox,
+        *,
+        stop: asyncio.Event | None = None,
+        concurrency: int = 1,
     ) -> None:
-        """Consume every handled channel until ``stop`` is set (or forever)."""
+        """Consume every handled channel until ``stop`` is set (or forever), handling up
+        to ``concurrency`` commands of each channel at once (the inbox serialises the
+        commands of one step)."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         stop = stop or asyncio.Event()
-        subscriptions = [await transport.subscribe(channel) for channel in self.routes]
+        subscriptions = [
+            await transport.subscribe(channel, prefetch=concurrency) for channel in self.routes
+        ]
 
         async def consume(subscription: Subscription) -> None:
-            while not stop.is_set():
-                delivery = await subscription.receive(timeout=0.5)
-                if delivery is not None:
+            slots = asyncio.Semaphore(concurrency)
+            running: set[asyncio.Task[None]] = set()
+
+            async def handle(delivery: Delivery) -> None:
+                try:
                     await self.handle(delivery, transport, inbox)
+                finally:
+                    slots.release()
+
+            while not stop.is_set():
+                await slots.acquire()
+                delivery = await subscription.receive(timeout=0.5)
+                if delivery is None:
+                    slots.release()
+                    continue
+                task = asyncio.create_task(handle(delivery))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
 
         try:
             await asyncio.gather(*(consume(s) for s in subscriptions))

@@ -35,7 +35,7 @@ async def main(url: str, dsn: str, prefix: str, marker: str | None) -> None:
     inbox = await PostgresInbox.open(dsn)
     print("ready", flush=True)
     try:
-        await inventory.serve(transport, inbox)
+        await inventory.serve(transport, inbox, concurrency=4)
     finally:
         await inbox.close()
         await transport.close()

@@ -71,7 +71,7 @@ async def serving(
         await PostgresInbox.open(broker.url) if broker.kind == "postgresql" else MemoryInbox()
     )
     stop = asyncio.Event()
-    task = asyncio.create_task(participant.serve(transport, inbox, stop=stop))
+    task = asyncio.create_task(participant.serve(transport, inbox, stop=stop, concurrency=4))
     try:
         yield transport, await transport.subscribe(broker.channel("replies"))
     finally:
