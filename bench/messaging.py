@@ -77,7 +77,8 @@ async def transport_run(url: str, prefix: str, total: int, concurrency: int) -> 
     async def respond(transport: Transport) -> None:
         # Like the floor's callbacks, each request is answered in a task of its own.
         subscription = await transport.subscribe(requests, prefetch=concurrency)
-        slots, running = asyncio.Semaphore(concurrency), set()
+        slots = asyncio.Semaphore(concurrency)
+        running: set[asyncio.Task[None]] = set()
 
         async def answer(delivery: Delivery) -> None:
             async with slots:
@@ -91,11 +92,14 @@ async def transport_run(url: str, prefix: str, total: int, concurrency: int) -> 
 
     async def collect(transport: Transport) -> None:
         subscription = await transport.subscribe(replies, prefetch=concurrency)
+        acks: set[asyncio.Task[None]] = set()
         async for delivery in subscription:
-            await delivery.ack()
             future = waiting.pop(str(delivery.message.headers.request_id), None)
             if future is not None:
                 future.set_result(None)
+            task = asyncio.create_task(delivery.ack())  # acks overlap, as answers do
+            acks.add(task)
+            task.add_done_callback(acks.discard)
 
     async def one() -> None:
         request_id = uuid.uuid4().hex
@@ -185,8 +189,8 @@ async def nats_floor(url: str, prefix: str, total: int, concurrency: int) -> dic
     async def pull(subscription: Any, handle: Callable[[Any], Awaitable[None]]) -> None:
         while True:
             try:
-                for message in await subscription.fetch(concurrency, timeout=1):
-                    await handle(message)
+                batch = await subscription.fetch(concurrency, timeout=1)
+                await asyncio.gather(*(handle(message) for message in batch))
             except TimeoutError:
                 continue
 
@@ -266,8 +270,7 @@ async def table_floor(conninfo: str, prefix: str, total: int, concurrency: int) 
             wakes[table].clear()
             async with pool.connection() as conn:
                 rows = await (await conn.execute(query, (concurrency,))).fetchall()
-            for (request_id,) in rows:
-                await handle(request_id)
+            await asyncio.gather(*(handle(request_id) for (request_id,) in rows))
             if not rows:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakes[table].wait(), 0.5)

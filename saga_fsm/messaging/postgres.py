@@ -98,7 +98,7 @@ class PostgresBroker:
             async with await AsyncConnection.connect(conninfo, autocommit=True) as conn:
                 await _migrate(conn, where)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            conninfo, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+            conninfo, min_size=1, max_size=10, open=False, kwargs={"autocommit": True}
         )
         try:
             with _errors(where, "opening the pool"):
@@ -120,14 +120,23 @@ class PostgresBroker:
         return self._wakes.setdefault(channel, asyncio.Event())
 
     async def _listen(self) -> None:
-        # Best effort: without notifications, subscriptions still poll every _POLL seconds.
-        with contextlib.suppress(psycopg.Error):
-            async with await AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
-                await conn.execute(f"LISTEN {_NOTIFY_CHANNEL}")
-                async for notify in conn.notifies():
-                    wake = self._wakes.get(notify.payload)
-                    if wake is not None:
-                        wake.set()
+        """Wake subscriptions on NOTIFY; reconnect with back-off when the connection drops
+        (subscriptions poll every _POLL seconds meanwhile, so nothing waits for it)."""
+        backoff = 0.1
+        while True:
+            try:
+                async with await AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {_NOTIFY_CHANNEL}")
+                    backoff = 0.1
+                    for event in self._wakes.values():  # what was sent while away
+                        event.set()
+                    async for notify in conn.notifies():
+                        wake = self._wakes.get(notify.payload)
+                        if wake is not None:
+                            wake.set()
+            except psycopg.Error:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     async def close(self) -> None:
         if self._listener is not None:
