@@ -7,6 +7,9 @@ stays, so a re-published id is stored once), nack makes it visible again after t
 delay, dead-lettering moves it to ``saga_fsm_dead_letters`` in the same transaction.
 A settlement only counts while its claim does: once ``ack_wait`` passed and another
 consumer claimed the row, the late consumer's settlement changes nothing.
+
+``publish_in(conn, message)`` enqueues inside a transaction the caller holds on the same
+file: a message table beside the saga store is an outbox that needs no relay.
 """
 
 from __future__ import annotations
@@ -54,6 +57,16 @@ RETURNING seq, message_id, body, deliveries
 """
 _CLAIMED = "seq = ? AND deliveries = ? AND done_at IS NULL"
 _DEAD_COLUMNS = "channel, message_id, reason, deliveries, body, dead_at"
+
+
+def publish_in(conn: sqlite3.Connection, message: Message) -> None:
+    """Enqueue ``message`` on ``conn`` inside the caller's transaction (the message tables
+    must exist: open a ``SqliteTransport`` on the file once): it is published when that
+    transaction commits, and not at all if it rolls back."""
+    now = time.time()
+    conn.execute(
+        _PUBLISH, (message.channel, message.message_id, message_to_json(message), now, now)
+    )
 
 
 def _statements(script: str) -> list[str]:
@@ -272,12 +285,8 @@ class SqliteTransport:
         self._subscriptions: list[SqliteSubscription] = []
 
     async def publish(self, message: Message) -> None:
-        now = time.time()
         with self.broker.transaction("publish") as conn:
-            conn.execute(
-                _PUBLISH,
-                (message.channel, message.message_id, message_to_json(message), now, now),
-            )
+            publish_in(conn, message)
 
     async def subscribe(self, channel: str, *, prefetch: int = 16) -> SqliteSubscription:
         subscription = SqliteSubscription(

@@ -136,7 +136,7 @@ def test_memory_transports_of_one_name_share_a_broker() -> None:
 
 def test_importing_messaging_loads_no_broker_client() -> None:
     code = (
-        "import sys, saga_fsm, saga_fsm.messaging;"
+        "import sys, saga_fsm, saga_fsm.messaging, saga_fsm.participant, saga_fsm.cli;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aio_pika', 'nats')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
