@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -51,6 +53,10 @@ _CONNECT_TIMEOUT = 10
 _REASON = "x-saga-fsm-reason"
 _DELIVERIES = "x-saga-fsm-deliveries"
 _SCAN_LIMIT = 100_000  # dead letters looked through to find one by id
+
+
+def connection_name() -> str:
+    return f"saga_fsm {socket.gethostname()} pid {os.getpid()}"
 
 
 def dead_queue(channel: str) -> str:
@@ -268,7 +274,12 @@ class RabbitTransport:
         aio_pika = _aio_pika()
         where = _where(url)
         with _errors(where, "connect"):
-            connection = await aio_pika.connect_robust(url, timeout=_CONNECT_TIMEOUT)
+            connection = await aio_pika.connect_robust(
+                url,
+                timeout=_CONNECT_TIMEOUT,
+                # What an operator sees in the management UI and rabbitmqctl.
+                client_properties={"connection_name": connection_name()},
+            )
             publisher = await connection.channel(publisher_confirms=True)
         return cls(connection, publisher, where, max_deliveries=max_deliveries)
 
