@@ -40,6 +40,7 @@ from saga_fsm.messaging import (
     ReplyBody,
     Subscription,
     Transport,
+    TransportError,
     check_channel,
     reply_from_payload,
     reply_to_payload,
@@ -47,6 +48,7 @@ from saga_fsm.messaging import (
 from saga_fsm.participant._inbox import Inbox, InboxRecord, InboxTransaction
 
 log = logging.getLogger("saga_fsm.participant")
+_MIN_BACKOFF, _MAX_BACKOFF = 0.1, 5.0  # seconds between tries while the broker is away
 
 HandlerResult: TypeAlias = Mapping[str, Any] | None
 Handler: TypeAlias = Callable[["Command"], HandlerResult | Awaitable[HandlerResult]]
@@ -210,7 +212,8 @@ class Participant:
     ) -> None:
         """Consume every handled channel until ``stop`` is set (or forever), handling up
         to ``concurrency`` commands of each channel at once (the inbox serialises the
-        commands of one step)."""
+        commands of one step). While the broker or database is unreachable it logs, backs
+        off (up to 5 s) and tries again; it never exits on an outage."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         stop = stop or asyncio.Event()
@@ -225,12 +228,24 @@ class Participant:
             async def handle(delivery: Delivery) -> None:
                 try:
                     await self.handle(delivery, transport, inbox)
+                except TransportError as err:
+                    # Unsettled, the command comes back once the broker is reachable.
+                    log.warning("participant %s: %s", self.name, err)
                 finally:
                     slots.release()
 
+            backoff = _MIN_BACKOFF
             while not stop.is_set():
                 await slots.acquire()
-                delivery = await subscription.receive(timeout=0.5)
+                try:
+                    delivery = await subscription.receive(timeout=0.5)
+                except TransportError as err:
+                    slots.release()
+                    log.warning("participant %s: %s; again in %.1fs", self.name, err, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    continue
+                backoff = _MIN_BACKOFF
                 if delivery is None:
                     slots.release()
                     continue

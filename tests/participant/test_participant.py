@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -21,6 +22,7 @@ from saga_fsm.messaging import (
     ReplyBody,
     Subscription,
     Transport,
+    TransportError,
     reply_from_payload,
 )
 from saga_fsm.participant import Command, Inbox, MemoryInbox, Participant, PostgresInbox
@@ -245,5 +247,45 @@ def test_business_writes_inbox_and_reply_commit_together(postgres_dsn: str) -> N
             # Each command got its reply, enqueued in the handling transaction.
             assert await cur.fetchone() == (2,)
         assert answer == ReplyBody(Outcome.SUCCEEDED, data={"attempts": 2})
+
+    run(body())
+
+
+@pytest.mark.postgres
+def test_a_participant_outlives_its_database_connections_being_cut(postgres_dsn: str) -> None:
+    """The server drops every connection of the participant (transport, listener and
+    inbox): it backs off, reconnects, and answers commands sent after."""
+    from tests.messaging._brokers import postgres_url
+
+    name = f"participant_{uuid.uuid4().hex[:8]}"
+    broker = Broker("postgresql", postgres_url(postgres_dsn) + f"&application_name={name}")
+    calls: list[str] = []
+    inventory = Participant("inventory")
+    inventory.handles(broker.channel("reserve"))(counting(calls))
+
+    async def body() -> None:
+        async with serving(broker, inventory) as (transport, reply_sub):
+            await transport.publish(command(broker, "reserve", "s1:reserve"))
+            await replies(reply_sub, 1)
+            async with await psycopg.AsyncConnection.connect(
+                postgres_dsn, autocommit=True
+            ) as admin:
+                cur = await admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = %s",
+                    (name,),
+                )
+                row = await cur.fetchone()
+                assert row is not None and row[0] >= 2
+            for _ in range(50):  # the test's own publishes meet the cut too
+                try:
+                    await transport.publish(command(broker, "reserve", "s2:reserve"))
+                    break
+                except TransportError:
+                    await asyncio.sleep(0.2)
+            deadline = asyncio.get_running_loop().time() + 30
+            while len(calls) < 2 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+            assert calls == ["s1:reserve", "s2:reserve"]
 
     run(body())
