@@ -96,6 +96,7 @@ from saga_fsm.cli import (  # noqa: E402
     _check,
     _demo,
     _diagram,
+    _dlq,
     _inspect,
     _operate,
     _quarantine,
@@ -103,4 +104,4 @@ from saga_fsm.cli import (  # noqa: E402
     _ui,
 )
 
-del _check, _demo, _diagram, _inspect, _operate, _quarantine, _run, _ui
+del _check, _demo, _diagram, _dlq, _inspect, _operate, _quarantine, _run, _ui
