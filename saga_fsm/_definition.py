@@ -186,9 +186,16 @@ class Step:
         elif self.kind is StepKind.RETRIABLE and (
             self.retry.max_attempts is not None or self.retry.non_retryable
         ):
+            bound = (
+                f"max_attempts={self.retry.max_attempts}"
+                if self.retry.max_attempts is not None
+                else f"non_retryable={self.retry.non_retryable!r}"
+            )
             raise DefinitionError(
-                "a retriable step is retried until it succeeds: its retry policy takes no"
-                " max_attempts and no non_retryable types",
+                f"retriable step {self.name!r} is retried until it succeeds, yet its retry"
+                f" policy has {bound}: use RetryPolicy(max_attempts=None) and no"
+                " non_retryable types",
+                step=self.name,
                 field="retry",
             )
         if self.kind is not StepKind.COMPENSABLE and self.compensation is not None:

@@ -39,6 +39,8 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as err:
         raise UsageProblem(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise UsageProblem(f"{path} is not UTF-8 text (byte offset {err.start})") from None
     rows = []
     for number, line in enumerate(lines, 1):
         if line.strip():

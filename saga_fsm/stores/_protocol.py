@@ -93,6 +93,11 @@ class SnapshotStore(Protocol):
         """Release what the store opened itself (never a pool the caller passed in)."""
         ...
 
+    async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
+        """Up to ``limit`` saga ids starting with ``prefix`` (taken literally: ``%`` and
+        ``_`` are plain characters), in id order; what lets a person type a short id."""
+        ...
+
 
 def state_matches(state: str, wanted: str | None) -> bool:
     if wanted is None:
@@ -104,6 +109,12 @@ def check_limit(limit: int | None) -> None:
     """A row limit is a count: ``None`` (no limit) or >= 0."""
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern (``ESCAPE '\\'``) matching exactly the strings starting with
+    ``prefix``."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def ids(saga_ids: Collection[str]) -> builtins.list[str]:

@@ -194,3 +194,7 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+    async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
+        check_limit(limit)
+        return sorted(saga_id for saga_id in self._rows if saga_id.startswith(prefix))[:limit]

@@ -54,7 +54,7 @@ from saga_fsm._errors import (
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
 from saga_fsm.stores._group import GroupCommit
-from saga_fsm.stores._protocol import check_limit, ids
+from saga_fsm.stores._protocol import check_limit, ids, like_prefix
 
 _MIGRATIONS = migrations.load("postgres")
 _CONNECT_TIMEOUT = 10  # seconds, unless the conninfo says otherwise
@@ -162,8 +162,7 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 def _like_prefix(status: str) -> str:
-    escaped = status.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + ":%"
+    return like_prefix(status + ":")
 
 
 def _history_json(history: Sequence[HistoryEntry]) -> str:
@@ -568,3 +567,13 @@ class PostgresStore:
         """Close the pool if ``open()`` made it; a caller's pool is the caller's."""
         if self._owns_pool:
             await self._pool.close()
+
+    async def find_ids(self, prefix: str, limit: int) -> list[str]:
+        check_limit(limit)
+        async with self._errors("find_ids"):
+            rows = await self._query(
+                "SELECT saga_id FROM saga_fsm_sagas WHERE saga_id LIKE %(pattern)s ESCAPE '\\'"
+                ' ORDER BY saga_id COLLATE "C" LIMIT %(limit)s',
+                {"pattern": like_prefix(prefix), "limit": limit},
+            )
+        return [saga_id for (saga_id,) in rows]

@@ -405,6 +405,18 @@ class SqliteStore:
         with self._lock:
             self._conn.close()
 
+    async def find_ids(self, prefix: str, limit: int) -> list[str]:
+        check_limit(limit)
+        # A range on the primary key (an index seek; SQLite's LIKE is case-insensitive and
+        # skips the index), then the exact test, since ids are compared byte by byte.
+        rows = self._read(
+            "SELECT saga_id FROM saga_fsm_sagas WHERE saga_id >= :prefix"
+            " AND saga_id < :prefix || char(1114111)"
+            " AND substr(saga_id, 1, length(:prefix)) = :prefix ORDER BY saga_id LIMIT :limit",
+            {"prefix": prefix, "limit": limit},
+        )
+        return [saga_id for (saga_id,) in rows]
+
 
 def _statements(script: str) -> Iterator[str]:
     """Split a migration file into statements (``sqlite3`` runs one at a time, and

@@ -18,7 +18,7 @@ from saga_fsm.stores import (
     SqliteStore,
     open_store,
 )
-from saga_fsm.stores.url import redact, sqlite_path, store_url_from_env
+from saga_fsm.stores.url import redact_url, sqlite_path, store_url_from_env
 
 
 def opened(url: str | None) -> SnapshotStore:
@@ -96,8 +96,8 @@ def test_anything_else_is_refused_in_one_line(url: str) -> None:
 
 
 def test_passwords_never_appear_in_messages() -> None:
-    assert redact("mysql://bob:s3cret@db:3306/x") == "mysql://bob:***@db:3306/x"
-    assert redact("postgresql://bob@db/x") == "postgresql://bob@db/x"
+    assert redact_url("mysql://bob:s3cret@db:3306/x") == "mysql://bob:***@db:3306/x"
+    assert redact_url("postgresql://bob@db/x") == "postgresql://bob@db/x"
     with pytest.raises(InvalidStoreURL) as caught:
         opened("mysql://bob:s3cret@db/x")
     assert "s3cret" not in str(caught.value)
