@@ -50,10 +50,12 @@ class SnapshotStore(Protocol):
         definition: str | None = None,
         limit: int | None = None,
         updated_before: datetime | None = None,
+        newest_first: bool = False,
     ) -> list[Snapshot]:
-        """Snapshots, oldest first. ``state`` matches a whole flow state
-        (``running:charge``) or a status (``running`` matches every ``running:*``);
-        ``updated_before`` keeps those whose last transition is older."""
+        """Snapshots, oldest first (``newest_first``: the other way round, so ``limit``
+        keeps the newest). ``state`` matches a whole flow state (``running:charge``) or a
+        status (``running`` matches every ``running:*``); ``updated_before`` keeps those
+        whose last transition is older."""
         ...
 
     # -- leases: which worker drives a saga ------------------------------------------------
@@ -96,6 +98,17 @@ class SnapshotStore(Protocol):
     async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
         """Up to ``limit`` saga ids starting with ``prefix`` (taken literally: ``%`` and
         ``_`` are plain characters), in id order; what lets a person type a short id."""
+        ...
+
+    async def count(
+        self,
+        *,
+        state: str | None = None,
+        definition: str | None = None,
+        updated_before: datetime | None = None,
+    ) -> int:
+        """How many sagas ``list`` with the same filters and no limit would return,
+        without decoding any."""
         ...
 
 

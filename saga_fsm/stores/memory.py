@@ -114,6 +114,7 @@ class MemoryStore:
         definition: str | None = None,
         limit: int | None = None,
         updated_before: datetime | None = None,
+        newest_first: bool = False,
     ) -> list[Snapshot]:
         check_limit(limit)
         rows = sorted(
@@ -125,6 +126,7 @@ class MemoryStore:
                 and (updated_before is None or row.updated_at < updated_before)
             ),
             key=lambda item: (item[0], item[1]),
+            reverse=newest_first,
         )
         if limit is not None:
             rows = rows[:limit]
@@ -198,3 +200,18 @@ class MemoryStore:
     async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
         check_limit(limit)
         return sorted(saga_id for saga_id in self._rows if saga_id.startswith(prefix))[:limit]
+
+    async def count(
+        self,
+        *,
+        state: str | None = None,
+        definition: str | None = None,
+        updated_before: datetime | None = None,
+    ) -> int:
+        return sum(
+            1
+            for row in self._rows.values()
+            if state_matches(row.state, state)
+            and (definition is None or row.definition == definition)
+            and (updated_before is None or row.updated_at < updated_before)
+        )

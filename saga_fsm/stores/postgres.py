@@ -96,6 +96,7 @@ ORDER BY h.id
 # the indexes even in a generic prepared plan.
 _LIST_HEAD = "SELECT saga_id, snapshot::text FROM saga_fsm_sagas WHERE true"
 _LIST_TAIL = ' ORDER BY created_at, saga_id COLLATE "C" LIMIT %(limit)s'
+_LIST_TAIL_NEWEST = ' ORDER BY created_at DESC, saga_id COLLATE "C" DESC LIMIT %(limit)s'
 
 # -- leases --------------------------------------------------------------------------------
 # A lease change must reach the snapshot JSON too (it is the truth), so the JSONB document
@@ -163,6 +164,28 @@ def _aware(value: datetime | None) -> datetime | None:
 
 def _like_prefix(status: str) -> str:
     return like_prefix(status + ":")
+
+
+def _filters(
+    state: str | None, definition: str | None, updated_before: datetime | None
+) -> tuple[LiteralString, dict[str, Any]]:
+    """``list``'s and ``count``'s WHERE conditions (after ``WHERE true``)."""
+    where: LiteralString = ""
+    params: dict[str, Any] = {}
+    if state is not None:
+        params["state"] = state
+        if ":" in state:
+            where += " AND state = %(state)s"
+        else:
+            where += " AND (state = %(state)s OR state LIKE %(prefix)s)"
+            params["prefix"] = _like_prefix(state)
+    if definition is not None:
+        where += " AND definition = %(definition)s"
+        params["definition"] = definition
+    if updated_before is not None:
+        where += " AND updated_at < %(updated_before)s"
+        params["updated_before"] = _aware(updated_before)
+    return where, params
 
 
 def _history_json(history: Sequence[HistoryEntry]) -> str:
@@ -484,25 +507,13 @@ class PostgresStore:
         definition: str | None = None,
         limit: int | None = None,
         updated_before: datetime | None = None,
+        newest_first: bool = False,
     ) -> list[Snapshot]:
         check_limit(limit)
-        query: LiteralString = _LIST_HEAD
-        params: dict[str, Any] = {"limit": limit}
-        if state is not None:
-            params["state"] = state
-            if ":" in state:
-                query += " AND state = %(state)s"
-            else:
-                query += " AND (state = %(state)s OR state LIKE %(prefix)s)"
-                params["prefix"] = _like_prefix(state)
-        if definition is not None:
-            query += " AND definition = %(definition)s"
-            params["definition"] = definition
-        if updated_before is not None:
-            query += " AND updated_at < %(updated_before)s"
-            params["updated_before"] = _aware(updated_before)
+        where, params = _filters(state, definition, updated_before)
+        tail = _LIST_TAIL_NEWEST if newest_first else _LIST_TAIL
         async with self._errors("list"):
-            rows = await self._query(query + _LIST_TAIL, params)
+            rows = await self._query(_LIST_HEAD + where + tail, params | {"limit": limit})
         return [snapshot_from_json(text, saga_id=saga_id) for saga_id, text in rows]
 
     # -- leases ---------------------------------------------------------------------------
@@ -577,3 +588,17 @@ class PostgresStore:
                 {"pattern": like_prefix(prefix), "limit": limit},
             )
         return [saga_id for (saga_id,) in rows]
+
+    async def count(
+        self,
+        *,
+        state: str | None = None,
+        definition: str | None = None,
+        updated_before: datetime | None = None,
+    ) -> int:
+        where, params = _filters(state, definition, updated_before)
+        async with self._errors("count"):
+            ((found,),) = await self._query(
+                "SELECT count(*) FROM saga_fsm_sagas WHERE true" + where, params
+            )
+        return int(found)

@@ -62,15 +62,18 @@ _INSERT_HISTORY = """
 INSERT INTO saga_fsm_history (saga_id, version, from_state, to_state, trigger, at, detail)
 VALUES (?, ?, ?, ?, ?, ?, ?)
 """
-_LIST = """
-SELECT saga_id, snapshot FROM saga_fsm_sagas
+_FILTER = """
 WHERE (:state IS NULL OR state = :state OR (:prefix_lo IS NOT NULL
        AND state >= :prefix_lo AND state < :prefix_hi))
   AND (:definition IS NULL OR definition = :definition)
   AND (:updated_before IS NULL OR updated_at < :updated_before)
+"""
+_LIST = "SELECT saga_id, snapshot FROM saga_fsm_sagas" + _FILTER + """
 ORDER BY created_at, saga_id
 LIMIT :limit
 """
+_LIST_NEWEST = _LIST.replace("ORDER BY created_at, saga_id", "ORDER BY created_at DESC, saga_id DESC")
+_COUNT = "SELECT count(*) FROM saga_fsm_sagas" + _FILTER
 
 _DUE = """
 SELECT saga_id, snapshot FROM saga_fsm_sagas
@@ -146,6 +149,19 @@ def _status_range(state: str | None) -> tuple[str | None, str | None]:
     if state is None or ":" in state:
         return None, None
     return state + ":", state + ";"
+
+
+def _filter_params(
+    state: str | None, definition: str | None, updated_before: datetime | None
+) -> dict[str, Any]:
+    lo, hi = _status_range(state)
+    return {
+        "state": state,
+        "prefix_lo": lo,
+        "prefix_hi": hi,
+        "definition": definition,
+        "updated_before": utc_text(updated_before),
+    }
 
 
 class SqliteStore:
@@ -297,19 +313,13 @@ class SqliteStore:
         definition: str | None = None,
         limit: int | None = None,
         updated_before: datetime | None = None,
+        newest_first: bool = False,
     ) -> list[Snapshot]:
         check_limit(limit)
-        lo, hi = _status_range(state)
         rows = self._read(
-            _LIST,
-            {
-                "state": state,
-                "prefix_lo": lo,
-                "prefix_hi": hi,
-                "definition": definition,
-                "updated_before": utc_text(updated_before),
-                "limit": -1 if limit is None else limit,
-            },
+            _LIST_NEWEST if newest_first else _LIST,
+            _filter_params(state, definition, updated_before)
+            | {"limit": -1 if limit is None else limit},
         )
         return [snapshot_from_json(text, saga_id=saga_id) for saga_id, text in rows]
 
@@ -416,6 +426,16 @@ class SqliteStore:
             {"prefix": prefix, "limit": limit},
         )
         return [saga_id for (saga_id,) in rows]
+
+    async def count(
+        self,
+        *,
+        state: str | None = None,
+        definition: str | None = None,
+        updated_before: datetime | None = None,
+    ) -> int:
+        ((found,),) = self._read(_COUNT, _filter_params(state, definition, updated_before))
+        return int(found)
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -792,3 +792,22 @@ def test_find_ids_by_prefix(harness: Harness) -> None:
     assert harness.run(find("ab", 0)) == []
     with pytest.raises(ValueError, match="limit"):
         harness.run(find("ab", -1))
+
+
+def test_count_and_newest_first(harness: Harness) -> None:
+    for n in range(5):
+        snapshot, history = started(f"s-{n}", at=T0 + timedelta(seconds=n))
+        harness.run(harness.store.create(snapshot, history))
+    harness.run(harness.store.create(new_snapshot(REFUND, "r-1", {}, T0 + timedelta(hours=1))))
+    store = harness.store
+    assert harness.run(store.count()) == 6
+    assert harness.run(store.count(state="running")) == 5
+    assert harness.run(store.count(state="pending", definition="refund")) == 1
+    assert harness.run(store.count(definition="order", state="completed")) == 0
+    assert harness.run(store.count(updated_before=T0 + timedelta(seconds=2))) == 2
+    newest = harness.run(store.list(limit=3, newest_first=True))
+    assert [s.saga_id for s in newest] == ["r-1", "s-4", "s-3"]
+    newest = harness.run(store.list(state="running", limit=2, newest_first=True))
+    assert [s.saga_id for s in newest] == ["s-4", "s-3"]
+    oldest = harness.run(store.list(limit=2))
+    assert [s.saga_id for s in oldest] == ["s-0", "s-1"]
