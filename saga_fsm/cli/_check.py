@@ -20,6 +20,7 @@ import click
 
 from saga_fsm._loading import load_definition, resolve_reference
 from saga_fsm.cli._app import UsageProblem, exit_with, main, parse_json_object, run_async
+from saga_fsm.cli._params import count
 from saga_fsm.stores import open_store
 
 
@@ -79,7 +80,7 @@ def _invariants(ref: str) -> list[Any]:
     help="Your invariants: package.module:attribute (one, or a list) or package.module"
     " (every @saga_invariant in it). Repeatable.",
 )
-@click.option("--max-examples", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--max-examples", type=count(), default=100, show_default=True)
 @click.option("--seed", type=int, default=None, help="Replay a run (default: random, printed).")
 @click.option("--data", default=None, metavar="JSON", help="Initial saga data, a JSON object.")
 @click.option(
@@ -91,7 +92,7 @@ def _invariants(ref: str) -> list[Any]:
 )
 @click.option(
     "--steps",
-    type=click.IntRange(min=1),
+    type=count(),
     default=30,
     show_default=True,
     help="Events per example.",

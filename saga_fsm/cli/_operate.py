@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import click
 from saga_fsm._errors import InvalidStoreURL, SagaLeased, StoreError, TransitionNotAllowed
 from saga_fsm._loading import load_definition
 from saga_fsm._orchestrator import DEFAULT_LEASE_SECONDS, Orchestrator
-from saga_fsm._snapshot import Snapshot
+from saga_fsm._snapshot import SagaStatus, Snapshot
 from saga_fsm._worker import Worker
 from saga_fsm.cli._app import (
     UsageProblem,
@@ -27,8 +28,17 @@ from saga_fsm.cli._app import (
     run_async,
     store_option,
 )
+from saga_fsm.cli._ids import resolve_id
+from saga_fsm.cli._params import (
+    MAX_CONCURRENCY,
+    MAX_INTERVAL_SECONDS,
+    MAX_LEASE_SECONDS,
+    FiniteFloat,
+    count,
+)
 from saga_fsm.cli._render import console, state_text
 from saga_fsm.stores import open_store
+from saga_fsm.stores.url import url_scheme
 
 EXIT_REFUSED = 1
 log = logging.getLogger("saga_fsm.worker")
@@ -59,14 +69,17 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     help="Start at most once per key (with --data-file, line N uses K:N).",
 )
 @store_option
+@click.option("--json", "as_json", is_flag=True, help='Print [{"id", "state", "version"}, ...].')
 def start(
     ref: str,
     data: str | None,
     data_file: str | None,
     idempotency_key: str | None,
     store_url: str | None,
+    as_json: bool,
 ) -> None:
     """Persist new sagas of REF without running them; print their ids (a worker runs them)."""
+    refuse_memory_store(store_url)
     if (data is None) == (data_file is None):
         raise UsageProblem("give exactly one of --data and --data-file")
     payloads = (
@@ -92,25 +105,44 @@ def start(
                 for payload, key in zip(payloads, keys, strict=True)
             ]
 
-    for snapshot in run_async(go):
+    started = run_async(go)
+    if as_json:
+        echo_json([{"id": s.saga_id, "state": s.state, "version": s.version} for s in started])
+        return
+    for snapshot in started:
         click.echo(snapshot.saga_id)
+
+
+def refuse_memory_store(store_url: str | None) -> None:
+    """A saga started in memory:// is gone when this process exits, before any worker
+    (another process) could run it."""
+    if url_scheme(resolve_store_url(store_url)) == "memory":
+        raise UsageProblem(
+            "start persists sagas for workers in other processes; memory:// is gone when"
+            " this command exits: use sqlite:///FILE.db or postgresql://..."
+        )
 
 
 @main.command("worker")
 @store_option
-@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--concurrency", type=count(maximum=MAX_CONCURRENCY), default=8, show_default=True)
 @click.option("--id", "worker_id", default=None, help="Worker name (default: host:pid:random).")
 @click.option(
     "--lease-seconds",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloat(min=0.1, max=MAX_LEASE_SECONDS),
     default=DEFAULT_LEASE_SECONDS,
     show_default=True,
     help="How long a dead worker's sagas wait before another takes them over.",
 )
-@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.2, show_default=True)
+@click.option(
+    "--poll-interval",
+    type=FiniteFloat(min=0.01, max=MAX_INTERVAL_SECONDS),
+    default=0.2,
+    show_default=True,
+)
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0, max=MAX_INTERVAL_SECONDS),
     default=30.0,
     show_default=True,
     help="On SIGTERM/SIGINT, seconds to let in-flight steps finish.",
@@ -163,28 +195,56 @@ def worker(
     run_async(serve)
 
 
+def _leased_reason(leased: SagaLeased) -> str:
+    """Who holds the saga and, should that worker be dead, when its lease runs out."""
+    until = leased.until
+    if not isinstance(until, datetime):
+        return str(leased)
+    left = max(0.0, (until - datetime.now(UTC)).total_seconds())
+    return (
+        f"saga {leased.saga_id} is held by worker {leased.owner!r} until"
+        f" {until.astimezone(UTC).isoformat(timespec='seconds')} (in {left:.0f}s);"
+        " if that worker is dead, resume it after then"
+    )
+
+
+def _finished_reason(snapshot: Snapshot) -> str:
+    why = (
+        "parked for an operator: use retry"
+        if snapshot.status is SagaStatus.FAILED
+        else "finished, there is nothing to resume"
+    )
+    return f"saga {snapshot.saga_id} is {snapshot.state}: {why}"
+
+
 def _operate(saga_id: str, store_url: str | None, action: str, as_json: bool) -> None:
     """Apply an operator command through the Machine, then drive the saga here unless a
-    live worker holds it. Refusals exit 1 and change nothing."""
+    live worker holds it. Refusals exit 1 and change nothing; so does a saga that ends
+    parked in failed again (it still needs an operator)."""
 
     async def go() -> Snapshot:
-        async with open_store(resolve_store_url(store_url)) as store:
+        async with open_store(resolve_store_url(store_url), create=False) as store:
+            full_id = await resolve_id(store, saga_id)
             orchestrator = Orchestrator(store)
             if action == "cancel":
-                await orchestrator.cancel(saga_id)
+                await orchestrator.cancel(full_id)
             elif action == "retry":
-                await orchestrator.retry(saga_id)
+                await orchestrator.retry(full_id)
+            else:
+                current = await store.load(full_id)
+                if current.is_terminal:
+                    raise _Refused(_finished_reason(current))
             try:
-                return await orchestrator.resume(saga_id)
+                return await orchestrator.resume(full_id)
             except SagaLeased as leased:
                 if action == "resume":
-                    raise
+                    raise _Refused(_leased_reason(leased)) from None
                 console.print(f"[dim]{leased}: it carries on there[/]")
-                return await store.load(saga_id)
+                return await store.load(full_id)
 
     try:
         final = run_async(go)
-    except (TransitionNotAllowed, SagaLeased) as refused:
+    except (TransitionNotAllowed, SagaLeased, _Refused) as refused:
         click.echo(f"saga-fsm: refused: {refused}", err=True)
         exit_with(EXIT_REFUSED)
         return
@@ -192,11 +252,18 @@ def _operate(saga_id: str, store_url: str | None, action: str, as_json: bool) ->
         echo_json({"id": final.saga_id, "state": final.state, "version": final.version})
     else:
         console.print(f"saga {final.saga_id}: {state_text(final.state)}")
+    if final.status is SagaStatus.FAILED:
+        click.echo(f"saga-fsm: saga {final.saga_id} failed again: {final.failure}", err=True)
+        exit_with(EXIT_REFUSED)
+
+
+class _Refused(Exception):
+    """An operator command the saga's state does not allow (exit 1)."""
 
 
 def _operator_command(name: str, help_text: str) -> None:
-    @main.command(name, help=help_text)
-    @click.argument("saga_id")
+    @main.command(name, help=help_text + " ID may be any unique prefix.")
+    @click.argument("saga_id", metavar="ID")
     @store_option
     @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
     def command(saga_id: str, store_url: str | None, as_json: bool) -> None:

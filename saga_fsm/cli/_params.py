@@ -12,35 +12,21 @@ import click
 
 # SQLite and PostgreSQL both take a LIMIT up to a signed 64-bit integer; nobody lists more.
 MAX_COUNT = 2**31 - 1
+MAX_CONCURRENCY = 100_000  # sagas in flight in one process
+MAX_LEASE_SECONDS = 7 * 86400.0
+MAX_INTERVAL_SECONDS = 86400.0  # polls, grace periods
 # datetime arithmetic overflows near 10,000 years; a century back is "forever" for a saga.
 MAX_DURATION = timedelta(days=36500)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class FiniteFloat(click.ParamType):
-    """A finite number in ``[minimum, maximum]`` (``minimum`` excluded when ``open_min``)."""
-
-    name = "number"
-
-    def __init__(self, minimum: float, maximum: float, *, open_min: bool = False) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-        self.open_min = open_min
+class FiniteFloat(click.FloatRange):
+    """A ``FloatRange`` that also refuses NaN (which every comparison lets through)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, float):
-            number = value
-        else:
-            try:
-                number = float(value)
-            except ValueError:
-                self.fail(f"{value!r} is not a number", param, ctx)
+        number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        low_ok = number > self.minimum if self.open_min else number >= self.minimum
-        if not low_ok or number > self.maximum:
-            low = f"more than {self.minimum:g}" if self.open_min else f"at least {self.minimum:g}"
-            self.fail(f"{value!r} must be {low} and at most {self.maximum:g}", param, ctx)
         return number
 
 

@@ -22,6 +22,7 @@ Driver errors never leave this module raw: they become ``StoreError`` (or
 
 from __future__ import annotations
 
+import builtins  # the stores' own ``list`` method shadows it in class bodies
 import json
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
@@ -579,7 +580,7 @@ class PostgresStore:
         if self._owns_pool:
             await self._pool.close()
 
-    async def find_ids(self, prefix: str, limit: int) -> list[str]:
+    async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
         check_limit(limit)
         async with self._errors("find_ids"):
             rows = await self._query(

@@ -12,6 +12,7 @@ is a few short statements on a local file, cheaper than a hop to a thread.
 
 from __future__ import annotations
 
+import builtins  # the stores' own ``list`` method shadows it in class bodies
 import json
 import sqlite3
 import threading
@@ -68,11 +69,17 @@ WHERE (:state IS NULL OR state = :state OR (:prefix_lo IS NOT NULL
   AND (:definition IS NULL OR definition = :definition)
   AND (:updated_before IS NULL OR updated_at < :updated_before)
 """
-_LIST = "SELECT saga_id, snapshot FROM saga_fsm_sagas" + _FILTER + """
+_LIST = (
+    "SELECT saga_id, snapshot FROM saga_fsm_sagas"
+    + _FILTER
+    + """
 ORDER BY created_at, saga_id
 LIMIT :limit
 """
-_LIST_NEWEST = _LIST.replace("ORDER BY created_at, saga_id", "ORDER BY created_at DESC, saga_id DESC")
+)
+_LIST_NEWEST = _LIST.replace(
+    "ORDER BY created_at, saga_id", "ORDER BY created_at DESC, saga_id DESC"
+)
 _COUNT = "SELECT count(*) FROM saga_fsm_sagas" + _FILTER
 
 _DUE = """
@@ -415,7 +422,7 @@ class SqliteStore:
         with self._lock:
             self._conn.close()
 
-    async def find_ids(self, prefix: str, limit: int) -> list[str]:
+    async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
         check_limit(limit)
         # A range on the primary key (an index seek; SQLite's LIKE is case-insensitive and
         # skips the index), then the exact test, since ids are compared byte by byte.

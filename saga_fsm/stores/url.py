@@ -73,7 +73,7 @@ def scrub(text: str, url: str) -> str:
 
 def _passwords(url: str) -> list[str]:
     found = [m.group(2).strip("'") for m in _KEYWORD_PASSWORD.finditer(url) if m.group(2)]
-    scheme, sep, rest = url.partition("://")
+    _, sep, rest = url.partition("://")
     userinfo = rest.rpartition("@")[0] if sep else ""
     if ":" in userinfo:
         found.append(userinfo.partition(":")[2])
@@ -121,7 +121,9 @@ async def _open(url: str, *, create: bool) -> SnapshotStore:
 
 
 @asynccontextmanager
-async def open_store(url: str | None = None, *, create: bool = True) -> AsyncIterator[SnapshotStore]:
+async def open_store(
+    url: str | None = None, *, create: bool = True
+) -> AsyncIterator[SnapshotStore]:
     """Open the store ``url`` names (default: ``store_url_from_env()``) and close it
     on exit. Unknown or malformed URLs raise ``InvalidStoreURL`` before anything opens.
     ``create=False`` (for reading) refuses a SQLite file that does not exist instead of
