@@ -32,6 +32,7 @@ from saga_fsm._definition import (
 from saga_fsm._errors import (
     ConcurrencyConflict,
     DefinitionError,
+    InvalidArgument,
     InvalidReference,
     InvalidStoreURL,
     SagaError,
@@ -78,6 +79,7 @@ __all__ = [
     "FakeClock",
     "Finish",
     "HistoryEntry",
+    "InvalidArgument",
     "InvalidReference",
     "InvalidStoreURL",
     "MemoryStore",

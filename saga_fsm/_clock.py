@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+
+from saga_fsm._errors import InvalidArgument
+
+# Ten years: beyond that, datetime arithmetic (now + seconds) overflows soon enough.
+MAX_SECONDS = 10 * 365 * 86400.0
+
+
+def seconds(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """``value`` if it is a usable number of seconds: finite, positive (or zero when
+    ``allow_zero``), at most ``MAX_SECONDS``; else ``InvalidArgument`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(name, value, "must be a number of seconds")
+    if not math.isfinite(value):
+        raise InvalidArgument(name, value, "must be a finite number of seconds")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise InvalidArgument(name, value, "must be " + ("0 or more" if allow_zero else "positive"))
+    if value > MAX_SECONDS:
+        raise InvalidArgument(name, value, f"must be at most {MAX_SECONDS:.0f} seconds")
+    return float(value)
 
 
 class Clock(Protocol):

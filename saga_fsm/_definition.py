@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from enum import StrEnum
@@ -51,8 +52,8 @@ def _positive(owner: str, name: str, value: float | None, *, allow_none: bool) -
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DefinitionError(f"must be a number, got {value!r}", field=name)
-    if value <= 0:
-        raise DefinitionError(f"must be positive, got {value!r}", field=name)
+    if not math.isfinite(value) or value <= 0:
+        raise DefinitionError(f"must be a positive finite number, got {value!r}", field=name)
 
 
 @frozen

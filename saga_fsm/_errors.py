@@ -116,3 +116,13 @@ class StoreError(SagaError):
 
 class InvalidStoreURL(StoreError, ValueError):
     """A store URL has an unknown scheme or a malformed path."""
+
+
+class InvalidArgument(SagaError, ValueError):
+    """An argument saga_fsm cannot use: NaN, infinite, out of range. ``name`` says which,
+    ``value`` what it was."""
+
+    def __init__(self, name: str, value: object, reason: str) -> None:
+        self.name = name
+        self.value = value
+        super().__init__(f"{name} {reason}, got {value!r}")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from saga_fsm._clock import Clock, SystemClock
+from saga_fsm._clock import Clock, SystemClock, seconds
 from saga_fsm._codec import dumps
 from saga_fsm._core import (
     Command,
@@ -83,8 +83,7 @@ class Orchestrator:
         worker_id: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
-        if lease_seconds <= 0:
-            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        seconds("lease_seconds", lease_seconds)
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 
+from saga_fsm._clock import seconds
 from saga_fsm._errors import SagaError, SnapshotDecodeError, StoreError
 from saga_fsm._orchestrator import Orchestrator
 from saga_fsm._snapshot import Snapshot
@@ -43,6 +44,12 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        for name, value in (
+            ("poll_interval", poll_interval),
+            ("max_hold", max_hold),
+            ("max_backoff", max_backoff),
+        ):
+            seconds(name, value)
         self.orchestrator = orchestrator
         self.concurrency = concurrency
         self.poll_interval = poll_interval
@@ -61,6 +68,7 @@ class Worker:
         """Serve until ``stop`` is set, then shut down gracefully: stop claiming, let
         in-flight steps finish for up to ``grace`` seconds, then cancel what is left and
         release its leases so another worker resumes it at once."""
+        seconds("grace", grace, allow_zero=True)
         backoff = self.poll_interval
         self._freed = asyncio.Event()  # bound to this run's event loop
         store, clock = self.orchestrator.store, self.orchestrator.clock

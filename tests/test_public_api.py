@@ -18,6 +18,7 @@ EXPECTED = [
     "FakeClock",
     "Finish",
     "HistoryEntry",
+    "InvalidArgument",
     "InvalidReference",
     "InvalidStoreURL",
     "MemoryStore",

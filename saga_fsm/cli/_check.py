@@ -70,6 +70,15 @@ def _invariants(ref: str) -> list[Any]:
     return found
 
 
+def _testing_check() -> Any:
+    """``saga_fsm.testing.check``, or one line naming the extra that installs it."""
+    try:
+        from saga_fsm.testing import check
+    except ImportError as err:
+        raise UsageProblem(str(err)) from None
+    return check
+
+
 @main.command("check")
 @click.argument("ref")
 @click.option(
@@ -128,8 +137,7 @@ def check_command(
     REF is a definition file, package.module:attribute, or a module holding exactly
     one definition. Exits 0 when every property holds, 1 with a counterexample.
     """
-    from saga_fsm.testing import check
-
+    check = _testing_check()
     definition = load_definition(ref)
     run_async(lambda: _probe(store_url))
     invariants = [i for r in invariant_refs for i in _invariants(r)]
