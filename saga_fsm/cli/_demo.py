@@ -18,7 +18,7 @@ from saga_fsm.cli._params import MAX_CONCURRENCY, FiniteFloat, count
 from saga_fsm.cli._render import console, state_text
 from saga_fsm.examples import order_fulfillment
 from saga_fsm.examples._fakes import services
-from saga_fsm.stores import open_store
+from saga_fsm.stores import MemoryStore, open_store
 from saga_fsm.stores.url import redact_url, url_scheme
 
 
@@ -57,6 +57,7 @@ async def run_demo(
     definition = order_fulfillment.definition
     task = progress.add_task("sagas", total=sagas) if progress else None
     numbers = iter(range(sagas))
+    step_names = [step.name for step in definition.steps]
     tally = Tally()
     async with open_store(store_url) as store:
         orchestrator = Orchestrator(store, [definition])
@@ -65,7 +66,12 @@ async def run_demo(
             for n in numbers:
                 order_id = f"order-{seed}-{n}"
                 order = {"order_id": order_id, "amount": 10 + n % 90, "quantity": 1 + n % 3}
-                tally.add(await orchestrator.run(definition, order, correlation_id=order_id))
+                final = await orchestrator.run(definition, order, correlation_id=order_id)
+                tally.add(final)
+                services.forget(final.saga_id, step_names)
+                if isinstance(store, MemoryStore):
+                    # Nothing outlives this process in memory://: keep only what is in flight.
+                    store.discard(final.saga_id)
                 if progress is not None and task is not None:
                     progress.advance(task)
 

@@ -26,8 +26,8 @@ def state_text(state: str) -> str:
 
 
 def saga_json(snapshot: Snapshot) -> dict[str, object]:
-    """The whole snapshot as ``show --json`` and ``run --json`` print it: ``id`` first,
-    as in every other command's JSON."""
+    """The whole snapshot as ``show --json`` and ``run --json`` print it, its id called
+    ``id`` as in every other command's JSON."""
     encoded = snapshot_to_dict(snapshot)
     return {"id": encoded.pop("saga_id"), **encoded}
 

@@ -215,3 +215,13 @@ class MemoryStore:
             and (definition is None or row.definition == definition)
             and (updated_before is None or row.updated_at < updated_before)
         )
+
+    def discard(self, saga_id: str) -> None:
+        """Forget a saga entirely (its row, history and idempotency key): for a process
+        that keeps running sagas in memory and has no more use for the finished ones."""
+        row = self._rows.pop(saga_id, None)
+        self._history.pop(saga_id, None)
+        if row is not None:
+            key = snapshot_from_json(row.encoded, saga_id=saga_id).idempotency_key
+            if key is not None and self._keys.get(key) == saga_id:
+                del self._keys[key]

@@ -43,7 +43,9 @@ def seed(path: Path, *saga_ids: str) -> None:
         try:
             orchestrator = Orchestrator(store, [sagas.completes])
             for saga_id in saga_ids:
-                await orchestrator.start(sagas.completes, {}, saga_id=saga_id)
+                await orchestrator.start(
+                    sagas.completes, {}, saga_id=saga_id, definition_ref=COMPLETES
+                )
         finally:
             await store.close()
 
