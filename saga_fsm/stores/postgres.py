@@ -56,6 +56,7 @@ from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
 from saga_fsm.stores._group import GroupCommit
 from saga_fsm.stores._protocol import check_limit, ids, like_prefix
+from saga_fsm.stores._secrets import scrub
 
 _MIGRATIONS = migrations.load("postgres")
 _CONNECT_TIMEOUT = 10  # seconds, unless the conninfo says otherwise
@@ -356,7 +357,9 @@ class PostgresStore:
             where = _describe(conninfo)
             params = conninfo_to_dict(conninfo)
         except psycopg.Error as err:
-            raise StoreError(f"invalid PostgreSQL connection string: {err}") from err
+            # libpq quotes the string, password and all: neither it nor the cause goes on.
+            message = scrub(str(err).strip(), conninfo)
+            raise StoreError(f"invalid PostgreSQL connection string: {message}") from None
         if "connect_timeout" not in params:
             conninfo = make_conninfo(conninfo, connect_timeout=_CONNECT_TIMEOUT)
         with _driver_errors(where, "connect"):
