@@ -123,10 +123,11 @@ def list_sagas(
             click.echo(f"saga-fsm: {not_shown}", err=True)
         echo_json([summary(s) for s in snapshots])
         return
-    table = Table("definition", "state", "updated")
+    table = Table()
     # Never cut, never wrapped: an id is shown only as much as it can be pasted back.
     table.add_column("id", no_wrap=True, min_width=max(map(len, short.values()), default=2))
-    table.columns.insert(0, table.columns.pop())
+    for column in ("definition", "state", "updated"):
+        table.add_column(column)
     for s in snapshots:
         table.add_row(
             short[s.saga_id],

@@ -96,3 +96,9 @@ def test_scale_runs_on_postgres(postgres_dsn: str) -> None:
     assert [line["bench"] for line in lines] == ["claim", "claim", "in_flight_memory"]
     assert all(line["claimed"] > 0 for line in lines if line["bench"] == "claim")
     assert_correct(lines)
+
+
+def test_demo_memory_reports_the_peak_of_each_size() -> None:
+    lines = run("demo_memory.py", "--sagas", "10,30", "--concurrency", "4")
+    assert [line["sagas"] for line in lines] == [10, 30]
+    assert all(line["finished"] is True and line["peak_rss_mb"] > 0 for line in lines)
