@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from enum import StrEnum
@@ -51,8 +52,8 @@ def _positive(owner: str, name: str, value: float | None, *, allow_none: bool) -
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DefinitionError(f"must be a number, got {value!r}", field=name)
-    if value <= 0:
-        raise DefinitionError(f"must be positive, got {value!r}", field=name)
+    if not math.isfinite(value) or value <= 0:
+        raise DefinitionError(f"must be a positive finite number, got {value!r}", field=name)
 
 
 @frozen
@@ -186,9 +187,16 @@ class Step:
         elif self.kind is StepKind.RETRIABLE and (
             self.retry.max_attempts is not None or self.retry.non_retryable
         ):
+            bound = (
+                f"max_attempts={self.retry.max_attempts}"
+                if self.retry.max_attempts is not None
+                else f"non_retryable={self.retry.non_retryable!r}"
+            )
             raise DefinitionError(
-                "a retriable step is retried until it succeeds: its retry policy takes no"
-                " max_attempts and no non_retryable types",
+                f"retriable step {self.name!r} is retried until it succeeds, yet its retry"
+                f" policy has {bound}: use RetryPolicy(max_attempts=None) and no"
+                " non_retryable types",
+                step=self.name,
                 field="retry",
             )
         if self.kind is not StepKind.COMPENSABLE and self.compensation is not None:

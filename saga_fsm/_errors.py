@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 
 class SagaError(Exception):
     """Base of every error saga_fsm raises on purpose."""
 
 
 class InvalidArgument(SagaError, ValueError):
-    """A saga_fsm function was called with a value it cannot accept."""
+    """A saga_fsm function was called with a value it cannot accept: NaN, infinite, out
+    of range. ``name`` says which argument, when one is to blame, ``value`` what it was."""
+
+    def __init__(self, message: str, *, name: str | None = None, value: object = None) -> None:
+        self.name = name
+        self.value = value
+        super().__init__(message)
 
 
 class InvalidArgumentType(SagaError, TypeError):
@@ -115,7 +123,14 @@ class SagaLeased(SagaError):
         self.saga_id = saga_id
         self.owner = owner
         self.until = until
-        super().__init__(f"saga {saga_id} is being run by worker {owner!r} (lease until {until})")
+        when = str(until)
+        if isinstance(until, datetime):
+            left = max(0.0, (until - datetime.now(UTC)).total_seconds())
+            when = f"{until.astimezone(UTC).isoformat(timespec='seconds')} (in {left:.0f}s)"
+        super().__init__(
+            f"saga {saga_id} is held by worker {owner!r} until {when};"
+            " if that worker is dead, resume it after then"
+        )
 
 
 class StoreError(SagaError):

@@ -178,6 +178,27 @@ def _callable(ref: str | None, field: str) -> Any:
     return value
 
 
+def _check_steps_shape(raw_steps: Any, source: str) -> None:
+    """``steps`` is a list of tables: said plainly, before the converter would read a
+    string's characters or a table's keys as steps."""
+    if raw_steps is None:
+        return
+    if not isinstance(raw_steps, list | tuple):
+        raise DefinitionError(
+            f"must be a list of step tables/objects, got {type(raw_steps).__name__}"
+            f" {raw_steps!r:.40}",
+            field="steps",
+            source=source,
+        )
+    for row, raw_step in enumerate(raw_steps):
+        if not isinstance(raw_step, dict):
+            raise DefinitionError(
+                f"a step must be a table/object, got {type(raw_step).__name__} {raw_step!r:.40}",
+                row=row,
+                source=source,
+            )
+
+
 def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefinition:
     """Build a definition from parsed file content. Errors name the step row and field."""
     if not isinstance(raw, dict):
@@ -185,6 +206,7 @@ def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefin
             f"expected a table/object at the top, got {type(raw).__name__}", source=source
         )
     raw_steps: Any = raw.get("steps")
+    _check_steps_shape(raw_steps, source)
     try:
         spec = definition_converter.structure(raw, _SagaSpec)
     except cattrs.BaseValidationError as err:
@@ -240,6 +262,11 @@ def load_definition_file(path: str | Path) -> SagaDefinition:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise DefinitionError(f"cannot read file: {err.strerror}", source=source) from None
+    except UnicodeDecodeError as err:
+        raise DefinitionError(
+            f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})",
+            source=source,
+        ) from None
     try:
         raw = _parse(suffix, text)
     except ValueError as err:

@@ -9,10 +9,10 @@ from typing import Literal, get_args
 from attrs import frozen
 
 from saga_fsm._definition import SagaDefinition
-from saga_fsm._errors import InvalidArgument, SagaLeased, UnknownDefinition
+from saga_fsm._errors import InvalidArgument, SagaLeased, TransitionNotAllowed, UnknownDefinition
 from saga_fsm._loading import load_definition
 from saga_fsm._orchestrator import Orchestrator
-from saga_fsm._snapshot import Snapshot
+from saga_fsm._snapshot import SagaStatus, Snapshot
 from saga_fsm.stores import SnapshotStore
 
 OperatorCommand = Literal["cancel", "retry", "resume"]
@@ -42,6 +42,13 @@ async def operate(
         raise InvalidArgument(f"unknown operator command {command!r}: one of {OPERATOR_COMMANDS}")
     orchestrator = Orchestrator(store, definitions)
     snapshot = await store.load(saga_id)
+    if command == "resume" and snapshot.is_terminal:
+        why = (
+            "parked for an operator: use retry"
+            if snapshot.status is SagaStatus.FAILED
+            else "finished, there is nothing to resume"
+        )
+        raise TransitionNotAllowed(saga_id, snapshot.state, "resume", why)
     if (snapshot.definition, snapshot.definition_version) not in orchestrator.served:
         orchestrator.register(recorded_definition(snapshot))
     if command == "cancel":

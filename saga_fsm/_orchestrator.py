@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from saga_fsm._clock import Clock, SystemClock
+from saga_fsm._clock import Clock, SystemClock, seconds
 from saga_fsm._codec import data_problem
 from saga_fsm._core import (
     Command,
@@ -30,7 +30,6 @@ from saga_fsm._core import idempotency_key as key_of
 from saga_fsm._definition import SagaDefinition
 from saga_fsm._errors import (
     ConcurrencyConflict,
-    InvalidArgument,
     SagaError,
     TransitionNotAllowed,
     UnknownDefinition,
@@ -87,8 +86,7 @@ class Orchestrator:
         worker_id: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
-        if lease_seconds <= 0:
-            raise InvalidArgument(f"lease_seconds must be positive, got {lease_seconds}")
+        seconds("lease_seconds", lease_seconds)
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()

@@ -18,7 +18,8 @@ import contextlib
 import time
 from collections import Counter
 
-from saga_fsm._errors import SagaError, SnapshotDecodeError, StoreError
+from saga_fsm._clock import seconds
+from saga_fsm._errors import InvalidArgument, SagaError, SnapshotDecodeError, StoreError
 from saga_fsm._logging import get_logger
 from saga_fsm._orchestrator import Orchestrator
 from saga_fsm._snapshot import Snapshot
@@ -58,9 +59,15 @@ class Worker:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         if not orchestrator.served:
-            raise ValueError(
+            raise InvalidArgument(
                 "a worker needs the definitions it serves: register them with its Orchestrator"
             )
+        for name, value in (
+            ("poll_interval", poll_interval),
+            ("max_hold", max_hold),
+            ("max_backoff", max_backoff),
+        ):
+            seconds(name, value)
         self.orchestrator = orchestrator
         self.summary_every = summary_every
         self.store_name = store_name if store_name is not None else repr(orchestrator.store)
@@ -84,6 +91,7 @@ class Worker:
         """Serve until ``stop`` is set, then shut down gracefully: stop claiming, let
         in-flight steps finish for up to ``grace`` seconds, then cancel what is left and
         release its leases so another worker resumes it at once."""
+        seconds("grace", grace, allow_zero=True)
         backoff = self.poll_interval
         self._freed = asyncio.Event()  # bound to this run's event loop
         store, clock = self.orchestrator.store, self.orchestrator.clock

@@ -14,7 +14,7 @@ import click
 
 from saga_fsm._errors import SagaError
 from saga_fsm.stores import open_store
-from saga_fsm.stores.url import store_url_from_env
+from saga_fsm.stores.url import ACCEPTED, store_url_from_env
 
 T = TypeVar("T")
 
@@ -34,6 +34,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.BadParameter as err:
+            raise UsageProblem(err.format_message()) from None
         except (SagaError, ValueError, OSError) as err:
             raise UsageProblem(
                 str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -58,7 +60,12 @@ def store_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def resolve_store_url(store_url: str | None) -> str:
-    return store_url or store_url_from_env()
+    """``--store``, else ``$SAGA_FSM_STORE``, else the default; an empty one is refused."""
+    if store_url is None:
+        return store_url_from_env()
+    if not store_url.strip():
+        raise UsageProblem(f"--store is empty: give a URL ({ACCEPTED})")
+    return store_url
 
 
 def run_async(make: Callable[[], Awaitable[T]]) -> T:

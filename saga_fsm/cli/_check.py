@@ -20,6 +20,7 @@ import click
 
 from saga_fsm._loading import load_definition, resolve_reference
 from saga_fsm.cli._app import UsageProblem, exit_with, main, parse_json_object, run_async
+from saga_fsm.cli._params import count
 from saga_fsm.stores import open_store
 
 
@@ -69,6 +70,15 @@ def _invariants(ref: str) -> list[Any]:
     return found
 
 
+def _testing_check() -> Any:
+    """``saga_fsm.testing.check``, or one line naming the extra that installs it."""
+    try:
+        from saga_fsm.testing import check
+    except ImportError as err:
+        raise UsageProblem(str(err)) from None
+    return check
+
+
 @main.command("check")
 @click.argument("ref")
 @click.option(
@@ -79,7 +89,7 @@ def _invariants(ref: str) -> list[Any]:
     help="Your invariants: package.module:attribute (one, or a list) or package.module"
     " (every @saga_invariant in it). Repeatable.",
 )
-@click.option("--max-examples", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--max-examples", type=count(), default=100, show_default=True)
 @click.option("--seed", type=int, default=None, help="Replay a run (default: random, printed).")
 @click.option("--data", default=None, metavar="JSON", help="Initial saga data, a JSON object.")
 @click.option(
@@ -91,7 +101,7 @@ def _invariants(ref: str) -> list[Any]:
 )
 @click.option(
     "--steps",
-    type=click.IntRange(min=1),
+    type=count(),
     default=30,
     show_default=True,
     help="Events per example.",
@@ -127,8 +137,7 @@ def check_command(
     REF is a definition file, package.module:attribute, or a module holding exactly
     one definition. Exits 0 when every property holds, 1 with a counterexample.
     """
-    from saga_fsm.testing import check
-
+    check = _testing_check()
     definition = load_definition(ref)
     run_async(lambda: _probe(store_url))
     invariants = [i for r in invariant_refs for i in _invariants(r)]

@@ -8,6 +8,7 @@ import click
 
 from saga_fsm._loading import load_definition
 from saga_fsm.cli._app import UsageProblem, main, resolve_store_url, run_async, store_option
+from saga_fsm.cli._ids import resolve_id
 from saga_fsm.diagrams import (
     FORMATS,
     Diagram,
@@ -56,8 +57,8 @@ def _choose(
     url = resolve_store_url(store_url)
 
     async def fetch() -> Diagram:
-        async with open_store(url) as store:
-            return await load_instance_diagram(store, instance, definition)
+        async with open_store(url, create=False) as store:
+            return await load_instance_diagram(store, await resolve_id(store, instance), definition)
 
     return run_async(fetch)
 
@@ -74,7 +75,12 @@ def _choose(
     default=None,
     help="Default: from the output's suffix (.png .svg .dot .gv .mmd), else dot.",
 )
-@click.option("--instance", metavar="ID", default=None, help="Highlight this saga's path.")
+@click.option(
+    "--instance",
+    metavar="ID",
+    default=None,
+    help="Highlight this saga's path (any unique prefix of its id).",
+)
 @store_option
 @click.option(
     "--lifecycle", type=click.Choice(["saga", "step"]), default=None, help="A generic lifecycle."

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import click
+from click.core import ParameterSource
 from rich.table import Table
 
-from saga_fsm._codec import history_to_dict, snapshot_to_dict
+from saga_fsm._codec import history_to_dict
 from saga_fsm._errors import SnapshotDecodeError
-from saga_fsm._snapshot import HistoryEntry, Snapshot
+from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot
 from saga_fsm.cli._app import (
     UsageProblem,
     echo_json,
@@ -19,7 +19,15 @@ from saga_fsm.cli._app import (
     run_async,
     store_option,
 )
-from saga_fsm.cli._render import console, print_history, print_snapshot, state_text
+from saga_fsm.cli._ids import resolve_id, short_ids
+from saga_fsm.cli._params import count, parse_duration
+from saga_fsm.cli._render import (
+    console,
+    print_history,
+    print_snapshot,
+    saga_json,
+    state_text,
+)
 from saga_fsm.stores import open_store
 from saga_fsm.stores._protocol import QuarantinedSaga
 
@@ -39,22 +47,33 @@ def summary(snapshot: Snapshot) -> dict[str, object]:
     }
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DEFAULT_LIMIT = 50
+_STEP_STATUSES = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
 
-def parse_duration(text: str) -> timedelta:
-    """``90s``, ``5m``, ``2h``, ``1d`` or plain seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if match is None:
-        raise UsageProblem(f"--older-than {text!r} is not a duration like 90s, 5m, 2h or 1d")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2) or "s"])
+def check_state(state: str) -> None:
+    """A status (``running``) or a whole state (``running:charge``); nothing else."""
+    status, colon, step = state.partition(":")
+    valid = status in set(SagaStatus) and (not colon or (status in _STEP_STATUSES and step))
+    if not valid:
+        statuses = ", ".join(SagaStatus)
+        raise UsageProblem(
+            f"--state {state!r} is not a saga state: use a status ({statuses})"
+            " or running:STEP / compensating:STEP"
+        )
 
 
 @main.command("ls")
 @store_option
 @click.option("--state", default=None, help="A status (running) or a whole state (running:charge).")
 @click.option("--definition", default=None, help="Only sagas of this definition name.")
-@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--limit",
+    type=count(),
+    default=DEFAULT_LIMIT,
+    show_default=True,
+    help="Show the newest N (and say how many more there are).",
+)
 @click.option("--stuck", is_flag=True, help="Only unfinished sagas with no transition lately.")
 @click.option(
     "--older-than",
@@ -67,53 +86,75 @@ def parse_duration(text: str) -> timedelta:
     "--quarantined", is_flag=True, help="Only sagas set aside because they cannot be decoded."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
 def list_sagas(
+    ctx: click.Context,
     store_url: str | None,
     state: str | None,
     definition: str | None,
-    limit: int | None,
+    limit: int,
     stuck: bool,
     older_than: str,
     quarantined: bool,
     as_json: bool,
 ) -> None:
-    """List saga instances, oldest first."""
+    """List the newest saga instances, oldest of them first, with short unique ids."""
     if quarantined:
         if state is not None or definition is not None or stuck:
             raise UsageProblem("--quarantined takes no --state, --definition or --stuck")
         list_quarantined(resolve_store_url(store_url), limit, as_json)
         return
+    if not stuck and ctx.get_parameter_source("older_than") is not ParameterSource.DEFAULT:
+        raise UsageProblem("--older-than only goes with --stuck")
+    if state is not None:
+        check_state(state)
     cutoff = datetime.now(UTC) - parse_duration(older_than) if stuck else None
 
-    async def fetch() -> list[Snapshot | SnapshotDecodeError]:
-        async with open_store(resolve_store_url(store_url)) as store:
+    async def fetch() -> tuple[list[Snapshot | SnapshotDecodeError], int, dict[str, str]]:
+        async with open_store(resolve_store_url(store_url), create=False) as store:
             # A saga parked in failed waits for an operator on purpose: it is not stuck.
-            return await store.list(
+            total = await store.count(
+                state=state, definition=definition, updated_before=cutoff, unfinished=stuck
+            )
+            newest = await store.list(
                 state=state,
                 definition=definition,
-                limit=limit,
                 updated_before=cutoff,
                 unfinished=stuck,
+                limit=limit,
+                newest_first=True,
             )
+            found = newest[::-1]
+            ids = [str(s.saga_id) for s in found]
+            short = {} if as_json else await short_ids(store, ids)
+        return found, total - len(found), short
 
-    snapshots = run_async(fetch)
+    snapshots, more, short = run_async(fetch)
     warn_undecodable(snapshots)
+    not_shown = f"{more} older saga(s) not shown: use --limit N to see more" if more else ""
     if as_json:
+        if not_shown:
+            click.echo(f"saga-fsm: {not_shown}", err=True)
         echo_json([listed(s) for s in snapshots])
         return
-    table = Table("id", "definition", "state", "updated")
+    table = Table()
+    # Never cut, never wrapped: an id is shown only as much as it can be pasted back.
+    table.add_column("id", no_wrap=True, min_width=max(map(len, short.values()), default=2))
+    for column in ("definition", "state", "updated"):
+        table.add_column(column)
     for s in snapshots:
         if isinstance(s, SnapshotDecodeError):
-            table.add_row(str(s.saga_id), "?", "[bold red]undecodable[/]", s.reason)
+            saga_id = str(s.saga_id)
+            table.add_row(short.get(saga_id, saga_id), "?", "[bold red]undecodable[/]", s.reason)
             continue
         table.add_row(
-            s.saga_id,
+            short[s.saga_id],
             f"{s.definition} v{s.definition_version}",
             state_text(s.state),
             s.updated_at.isoformat(timespec="seconds"),
         )
     console.print(table)
-    console.print(f"{len(snapshots)} saga(s)")
+    console.print(f"{len(snapshots)} saga(s)" + (f"; {not_shown}" if not_shown else ""))
 
 
 def listed(item: Snapshot | SnapshotDecodeError) -> dict[str, object]:
@@ -138,7 +179,7 @@ def list_quarantined(url: str, limit: int | None, as_json: bool) -> None:
     """``ls --quarantined``: the sagas workers set aside, and why."""
 
     async def fetch() -> list[QuarantinedSaga]:
-        async with open_store(url) as store:
+        async with open_store(url, create=False) as store:
             return await store.list_quarantined(limit=limit)
 
     found = run_async(fetch)
@@ -158,36 +199,37 @@ def list_quarantined(url: str, limit: int | None, as_json: bool) -> None:
 
 
 @main.command("show")
-@click.argument("saga_id")
+@click.argument("saga_id", metavar="ID")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
 def show(saga_id: str, store_url: str | None, as_json: bool) -> None:
-    """Show one saga's snapshot."""
+    """Show one saga's snapshot (ID may be any unique prefix)."""
 
     async def fetch() -> Snapshot:
-        async with open_store(resolve_store_url(store_url)) as store:
-            return await store.load(saga_id)
+        async with open_store(resolve_store_url(store_url), create=False) as store:
+            return await store.load(await resolve_id(store, saga_id))
 
     snapshot = run_async(fetch)
     if as_json:
-        echo_json(snapshot_to_dict(snapshot))
+        echo_json(saga_json(snapshot))
     else:
         print_snapshot(snapshot)
 
 
 @main.command("history")
-@click.argument("saga_id")
+@click.argument("saga_id", metavar="ID")
 @store_option
-@click.option("--json", "as_json", is_flag=True, help="Print the transitions as a JSON array.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"id": ..., "transitions": [...]}.')
 def history(saga_id: str, store_url: str | None, as_json: bool) -> None:
-    """Show one saga's transitions, oldest first."""
+    """Show one saga's transitions, oldest first (ID may be any unique prefix)."""
 
-    async def fetch() -> list[HistoryEntry]:
-        async with open_store(resolve_store_url(store_url)) as store:
-            return await store.history(saga_id)
+    async def fetch() -> tuple[str, list[HistoryEntry]]:
+        async with open_store(resolve_store_url(store_url), create=False) as store:
+            full_id = await resolve_id(store, saga_id)
+            return full_id, await store.history(full_id)
 
-    entries = run_async(fetch)
+    full_id, entries = run_async(fetch)
     if as_json:
-        echo_json([history_to_dict(e) for e in entries])
+        echo_json({"id": full_id, "transitions": [history_to_dict(e) for e in entries]})
     else:
         print_history(entries)

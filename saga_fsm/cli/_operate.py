@@ -22,7 +22,7 @@ from saga_fsm._logging import configure as configure_logging
 from saga_fsm._logging import get_logger
 from saga_fsm._operator import Operated, OperatorCommand, operate
 from saga_fsm._orchestrator import DEFAULT_LEASE_SECONDS, Orchestrator
-from saga_fsm._snapshot import Snapshot
+from saga_fsm._snapshot import SagaStatus, Snapshot
 from saga_fsm._worker import Worker
 from saga_fsm.cli._app import (
     UsageProblem,
@@ -35,9 +35,17 @@ from saga_fsm.cli._app import (
     run_async,
     store_option,
 )
+from saga_fsm.cli._ids import resolve_id
+from saga_fsm.cli._params import (
+    MAX_CONCURRENCY,
+    MAX_INTERVAL_SECONDS,
+    MAX_LEASE_SECONDS,
+    FiniteFloat,
+    count,
+)
 from saga_fsm.cli._render import console, state_text
 from saga_fsm.stores import open_store
-from saga_fsm.stores.url import redact_url
+from saga_fsm.stores.url import redact_url, url_scheme
 
 EXIT_REFUSED = 1
 log = get_logger("saga_fsm.worker")
@@ -48,6 +56,8 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as err:
         raise UsageProblem(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise UsageProblem(f"{path} is not UTF-8 text (byte offset {err.start})") from None
     rows = []
     for number, line in enumerate(lines, 1):
         if line.strip():
@@ -71,14 +81,17 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     help="Start at most once per key (with --data-file, line N uses K:N).",
 )
 @store_option
+@click.option("--json", "as_json", is_flag=True, help='Print [{"id", "state", "version"}, ...].')
 def start(
     ref: str,
     data: str | None,
     data_file: str | None,
     idempotency_key: str | None,
     store_url: str | None,
+    as_json: bool,
 ) -> None:
     """Persist new sagas of REF without running them; print their ids (a worker runs them)."""
+    refuse_memory_store(store_url)
     if (data is None) == (data_file is None):
         raise UsageProblem("give exactly one of --data and --data-file")
     payloads = (
@@ -101,26 +114,45 @@ def start(
                 definition, payloads, idempotency_keys=keys, definition_ref=source
             )
 
-    for snapshot in run_async(go):
+    started = run_async(go)
+    if as_json:
+        echo_json([{"id": s.saga_id, "state": s.state, "version": s.version} for s in started])
+        return
+    for snapshot in started:
         click.echo(snapshot.saga_id)
+
+
+def refuse_memory_store(store_url: str | None) -> None:
+    """A saga started in memory:// is gone when this process exits, before any worker
+    (another process) could run it."""
+    if url_scheme(resolve_store_url(store_url)) == "memory":
+        raise UsageProblem(
+            "start persists sagas for workers in other processes; memory:// is gone when"
+            " this command exits: use sqlite:///FILE.db or postgresql://..."
+        )
 
 
 @main.command("worker")
 @click.argument("refs", nargs=-1, metavar="REF [REF ...]")
 @store_option
-@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--concurrency", type=count(maximum=MAX_CONCURRENCY), default=8, show_default=True)
 @click.option("--id", "worker_id", default=None, help="Worker name (default: host:pid:random).")
 @click.option(
     "--lease-seconds",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloat(min=0.1, max=MAX_LEASE_SECONDS),
     default=DEFAULT_LEASE_SECONDS,
     show_default=True,
     help="How long a dead worker's sagas wait before another takes them over.",
 )
-@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=0.2, show_default=True)
+@click.option(
+    "--poll-interval",
+    type=FiniteFloat(min=0.01, max=MAX_INTERVAL_SECONDS),
+    default=0.2,
+    show_default=True,
+)
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0, max=MAX_INTERVAL_SECONDS),
     default=30.0,
     show_default=True,
     help="On SIGTERM/SIGINT, seconds to let in-flight steps finish.",
@@ -193,12 +225,13 @@ def worker(
 
 
 def _operate(saga_id: str, store_url: str | None, action: OperatorCommand, as_json: bool) -> None:
-    """Apply an operator command (see ``saga_fsm._operator.operate``). Refusals exit 1
-    and change nothing."""
+    """Apply an operator command (``saga_fsm._operator.operate``, as the console does).
+    Refusals exit 1 and change nothing; so does a saga that ends parked in failed again
+    (it still needs an operator)."""
 
     async def go() -> Operated:
-        async with open_store(resolve_store_url(store_url)) as store:
-            return await operate(store, saga_id, action)
+        async with open_store(resolve_store_url(store_url), create=False) as store:
+            return await operate(store, await resolve_id(store, saga_id), action)
 
     try:
         operated = run_async(go)
@@ -213,11 +246,14 @@ def _operate(saga_id: str, store_url: str | None, action: OperatorCommand, as_js
         echo_json({"id": final.saga_id, "state": final.state, "version": final.version})
     else:
         console.print(f"saga {final.saga_id}: {state_text(final.state)}")
+    if final.status is SagaStatus.FAILED:
+        click.echo(f"saga-fsm: saga {final.saga_id} failed again: {final.failure}", err=True)
+        exit_with(EXIT_REFUSED)
 
 
 def _operator_command(name: OperatorCommand, help_text: str) -> None:
-    @main.command(name, help=help_text)
-    @click.argument("saga_id")
+    @main.command(name, help=help_text + " ID may be any unique prefix.")
+    @click.argument("saga_id", metavar="ID")
     @store_option
     @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
     def command(saga_id: str, store_url: str | None, as_json: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from saga_fsm._codec import snapshot_to_dict
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 
 console = Console()
@@ -22,6 +23,13 @@ _STATE_STYLE = {
 def state_text(state: str) -> str:
     style = _STATE_STYLE.get(state.partition(":")[0], "")
     return f"[{style}]{state}[/]" if style else state
+
+
+def saga_json(snapshot: Snapshot) -> dict[str, object]:
+    """The whole snapshot as ``show --json`` and ``run --json`` print it, its id called
+    ``id`` as in every other command's JSON."""
+    encoded = snapshot_to_dict(snapshot)
+    return {"id": encoded.pop("saga_id"), **encoded}
 
 
 def print_snapshot(snapshot: Snapshot) -> None:

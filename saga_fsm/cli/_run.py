@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from saga_fsm._codec import snapshot_to_dict
 from saga_fsm._loading import load_definition
 from saga_fsm._orchestrator import Orchestrator
 from saga_fsm._snapshot import Snapshot
@@ -18,7 +17,7 @@ from saga_fsm.cli._app import (
     run_async,
     store_option,
 )
-from saga_fsm.cli._render import print_snapshot
+from saga_fsm.cli._render import print_snapshot, saga_json
 from saga_fsm.stores import open_store
 
 
@@ -45,7 +44,7 @@ def run(ref: str, data: str, store_url: str | None, as_json: bool) -> None:
 
     final = run_async(go)
     if as_json:
-        echo_json(snapshot_to_dict(final))
+        echo_json(saga_json(final))
     else:
         print_snapshot(final)
     exit_with(0 if final.state == "completed" else 1)

@@ -8,7 +8,7 @@ import click
 
 from saga_fsm._loading import load_definition
 from saga_fsm.cli._app import UsageProblem, main, resolve_store_url, store_option
-from saga_fsm.stores.url import redact
+from saga_fsm.stores.url import redact_url
 
 TOKEN_ENV = "SAGA_FSM_UI_TOKEN"
 
@@ -54,5 +54,5 @@ def ui(
     url = resolve_store_url(store_url)
     app = create_app(store_url=url, definitions=definitions, token=token, read_only=read_only)
     mode = " (read-only)" if read_only else ""
-    click.echo(f"saga-fsm ui: http://{host}:{port}/ on {redact(url)}{mode}", err=True)
+    click.echo(f"saga-fsm ui: http://{host}:{port}/ on {redact_url(url)}{mode}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
+from saga_fsm._core import idempotency_key
 from saga_fsm._definition import StepContext
 from saga_fsm._errors import InvalidArgument, StepFailed
 
@@ -60,6 +62,12 @@ class FakeServices:
             self.effects[ctx.idempotency_key] = result
             self.applied[operation] += 1
         return self.effects[ctx.idempotency_key]
+
+    def forget(self, saga_id: str, steps: Iterable[str]) -> None:
+        """Drop the effects a finished saga left (a long demo keeps only those in flight)."""
+        for step in steps:
+            for compensation in (False, True):
+                self.effects.pop(idempotency_key(saga_id, step, compensation=compensation), None)
 
 
 services = FakeServices()

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from saga_fsm._errors import InvalidStoreURL
 from saga_fsm.messaging._errors import InvalidTransportURL
 from saga_fsm.messaging._protocol import DEFAULT_ACK_WAIT, DEFAULT_MAX_DELIVERIES, Transport
-from saga_fsm.stores.url import redact, sqlite_path
+from saga_fsm.stores.url import redact_url, sqlite_path
 
 ACCEPTED = (
     "memory://, memory://NAME, sqlite:///relative/path.db, sqlite:////absolute/path.db,"
@@ -25,7 +25,7 @@ ACCEPTED = (
 
 def _invalid(url: str, why: str) -> InvalidTransportURL:
     return InvalidTransportURL(
-        f"invalid transport URL {redact(url)!r} ({why}); use one of: {ACCEPTED}"
+        f"invalid transport URL {redact_url(url)!r} ({why}); use one of: {ACCEPTED}"
     )
 
 

@@ -77,8 +77,10 @@ class SnapshotStore(Protocol):
         limit: int | None = None,
         updated_before: datetime | None = None,
         unfinished: bool = False,
+        newest_first: bool = False,
     ) -> list[Snapshot | SnapshotDecodeError]:
-        """Snapshots, oldest first; a row that cannot be decoded is returned as its
+        """Snapshots, oldest first (``newest_first``: the other way round, so ``limit``
+        keeps the newest); a row that cannot be decoded is returned as its
         error, in its place, and never hides the others. ``state`` matches a whole flow
         state (``running:charge``) or a status (``running`` matches every
         ``running:*``); ``updated_before`` keeps those whose last transition is older;
@@ -148,6 +150,23 @@ class SnapshotStore(Protocol):
         """Release what the store opened itself (never a pool the caller passed in)."""
         ...
 
+    async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
+        """Up to ``limit`` saga ids starting with ``prefix`` (taken literally: ``%`` and
+        ``_`` are plain characters), in id order; what lets a person type a short id."""
+        ...
+
+    async def count(
+        self,
+        *,
+        state: str | None = None,
+        definition: str | None = None,
+        updated_before: datetime | None = None,
+        unfinished: bool = False,
+    ) -> int:
+        """How many sagas ``list`` with the same filters and no limit would return,
+        without decoding any."""
+        ...
+
 
 def state_matches(state: str, wanted: str | None) -> bool:
     if wanted is None:
@@ -166,6 +185,12 @@ def served(definitions: Collection[tuple[str, int]]) -> builtins.list[tuple[str,
     if isinstance(definitions, str):
         raise TypeError(f"expected (name, version) pairs, got the str {definitions!r}")
     return list(dict.fromkeys((str(name), int(version)) for name, version in definitions))
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern (``ESCAPE '\\'``) matching exactly the strings starting with
+    ``prefix``."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def ids(saga_ids: Collection[str]) -> builtins.list[str]:

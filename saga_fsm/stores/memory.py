@@ -178,6 +178,7 @@ class MemoryStore:
         limit: int | None = None,
         updated_before: datetime | None = None,
         unfinished: bool = False,
+        newest_first: bool = False,
     ) -> list[Snapshot | SnapshotDecodeError]:
         check_limit(limit)
         rows = sorted(
@@ -190,6 +191,7 @@ class MemoryStore:
                 and not (unfinished and row.state.partition(":")[0] not in UNFINISHED_STATUSES)
             ),
             key=lambda item: (item[0], item[1]),
+            reverse=newest_first,
         )
         if limit is not None:
             rows = rows[:limit]
@@ -335,3 +337,34 @@ class MemoryStore:
             if where.matches(saga_id, row.state, row.definition, row.created_at, row.updated_at)
         )
         return sorted(StateCount(d, s, n) for (d, s), n in counted.items())
+
+    async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
+        check_limit(limit)
+        return sorted(saga_id for saga_id in self._rows if saga_id.startswith(prefix))[:limit]
+
+    async def count(
+        self,
+        *,
+        state: str | None = None,
+        definition: str | None = None,
+        updated_before: datetime | None = None,
+        unfinished: bool = False,
+    ) -> int:
+        return sum(
+            1
+            for row in self._rows.values()
+            if state_matches(row.state, state)
+            and (definition is None or row.definition == definition)
+            and (updated_before is None or row.updated_at < updated_before)
+            and not (unfinished and row.state.partition(":")[0] not in UNFINISHED_STATUSES)
+        )
+
+    def discard(self, saga_id: str) -> None:
+        """Forget a saga entirely (its row, history and idempotency key): for a process
+        that keeps running sagas in memory and has no more use for the finished ones."""
+        row = self._rows.pop(saga_id, None)
+        self._history.pop(saga_id, None)
+        if row is not None:
+            key = snapshot_from_json(row.encoded, saga_id=saga_id).idempotency_key
+            if key is not None and self._keys.get(key) == saga_id:
+                del self._keys[key]

@@ -59,7 +59,14 @@ from saga_fsm._errors import (
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
 from saga_fsm.stores._group import GroupCommit
-from saga_fsm.stores._protocol import UNFINISHED_STATUSES, QuarantinedSaga, check_limit, ids, served
+from saga_fsm.stores._protocol import (
+    UNFINISHED_STATUSES,
+    QuarantinedSaga,
+    check_limit,
+    ids,
+    like_prefix,
+    served,
+)
 from saga_fsm.stores._queries import (
     EVERYTHING,
     LIVE_STATUSES,
@@ -72,6 +79,7 @@ from saga_fsm.stores._queries import (
     paged,
     sql_conditions,
 )
+from saga_fsm.stores._secrets import scrub
 
 _MIGRATIONS = migrations.load("postgres")
 _CONNECT_TIMEOUT = 10  # seconds, unless the conninfo says otherwise
@@ -141,6 +149,7 @@ _LIST_QUARANTINED = """
 SELECT saga_id, quarantine, quarantined_at FROM saga_fsm_sagas WHERE quarantine IS NOT NULL
 ORDER BY quarantined_at, saga_id COLLATE "C" LIMIT %s
 """
+_LIST_TAIL_NEWEST = ' ORDER BY created_at DESC, saga_id COLLATE "C" DESC LIMIT %(limit)s'
 
 # -- leases --------------------------------------------------------------------------------
 # A lease change must reach the snapshot JSON too (it is the truth), so the JSONB document
@@ -210,8 +219,31 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 def _like_prefix(status: str) -> str:
-    escaped = status.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + ":%"
+    return like_prefix(status + ":")
+
+
+def _filters(
+    state: str | None, definition: str | None, updated_before: datetime | None, unfinished: bool
+) -> tuple[LiteralString, dict[str, Any]]:
+    """``list``'s and ``count``'s WHERE conditions (after ``WHERE true``)."""
+    where: LiteralString = ""
+    params: dict[str, Any] = {}
+    if state is not None:
+        params["state"] = state
+        if ":" in state:
+            where += " AND state = %(state)s"
+        else:
+            where += " AND (state = %(state)s OR state LIKE %(prefix)s)"
+            params["prefix"] = _like_prefix(state)
+    if definition is not None:
+        where += " AND definition = %(definition)s"
+        params["definition"] = definition
+    if updated_before is not None:
+        where += " AND updated_at < %(updated_before)s"
+        params["updated_before"] = _aware(updated_before)
+    if unfinished:
+        where += _UNFINISHED
+    return where, params
 
 
 def _history_json(history: Sequence[HistoryEntry]) -> str:
@@ -404,7 +436,9 @@ class PostgresStore:
             where = _describe(conninfo)
             params = conninfo_to_dict(conninfo)
         except psycopg.Error as err:
-            raise StoreError(f"invalid PostgreSQL connection string: {err}") from err
+            # libpq quotes the string, password and all: neither it nor the cause goes on.
+            message = scrub(str(err).strip(), conninfo)
+            raise StoreError(f"invalid PostgreSQL connection string: {message}") from None
         if "connect_timeout" not in params:
             conninfo = make_conninfo(conninfo, connect_timeout=_CONNECT_TIMEOUT)
         with _driver_errors(where, "connect"):
@@ -601,27 +635,13 @@ class PostgresStore:
         limit: int | None = None,
         updated_before: datetime | None = None,
         unfinished: bool = False,
+        newest_first: bool = False,
     ) -> list[Snapshot | SnapshotDecodeError]:
         check_limit(limit)
-        query: LiteralString = _LIST_HEAD
-        params: dict[str, Any] = {"limit": limit}
-        if state is not None:
-            params["state"] = state
-            if ":" in state:
-                query += " AND state = %(state)s"
-            else:
-                query += " AND (state = %(state)s OR state LIKE %(prefix)s)"
-                params["prefix"] = _like_prefix(state)
-        if definition is not None:
-            query += " AND definition = %(definition)s"
-            params["definition"] = definition
-        if updated_before is not None:
-            query += " AND updated_at < %(updated_before)s"
-            params["updated_before"] = _aware(updated_before)
-        if unfinished:
-            query += _UNFINISHED
+        where, params = _filters(state, definition, updated_before, unfinished)
+        tail = _LIST_TAIL_NEWEST if newest_first else _LIST_TAIL
         async with self._errors("list"):
-            rows = await self._query(query + _LIST_TAIL, params)
+            rows = await self._query(_LIST_HEAD + where + tail, params | {"limit": limit})
         return [snapshot_or_error(text, saga_id=saga_id) for saga_id, text in rows]
 
     # -- quarantine -------------------------------------------------------------------------
@@ -763,6 +783,32 @@ class PostgresStore:
         async with self._errors("counts"):
             rows = await self._query(query, params, prepare=False)
         return sorted(StateCount(d, s, int(n)) for d, s, n in rows)
+
+    async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
+        check_limit(limit)
+        async with self._errors("find_ids"):
+            rows = await self._query(
+                f"SELECT saga_id FROM saga_fsm_sagas WHERE {_QUERY_SQL['id_prefix']}"
+                ' ORDER BY saga_id COLLATE "C" LIMIT %(limit)s',
+                {"id_prefix": prefix, "limit": limit},
+                prepare=False,
+            )
+        return [saga_id for (saga_id,) in rows]
+
+    async def count(
+        self,
+        *,
+        state: str | None = None,
+        definition: str | None = None,
+        updated_before: datetime | None = None,
+        unfinished: bool = False,
+    ) -> int:
+        where, params = _filters(state, definition, updated_before, unfinished)
+        async with self._errors("count"):
+            ((found,),) = await self._query(
+                "SELECT count(*) FROM saga_fsm_sagas WHERE true" + where, params
+            )
+        return int(found)
 
 
 # One template per SagaFilter field (see sql_conditions). A status is matched on the

@@ -87,7 +87,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 # Each filter is added only when given, so that SQLite picks the index that fits.
 _LIST_HEAD = "SELECT saga_id, snapshot FROM saga_fsm_sagas WHERE true"
-_LIST_TAIL = " ORDER BY created_at, saga_id LIMIT :limit"
+_OLDEST_FIRST = " ORDER BY created_at, saga_id"
 # Unfinished sagas as ranges of the state index (one per status, its "status:*" too), so
 # that finished ones, however many, are never read. Statuses are fixed words: no quoting.
 _UNFINISHED = " AND ({})".format(
@@ -177,6 +177,28 @@ def _status_range(state: str | None) -> tuple[str | None, str | None]:
     if state is None or ":" in state:
         return None, None
     return state + ":", state + ";"
+
+
+def _filters(
+    state: str | None, definition: str | None, updated_before: datetime | None, unfinished: bool
+) -> tuple[str, dict[str, Any]]:
+    """The WHERE conditions (to append to ``WHERE true``) and parameters of a listing;
+    each only when given, so that SQLite picks the index that fits."""
+    where = ""
+    params: dict[str, Any] = {}
+    if state is not None:
+        lo, hi = _status_range(state)
+        where += " AND (state = :state OR (state >= :lo AND state < :hi))"
+        params |= {"state": state, "lo": lo, "hi": hi}
+    if definition is not None:
+        where += " AND definition = :definition"
+        params["definition"] = definition
+    if updated_before is not None:
+        where += " AND updated_at < :updated_before"
+        params["updated_before"] = utc_text(updated_before)
+    if unfinished:
+        where += _UNFINISHED
+    return where, params
 
 
 class SqliteStore:
@@ -347,23 +369,15 @@ class SqliteStore:
         limit: int | None = None,
         updated_before: datetime | None = None,
         unfinished: bool = False,
+        newest_first: bool = False,
     ) -> list[Snapshot | SnapshotDecodeError]:
         check_limit(limit)
-        query = _LIST_HEAD
-        lo, hi = _status_range(state)
-        params: dict[str, Any] = {"limit": -1 if limit is None else limit}
-        if state is not None:
-            query += " AND (state = :state OR (state >= :lo AND state < :hi))"
-            params |= {"state": state, "lo": lo, "hi": hi}
-        if definition is not None:
-            query += " AND definition = :definition"
-            params["definition"] = definition
-        if updated_before is not None:
-            query += " AND updated_at < :updated_before"
-            params["updated_before"] = utc_text(updated_before)
-        if unfinished:
-            query += _UNFINISHED
-        rows = self._read(query + _LIST_TAIL, params)
+        where, params = _filters(state, definition, updated_before, unfinished)
+        order = " ORDER BY created_at DESC, saga_id DESC" if newest_first else _OLDEST_FIRST
+        rows = self._read(
+            _LIST_HEAD + where + order + " LIMIT :limit",
+            params | {"limit": -1 if limit is None else limit},
+        )
         return [snapshot_or_error(text, saga_id=saga_id) for saga_id, text in rows]
 
     # -- quarantine -------------------------------------------------------------------------
@@ -544,6 +558,30 @@ class SqliteStore:
             params,
         )
         return sorted(StateCount(d, s, int(n)) for d, s, n in rows)
+
+    async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
+        check_limit(limit)
+        # A range on the primary key (an index seek; SQLite's LIKE is case-insensitive and
+        # skips the index), then the exact test, since ids are compared byte by byte.
+        rows = self._read(
+            "SELECT saga_id FROM saga_fsm_sagas WHERE saga_id >= :prefix"
+            " AND saga_id < :prefix || char(1114111)"
+            " AND substr(saga_id, 1, length(:prefix)) = :prefix ORDER BY saga_id LIMIT :limit",
+            {"prefix": prefix, "limit": limit},
+        )
+        return [saga_id for (saga_id,) in rows]
+
+    async def count(
+        self,
+        *,
+        state: str | None = None,
+        definition: str | None = None,
+        updated_before: datetime | None = None,
+        unfinished: bool = False,
+    ) -> int:
+        where, params = _filters(state, definition, updated_before, unfinished)
+        ((found,),) = self._read("SELECT count(*) FROM saga_fsm_sagas WHERE true" + where, params)
+        return int(found)
 
 
 def _statements(script: str) -> Iterator[str]:

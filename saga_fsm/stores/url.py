@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit, urlunsplit
 
-from saga_fsm._errors import InvalidStoreURL
+from saga_fsm._errors import InvalidStoreURL, StoreError
 from saga_fsm.stores._protocol import SnapshotStore
+from saga_fsm.stores._secrets import redact_url as redact_url  # (public here)
+from saga_fsm.stores._secrets import scrub
 from saga_fsm.stores.memory import MemoryStore
 from saga_fsm.stores.sqlite import SqliteStore
 
@@ -26,30 +27,18 @@ ACCEPTED = (
 
 
 def store_url_from_env() -> str:
-    """``$SAGA_FSM_STORE`` if set (and not empty), else ``DEFAULT_STORE_URL``."""
-    return os.environ.get(ENV_VAR) or DEFAULT_STORE_URL
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``, fit for messages and logs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rpartition("@")
-        user = netloc[0].partition(":")[0]
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
-    except ValueError:
-        return url
-
-
-def redact_url(url: str) -> str:
-    """A store URL fit to show: any password replaced by ``***``."""
-    return redact(url)
+    """``$SAGA_FSM_STORE`` if set, else ``DEFAULT_STORE_URL``. Set but empty is an error,
+    never a silent fallback to the default."""
+    url = os.environ.get(ENV_VAR)
+    if url is None:
+        return DEFAULT_STORE_URL
+    if not url.strip():
+        raise InvalidStoreURL(f"${ENV_VAR} is set but empty: unset it for {DEFAULT_STORE_URL}")
+    return url
 
 
 def _invalid(url: str, why: str) -> InvalidStoreURL:
-    return InvalidStoreURL(f"invalid store URL {redact(url)!r} ({why}); use one of: {ACCEPTED}")
+    return InvalidStoreURL(f"invalid store URL {redact_url(url)!r} ({why}); use one of: {ACCEPTED}")
 
 
 def sqlite_path(url: str) -> str:
@@ -66,14 +55,23 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-async def _open(url: str) -> SnapshotStore:
+def url_scheme(url: str) -> str:
+    """``memory``, ``sqlite``, ``postgresql`` (also for ``postgres://``), or ``""``."""
     scheme = url.partition(":")[0].lower() if "://" in url else ""
+    return "postgresql" if scheme == "postgres" else scheme
+
+
+async def _open(url: str, *, create: bool) -> SnapshotStore:
+    scheme = url_scheme(url)
     if scheme == "memory":
         if url.lower() != "memory://":
             raise _invalid(url, "memory:// takes no path")
         return MemoryStore()
     if scheme == "sqlite":
-        return SqliteStore(sqlite_path(url))
+        path = sqlite_path(url)
+        if not create and not os.path.exists(path):
+            raise StoreError(f"no such store file {path!r} ({redact_url(url)}); nothing created")
+        return SqliteStore(path)
     if scheme in ("postgresql", "postgres"):
         from saga_fsm.stores.postgres import PostgresStore  # psycopg only when used
 
@@ -82,10 +80,24 @@ async def _open(url: str) -> SnapshotStore:
 
 
 @asynccontextmanager
-async def open_store(url: str | None = None) -> AsyncIterator[SnapshotStore]:
+async def open_store(
+    url: str | None = None, *, create: bool = True
+) -> AsyncIterator[SnapshotStore]:
     """Open the store ``url`` names (default: ``store_url_from_env()``) and close it
-    on exit. Unknown or malformed URLs raise ``InvalidStoreURL`` before anything opens."""
-    store = await _open(store_url_from_env() if url is None else url)
+    on exit. Unknown or malformed URLs raise ``InvalidStoreURL`` before anything opens.
+    ``create=False`` (for reading) refuses a SQLite file that does not exist instead of
+    creating an empty one. Error messages never hold the URL's password."""
+    url = store_url_from_env() if url is None else url
+    if not url.strip():
+        raise _invalid(url, "it is empty")
+    try:
+        store = await _open(url, create=create)
+    except StoreError as err:
+        message = scrub(str(err), url)
+        if message == str(err):
+            raise
+        # The driver's error may quote the password: neither it nor its chain goes on.
+        raise type(err)(message) from None
     try:
         yield store
     finally:

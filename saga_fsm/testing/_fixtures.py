@@ -23,7 +23,7 @@ from hypothesis.strategies import SearchStrategy
 from saga_fsm._codec import dumps
 from saga_fsm._errors import InvalidArgumentType
 from saga_fsm.stores import MemoryStore, SnapshotStore, open_store
-from saga_fsm.stores.url import redact
+from saga_fsm.stores.url import redact_url
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ class StoreFactory:
     def from_url(cls, url: str) -> StoreFactory:
         """A store URL (``memory://``, ``sqlite:///…``, ``postgresql://…``); a
         ``memory://`` factory opens a new, empty store each time."""
-        return cls(redact(url), lambda: open_store(url))
+        return cls(redact_url(url), lambda: open_store(url))
 
     @classmethod
     def of(cls, store: SnapshotStore, name: str | None = None) -> StoreFactory:

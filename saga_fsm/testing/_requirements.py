@@ -1,10 +1,10 @@
-"""saga_fsm.testing runs on hypothesis, which only the ``test`` extra installs."""
+"""saga_fsm.testing runs on hypothesis, which the ``testing`` extra installs."""
 
 try:
     import hypothesis
 except ImportError as missing:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "saga_fsm.testing needs hypothesis: pip install 'saga-fsm[test]'"
+        "saga_fsm.testing needs hypothesis: pip install 'saga-fsm[testing]'"
     ) from missing
 
 del hypothesis

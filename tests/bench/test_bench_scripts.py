@@ -123,3 +123,9 @@ def test_console_bench_runs_on_postgres(postgres_dsn: str) -> None:
     assert all(line["sagas"] == 300 and line["p50_ms"] > 0 for line in lines)
     by_view = {line["view"]: line["rows"] for line in lines}
     assert by_view["unfiltered"] == by_view["deep"] == 50 and by_view["id_prefix"] == 1
+
+
+def test_demo_memory_reports_the_peak_of_each_size() -> None:
+    lines = run("demo_memory.py", "--sagas", "10,30", "--concurrency", "4")
+    assert [line["sagas"] for line in lines] == [10, 30]
+    assert all(line["finished"] is True and line["peak_rss_mb"] > 0 for line in lines)

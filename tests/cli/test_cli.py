@@ -42,8 +42,10 @@ def test_demo_then_ls_show_history_on_the_default_sqlite_store(tmp_path: Path) -
 
     saga_id = listed[0]["id"]
     shown = json.loads(saga_fsm("show", saga_id, "--json", cwd=tmp_path).stdout)
-    assert shown["saga_id"] == saga_id and shown["schema_version"] == 1
+    assert shown["id"] == saga_id and shown["schema_version"] == 1
     history = json.loads(saga_fsm("history", saga_id, "--json", cwd=tmp_path).stdout)
+    assert history["id"] == saga_id
+    history = history["transitions"]
     assert history[0]["from_state"] == "pending"
     assert history[-1]["to_state"] == listed[0]["state"]
     assert saga_id in saga_fsm("show", saga_id, cwd=tmp_path).stdout
@@ -88,7 +90,7 @@ def test_run_a_module_reference_and_a_file(tmp_path: Path) -> None:
         (["run", "broken.toml", "--data", "{}"], "malformed TOML"),
         (["ls", "--store", "mysql://nope"], "mysql://nope"),
         (["show", "no-such-id", "--store", "memory://"], "no-such-id"),
-        (["history", "no-such-id"], "no-such-id"),
+        (["history", "no-such-id"], "no such store file 'saga_fsm.db'"),
         (["ls", "--store", "postgresql://postgres@127.0.0.1:1/none"], "127.0.0.1"),
     ],
 )

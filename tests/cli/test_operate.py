@@ -102,7 +102,7 @@ def test_worker_runs_started_sagas_and_exits_0_on_sigterm(tmp_path: Path) -> Non
 def test_cancel_retry_resume_take_effect_only_through_the_machine(tmp_path: Path) -> None:
     # A finished saga refuses cancel and retry with a reason, exit 1, and is unchanged.
     done = cli(tmp_path, "run", COMPLETES, "--data", "{}", "--json")
-    done_id = json.loads(done.stdout)["saga_id"]
+    done_id = json.loads(done.stdout)["id"]
     for command in ("cancel", "retry"):
         refused = cli(tmp_path, command, done_id)
         assert refused.returncode == 1, refused.stderr
@@ -123,15 +123,17 @@ def test_cancel_retry_resume_take_effect_only_through_the_machine(tmp_path: Path
     # A compensation that gives up parks the saga; retry resumes it once the cause is fixed.
     parked = cli(tmp_path, "run", PARKS, "--data", "{}", "--json")
     assert parked.returncode == 1
-    parked_id = json.loads(parked.stdout)["saga_id"]
+    parked_id = json.loads(parked.stdout)["id"]
     assert state_of(tmp_path, parked_id) == "failed"
-    history = json.loads(cli(tmp_path, "history", parked_id, "--json").stdout)
+    history = json.loads(cli(tmp_path, "history", parked_id, "--json").stdout)["transitions"]
     assert (
         history[-1]["to_state"] == "failed"
         and "warehouse offline" in history[-1]["detail"]["error"]
     )
     still_broken = cli(tmp_path, "retry", parked_id)
-    assert still_broken.returncode == 0 and state_of(tmp_path, parked_id) == "failed"
+    # Failing again is not success: exit 1, with the reason.
+    assert still_broken.returncode == 1 and state_of(tmp_path, parked_id) == "failed"
+    assert "failed again" in still_broken.stderr and "warehouse offline" in still_broken.stderr
     fixed = cli(tmp_path, "retry", parked_id, WAREHOUSE_BACK="1")
     assert fixed.returncode == 0, fixed.stderr
     assert state_of(tmp_path, parked_id) == "compensated"

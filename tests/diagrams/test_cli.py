@@ -61,7 +61,7 @@ def test_instance_from_a_store(tmp_path: Path) -> None:
         "run", ORDER, "--data", '{"amount": 5}', "--store", store, "--json", cwd=tmp_path
     )
     assert ran.returncode == 0, ran.stderr
-    saga_id = json.loads(ran.stdout)["saga_id"]
+    saga_id = json.loads(ran.stdout)["id"]
     done = saga_fsm("diagram", ORDER, "--instance", saga_id, "--store", store, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"saga {saga_id}: completed" in done.stdout

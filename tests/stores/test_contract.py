@@ -968,3 +968,43 @@ def test_any_snapshot_round_trips(
     assert harness.run(harness.store.history(snapshot.saga_id)) == history
     saved = harness.run(harness.store.save(snapshot, history, expected_version=1))
     assert harness.run(harness.store.load(snapshot.saga_id)) == saved == snapshot.with_version(2)
+
+
+# -- ids by prefix -------------------------------------------------------------------------------
+def test_find_ids_by_prefix(harness: Harness) -> None:
+    for saga_id in ("ab12-x", "ab12-y", "ab13", "AB12-upper", "a%b", "a_c", "a\\d", "zz", "ab1"):
+        _create(harness, new_snapshot(ORDER, saga_id, {}, T0))
+    find = harness.store.find_ids
+    assert harness.run(find("ab12", 10)) == ["ab12-x", "ab12-y"]
+    assert harness.run(find("ab1", 10)) == ["ab1", "ab12-x", "ab12-y", "ab13"]
+    assert harness.run(find("ab1", 2)) == ["ab1", "ab12-x"]
+    assert harness.run(find("ab12-y", 10)) == ["ab12-y"]
+    assert harness.run(find("ab12-yz", 10)) == []
+    # Taken literally: LIKE's wildcards and its escape character are plain characters.
+    assert harness.run(find("a%", 10)) == ["a%b"]
+    assert harness.run(find("a_", 10)) == ["a_c"]
+    assert harness.run(find("a\\", 10)) == ["a\\d"]
+    assert harness.run(find("A", 10)) == ["AB12-upper"]
+    assert len(harness.run(find("", 100))) == 9
+    assert harness.run(find("ab", 0)) == []
+    with pytest.raises(ValueError, match="limit"):
+        harness.run(find("ab", -1))
+
+
+def test_count_and_newest_first(harness: Harness) -> None:
+    for n in range(5):
+        snapshot, history = started(f"s-{n}", at=T0 + timedelta(seconds=n))
+        harness.run(harness.store.create(snapshot, history))
+    harness.run(harness.store.create(new_snapshot(REFUND, "r-1", {}, T0 + timedelta(hours=1))))
+    store = harness.store
+    assert harness.run(store.count()) == 6
+    assert harness.run(store.count(state="running")) == 5
+    assert harness.run(store.count(state="pending", definition="refund")) == 1
+    assert harness.run(store.count(definition="order", state="completed")) == 0
+    assert harness.run(store.count(updated_before=T0 + timedelta(seconds=2))) == 2
+    newest = harness.run(store.list(limit=3, newest_first=True))
+    assert [s.saga_id for s in newest] == ["r-1", "s-4", "s-3"]
+    newest = harness.run(store.list(state="running", limit=2, newest_first=True))
+    assert [s.saga_id for s in newest] == ["s-4", "s-3"]
+    oldest = harness.run(store.list(limit=2))
+    assert [s.saga_id for s in oldest] == ["s-0", "s-1"]

@@ -9,7 +9,7 @@ from urllib.parse import quote, urlencode
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from saga_fsm._errors import InvalidStoreURL
+from saga_fsm._errors import InvalidStoreURL, StoreError
 from saga_fsm.stores import (
     DEFAULT_STORE_URL,
     MemoryStore,
@@ -18,7 +18,7 @@ from saga_fsm.stores import (
     SqliteStore,
     open_store,
 )
-from saga_fsm.stores.url import redact, sqlite_path, store_url_from_env
+from saga_fsm.stores.url import redact_url, sqlite_path, store_url_from_env
 
 
 def opened(url: str | None) -> SnapshotStore:
@@ -96,8 +96,8 @@ def test_anything_else_is_refused_in_one_line(url: str) -> None:
 
 
 def test_passwords_never_appear_in_messages() -> None:
-    assert redact("mysql://bob:s3cret@db:3306/x") == "mysql://bob:***@db:3306/x"
-    assert redact("postgresql://bob@db/x") == "postgresql://bob@db/x"
+    assert redact_url("mysql://bob:s3cret@db:3306/x") == "mysql://bob:***@db:3306/x"
+    assert redact_url("postgresql://bob@db/x") == "postgresql://bob@db/x"
     with pytest.raises(InvalidStoreURL) as caught:
         opened("mysql://bob:s3cret@db/x")
     assert "s3cret" not in str(caught.value)
@@ -116,3 +116,61 @@ def test_postgres(postgres_dsn: str, scheme: str) -> None:
     store = opened(url)
     assert isinstance(store, PostgresStore)
     assert store._pool.closed  # open_store closed what it opened
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:SECRETPW@db:5432/x", "postgresql://u:***@db:5432/x"),
+        ("postgresql://u:SECRETPW@[bad/x", "postgresql://u:***@[bad/x"),
+        ("postgres://u:p%40SECRETPW@db/x?sslmode=require", "postgres://u:***@db/x?sslmode=require"),
+        (
+            "postgresql://db/x?password=SECRETPW&sslmode=x",
+            "postgresql://db/x?password=***&sslmode=x",
+        ),
+        ("host=db password=SECRETPW user=u", "host=db password=*** user=u"),
+        ("host=db password = 'SECRET PW' user=u", "host=db password = *** user=u"),
+        ("sqlite:///a.db", "sqlite:///a.db"),
+        ("", ""),
+    ],
+)
+def test_redact_url_hides_every_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert "SECRET" not in redact_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:SECRETPW@[bad/x",
+        "host=127.0.0.1 port=1 password=SECRETPW",
+        "postgresql://u:SECRETPW@127.0.0.1:1/x",
+    ],
+)
+def test_store_errors_never_quote_the_password(url: str) -> None:
+    async def scenario() -> None:
+        async with open_store(url):
+            pass
+
+    with pytest.raises(StoreError) as raised:
+        asyncio.run(scenario())
+    assert "SECRETPW" not in str(raised.value)
+    assert raised.value.__cause__ is None or "SECRETPW" not in str(raised.value.__cause__)
+
+
+def test_an_empty_url_or_environment_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidStoreURL, match="empty"):
+        opened("  ")
+    monkeypatch.setenv("SAGA_FSM_STORE", "")
+    with pytest.raises(InvalidStoreURL, match="SAGA_FSM_STORE is set but empty"):
+        store_url_from_env()
+
+
+def test_reading_never_creates_a_sqlite_file(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with open_store(f"sqlite:///{tmp_path}/typo.db", create=False):
+            pass
+
+    with pytest.raises(StoreError, match="no such store file"):
+        asyncio.run(scenario())
+    assert not (tmp_path / "typo.db").exists()
