@@ -71,7 +71,9 @@ def score(module: str, max_children: int, keep: Path | None) -> dict[str, object
         listed = subprocess.run(
             [*mutmut, "results"], cwd=work, env=env, capture_output=True, text=True
         ).stdout
-        survivors = [line.split(":")[0].strip() for line in listed.splitlines() if "survived" in line]
+        survivors = [
+            line.split(":")[0].strip() for line in listed.splitlines() if "survived" in line
+        ]
         tested = stats["killed"] + stats["survived"] + stats["timeout"] + stats["suspicious"]
         killed = stats["killed"] + stats["timeout"]  # a mutant that hangs the tests is caught
         return {

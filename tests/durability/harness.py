@@ -156,8 +156,16 @@ class Workers:
 
 
 def query(conninfo: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+    """Run one statement; waits out a server restart (another test's, on a shared server)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def states(conninfo: str) -> dict[str, int]:

@@ -115,7 +115,12 @@ async def _pool() -> AsyncConnectionPool[Any]:
     loop = id(asyncio.get_running_loop())
     if loop not in _pools:
         pool = AsyncConnectionPool(
-            _dsn(), min_size=1, max_size=8, open=False, kwargs={"autocommit": True}
+            _dsn(),
+            min_size=1,
+            max_size=8,
+            open=False,
+            kwargs={"autocommit": True},
+            check=AsyncConnectionPool.check_connection,  # a server restart breaks them all
         )
         await pool.open()
         _pools[loop] = pool
@@ -251,7 +256,8 @@ async def _compensate(ctx: StepContext) -> None:
             )
 
 
-_RETRY = RetryPolicy(max_attempts=5, initial_interval=0.05, max_interval=0.5)
+# Enough attempts to outlast a server restart of a second or two.
+_RETRY = RetryPolicy(max_attempts=10, initial_interval=0.05, max_interval=1.0)
 _FOREVER = RetryPolicy(max_attempts=None, initial_interval=0.05, max_interval=0.5)
 
 definition = (
