@@ -23,8 +23,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-_CORE = ["tests/core", "tests/test_orchestrator.py", "tests/test_engine_order.py"]
-_ENGINE = ["tests/test_orchestrator.py", "tests/test_worker.py", "tests/test_engine_order.py"]
+_EMBEDDED = ["-m", "not postgres"]  # the engine's own logic: memory and SQLite suffice
+_CORE = ["tests/core", "tests/test_orchestrator.py", "tests/test_engine_order.py", *_EMBEDDED]
+_ENGINE = [
+    *("tests/test_orchestrator.py", "tests/test_worker.py", "tests/test_engine_order.py"),
+    *_EMBEDDED,
+]
 _STORE = ["tests/stores/test_contract.py", "tests/test_engine_order.py"]
 
 # module -> the tests that guard it (pytest arguments)
@@ -91,7 +95,7 @@ def score(module: str, max_children: int, keep: Path | None) -> dict[str, object
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mutation_scores")
     parser.add_argument("modules", nargs="*", metavar="MODULE", help=", ".join(MODULES))
-    parser.add_argument("--max-children", type=int, default=1)
+    parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="keep each module's mutmut directory here")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.modules) - set(MODULES))

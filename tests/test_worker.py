@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from saga_fsm import (
+    ConcurrencyConflict,
     FakeClock,
     MemoryStore,
     Orchestrator,
@@ -91,14 +92,13 @@ def test_a_dead_workers_saga_is_taken_over_after_its_lease_expires() -> None:
             await Orchestrator(store, [saga], clock=clock, worker_id="live").resume(started.saga_id)
         clock.advance(5.1)
         (taken,) = await store.claim_due("live", now=clock.now(), lease_seconds=5, limit=10)
-        assert taken.lease_owner == "live" and taken.version > claimed.version
-        final = await Orchestrator(store, [saga], clock=clock, worker_id="live").drive(taken)
-        # The dead worker's late write is refused: its version is stale.
-        from saga_fsm import ConcurrencyConflict
-
+        assert taken.lease_owner == "live"
+        # The dead worker's late write is refused at once, before the new holder wrote
+        # anything: the takeover itself bumped the version.
         with pytest.raises(ConcurrencyConflict):
             await store.save(decision.snapshot, (), expected_version=claimed.version + 1)
-        return final
+        assert await store.load(started.saga_id) == taken
+        return await Orchestrator(store, [saga], clock=clock, worker_id="live").drive(taken)
 
     final = asyncio.run(go())
     assert final.state == "completed"
