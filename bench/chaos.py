@@ -74,9 +74,13 @@ def campaign(conninfo: str, args: argparse.Namespace, logs: Path) -> dict[str, A
                     total += len(run(start_sagas(conninfo, batch(args.backlog))))
                 except (SagaError, psycopg.Error) as err:  # a server restart: next time
                     note(f"could not start more sagas: {err}")
-            victim = rng.choice(pool.alive())
+            stall = args.stall_every and (kills + stalls + 1) % args.stall_every == 0
+            candidates = pool.alive()
+            if stall:  # a stall is only a stall while the worker holds sagas
+                candidates = [w for w in candidates if pool.held_by(conninfo, w)] or candidates
+            victim = rng.choice(candidates)
             held = pool.held_by(conninfo, victim)
-            if args.stall_every and held and (kills + stalls + 1) % args.stall_every == 0:
+            if stall and held:
                 pool.pause(victim)
                 deadline = time.monotonic() + 10 * args.lease_seconds
                 while pool.held_by(conninfo, victim) and time.monotonic() < deadline:

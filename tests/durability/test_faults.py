@@ -117,7 +117,6 @@ def test_kill_9_workers_at_random_loses_nothing(postgres_dsn: str, tmp_path: Pat
     assert world["sagas"] == total
     # A call is repeated only when a worker died inside it: at most one per saga in flight.
     assert world["reruns"] <= in_flight_at_kills, (world, in_flight_at_kills)
-    assert world["calls_without_lease"] == 0, world
     report(
         "kill -9",
         kills=kills,
