@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _EMBEDDED = ["-m", "not postgres"]  # the engine's own logic: memory and SQLite suffice
 _CORE = ["tests/core", "tests/test_orchestrator.py", "tests/test_engine_order.py", *_EMBEDDED]
+_TABLES = ["tests/diagrams", "tests/testing", "--ignore=tests/diagrams/test_cli.py"]
 _ENGINE = [
     *("tests/test_orchestrator.py", "tests/test_worker.py", "tests/test_engine_order.py"),
     *_EMBEDDED,
@@ -34,8 +35,9 @@ _STORE = ["tests/stores/test_contract.py", "tests/test_engine_order.py"]
 # module -> the tests that guard it (pytest arguments)
 MODULES: dict[str, list[str]] = {
     "saga_fsm/_core.py": _CORE,
-    "saga_fsm/_flow.py": _CORE,
-    "saga_fsm/_lifecycle.py": _CORE,
+    # The tables feed the diagrams and saga_fsm.testing's coverage as well.
+    "saga_fsm/_flow.py": [*_CORE, *_TABLES],
+    "saga_fsm/_lifecycle.py": [*_CORE, *_TABLES],
     "saga_fsm/_orchestrator.py": _ENGINE,
     "saga_fsm/_worker.py": _ENGINE,
     "saga_fsm/stores/memory.py": [*_STORE, "-k", "memory"],
@@ -48,6 +50,7 @@ def config(module: str, tests: list[str]) -> str:
     return (
         "\n[tool.mutmut]\n"
         'source_paths = ["saga_fsm"]\n'
+        'also_copy = ["diagrams"]\n'
         f"only_mutate = [{json.dumps(module)}]\n"
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]\n'
@@ -57,7 +60,7 @@ def config(module: str, tests: list[str]) -> str:
 def score(module: str, max_children: int, keep: Path | None) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="saga_fsm_mutmut_", dir=keep))
     try:
-        for part in ("saga_fsm", "tests"):
+        for part in ("saga_fsm", "tests", "diagrams"):  # the diagram tests compare to diagrams/
             shutil.copytree(ROOT / part, work / part, ignore=shutil.ignore_patterns("__pycache__"))
         pyproject = (ROOT / "pyproject.toml").read_text()
         (work / "pyproject.toml").write_text(pyproject + config(module, MODULES[module]))
