@@ -25,7 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _EMBEDDED = ["-m", "not postgres"]  # the engine's own logic: memory and SQLite suffice
 _CORE = ["tests/core", "tests/test_orchestrator.py", "tests/test_engine_order.py", *_EMBEDDED]
-_TABLES = ["tests/diagrams", "tests/testing", "--ignore=tests/diagrams/test_cli.py"]
+_TABLES = [
+    *("tests/diagrams", "tests/testing"),
+    *("--ignore=tests/diagrams/test_cli.py", "--ignore=tests/diagrams/test_notebooks.py"),
+]
 _ENGINE = [
     *("tests/test_orchestrator.py", "tests/test_worker.py", "tests/test_engine_order.py"),
     *_EMBEDDED,
