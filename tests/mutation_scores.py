@@ -86,6 +86,8 @@ def score(module: str, max_children: int, keep: Path | None) -> dict[str, object
         ]
         tested = stats["killed"] + stats["survived"] + stats["timeout"] + stats["suspicious"]
         killed = stats["killed"] + stats["timeout"]  # a mutant that hangs the tests is caught
+        if stats["total"] and not tested:
+            stats["error"] = "mutmut ran no mutant: run it in a --keep directory to see why"
         return {
             "module": module,
             **stats,
