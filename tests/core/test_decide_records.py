@@ -10,6 +10,7 @@ import pytest
 from saga_fsm import (
     ErrorInfo,
     Event,
+    Finish,
     RetryPolicy,
     RunCompensation,
     RunStep,
@@ -85,11 +86,13 @@ def test_times_deadlines_and_history_of_a_compensated_path() -> None:
 
     path.fire("step_failed", 2, "charge", attempt=1, error=TRANSIENT)  # retry in 5 s
     charge = path.snapshot.step("charge")
-    assert (charge.status, charge.error, charge.finished_at) == (
+    assert (charge.status, charge.error, charge.finished_at, charge.deadline) == (
         StepStatus.FAILED,
         TRANSIENT,
         at(2),
+        None,
     )
+    assert (path.snapshot.updated_at, path.snapshot.failure) == (at(2), None)
     assert path.snapshot.wake_at == at(7)
     assert outstanding(path.definition, path.snapshot)[0].at == at(7)  # type: ignore[union-attr]
     path.fire("retry_due", 7)
@@ -106,6 +109,7 @@ def test_times_deadlines_and_history_of_a_compensated_path() -> None:
 
     path.fire("step_failed", 8, "charge", attempt=2, error=PERMANENT)
     assert path.snapshot.state == "compensating:reserve"
+    assert (path.snapshot.updated_at, path.snapshot.failure) == (at(8), PERMANENT)
     reserve = path.snapshot.step("reserve")
     assert (reserve.status, reserve.compensation_attempts, reserve.deadline) == (
         StepStatus.COMPENSATING,
@@ -136,6 +140,7 @@ def test_times_deadlines_and_history_of_a_compensated_path() -> None:
         None,
     )
     assert path.snapshot.state == "compensated" and path.snapshot.wake_at is None
+    assert outstanding(path.definition, path.snapshot) == (Finish("compensated"),)
 
     assert [(h.trigger, h.at, h.detail) for h in path.history] == [
         ("start", at(0), {}),
@@ -150,6 +155,34 @@ def test_times_deadlines_and_history_of_a_compensated_path() -> None:
     states = [(h.from_state, h.to_state) for h in path.history]
     assert states[0] == ("pending", "running:reserve")
     assert states[-1] == ("compensating:reserve", "compensated")
+
+
+def test_a_retried_step_that_succeeds_forgets_its_error() -> None:
+    path = Path()
+    path.fire("start", 0)
+    path.fire("step_succeeded", 1, "reserve", attempt=1)
+    path.fire("step_failed", 2, "charge", attempt=1, error=TRANSIENT)
+    path.fire("retry_due", 7)
+    path.fire("step_succeeded", 8, "charge", attempt=2)
+    charge = path.snapshot.step("charge")
+    assert (charge.status, charge.error, charge.finished_at, charge.deadline) == (
+        StepStatus.SUCCEEDED,
+        None,
+        at(8),
+        None,
+    )
+    assert path.snapshot.wake_at is None  # ship has no timeout
+
+
+def test_a_compensation_that_times_out_records_a_timeout() -> None:
+    path = Path()
+    path.fire("start", 0)
+    path.fire("step_succeeded", 1, "reserve", attempt=1)
+    path.fire("step_failed", 2, "charge", attempt=1, error=PERMANENT)
+    path.fire("compensation_timed_out", 20, "reserve", attempt=1)
+    reserve = path.snapshot.step("reserve")
+    assert reserve.error == ErrorInfo("StepTimedOut", "deadline passed", retryable=True)
+    assert (reserve.finished_at, reserve.deadline) == (at(20), None)
 
 
 def forward(path: Path, *steps: str) -> Path:
