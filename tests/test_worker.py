@@ -384,3 +384,37 @@ def test_a_worker_hands_back_a_saga_whose_backoff_is_longer_than_max_hold() -> N
     waiting = asyncio.run(go())
     assert (waiting.state, waiting.lease_owner) == ("running:b", None)
     assert waiting.wake_at is not None and calls == ["a#1", "b#1"]
+
+
+def test_a_step_whose_deadline_passed_while_unwatched_times_out_on_takeover() -> None:
+    """The deadline is stored: the taking-over worker does not call the action of an
+    attempt whose time ran out while nobody watched it; the attempt is timed out."""
+    calls: list[str] = []
+
+    async def act(ctx: StepContext) -> None:
+        calls.append(f"{ctx.step}#{ctx.attempt}")
+
+    saga = (
+        SagaBuilder("deadline").step("a", act, compensation=act, timeout=2).pivot("b", act).build()
+    )
+
+    async def go() -> Any:
+        clock = FakeClock()
+        store = MemoryStore()
+        await Orchestrator(store, [saga], clock=clock).start(saga, {})
+        (claimed,) = await store.claim_due("dead", now=clock.now(), lease_seconds=5, limit=1)
+        from saga_fsm import Event, decide
+
+        decision = decide(saga, claimed, Event.start(clock.now()))
+        await store.save(decision.snapshot, decision.history, expected_version=claimed.version)
+        clock.advance(10)  # the lease and the step's deadline both ran out
+        (taken,) = await store.claim_due("live", now=clock.now(), lease_seconds=5, limit=1)
+        final = await Orchestrator(store, [saga], clock=clock, worker_id="live").drive(taken)
+        return final, await store.history(final.saga_id)
+
+    final, history = asyncio.run(go())
+    assert "a#1" not in calls
+    assert ("step_timed_out", {"step": "a", "attempt": 1}) in [
+        (h.trigger, h.detail) for h in history
+    ]
+    assert final.is_terminal
