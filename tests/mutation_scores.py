@@ -53,7 +53,7 @@ def config(module: str, tests: list[str]) -> str:
     return (
         "\n[tool.mutmut]\n"
         'source_paths = ["saga_fsm"]\n'
-        'also_copy = ["diagrams"]\n'
+        'also_copy = ["diagrams", "README.md"]\n'
         f"only_mutate = [{json.dumps(module)}]\n"
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]\n'
@@ -65,6 +65,7 @@ def score(module: str, max_children: int, keep: Path | None) -> dict[str, object
     try:
         for part in ("saga_fsm", "tests", "diagrams"):  # the diagram tests compare to diagrams/
             shutil.copytree(ROOT / part, work / part, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(ROOT / "README.md", work)  # a test runs the README's example
         pyproject = (ROOT / "pyproject.toml").read_text()
         (work / "pyproject.toml").write_text(pyproject + config(module, MODULES[module]))
         mutmut = [sys.executable, "-m", "mutmut"]
