@@ -22,7 +22,7 @@ the participants' database in ``$SAGA_FSM_FAULT_DSN``, their own name in
   worker calling, and the one inside).
 
 ``data["fail_at"]`` names a step that fails for good, ``data["hang_at"]`` one that
-never returns, ``data["flaky_until"]`` a time before which every call fails.
+never returns, ``data["unavailable_for"]`` how many first attempts of each step fail.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import time
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -207,8 +206,7 @@ async def _begin(conn: Any, ctx: StepContext) -> None:
 async def _forward(ctx: StepContext) -> dict[str, Any]:
     if ctx.data.get("hang_at") == ctx.step:
         await asyncio.sleep(3600)
-    flaky_until = ctx.data.get("flaky_until")
-    if flaky_until is not None and time.time() < flaky_until:
+    if ctx.attempt <= ctx.data.get("unavailable_for", 0):
         raise ConnectionError(f"{ctx.step}: participant unavailable")
     key, pid = ctx.idempotency_key, os.getpid()
     async with (await _pool()).connection() as conn:
