@@ -87,7 +87,8 @@ def test_indexes(postgres_dsn: str) -> None:
     with psycopg.connect(postgres_dsn) as conn:
         indexes: dict[str, str] = dict(
             conn.execute(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'saga_fsm_sagas'"
+                "SELECT indexname, indexdef FROM pg_indexes"
+                " WHERE tablename = 'saga_fsm_sagas' AND schemaname = current_schema()"
             ).fetchall()
         )
         foreign_keys = conn.execute(
