@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from saga_fsm import (
+    ConcurrencyConflict,
     FakeClock,
     MemoryStore,
     Orchestrator,
@@ -103,13 +104,13 @@ def test_a_dead_workers_saga_is_taken_over_after_its_lease_expires() -> None:
             "live", now=clock.now(), lease_seconds=5, limit=10, definitions=SERVED
         )
         assert taken.lease_owner == "live" and taken.version > claimed.version
-        final = await Orchestrator(store, [saga], clock=clock, worker_id="live").drive(taken)
-        # The dead worker's late write is refused: its version is stale.
-        from saga_fsm import ConcurrencyConflict
+        # The dead worker's late write is refused at once, before the new holder wrote
+        # anything: the takeover itself bumped the version.
 
         with pytest.raises(ConcurrencyConflict):
             await store.save(decision.snapshot, (), expected_version=claimed.version + 1)
-        return final
+        assert await store.load(started.saga_id) == taken
+        return await Orchestrator(store, [saga], clock=clock, worker_id="live").drive(taken)
 
     final = asyncio.run(go())
     assert final.state == "completed"
@@ -417,3 +418,153 @@ def test_worker_log_records_carry_the_saga_step_and_correlation_id(
 
 async def _noop(ctx: StepContext) -> None:
     return None
+
+
+class FlakyStore(MemoryStore):
+    """Refuses the first ``outages`` claims, as a store that cannot be reached."""
+
+    def __init__(self, outages: int) -> None:
+        super().__init__()
+        self.outages = outages
+
+    async def claim_due(self, worker_id: str, **options: Any) -> Any:
+        if self.outages > 0:
+            self.outages -= 1
+            from saga_fsm._errors import StoreError
+
+            raise StoreError("connection refused")
+        return await super().claim_due(worker_id, **options)
+
+
+def test_a_worker_drives_at_most_its_concurrency_under_its_own_lease_and_polls_for_more() -> None:
+    """Never more than ``concurrency`` sagas in flight (and that many reached), each
+    leased to this worker while it runs; a saga started while the worker idles is
+    picked up by a later poll; every saga driven to the end is counted."""
+    inside: list[str] = []
+    peak = 0
+    owners: set[str | None] = set()
+
+    async def act(ctx: StepContext) -> None:
+        nonlocal peak
+        inside.append(ctx.saga_id)
+        peak = max(peak, len(inside))
+        owners.add((await store.load(ctx.saga_id)).lease_owner)
+        await asyncio.sleep(0.02)
+        inside.remove(ctx.saga_id)
+
+    saga = SagaBuilder("bounded").step("a", act, compensation=act).pivot("b", act).build()
+    store = MemoryStore()
+
+    async def go() -> int:
+        starter = Orchestrator(store, [saga])
+        for n in range(12):
+            await starter.start(saga, {"n": n})
+        worker = Worker(
+            Orchestrator(store, [saga], worker_id="w1"), concurrency=3, poll_interval=0.01
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop, grace=1))
+        while not all(s.is_terminal for s in await store.list()):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # idle now
+        await starter.start(saga, {"n": "late"})
+        async with asyncio.timeout(10):
+            while not all(s.is_terminal for s in await store.list()):
+                await asyncio.sleep(0.01)
+        stop.set()
+        await task
+        return worker.driven
+
+    assert asyncio.run(go()) == 13
+    assert peak == 3
+    assert owners == {"w1"}
+
+
+def test_a_worker_outlasts_a_store_outage_backing_off_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[str] = []
+    saga = definition(calls)
+
+    async def go() -> list[str]:
+        store = FlakyStore(outages=5)
+        await Orchestrator(store, [saga]).start(saga, {})
+        worker = Worker(
+            Orchestrator(store, [saga], worker_id="w1"), poll_interval=0.1, max_backoff=0.4
+        )
+        await serve_until_finished(worker, store)
+        return [s.state for s in await store.list()]
+
+    with caplog.at_level(logging.INFO, logger="saga_fsm.worker"):
+        assert asyncio.run(go()) == ["completed"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    # The wait doubles from the poll interval up to max_backoff.
+    assert warnings == [
+        f"worker w1: store unavailable (connection refused); retrying in {s}s"
+        for s in ("0.1", "0.2", "0.4", "0.4", "0.4")
+    ]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert infos[0].startswith("worker w1 serving ") and infos[-1] == "worker w1 stopped"
+
+
+def test_a_worker_hands_back_a_saga_whose_backoff_is_longer_than_max_hold() -> None:
+    calls: list[str] = []
+    saga = definition(calls, fail_first=1, backoff=3)
+
+    async def go() -> Any:
+        clock = FakeClock()  # a back-off it waited out would pass at once
+        store = MemoryStore()
+        started = await Orchestrator(store, [saga], clock=clock).start(saga, {})
+        worker = Worker(
+            Orchestrator(store, [saga], clock=clock, worker_id="w1"),
+            poll_interval=0.01,
+            max_hold=1.0,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop, grace=1))
+        await asyncio.sleep(0.3)
+        stop.set()
+        await task
+        return await store.load(started.saga_id)
+
+    waiting = asyncio.run(go())
+    assert (waiting.state, waiting.lease_owner) == ("running:b", None)
+    assert waiting.wake_at is not None and calls == ["a#1", "b#1"]
+
+
+def test_a_step_whose_deadline_passed_while_unwatched_times_out_on_takeover() -> None:
+    """The deadline is stored: the taking-over worker does not call the action of an
+    attempt whose time ran out while nobody watched it; the attempt is timed out."""
+    calls: list[str] = []
+
+    async def act(ctx: StepContext) -> None:
+        calls.append(f"{ctx.step}#{ctx.attempt}")
+
+    saga = (
+        SagaBuilder("deadline").step("a", act, compensation=act, timeout=2).pivot("b", act).build()
+    )
+
+    async def go() -> Any:
+        clock = FakeClock()
+        store = MemoryStore()
+        await Orchestrator(store, [saga], clock=clock).start(saga, {})
+        (claimed,) = await store.claim_due(
+            "dead", now=clock.now(), lease_seconds=5, limit=1, definitions=[("deadline", 1)]
+        )
+        from saga_fsm import Event, decide
+
+        decision = decide(saga, claimed, Event.start(clock.now()))
+        await store.save(decision.snapshot, decision.history, expected_version=claimed.version)
+        clock.advance(10)  # the lease and the step's deadline both ran out
+        (taken,) = await store.claim_due(
+            "live", now=clock.now(), lease_seconds=5, limit=1, definitions=[("deadline", 1)]
+        )
+        final = await Orchestrator(store, [saga], clock=clock, worker_id="live").drive(taken)
+        return final, await store.history(final.saga_id)
+
+    final, history = asyncio.run(go())
+    assert "a#1" not in calls
+    assert ("step_timed_out", {"step": "a", "attempt": 1}) in [
+        (h.trigger, h.detail) for h in history
+    ]
+    assert final.is_terminal

@@ -208,9 +208,6 @@ class ExamplePaths(RuleBasedStateMachine):
         assert set(undone) <= set(compensable_done)
 
 
-ExamplePaths.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
-
-
 class _WithFinalChecks(ExamplePaths):
     def teardown(self) -> None:
         try:
@@ -219,4 +216,12 @@ class _WithFinalChecks(ExamplePaths):
             super().teardown()
 
 
+# Settings go on the class pytest collects: set on ExamplePaths.TestCase they would not
+# reach this one (each .TestCase is a new class).
 TestExamplePaths = _WithFinalChecks.TestCase
+TestExamplePaths.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+
+
+def test_the_collected_state_machine_runs_with_its_settings() -> None:
+    chosen = TestExamplePaths.settings
+    assert (chosen.max_examples, chosen.stateful_step_count, chosen.deadline) == (100, 30, None)
