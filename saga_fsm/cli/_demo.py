@@ -54,6 +54,17 @@ async def run_demo(
     """Run ``sagas`` sagas, ``concurrency`` at a time: that many runners take the next
     number until none is left, so only the sagas in flight exist at once."""
     services.configure(fail_rate=fail_rate, seed=seed)
+    try:
+        return await _run_demo(store_url, sagas, seed, concurrency, progress)
+    finally:
+        # The fake services are process-wide: whatever runs next in this process (a
+        # test, ``check`` of an example) gets them as reliable as they started.
+        services.configure()
+
+
+async def _run_demo(
+    store_url: str, sagas: int, seed: int, concurrency: int, progress: Progress | None
+) -> Tally:
     definition = order_fulfillment.definition
     task = progress.add_task("sagas", total=sagas) if progress else None
     numbers = iter(range(sagas))
