@@ -1,0 +1,12 @@
+"""Watching sagas: one ``Observer`` interface the engine calls, and three uses of it.
+
+- ``saga_fsm.observability.tracing.SagaTracing``: OpenTelemetry spans (extra ``otel``);
+- ``saga_fsm.observability.metrics.SagaMetrics``: Prometheus metrics (extra ``metrics``);
+- ``ParkedAlert``: a callback when a saga parks in ``failed`` (e.g. post to a chat).
+
+Neither OpenTelemetry nor prometheus-client is imported until its module is.
+"""
+
+from saga_fsm.observability._observer import NO_OBSERVER, Observer, Observers, ParkedAlert
+
+__all__ = ["NO_OBSERVER", "Observer", "Observers", "ParkedAlert"]

@@ -1,0 +1,217 @@
+"""Spans through the real OpenTelemetry SDK's in-memory exporter: one saga, crossing a
+participant over a transport, is one connected trace."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from opentelemetry.trace import SpanKind, StatusCode
+
+from saga_fsm import MemoryStore, Orchestrator, SagaBuilder, StepContext, StepFailed
+from saga_fsm.messaging import Headers, Message, MessageKind, reply_from_payload
+from saga_fsm.messaging.memory import MemoryTransport
+from saga_fsm.observability.tracing import SagaTracing, publish
+from saga_fsm.participant import Command, MemoryInbox, Participant
+from tests.observability._tracing import by_name, in_memory_provider, roots
+
+
+def _ask_inventory(transport: MemoryTransport, provider: Any) -> Any:
+    async def reserve(ctx: StepContext) -> dict[str, Any]:
+        replies = await transport.subscribe("orders.replies")
+        command = Message(
+            "inventory.reserve",
+            MessageKind.COMMAND,
+            {"sku": "a"},
+            Headers(
+                saga_id=ctx.saga_id,
+                step=ctx.step,
+                attempt=ctx.attempt,
+                idempotency_key=ctx.idempotency_key,
+                reply_channel="orders.replies",
+                correlation_id=ctx.correlation_id,
+            ),
+        )
+        await publish(transport, command, tracer_provider=provider)
+        delivery = await replies.receive(timeout=10)
+        assert delivery is not None
+        await delivery.ack()
+        await replies.close()
+        body = reply_from_payload(delivery.message.payload)
+        return dict(body.data or {})
+
+    return reserve
+
+
+def _decline(ctx: StepContext) -> None:
+    raise StepFailed("card declined", retryable=False)
+
+
+def _release(ctx: StepContext) -> None:
+    return None
+
+
+def test_one_saga_across_a_participant_is_one_connected_trace() -> None:
+    provider, exporter = in_memory_provider()
+    tracing = SagaTracing(provider)
+    transport = MemoryTransport()
+    inventory = Participant("inventory", observer=tracing)
+
+    @inventory.handles("inventory.reserve")
+    def handle(command: Command) -> Mapping[str, Any]:
+        return {"reservation": command.idempotency_key}
+
+    definition = (
+        SagaBuilder("order")
+        .step("reserve", _ask_inventory(transport, provider), compensation=_release)
+        .pivot("charge", _decline)
+        .build()
+    )
+
+    async def go() -> str:
+        stop = asyncio.Event()
+        serving = asyncio.create_task(inventory.serve(transport, MemoryInbox(), stop=stop))
+        orchestrator = Orchestrator(MemoryStore(), [definition], observer=tracing)
+        final = await orchestrator.run(definition, {}, correlation_id="order-7")
+        stop.set()
+        await serving
+        return final.state
+
+    assert asyncio.run(go()) == "compensated"
+    spans = exporter.get_finished_spans()
+    named = by_name(spans)
+    assert set(named) == {
+        "saga.start order",
+        "saga.step reserve",
+        "inventory.reserve publish",
+        "inventory.reserve process",
+        "saga.step charge",
+        "saga.compensate reserve",
+    }
+    # One trace, one root: the start; every other span descends from it.
+    assert len({s.context.trace_id for s in spans}) == 1
+    assert roots(spans) == named["saga.start order"]
+    start = named["saga.start order"][0]
+    step_reserve = named["saga.step reserve"][0]
+    producer = named["inventory.reserve publish"][0]
+    consumer = named["inventory.reserve process"][0]
+    assert step_reserve.parent is not None and step_reserve.parent.span_id == start.context.span_id
+    assert producer.kind is SpanKind.PRODUCER and producer.parent is not None
+    assert producer.parent.span_id == step_reserve.context.span_id
+    assert consumer.kind is SpanKind.CONSUMER and consumer.parent is not None
+    assert consumer.parent.span_id == producer.context.span_id
+    # Attributes and status.
+    charge = named["saga.step charge"][0]
+    assert charge.attributes is not None
+    assert {
+        k: charge.attributes[k]
+        for k in (
+            "saga.name",
+            "saga.step",
+            "saga.step.attempt",
+            "saga.phase",
+            "saga.outcome",
+            "saga.correlation_id",
+            "saga.definition.version",
+        )
+    } == {
+        "saga.name": "order",
+        "saga.step": "charge",
+        "saga.step.attempt": 1,
+        "saga.phase": "forward",
+        "saga.outcome": "failed",
+        "saga.correlation_id": "order-7",
+        "saga.definition.version": 1,
+    }
+    assert charge.status.status_code is StatusCode.ERROR
+    assert "card declined" in (charge.status.description or "")
+    compensate = named["saga.compensate reserve"][0]
+    assert compensate.attributes is not None and compensate.attributes["saga.phase"] == "compensate"
+    assert step_reserve.status.status_code is StatusCode.UNSET
+    # Transitions are span events: from, to, trigger.
+    transitions = [
+        dict(e.attributes or {})
+        for s in sorted(spans, key=lambda s: s.start_time or 0)
+        for e in s.events
+        if e.name == "transition"
+    ]
+    assert {"from": "pending", "to": "running:reserve", "trigger": "start"} in transitions
+    assert {
+        "from": "running:charge",
+        "to": "compensating:reserve",
+        "trigger": "step_failed",
+    } in transitions
+    assert transitions[-1] == {
+        "from": "compensating:reserve",
+        "to": "compensated",
+        "trigger": "compensation_succeeded",
+    }
+
+
+def test_the_trace_context_is_stored_and_continued_by_another_process() -> None:
+    """A saga started here and driven by a 'worker' that shares nothing but the store
+    (a new orchestrator and tracer): its spans are children of the stored start."""
+    provider, exporter = in_memory_provider()
+    definition = (
+        SagaBuilder("two").step("a", _release, compensation=_release).pivot("b", _release).build()
+    )
+    store = MemoryStore()
+
+    async def go() -> Any:
+        client = Orchestrator(store, [definition], observer=SagaTracing(provider))
+        started = await client.start(definition, {})
+        worker = Orchestrator(store, [definition], observer=SagaTracing(provider))
+        return started, await worker.resume(started.saga_id)
+
+    started, final = asyncio.run(go())
+    assert started.traceparent is not None and final.traceparent == started.traceparent
+    spans = exporter.get_finished_spans()
+    assert len({s.context.trace_id for s in spans}) == 1
+    assert [s.name for s in roots(spans)] == ["saga.start two"]
+    assert f"{spans[0].context.trace_id:032x}" in started.traceparent
+
+
+def test_operator_cancel_and_retry_are_spans_of_the_saga() -> None:
+    provider, exporter = in_memory_provider()
+    tracing = SagaTracing(provider)
+    definition = (
+        SagaBuilder("c").step("a", _release, compensation=_release).pivot("b", _release).build()
+    )
+
+    async def go() -> None:
+        orchestrator = Orchestrator(MemoryStore(), [definition], observer=tracing)
+        started = await orchestrator.start(definition, {})
+        await orchestrator.cancel(started.saga_id)
+
+    asyncio.run(go())
+    spans = by_name(exporter.get_finished_spans())
+    cancel = spans["saga.cancel c"][0]
+    assert (
+        cancel.parent is not None
+        and cancel.parent.span_id == spans["saga.start c"][0].context.span_id
+    )
+    assert cancel.events[0].attributes == {
+        "from": "pending",
+        "to": "compensated",
+        "trigger": "cancel",
+    }
+
+
+@pytest.mark.parametrize("module", ["opentelemetry", "prometheus_client"])
+def test_without_an_observer_nothing_is_imported(module: str) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, sys\n"
+        "from saga_fsm import MemoryStore, Orchestrator\n"
+        "from tests.helpers import three_step\n"
+        "d = three_step()\n"
+        "final = asyncio.run(Orchestrator(MemoryStore(), [d]).run(d, {}))\n"
+        "assert final.state == 'completed'\n"
+        f"print({module!r} in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
