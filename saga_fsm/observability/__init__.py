@@ -7,6 +7,17 @@
 Neither OpenTelemetry nor prometheus-client is imported until its module is.
 """
 
+from saga_fsm._logging import CONTEXT_FIELDS as LOG_FIELDS
+from saga_fsm._logging import HumanFormatter, JsonFormatter, SagaContext
 from saga_fsm.observability._observer import NO_OBSERVER, Observer, Observers, ParkedAlert
 
-__all__ = ["NO_OBSERVER", "Observer", "Observers", "ParkedAlert"]
+__all__ = [
+    "HumanFormatter",
+    "JsonFormatter",
+    "LOG_FIELDS",
+    "NO_OBSERVER",
+    "Observer",
+    "Observers",
+    "ParkedAlert",
+    "SagaContext",
+]
