@@ -64,15 +64,22 @@ def saga_attributes(snapshot: Snapshot) -> dict[str, Any]:
     return attributes
 
 
-def context_of(traceparent: str | None, tracestate: str | None = None) -> otel_context.Context:
+_CONTEXTS: dict[str, otel_context.Context] = {}
+_CONTEXTS_MAX = 4096
+
+
+def context_of(traceparent: str | None) -> otel_context.Context:
     """The OpenTelemetry context a stored or received ``traceparent`` stands for (the
-    current one when there is none)."""
+    current one when there is none). Parsed once per saga while it is recent: each of a
+    saga's spans needs it."""
     if traceparent is None:
         return otel_context.get_current()
-    carrier = {"traceparent": traceparent}
-    if tracestate:
-        carrier["tracestate"] = tracestate
-    return _PROPAGATOR.extract(carrier)
+    known = _CONTEXTS.get(traceparent)
+    if known is None:
+        if len(_CONTEXTS) >= _CONTEXTS_MAX:
+            _CONTEXTS.clear()
+        known = _CONTEXTS[traceparent] = _PROPAGATOR.extract({"traceparent": traceparent})
+    return known
 
 
 def traceparent_of(span: Span) -> tuple[str | None, str | None]:
@@ -115,14 +122,11 @@ class SagaTracing(Observer):
         self._end(snapshot.saga_id)  # an attempt whose decision never got written
         compensating = isinstance(command, RunCompensation)
         name = f"saga.compensate {command.step}" if compensating else f"saga.step {command.step}"
-        span = self._span(name, snapshot)
-        span.set_attributes(
-            {
-                "saga.step": command.step,
-                "saga.step.attempt": command.attempt,
-                "saga.phase": "compensate" if compensating else "forward",
-            }
-        )
+        attributes = saga_attributes(snapshot)
+        attributes["saga.step"] = command.step
+        attributes["saga.step.attempt"] = command.attempt
+        attributes["saga.phase"] = "compensate" if compensating else "forward"
+        span = self._span(name, snapshot, attributes=attributes)
         self._add_events(span, self._pending.pop(snapshot.saga_id, ()))
         token = otel_context.attach(trace.set_span_in_context(span))
         self._attempts[snapshot.saga_id] = _Attempt(span, token)
@@ -152,6 +156,8 @@ class SagaTracing(Observer):
         triggers = {entry.trigger for entry in history}
         if attempt is not None:
             self._add_events(attempt.span, history)
+            if after.is_terminal:
+                attempt.span.set_attribute("saga.state", after.state)
             self._finish(attempt)
         elif triggers & {"cancel", "retry"}:
             operation = "retry" if "retry" in triggers else "cancel"
@@ -166,8 +172,6 @@ class SagaTracing(Observer):
             self._pending.setdefault(after.saga_id, []).extend(history)
         if after.is_terminal:
             self._pending.pop(after.saga_id, None)
-            if attempt is not None:
-                attempt.span.set_attribute("saga.state", after.state)
 
     def lease_lost(self, snapshot: Snapshot) -> None:
         self._end(snapshot.saga_id)
@@ -205,11 +209,17 @@ class SagaTracing(Observer):
             yield span
 
     # -- helpers --------------------------------------------------------------------------
-    def _span(self, name: str, snapshot: Snapshot, links: Sequence[Link] = ()) -> Span:
+    def _span(
+        self,
+        name: str,
+        snapshot: Snapshot,
+        links: Sequence[Link] = (),
+        attributes: dict[str, Any] | None = None,
+    ) -> Span:
         return self.tracer.start_span(
             name,
             context=context_of(snapshot.traceparent),
-            attributes=saga_attributes(snapshot),
+            attributes=saga_attributes(snapshot) if attributes is None else attributes,
             links=links,
         )
 
