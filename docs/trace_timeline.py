@@ -31,8 +31,13 @@ from tests.observability._tracing import in_memory_provider
 def build(transport: MemoryTransport, provider: Any) -> Any:
     async def reserve(ctx: StepContext) -> dict[str, Any]:
         replies = await transport.subscribe("orders.replies")
-        headers = Headers(saga_id=ctx.saga_id, step=ctx.step, attempt=ctx.attempt,
-                          idempotency_key=ctx.idempotency_key, reply_channel="orders.replies")  # fmt: skip
+        headers = Headers(
+            saga_id=ctx.saga_id,
+            step=ctx.step,
+            attempt=ctx.attempt,
+            idempotency_key=ctx.idempotency_key,
+            reply_channel="orders.replies",
+        )
         command = Message("inventory.reserve", MessageKind.COMMAND, {"sku": "a"}, headers)
         await publish(transport, command, tracer_provider=provider)
         delivery = await replies.receive(timeout=10)
