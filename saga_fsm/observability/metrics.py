@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -154,6 +155,16 @@ class SagaMetrics(Observer):
         )  # fmt: skip
         self._started: dict[tuple[str, str, int], float] = {}  # (saga, step, attempt) -> t0
         self._known: set[tuple[str, str]] = set()  # in_flight label sets ever set
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (they are bounded):
+        this runs on every attempt."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- the observer ---------------------------------------------------------------------
     def created(self, snapshot: Snapshot) -> None:
@@ -168,20 +179,19 @@ class SagaMetrics(Observer):
         self._started[(snapshot.saga_id, command.step, command.attempt)] = time.perf_counter()
         if command.attempt > 1:
             phase = "compensate" if isinstance(command, RunCompensation) else "forward"
-            self.retries.labels(snapshot.definition, command.step, phase).inc()
+            self._child(self.retries, snapshot.definition, command.step, phase).inc()
 
     def attempt_finished(self, snapshot: Snapshot, event: Event) -> None:
         assert event.step is not None
         compensating = event.trigger.startswith("compensation")
         outcome = _OUTCOMES.get(event.trigger, event.trigger)
         counter = self.compensation_attempts if compensating else self.step_attempts
-        counter.labels(snapshot.definition, event.step, outcome).inc()
+        self._child(counter, snapshot.definition, event.step, outcome).inc()
         t0 = self._started.pop((snapshot.saga_id, event.step, event.attempt or 0), None)
         if t0 is not None:
             phase = "compensate" if compensating else "forward"
-            self.step_duration.labels(snapshot.definition, event.step, phase).observe(
-                time.perf_counter() - t0
-            )
+            duration = self._child(self.step_duration, snapshot.definition, event.step, phase)
+            duration.observe(time.perf_counter() - t0)
 
     def transitioned(
         self, before: Snapshot, after: Snapshot, history: Sequence[HistoryEntry]

@@ -123,3 +123,17 @@ def test_console_bench_runs_on_postgres(postgres_dsn: str) -> None:
     assert all(line["sagas"] == 300 and line["p50_ms"] > 0 for line in lines)
     by_view = {line["view"]: line["rows"] for line in lines}
     assert by_view["unfiltered"] == by_view["deep"] == 50 and by_view["id_prefix"] == 1
+
+
+def test_throughput_measures_tracing_and_metrics_off_and_on() -> None:
+    lines = run("throughput.py", "--store", "memory://", *TINY, "--app", "in-process",
+                "--modes", "sequential", "--observe", "both")  # fmt: skip
+    assert [(line["engine"], line.get("observe")) for line in lines] == [
+        ("saga_fsm", "off"),
+        ("saga_fsm", "on"),
+        ("observe_overhead", None),
+    ]
+    assert_correct(lines)
+    assert {"client_cpu_ms_per_saga_off", "client_cpu_ms_per_saga_on", "overhead_pct"} <= set(
+        lines[-1]
+    )
