@@ -17,7 +17,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from saga_fsm import MemoryStore, Orchestrator, Worker
+from saga_fsm import MemoryStore, Orchestrator, Worker, decide
+from saga_fsm._core import Event
 from saga_fsm.observability import Observers, ParkedAlert
 from saga_fsm.observability.metrics import METRIC_NAMES, SagaMetrics
 from tests.observability.sagas import ORDERS, order
@@ -210,3 +211,23 @@ def test_metrics_port_without_the_extra_or_taken_is_one_line_exit_2(tmp_path: Pa
                         f"sqlite:///{tmp_path}/m.db", "--metrics-port", str(port))  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and f"--metrics-port {port}" in out.stderr, out.stderr
+
+
+def test_taking_over_an_attempt_in_flight_counts_a_lease_takeover() -> None:
+    registry = CollectorRegistry()
+    store = MemoryStore()
+
+    async def go() -> None:
+        dead = Orchestrator(store, [order], worker_id="dead")
+        snapshot = await dead.start(order, {"pay": "ok"})
+        # The dead worker persisted "running:reserve" (attempt 1), then died.
+        decision = decide(order, await store.load(snapshot.saga_id), Event.start(dead.clock.now()))
+        await store.save(decision.snapshot, decision.history, expected_version=snapshot.version)
+        worker = Orchestrator(store, [order], observer=SagaMetrics(registry))
+        await worker.resume(snapshot.saga_id)
+        # A pending saga claimed for the first time is no takeover.
+        fresh = await dead.start(order, {"pay": "ok"})
+        await worker.resume(fresh.saga_id)
+
+    asyncio.run(go())
+    assert registry.get_sample_value("saga_fsm_lease_takeovers_total", {"definition": "order"}) == 1

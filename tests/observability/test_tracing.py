@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from saga_fsm import MemoryStore, Orchestrator, SagaBuilder, StepContext, StepFailed
+from saga_fsm import MemoryStore, Orchestrator, SagaBuilder, StepContext, StepFailed, decide
+from saga_fsm._core import Event
 from saga_fsm.messaging import Headers, Message, MessageKind, reply_from_payload
 from saga_fsm.messaging.memory import MemoryTransport
 from saga_fsm.observability.tracing import SagaTracing, publish
 from saga_fsm.participant import Command, MemoryInbox, Participant
 from tests.observability._tracing import by_name, in_memory_provider, roots
+from tests.observability.sagas import order
 
 
 def _ask_inventory(transport: MemoryTransport, provider: Any) -> Any:
@@ -215,3 +217,46 @@ def test_without_an_observer_nothing_is_imported(module: str) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_operator_retry_is_a_child_of_the_saga_linked_to_the_operators_trace() -> None:
+    provider, exporter = in_memory_provider()
+    tracing = SagaTracing(provider)
+    orchestrator = Orchestrator(MemoryStore(), [order], observer=tracing)
+    operator = provider.get_tracer("console")
+
+    async def go() -> None:
+        parked = await orchestrator.run(order, {"pay": "decline", "warehouse": "down"})
+        assert parked.state == "failed"
+        with operator.start_as_current_span("POST /sagas/retry"):
+            await orchestrator.retry(parked.saga_id)
+
+    asyncio.run(go())
+    spans = by_name(exporter.get_finished_spans())
+    retry, request = spans["saga.retry order"][0], spans["POST /sagas/retry"][0]
+    assert (
+        retry.parent is not None
+        and retry.parent.span_id == spans["saga.start order"][0].context.span_id
+    )
+    assert [link.context.span_id for link in retry.links] == [request.context.span_id]
+    assert retry.context.trace_id != request.context.trace_id
+
+
+def test_a_worker_taking_over_an_attempt_in_flight_is_a_resume_span() -> None:
+    provider, exporter = in_memory_provider()
+    store = MemoryStore()
+
+    async def go() -> None:
+        crashed = Orchestrator(store, [order], worker_id="dead", lease_seconds=0.01)
+        snapshot = await crashed.start(order, {"pay": "ok"})
+        # The dead worker had persisted "running:reserve" (attempt 1) and then died.
+        decision = decide(
+            order, await store.load(snapshot.saga_id), Event.start(crashed.clock.now())
+        )
+        await store.save(decision.snapshot, decision.history, expected_version=snapshot.version)
+        await Orchestrator(store, [order], observer=SagaTracing(provider)).resume(snapshot.saga_id)
+
+    asyncio.run(go())
+    spans = by_name(exporter.get_finished_spans())
+    resume = spans["saga.resume order"][0]
+    assert resume.attributes is not None and resume.attributes["saga.state"] == "running:reserve"
