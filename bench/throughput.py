@@ -3,7 +3,7 @@
     python bench/throughput.py --store URL [--sagas N] [--concurrency C]
                                [--fail-rate F] [--seed S] [--app auto|postgres|in-process]
                                [--app-dsn DSN] [--fresh-schema] [--pgbench]
-                               [--observe off|on|both] [--rounds R]
+                               [--observe off|on|both] [--rounds R] [--trace-sample P]
 
 Runs N sagas of reserve -> charge -> ship (each step one INSERT into its own application
 table, each compensation one UPDATE; a seeded share F of the sagas fails at a random
@@ -324,10 +324,12 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def observing() -> Observer:
+def observing(sample: float = 1.0) -> Observer:
     """Tracing through the OpenTelemetry SDK (batched to an exporter that drops the
-    spans: the cost of making them, not of shipping them) and metrics."""
+    spans: the cost of making them, not of shipping them; a share ``sample`` of the sagas
+    traced) and metrics."""
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     from opentelemetry.sdk.trace.export import (
         BatchSpanProcessor,
         SpanExporter,
@@ -343,7 +345,7 @@ def observing() -> Observer:
         def export(self, spans: Any) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(sample)))
     provider.add_span_processor(BatchSpanProcessor(Drop()))
     return Observers(SagaTracing(provider), SagaMetrics(CollectorRegistry()))
 
@@ -405,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=1, help="with --observe both: off/on pairs per mode"
     )
+    parser.add_argument(
+        "--trace-sample",
+        type=float,
+        default=1.0,
+        help="with --observe: the share of sagas traced (a parent-based ratio sampler)",
+    )
     args = parser.parse_args(argv)
     settings = {"off": [False], "on": [True], "both": [False, True] * args.rounds}[args.observe]
     modes = [m for m in args.modes.split(",") if m]
@@ -435,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu: dict[bool, list[float]] = {False: [], True: []}
             for observed in settings:
                 run = Run("saga_fsm", mode, counter)
-                observer = observing() if observed else NO_OBSERVER
+                observer = observing(args.trace_sample) if observed else NO_OBSERVER
                 with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
                     runner.run(
                         run_saga_fsm(
@@ -464,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                     client_cpu_ms_per_saga_on=round(on, 3),
                     overhead_pct=round((on - off) * 100 / off, 1),
                     rounds=args.rounds,
+                    trace_sample=args.trace_sample,
                     store=store_kind,
                 )
             if args.pgbench and isinstance(app, PostgresApp):
