@@ -329,12 +329,12 @@ def observing(sample: float = 1.0) -> Observer:
     spans: the cost of making them, not of shipping them; a share ``sample`` of the sagas
     traced) and metrics."""
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     from opentelemetry.sdk.trace.export import (
         BatchSpanProcessor,
         SpanExporter,
         SpanExportResult,
     )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     from prometheus_client import CollectorRegistry
 
     from saga_fsm.observability import Observers
