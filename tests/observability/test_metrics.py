@@ -173,7 +173,7 @@ def test_a_running_worker_serves_metrics_with_the_known_outcomes(tmp_path: Path)
     log = tmp_path / "worker.log"
     worker = subprocess.Popen(
         [sys.executable, "-m", "saga_fsm.cli", "worker", "tests.observability.sagas:order",
-         "--store", url, "--poll-interval", "0.05", "--metrics-port", str(port)],
+         "--store", url, "--poll-interval", "0.05", "--metrics-port", str(port), "--tracing"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )  # fmt: skip

@@ -4,7 +4,13 @@ participant over a transport, is one connected trace."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,15 +18,24 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from saga_fsm import MemoryStore, Orchestrator, SagaBuilder, StepContext, StepFailed, decide
 from saga_fsm._core import Event
-from saga_fsm.messaging import Headers, Message, MessageKind, reply_from_payload
+from saga_fsm.messaging import (
+    Headers,
+    Message,
+    MessageKind,
+    Transport,
+    connect_transport,
+    reply_from_payload,
+)
 from saga_fsm.messaging.memory import MemoryTransport
 from saga_fsm.observability.tracing import SagaTracing, publish
 from saga_fsm.participant import Command, MemoryInbox, Participant
 from tests.observability._tracing import by_name, in_memory_provider, roots
 from tests.observability.sagas import order
 
+ROOT = Path(__file__).resolve().parents[2]
 
-def _ask_inventory(transport: MemoryTransport, provider: Any) -> Any:
+
+def _ask_inventory(transport: Transport, provider: Any) -> Any:
     async def reserve(ctx: StepContext) -> dict[str, Any]:
         replies = await transport.subscribe("orders.replies")
         command = Message(
@@ -260,3 +275,50 @@ def test_a_worker_taking_over_an_attempt_in_flight_is_a_resume_span() -> None:
     spans = by_name(exporter.get_finished_spans())
     resume = spans["saga.resume order"][0]
     assert resume.attributes is not None and resume.attributes["saga.state"] == "running:reserve"
+
+
+def test_a_participant_in_another_process_continues_the_trace(tmp_path: Path) -> None:
+    """The command crosses a real process boundary (the SQLite transport): the
+    participant's CONSUMER span, exported there, is a child of the PRODUCER span here."""
+    url = f"sqlite:///{tmp_path}/broker.db"
+    spans_file = tmp_path / "participant-spans.jsonl"
+    participant = subprocess.Popen(
+        [sys.executable, "-m", "tests.observability._participant_process", url, str(spans_file)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert participant.stdout is not None and participant.stdout.readline().strip() == "ready"
+        provider, exporter = in_memory_provider()
+
+        async def go() -> Any:
+            transport = await connect_transport(url, ack_wait=1.0)
+            try:
+                definition = (
+                    SagaBuilder("order")
+                    .step("reserve", _ask_inventory(transport, provider), compensation=_release)
+                    .build()
+                )
+                orchestrator = Orchestrator(
+                    MemoryStore(), [definition], observer=SagaTracing(provider)
+                )
+                return await orchestrator.run(definition, {})
+            finally:
+                await transport.close()
+
+        final = asyncio.run(go())
+        assert (
+            final.state == "completed" and final.data["reservation"] == f"{final.saga_id}:reserve"
+        )
+    finally:
+        participant.send_signal(signal.SIGTERM)
+        _out, err = participant.communicate(timeout=60)
+        assert participant.returncode == 0, err
+    here = by_name(exporter.get_finished_spans())
+    there = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    consumers = [s for s in there if s["kind"] == "SpanKind.CONSUMER"]
+    assert len(consumers) == 1, there
+    producer = here["inventory.reserve publish"][0]
+    assert consumers[0]["context"]["trace_id"] == f"0x{producer.context.trace_id:032x}"
+    assert consumers[0]["parent_id"] == f"0x{producer.context.span_id:016x}"
+    assert consumers[0]["name"] == "inventory.reserve process"
