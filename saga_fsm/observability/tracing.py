@@ -170,7 +170,8 @@ class SagaTracing(Observer):
             span.end()
         else:
             self._pending.setdefault(after.saga_id, []).extend(history)
-        if after.is_terminal:
+        if after.is_terminal or after.lease_owner is None:
+            # Finished, or handed back to whichever worker wakes it: not ours to keep.
             self._pending.pop(after.saga_id, None)
 
     def lease_lost(self, snapshot: Snapshot) -> None:

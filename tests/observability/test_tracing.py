@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -322,3 +323,17 @@ def test_a_participant_in_another_process_continues_the_trace(tmp_path: Path) ->
     assert consumers[0]["context"]["trace_id"] == f"0x{producer.context.trace_id:032x}"
     assert consumers[0]["parent_id"] == f"0x{producer.context.span_id:016x}"
     assert consumers[0]["name"] == "inventory.reserve process"
+
+
+def test_a_saga_handed_back_to_the_store_leaves_nothing_behind() -> None:
+    """Transitions waiting for the saga's next span are dropped once the saga is handed
+    back to the store (another worker may carry on): a long-running worker does not grow."""
+    tracing = SagaTracing(in_memory_provider()[0])
+    pending = Orchestrator(MemoryStore(), [order])._new(order, {}, None, None, None)
+    decision = decide(order, pending, Event.start(pending.created_at))
+    held = attrs.evolve(decision.snapshot, lease_owner="w-1")
+    tracing.transitioned(pending, held, decision.history)
+    assert list(tracing._pending) == [held.saga_id]  # kept for the first attempt's span
+    released = attrs.evolve(decision.snapshot, lease_owner=None)
+    tracing.transitioned(pending, released, decision.history)
+    assert tracing._pending == {}
