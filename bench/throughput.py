@@ -3,6 +3,7 @@
     python bench/throughput.py --store URL [--sagas N] [--concurrency C]
                                [--fail-rate F] [--seed S] [--app auto|postgres|in-process]
                                [--app-dsn DSN] [--fresh-schema] [--pgbench]
+                               [--observe off|on|both] [--rounds R] [--trace-sample P]
 
 Runs N sagas of reserve -> charge -> ship (each step one INSERT into its own application
 table, each compensation one UPDATE; a seeded share F of the sagas fails at a random
@@ -11,6 +12,10 @@ time. On a PostgreSQL store the same run measures the floor: raw psycopg doing e
 the application's writes (one INSERT or UPDATE, each its own commit, per step and per
 compensation) with no saga state at all, sequentially and from C threads. Prints one
 JSON object per line; see bench/README.md for what each field means.
+
+``--observe on`` runs saga_fsm with tracing (the OpenTelemetry SDK, spans batched to an
+exporter that drops them) and Prometheus metrics; ``both`` alternates off and on runs,
+R rounds each, in the same process, and prints the client CPU overhead per saga.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ import _common
 import _workload
 from _workload import STEPS, App, InProcessApp, PostgresApp
 
-from saga_fsm import Orchestrator, PostgresStore, SnapshotStore, open_store
+from saga_fsm import Observer, Orchestrator, PostgresStore, SnapshotStore, open_store
+from saga_fsm.observability import NO_OBSERVER
 
 
 @contextlib.contextmanager
@@ -142,6 +148,7 @@ async def run_saga_fsm(
     plans: list[str | None],
     concurrency: int,
     run: Run,
+    observer: Observer = NO_OBSERVER,
 ) -> None:
     app.prepare()
     definition = _workload.definition(app)
@@ -150,7 +157,7 @@ async def run_saga_fsm(
         store = await stack.enter_async_context(saga_store(url, pg_conninfo, concurrency))
         await app.open(concurrency)
         stack.push_async_callback(app.close)
-        orchestrator = Orchestrator(store, [definition])
+        orchestrator = Orchestrator(store, [definition], observer=observer)
         work = iter(enumerate(plans))
 
         async def lane() -> None:
@@ -317,6 +324,32 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def observing(sample: float = 1.0) -> Observer:
+    """Tracing through the OpenTelemetry SDK (batched to an exporter that drops the
+    spans: the cost of making them, not of shipping them; a share ``sample`` of the sagas
+    traced) and metrics."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from prometheus_client import CollectorRegistry
+
+    from saga_fsm.observability import Observers
+    from saga_fsm.observability.metrics import SagaMetrics
+    from saga_fsm.observability.tracing import SagaTracing
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(sample)))
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    return Observers(SagaTracing(provider), SagaMetrics(CollectorRegistry()))
+
+
 def choose_app(args: argparse.Namespace, pg_conninfo: str | None) -> App:
     """Application tables live with a PostgreSQL store; beside a memory or SQLite store
     they go to ``--app-dsn`` (or $SAGA_FSM_BENCH_DSN, or the local default) when it
@@ -365,7 +398,23 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also run pgbench single-row updates for SECONDS per mode",
     )
+    parser.add_argument(
+        "--observe",
+        choices=("off", "on", "both"),
+        default="off",
+        help="tracing and metrics on saga_fsm's runs; both: off and on alternately",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="with --observe both: off/on pairs per mode"
+    )
+    parser.add_argument(
+        "--trace-sample",
+        type=float,
+        default=1.0,
+        help="with --observe: the share of sagas traced (a parent-based ratio sampler)",
+    )
     args = parser.parse_args(argv)
+    settings = {"off": [False], "on": [True], "both": [False, True] * args.rounds}[args.observe]
     modes = [m for m in args.modes.split(",") if m]
     with contextlib.ExitStack() as stack:
         pg_conninfo = None
@@ -391,19 +440,41 @@ def main(argv: list[str] | None = None) -> int:
                 line = run.line(app, args.sagas, concurrency, store="none", app_kind="postgres")
                 floor_rate = line["sagas_per_s"]
                 _common.emit(**line)
-            run = Run("saga_fsm", mode, counter)
-            with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-                runner.run(run_saga_fsm(args.store, pg_conninfo, app, plans, concurrency, run))
-            line = run.line(app, args.sagas, concurrency, store=store_kind, app_kind=app.kind)
-            if args.loop != "asyncio":
-                line["loop"] = args.loop
-            if floor_rate:
-                line = {
-                    **dict(itertools.islice(line.items(), 8)),
-                    "ratio_to_floor": round(line["sagas_per_s"] / floor_rate, 3),
-                    **dict(itertools.islice(line.items(), 8, None)),
-                }
-            _common.emit(**line)
+            cpu: dict[bool, list[float]] = {False: [], True: []}
+            for observed in settings:
+                run = Run("saga_fsm", mode, counter)
+                observer = observing(args.trace_sample) if observed else NO_OBSERVER
+                with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+                    runner.run(
+                        run_saga_fsm(
+                            args.store, pg_conninfo, app, plans, concurrency, run, observer
+                        )
+                    )
+                line = run.line(app, args.sagas, concurrency, store=store_kind, app_kind=app.kind)
+                cpu[observed].append(line["client_cpu_ms_per_saga"])
+                if args.observe != "off":
+                    line["observe"] = "on" if observed else "off"
+                if args.loop != "asyncio":
+                    line["loop"] = args.loop
+                if floor_rate:
+                    line = {
+                        **dict(itertools.islice(line.items(), 8)),
+                        "ratio_to_floor": round(line["sagas_per_s"] / floor_rate, 3),
+                        **dict(itertools.islice(line.items(), 8, None)),
+                    }
+                _common.emit(**line)
+            if cpu[False] and cpu[True]:
+                off, on = sum(cpu[False]) / len(cpu[False]), sum(cpu[True]) / len(cpu[True])
+                _common.emit(
+                    engine="observe_overhead",
+                    mode=mode,
+                    client_cpu_ms_per_saga_off=round(off, 3),
+                    client_cpu_ms_per_saga_on=round(on, 3),
+                    overhead_pct=round((on - off) * 100 / off, 1),
+                    rounds=args.rounds,
+                    trace_sample=args.trace_sample,
+                    store=store_kind,
+                )
             if args.pgbench and isinstance(app, PostgresApp):
                 result = run_pgbench(app.dsn, concurrency, args.pgbench)
                 if result:

@@ -65,6 +65,7 @@ from saga_fsm._snapshot import (
     StepStatus,
 )
 from saga_fsm._worker import Worker
+from saga_fsm.observability._observer import Observer
 from saga_fsm.stores import (
     DEFAULT_STORE_URL,
     MemoryStore,
@@ -100,6 +101,7 @@ __all__ = [
     "InvalidStoreURL",
     "MemoryStore",
     "NotQuarantined",
+    "Observer",
     "Orchestrator",
     "PostgresStore",
     "QuarantinedSaga",

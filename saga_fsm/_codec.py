@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import cattrs
+from cattrs.gen import make_dict_unstructure_fn, override
 from cattrs.preconf.json import make_converter
 
 from saga_fsm._errors import InvalidSagaData, SnapshotDecodeError
@@ -23,6 +24,11 @@ SCHEMA_VERSION = 1
 converter = make_converter(forbid_extra_keys=True)
 converter.register_unstructure_hook(datetime, datetime.isoformat)
 converter.register_structure_hook(datetime, lambda v, _: datetime.fromisoformat(v))
+# A snapshot without a trace context encodes exactly as before the field existed.
+converter.register_unstructure_hook(
+    Snapshot,
+    make_dict_unstructure_fn(Snapshot, converter, traceparent=override(omit_if_default=True)),
+)
 
 
 def snapshot_to_dict(snapshot: Snapshot) -> dict[str, Any]:
@@ -75,6 +81,10 @@ def _str(value: str | None) -> str:
 def _time(value: datetime | None) -> str:
     # isoformat() is ASCII digits and separators: nothing for JSON to escape.
     return "null" if value is None else f'"{value.isoformat()}"'
+
+
+def _traceparent(value: str | None) -> str:
+    return "" if value is None else f'"traceparent":{_STR(value)},'
 
 
 def _error(error: ErrorInfo | None) -> str:
@@ -133,6 +143,7 @@ def _snapshot_text(s: Snapshot) -> str:
         f'"lease_expires_at":{_time(s.lease_expires_at)},"lease_owner":{_str(s.lease_owner)},'
         f'"parked_at":{_str(s.parked_at)},"saga_id":{_STR(s.saga_id)},'
         f'"schema_version":{SCHEMA_VERSION},"state":{_STR(s.state)},"steps":[{steps}],'
+        f"{_traceparent(s.traceparent)}"
         f'"updated_at":{_time(s.updated_at)},"version":{int(s.version)},'
         f'"wake_at":{_time(s.wake_at)}}}'
     )

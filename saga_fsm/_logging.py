@@ -1,10 +1,11 @@
 """Log records that say which saga they are about.
 
-Every record of saga_fsm's loggers carries ``saga_id``, ``step`` and ``correlation_id``
-(None outside a saga), taken from a context variable the orchestrator sets while it
-drives a saga: each saga runs in its own task, so concurrent sagas never mix them up.
-Applications format them as they like; the CLI's handler prints them (``human``) or
-writes one JSON object per line (``json``).
+Every record of saga_fsm's loggers carries ``saga_id``, ``definition``, ``step``,
+``attempt``, ``correlation_id`` and ``trace_id`` (None outside a saga), taken from a
+context variable the orchestrator sets while it drives a saga: each saga runs in its
+own task, so concurrent sagas never mix them up. Applications format them as they
+like; the CLI's handler prints them (``human``) or writes one JSON object per line
+(``json``).
 """
 
 from __future__ import annotations
@@ -15,23 +16,18 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-# (saga_id, correlation_id, step) of the saga this task is driving.
-_CURRENT: ContextVar[tuple[str | None, str | None, str | None]] = ContextVar(
-    "saga_fsm_log_context", default=(None, None, None)
-)
-CONTEXT_FIELDS = ("saga_id", "step", "correlation_id")
+CONTEXT_FIELDS = ("saga_id", "definition", "step", "attempt", "correlation_id", "trace_id")
+_NOTHING: tuple[Any, ...] = (None,) * len(CONTEXT_FIELDS)
+# CONTEXT_FIELDS' values for the saga this task is driving.
+_CURRENT: ContextVar[tuple[Any, ...]] = ContextVar("saga_fsm_log_context", default=_NOTHING)
 
 
 class SagaContext(logging.Filter):
-    """Adds the current saga's id, step and correlation id to every record."""
+    """Adds the current saga's id, definition, step, attempt, correlation id and trace
+    id to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        saga_id, correlation_id, step = _CURRENT.get()
-        for name, value in (
-            ("saga_id", saga_id),
-            ("step", step),
-            ("correlation_id", correlation_id),
-        ):
+        for name, value in zip(CONTEXT_FIELDS, _CURRENT.get(), strict=True):
             if not hasattr(record, name):  # an explicit extra= wins
                 setattr(record, name, value)
         return True
@@ -49,14 +45,28 @@ def get_logger(name: str) -> logging.Logger:
     return logger
 
 
-def bind_saga(saga_id: str, correlation_id: str | None) -> Any:
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` (``00-<trace id>-<span id>-<flags>``)."""
+    if traceparent is None:
+        return None
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 else None
+
+
+def bind_saga(
+    saga_id: str,
+    correlation_id: str | None,
+    *,
+    definition: str | None = None,
+    traceparent: str | None = None,
+) -> Any:
     """Log as saga ``saga_id`` in this task from now on; returns the token to reset."""
-    return _CURRENT.set((saga_id, correlation_id, None))
+    return _CURRENT.set((saga_id, definition, None, None, correlation_id, trace_id_of(traceparent)))
 
 
-def bind_step(step: str | None) -> None:
-    saga_id, correlation_id, _ = _CURRENT.get()
-    _CURRENT.set((saga_id, correlation_id, step))
+def bind_step(step: str | None, attempt: int | None = None) -> None:
+    saga_id, definition, _, _, correlation_id, trace_id = _CURRENT.get()
+    _CURRENT.set((saga_id, definition, step, attempt, correlation_id, trace_id))
 
 
 def unbind(token: Any) -> None:
@@ -64,7 +74,7 @@ def unbind(token: Any) -> None:
 
 
 class HumanFormatter(logging.Formatter):
-    """``time LEVEL logger: message [saga=… step=… correlation=…]``."""
+    """``time LEVEL logger: message [saga=… step=… attempt=… correlation=… trace=…]``."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -76,7 +86,9 @@ class HumanFormatter(logging.Formatter):
             for label, value in (
                 ("saga", getattr(record, "saga_id", None)),
                 ("step", getattr(record, "step", None)),
+                ("attempt", getattr(record, "attempt", None)),
                 ("correlation", getattr(record, "correlation_id", None)),
+                ("trace", getattr(record, "trace_id", None)),
             )
             if value is not None
         )

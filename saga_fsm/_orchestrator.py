@@ -45,6 +45,7 @@ from saga_fsm._invoke import (
 )
 from saga_fsm._logging import bind_saga, bind_step, get_logger, unbind
 from saga_fsm._snapshot import Snapshot, replace
+from saga_fsm.observability._observer import NO_OBSERVER, Observer
 from saga_fsm.stores._protocol import SnapshotStore
 
 log = get_logger("saga_fsm")
@@ -85,12 +86,14 @@ class Orchestrator:
         clock: Clock | None = None,
         worker_id: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         seconds("lease_seconds", lease_seconds)
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds = lease_seconds
+        self.observer = observer  # tracing, metrics, alerts: see saga_fsm.observability
         self._definitions: dict[tuple[str, int], CompiledSaga] = {}
         self._leases = _LeaseKeeper(self)
         for definition in definitions:
@@ -141,7 +144,9 @@ class Orchestrator:
         ``idempotency_key`` already in the store for the same definition and data,
         return that instance instead (``IdempotencyKeyReused`` for other ones)."""
         snapshot = self._new(definition, data, saga_id, correlation_id, idempotency_key)
-        stored, _created = await self.store.create(replace(snapshot, definition_ref=definition_ref))
+        stored, created = await self.store.create(replace(snapshot, definition_ref=definition_ref))
+        if created:
+            self.observer.created(stored)
         return stored
 
     async def start_many(
@@ -161,7 +166,10 @@ class Orchestrator:
             replace(self._new(definition, item, None, None, key), definition_ref=definition_ref)
             for item, key in zip(data, keys, strict=True)
         ]
-        return await self.store.create_many(snapshots)
+        stored = await self.store.create_many(snapshots)
+        for created in stored:
+            self.observer.created(created)
+        return stored
 
     async def run(
         self,
@@ -187,6 +195,8 @@ class Orchestrator:
         stored, created = await self.store.create(first, decision.history)
         if not created:
             return await self.resume(stored.saga_id)
+        self.observer.created(stored)
+        self.observer.transitioned(snapshot, stored, decision.history)
         # What comes next is read back from the stored snapshot, as after a crash.
         return await self.drive(stored)
 
@@ -196,6 +206,7 @@ class Orchestrator:
         snapshot = await self.store.acquire(
             saga_id, self.worker_id, now=self.clock.now(), lease_seconds=self.lease_seconds
         )
+        self.observer.claimed(snapshot)
         return await self.drive(snapshot)
 
     async def cancel(self, saga_id: str) -> Snapshot:
@@ -214,7 +225,12 @@ class Orchestrator:
         wake-up time stored, and whichever worker is free then picks the saga up."""
         compiled = self.compiled_for(snapshot)
         self._leases.hold(snapshot.saga_id)
-        context = bind_saga(snapshot.saga_id, snapshot.correlation_id)
+        context = bind_saga(
+            snapshot.saga_id,
+            snapshot.correlation_id,
+            definition=snapshot.definition,
+            traceparent=snapshot.traceparent,
+        )
         try:
             if snapshot.state == PENDING:
                 snapshot, commands = await self._apply(
@@ -226,8 +242,11 @@ class Orchestrator:
                 event = await self._act(compiled, snapshot, commands, max_hold)
                 if event is None:
                     return snapshot
+                if event.step is not None:
+                    self.observer.attempt_finished(snapshot, event)
                 snapshot, commands = await self._apply(compiled, snapshot, event, max_hold)
         except _LeaseLost as lost:
+            self.observer.lease_lost(lost.snapshot)
             log.warning("saga %s: lease lost to %s", snapshot.saga_id, lost.snapshot.lease_owner)
             return lost.snapshot
         finally:
@@ -252,13 +271,15 @@ class Orchestrator:
         problem = data_problem(payload, "data")
         if problem is not None:
             raise problem
-        return new_snapshot(
-            definition,
-            saga_id or str(uuid.uuid4()),
-            payload,
-            self.clock.now(),
-            correlation_id=correlation_id,
-            idempotency_key=idempotency_key,
+        return self.observer.stamp(
+            new_snapshot(
+                definition,
+                saga_id or str(uuid.uuid4()),
+                payload,
+                self.clock.now(),
+                correlation_id=correlation_id,
+                idempotency_key=idempotency_key,
+            )
         )
 
     def _lease_expiry(self) -> Any:
@@ -285,11 +306,14 @@ class Orchestrator:
             decision = decide(compiled, snapshot, event)
             try:
                 # The lease fields are saved as loaded: an operator does not drive.
-                return await self.store.save(
+                saved = await self.store.save(
                     decision.snapshot, decision.history, expected_version=snapshot.version
                 )
             except ConcurrencyConflict:
                 snapshot = await self.store.load(saga_id)
+                continue
+            self.observer.transitioned(snapshot, saved, decision.history)
+            return saved
         raise ConcurrencyConflict(saga_id, snapshot.version, None)
 
     async def _apply(
@@ -310,6 +334,7 @@ class Orchestrator:
                 )
                 if release:
                     self._leases.forget(snapshot.saga_id)  # nothing left to renew
+                self.observer.transitioned(snapshot, saved, decision.history)
             except ConcurrencyConflict:
                 snapshot = await self.store.load(snapshot.saga_id)
                 if snapshot.lease_owner != self.worker_id:
@@ -347,7 +372,8 @@ class Orchestrator:
             step = compiled.definition.steps[compiled.step_index[command.step]]
             fn, policy = callee(step, command)
             phase = "compensation" if isinstance(command, RunCompensation) else "step"
-            bind_step(command.step)
+            bind_step(command.step, command.attempt)
+            self.observer.attempt_started(snapshot, command)
             log.debug("%s %s: attempt %d", phase, command.step, command.attempt)
             if isinstance(command, RunCompensation) and not await settle_late_calls(
                 key_of(snapshot.saga_id, command.step), step.timeout or 0.0

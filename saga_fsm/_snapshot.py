@@ -115,6 +115,9 @@ class Snapshot:
     definition_ref: str | None = None
     """Where a worker that was not given the definition can load it from
     (``package.module:attribute`` or an absolute file path)."""
+    traceparent: str | None = None
+    """The W3C trace context of the saga's start: every later span of the saga is its
+    child, so one saga is one trace across processes and crashes. Encoded only when set."""
 
     @property
     def status(self) -> SagaStatus:

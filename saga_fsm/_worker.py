@@ -176,6 +176,7 @@ class Worker:
         shutdown and the next claim tries again."""
         saga_id = str(err.saga_id)
         log.error("quarantining saga %s: %s", saga_id, err.reason, extra={"saga_id": saga_id})
+        self.orchestrator.observer.decode_failed(err)
         try:
             await self.orchestrator.store.quarantine(
                 saga_id, err.reason, now=self.orchestrator.clock.now()
@@ -204,6 +205,7 @@ class Worker:
         """Drive one claimed saga in its own task. The task runs ``drive`` itself (no
         wrapper coroutine: every saga in flight keeps its frames alive) and reports how
         it ended from its done callback, ``_finished``."""
+        self.orchestrator.observer.claimed(snapshot)
         task = asyncio.create_task(self.orchestrator.drive(snapshot, max_hold=self.max_hold))
         self._tasks.add(task)
         self._saga_of[task] = snapshot.saga_id

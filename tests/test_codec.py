@@ -89,6 +89,7 @@ snapshots = st.builds(
     parked_at=st.none() | texts,
     failure=errors,
     definition_ref=st.none() | texts,
+    traceparent=st.none() | texts,
 )
 
 

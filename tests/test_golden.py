@@ -6,10 +6,11 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import attrs
 import pytest
 
 from saga_fsm import ErrorInfo, Snapshot, SnapshotDecodeError, StepRecord, StepStatus
-from saga_fsm._codec import snapshot_from_json, snapshot_to_dict
+from saga_fsm._codec import snapshot_from_json, snapshot_to_dict, snapshot_to_json
 
 GOLDEN = Path(__file__).parent / "golden" / "snapshot_v1.json"
 T = datetime(2026, 5, 4, 3, 2, 1, 123456, tzinfo=UTC)
@@ -86,3 +87,15 @@ def test_unknown_schema_version_is_refused_naming_the_saga() -> None:
         snapshot_from_json(json.dumps(body))
     with pytest.raises(SnapshotDecodeError, match="not JSON"):
         snapshot_from_json("{", saga_id="x")
+
+
+GOLDEN_TRACED = Path(__file__).parent / "golden" / "snapshot_v1_traceparent.json"
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_trace_context_is_encoded_only_when_set() -> None:
+    traced = attrs.evolve(golden_snapshot(), traceparent=TRACEPARENT)
+    assert snapshot_to_dict(traced) == json.loads(GOLDEN_TRACED.read_text())
+    assert snapshot_from_json(GOLDEN_TRACED.read_text()) == traced
+    assert json.loads(snapshot_to_json(traced)) == snapshot_to_dict(traced)
+    assert "traceparent" not in snapshot_to_json(golden_snapshot())

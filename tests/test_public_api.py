@@ -34,6 +34,7 @@ EXPECTED = [
     "InvalidStoreURL",
     "MemoryStore",
     "NotQuarantined",
+    "Observer",
     "Orchestrator",
     "PostgresStore",
     "QuarantinedSaga",

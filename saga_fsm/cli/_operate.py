@@ -44,6 +44,7 @@ from saga_fsm.cli._params import (
     count,
 )
 from saga_fsm.cli._render import console, state_text
+from saga_fsm.observability._serve import MissingExtra, refresh_gauges, worker_observer
 from saga_fsm.stores import open_store
 from saga_fsm.stores.url import redact_url, url_scheme
 
@@ -165,6 +166,17 @@ def refuse_memory_store(store_url: str | None) -> None:
     show_default=True,
     help="Log lines for people, or one JSON object per line.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics (extra: metrics).",
+)
+@click.option(
+    "--tracing",
+    is_flag=True,
+    help="OpenTelemetry spans through the configured tracer provider (extra: otel).",
+)
 def worker(
     refs: tuple[str, ...],
     store_url: str | None,
@@ -175,6 +187,8 @@ def worker(
     grace: float,
     verbose: bool,
     log_format: str,
+    metrics_port: int | None,
+    tracing: bool,
 ) -> None:
     """Claim and run due sagas of the definitions REF... until SIGTERM or SIGINT, then
     exit 0.
@@ -192,6 +206,10 @@ def worker(
     definitions = [load_definition(ref) for ref in refs]
     configure_logging(verbose=verbose, log_format=log_format)
     url = resolve_store_url(store_url)
+    try:
+        observer, metrics = worker_observer(metrics_port=metrics_port, tracing=tracing)
+    except MissingExtra as err:
+        raise UsageProblem(str(err)) from None
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -204,14 +222,27 @@ def worker(
             try:
                 async with open_store(url) as store:
                     orchestrator = Orchestrator(
-                        store, definitions, worker_id=worker_id, lease_seconds=lease_seconds
+                        store,
+                        definitions,
+                        worker_id=worker_id,
+                        lease_seconds=lease_seconds,
+                        observer=observer,
                     )
-                    await Worker(
-                        orchestrator,
-                        concurrency=concurrency,
-                        poll_interval=poll_interval,
-                        store_name=redact_url(url),
-                    ).run(stop, grace=grace)
+                    gauges = None
+                    if metrics is not None:
+                        gauges = asyncio.create_task(
+                            refresh_gauges(metrics, store, orchestrator.clock, stop, every=5.0)
+                        )
+                    try:
+                        await Worker(
+                            orchestrator,
+                            concurrency=concurrency,
+                            poll_interval=poll_interval,
+                            store_name=redact_url(url),
+                        ).run(stop, grace=grace)
+                    finally:
+                        if gauges is not None:
+                            gauges.cancel()
                     return
             except InvalidStoreURL:
                 raise

@@ -45,6 +45,7 @@ from saga_fsm.messaging import (
     reply_from_payload,
     reply_to_payload,
 )
+from saga_fsm.observability._observer import NO_OBSERVER, Observer
 from saga_fsm.participant._inbox import Inbox, InboxRecord, InboxTransaction
 
 log = logging.getLogger("saga_fsm.participant")
@@ -107,8 +108,11 @@ def _failed(err: StepFailed) -> ReplyBody:
 
 
 class Participant:
-    def __init__(self, name: str, *, retry_delay: float = 1.0) -> None:
+    def __init__(
+        self, name: str, *, retry_delay: float = 1.0, observer: Observer = NO_OBSERVER
+    ) -> None:
         self.name = name
+        self.observer = observer  # a CONSUMER span per command, inbox duplicates
         self.retry_delay = retry_delay
         self.routes: dict[str, Route] = {}
 
@@ -139,12 +143,13 @@ class Participant:
             await delivery.dead_letter("a command needs an idempotency key and a reply channel")
             return
         try:
-            async with inbox.transaction(transport) as tx:
-                record = await tx.load(route.step_channel, message.headers.idempotency_key)
-                reply, after = await self._answer(route, message, record, tx)
-                if after != record:
-                    await tx.save(after)
-                sent = await tx.enqueue(reply)
+            with self.observer.consuming(self.name, message):
+                async with inbox.transaction(transport) as tx:
+                    record = await tx.load(route.step_channel, message.headers.idempotency_key)
+                    reply, after = await self._answer(route, message, record, tx)
+                    if after != record:
+                        await tx.save(after)
+                    sent = await tx.enqueue(reply)
         except Exception:
             log.exception(
                 "participant %s: %s %s failed; delivering it again in %ss",
@@ -165,12 +170,14 @@ class Participant:
         """The reply to ``message`` and the step's record after it."""
         if route.compensates is None:
             if record.forward_reply is not None:
+                self.observer.duplicate(self.name, message)
                 return message.reply(json.loads(record.forward_reply)), record
             if record.compensation_reply is not None:
                 refusal = StepFailed("compensated before the command arrived", retryable=False)
                 return message.reply(reply_to_payload(_failed(refusal))), record
         else:
             if record.compensation_reply is not None:
+                self.observer.duplicate(self.name, message)
                 return message.reply(json.loads(record.compensation_reply)), record
             if record.forward_reply is None or _refused(record.forward_reply):
                 body = ReplyBody(Outcome.COMPENSATED, nothing_to_undo=True)

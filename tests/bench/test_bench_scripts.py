@@ -148,3 +148,17 @@ def test_chaos_survives_fifty_kills_and_some_stalls(postgres_server_dsn: str) ->
     assert line["kills_of_a_worker_holding_sagas"] > 0, line
     assert line["duplicate_effects_absorbed_by_key"] == line["duplicate_effects_reaching_non_dedup"]
     assert_correct([line])
+
+
+def test_throughput_measures_tracing_and_metrics_off_and_on() -> None:
+    lines = run("throughput.py", "--store", "memory://", *TINY, "--app", "in-process",
+                "--modes", "sequential", "--observe", "both")  # fmt: skip
+    assert [(line["engine"], line.get("observe")) for line in lines] == [
+        ("saga_fsm", "off"),
+        ("saga_fsm", "on"),
+        ("observe_overhead", None),
+    ]
+    assert_correct(lines, lambda line: line["engine"] != "observe_overhead")
+    assert {"client_cpu_ms_per_saga_off", "client_cpu_ms_per_saga_on", "overhead_pct"} <= set(
+        lines[-1]
+    )

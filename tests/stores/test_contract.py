@@ -935,6 +935,7 @@ def _snapshots(draw: st.DrawFn) -> Snapshot:
             parked_at=st.none() | _states,
             failure=st.none() | _errors,
             definition_ref=st.none() | _text,
+            traceparent=st.none() | _text,
         )
     )
 
