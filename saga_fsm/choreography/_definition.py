@@ -177,7 +177,9 @@ def _validate(c: Choreography) -> None:  # noqa: C901 - one check per rule, in t
                 _error("the tracker follows every event: do not list it", "events", i, "consumers")
         for key in event.keys:
             if key not in c.correlation:
-                _error(f"key {key!r} is not one of correlation {c.correlation}", "events", i, "keys")
+                _error(
+                    f"key {key!r} is not one of correlation {c.correlation}", "events", i, "keys"
+                )
     if c.start not in names:
         _error(f"start event {c.start!r} is not in events", field="start")
     if c.correlation[0] not in c.keys_of(c.start):
@@ -234,10 +236,15 @@ def _validate(c: Choreography) -> None:  # noqa: C901 - one check per rule, in t
         if expectation.event not in names:
             _error(f"event {expectation.event!r} is not in events", "expectations", i, "event")
         if not expectation.within > 0 or expectation.within == float("inf"):
-            _error(f"within must be > 0 seconds, got {expectation.within}", "expectations", i, "within")
+            _error(
+                f"within must be > 0 seconds, got {expectation.within}", "expectations", i, "within"
+            )
         if expectation.compensate is not None and expectation.compensate not in names:
             _error(
-                f"event {expectation.compensate!r} is not in events", "expectations", i, "compensate"
+                f"event {expectation.compensate!r} is not in events",
+                "expectations",
+                i,
+                "compensate",
             )
     if COMPLETED not in states:
         _error(f"no move reaches {COMPLETED!r}", field="moves")

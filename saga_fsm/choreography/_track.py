@@ -213,7 +213,9 @@ def deadline(c: Choreography, instance: Instance) -> tuple[str, datetime] | None
     for expectation in c.expectations:
         waiting = legal_here(c, instance.state, expectation.event)
         if waiting and expectation.event not in instance.compensations_seen:
-            due.append((instance.entered_at + timedelta(seconds=expectation.within), expectation.event))
+            due.append(
+                (instance.entered_at + timedelta(seconds=expectation.within), expectation.event)
+            )
     if not due:
         return None
     at, event = min(due)

@@ -62,7 +62,11 @@ def instance_id(c: Choreography, first_key: str) -> str:
 
 
 def to_snapshot(
-    c: Choreography, saga_id: str, instance: Instance, anomalies: list[dict[str, Any]], ref: str | None
+    c: Choreography,
+    saga_id: str,
+    instance: Instance,
+    anomalies: list[dict[str, Any]],
+    ref: str | None,
 ) -> Snapshot:
     steps: dict[str, StepRecord] = {}
     due = deadline(c, instance)
@@ -253,7 +257,9 @@ class Tracker:
         else:
             after = decision.instance
         new = to_snapshot(c, saga_id, after, anomalies, self.ref)
-        new = evolve(new, updated_at=observed.at, created_at=snapshot.created_at if snapshot else observed.at)
+        new = evolve(
+            new, updated_at=observed.at, created_at=snapshot.created_at if snapshot else observed.at
+        )
         try:
             if snapshot is None:
                 await self.store.create(new, history)
@@ -339,7 +345,11 @@ def _history(before: Instance, decision: Decision, observed: Observed) -> list[H
     detail: dict[str, Any] = {"event_id": observed.message_id}
     if decision.anomalies:
         detail["anomaly"] = decision.anomalies[0].kind
-        return [HistoryEntry(before.state, before.state, f"anomaly:{observed.name}", observed.at, detail)]
+        return [
+            HistoryEntry(
+                before.state, before.state, f"anomaly:{observed.name}", observed.at, detail
+            )
+        ]
     return [HistoryEntry(before.state, decision.instance.state, observed.name, observed.at, detail)]
 
 
