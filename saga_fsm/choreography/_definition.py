@@ -91,6 +91,22 @@ def compensating_state(failure_event: str) -> str:
     return f"compensating:{failure_event}"
 
 
+def _events(rows: Iterable[Event]) -> tuple[Event, ...]:
+    return tuple(rows)
+
+
+def _moves(rows: Iterable[Move]) -> tuple[Move, ...]:
+    return tuple(rows)
+
+
+def _failures(rows: Iterable[Failure]) -> tuple[Failure, ...]:
+    return tuple(rows)
+
+
+def _expectations(rows: Iterable[Expectation]) -> tuple[Expectation, ...]:
+    return tuple(rows)
+
+
 @frozen
 class Choreography:
     """A choreography definition. Built = valid: every problem raises a
@@ -98,11 +114,11 @@ class Choreography:
 
     name: str
     start: str
-    events: tuple[Event, ...] = field(converter=tuple)
-    moves: tuple[Move, ...] = field(converter=tuple)
+    events: tuple[Event, ...] = field(converter=_events)
+    moves: tuple[Move, ...] = field(converter=_moves)
     correlation: tuple[str, ...] = field(converter=_tuple)
-    failures: tuple[Failure, ...] = field(default=(), converter=tuple)
-    expectations: tuple[Expectation, ...] = field(default=(), converter=tuple)
+    failures: tuple[Failure, ...] = field(default=(), converter=_failures)
+    expectations: tuple[Expectation, ...] = field(default=(), converter=_expectations)
     version: int = 1
     description: str = ""
 
@@ -154,7 +170,7 @@ def _check_name(value: object, table: str | None, row: int | None, field: str) -
         _error(f"{value!r} is not a name (letters, digits, '_', '-')", table, row, field)
 
 
-def _validate(c: Choreography) -> None:  # noqa: C901 - one check per rule, in table order
+def _validate(c: Choreography) -> None:
     _check_name(c.name, None, None, "name")
     if isinstance(c.version, bool) or not isinstance(c.version, int) or c.version < 1:
         _error(f"version must be an integer >= 1, got {c.version!r}", field="version")

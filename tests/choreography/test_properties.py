@@ -9,10 +9,9 @@ puts the event back at the end of the queue."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
-
-import asyncio
 
 import attrs
 from hypothesis import HealthCheck, given, settings
@@ -35,7 +34,6 @@ from saga_fsm.choreography._tracker import from_snapshot
 from saga_fsm.examples.order_choreography import choreography as order
 from saga_fsm.messaging import Delivery, Message
 from saga_fsm.stores.memory import MemoryStore
-
 
 # Every awaited event is expected, so a lost one always leaves a named stuck instance.
 CHOREOGRAPHY = attrs.evolve(
