@@ -25,7 +25,7 @@ from typing import Any
 from attrs import evolve
 
 from saga_fsm._clock import Clock, SystemClock
-from saga_fsm._errors import ConcurrencyConflict, SagaNotFound
+from saga_fsm._errors import ConcurrencyConflict, SagaNotFound, StoreError
 from saga_fsm._snapshot import HistoryEntry, Snapshot, StepRecord, StepStatus
 from saga_fsm.choreography._definition import PENDING, TRACKER, Choreography
 from saga_fsm.choreography._events import channel, derived_id, event_id, event_messages, event_name
@@ -318,6 +318,13 @@ class Tracker:
             self.counts["stuck"] += 1
         return marked
 
+    async def _handle_or_retry(self, delivery: Delivery) -> None:
+        try:
+            await self.handle(delivery)
+        except StoreError as err:  # the store is away: the event waits, nothing is decided
+            log.warning("tracker %s: %s; event delivered again in 1s", self.choreography.name, err)
+            await delivery.nack(1.0)
+
     async def serve(self, *, stop: asyncio.Event | None = None, check_every: float = 1.0) -> None:
         """Consume the tracker's channel and check deadlines until ``stop`` is set."""
         stop = stop or asyncio.Event()
@@ -333,12 +340,15 @@ class Tracker:
                         next_check = loop.time() + check_every
                     delivery = await subscription.receive(timeout=min(0.5, check_every))
                     if delivery is not None:
-                        await self.handle(delivery)
-                except TransportError as err:
+                        await self._handle_or_retry(delivery)
+                except (TransportError, StoreError) as err:
                     log.warning("tracker %s: %s; again in 1s", self.choreography.name, err)
                     await asyncio.sleep(1.0)
         finally:
-            await subscription.close()
+            try:
+                await subscription.close()
+            except TransportError as err:  # what it held comes back to the next tracker
+                log.warning("tracker %s: %s", self.choreography.name, err)
 
 
 def _history(before: Instance, decision: Decision, observed: Observed) -> list[HistoryEntry]:

@@ -68,12 +68,15 @@ def _fails(service: str, order_id: str, fail_rate: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fail_rate
 
 
-def participants(*, fail_rate: float = 0.2, seed: int = 0) -> dict[str, EventParticipant]:
-    """The four services, each deciding by a seeded draw on the order id."""
-    orders = EventParticipant(choreography, "orders")
-    inventory = EventParticipant(choreography, "inventory")
-    payment = EventParticipant(choreography, "payment")
-    shipping = EventParticipant(choreography, "shipping")
+def participants(
+    *, fail_rate: float = 0.2, seed: int = 0, table: Choreography = choreography
+) -> dict[str, EventParticipant]:
+    """The four services, each deciding by a seeded draw on the order id (``table``:
+    the choreography under another name, for tests that share a broker)."""
+    orders = EventParticipant(table, "orders")
+    inventory = EventParticipant(table, "inventory")
+    payment = EventParticipant(table, "payment")
+    shipping = EventParticipant(table, "shipping")
 
     def order(event: EventContext) -> dict[str, str]:
         return {"order_id": str(event.payload["order_id"])}
