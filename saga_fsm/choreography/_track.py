@@ -121,7 +121,10 @@ def rows(c: Choreography) -> tuple[TransitionRow, ...]:
             table.append(
                 TransitionRow(compensation, waiting, COMPENSATED, conditions=[_ALL_COMPENSATED])
             )
-            table.append(TransitionRow(compensation, waiting, waiting, unless=[_ALL_COMPENSATED]))
+            if len(failure.compensations) > 1:
+                table.append(
+                    TransitionRow(compensation, waiting, waiting, unless=[_ALL_COMPENSATED])
+                )
     return tuple(table)
 
 
