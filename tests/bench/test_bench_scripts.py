@@ -123,3 +123,13 @@ def test_console_bench_runs_on_postgres(postgres_dsn: str) -> None:
     assert all(line["sagas"] == 300 and line["p50_ms"] > 0 for line in lines)
     by_view = {line["view"]: line["rows"] for line in lines}
     assert by_view["unfiltered"] == by_view["deep"] == 50 and by_view["id_prefix"] == 1
+
+
+@pytest.mark.parametrize("transport", ["memory", "sqlite"])
+def test_the_choreography_bench_runs_tracker_and_floor_on_the_same_events(
+    transport: str, tmp_path: Path
+) -> None:
+    url = "memory://" if transport == "memory" else f"sqlite:///{tmp_path}/bench.db"
+    lines = run("choreography.py", "--broker", url, "--store", url, "--orders", "12")
+    assert [line["engine"] for line in lines] == ["floor", "tracker"]
+    assert lines[0]["events"] == lines[1]["events"] > 12
