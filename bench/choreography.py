@@ -90,7 +90,9 @@ async def follow(transport: Transport, store_url: str, table: Choreography, even
         elapsed = time.perf_counter() - began
         stop.set()
         await serving
-        finished = [s for s in await store.list(definition=table.name) if not isinstance(s, Exception)]
+        finished = [
+            s for s in await store.list(definition=table.name) if not isinstance(s, Exception)
+        ]
         assert all(s.is_terminal for s in finished), "an order was not followed to its end"
         return elapsed
 

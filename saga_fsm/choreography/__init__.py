@@ -14,6 +14,7 @@ from saga_fsm.choreography._definition import (
     expect,
 )
 from saga_fsm.choreography._events import channel, event_messages
+from saga_fsm.choreography._loading import choreography_from_mapping, load_choreography
 from saga_fsm.choreography._participant import (
     EventContext,
     EventHandler,
@@ -54,10 +55,12 @@ __all__ = [
     "Tracker",
     "Unknown",
     "channel",
+    "choreography_from_mapping",
     "deadline",
     "event_messages",
     "expect",
     "expire",
+    "load_choreography",
     "machine",
     "publish_event",
     "track",

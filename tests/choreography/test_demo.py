@@ -20,7 +20,9 @@ def test_the_choreography_demo_runs_on_the_sqlite_store_alone(tmp_path: Path) ->
     demo = cli("demo", "--choreography", "--sagas", "12", "--seed", "4", cwd=tmp_path)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "12 of 12 orders followed" in demo.stdout
-    listed = json.loads(cli("ls", "--json", "--definition", "order_choreography", cwd=tmp_path).stdout)
+    listed = json.loads(
+        cli("ls", "--json", "--definition", "order_choreography", cwd=tmp_path).stdout
+    )
     assert len(listed) == 12
     assert {row["state"] for row in listed} == {"completed", "compensated"}
 
