@@ -22,7 +22,7 @@ from saga_fsm.choreography._definition import (
     forward_state,
 )
 
-EARLY, ILLEGAL, UNCORRELATED = "early", "illegal", "uncorrelated"
+EARLY, ILLEGAL = "early", "illegal"
 _ALL_COMPENSATED = "all_compensations_seen"
 
 
@@ -171,11 +171,6 @@ def _ahead(c: Choreography) -> dict[str, frozenset[str]]:
 def legal_here(c: Choreography, state: str, event: str) -> bool:
     found = machine(c).events.get(event)
     return found is not None and state in found.transitions
-
-
-def start(c: Choreography, event: Observed, keys: dict[str, str]) -> Instance:
-    """A new instance, before its first event."""
-    return Instance(PENDING, event.at, keys=dict(keys))
 
 
 def track(c: Choreography, instance: Instance, event: Observed) -> Decision:

@@ -218,6 +218,7 @@ class Tracker:
             await delivery.nack(self.retry_delay)
         else:
             self.counts["dead"] += 1
+            self._first_seen.pop(observed.message_id, None)
             await delivery.dead_letter(
                 f"event {observed.name} {observed.message_id}: no instance started within"
                 f" {self.hold_for}s"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -47,9 +48,11 @@ def start(service: str, broker: Broker, inbox_url: str) -> subprocess.Popen[str]
         text=True,
     )
     assert process.stdout is not None
-    if process.stdout.readline().strip() != "ready":
+    ready, _, _ = select.select([process.stdout], [], [], 60)
+    if not ready or process.stdout.readline().strip() != "ready":
         process.kill()
-        pytest.fail(f"service {service} did not start")
+        process.wait(timeout=30)
+        pytest.fail(f"service {service} did not start within 60s")
     return process
 
 
@@ -107,7 +110,8 @@ def test_services_killed_at_random_moments_every_order_is_followed_to_its_end(
     broker: Broker, postgres_dsn: str
 ) -> None:
     url = postgres_url(postgres_dsn)
-    found = asyncio.run(follow(broker, url, url))
+    # A hang anywhere (a server restarted under the test) fails the test, never the suite.
+    found = asyncio.run(asyncio.wait_for(follow(broker, url, url), timeout=300))
     assert sorted(s.correlation_id or "" for s in found) == sorted(f"o{n}" for n in range(ORDERS))
     states = {s.saga_id: s.state for s in found}
     assert set(states.values()) <= {"completed", "compensated"}, states
