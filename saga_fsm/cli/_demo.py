@@ -13,7 +13,7 @@ from rich.table import Table
 
 from saga_fsm._orchestrator import Orchestrator
 from saga_fsm._snapshot import Snapshot, StepStatus
-from saga_fsm.cli._app import main, resolve_store_url, run_async, store_option
+from saga_fsm.cli._app import UsageProblem, main, resolve_store_url, run_async, store_option
 from saga_fsm.cli._params import MAX_CONCURRENCY, FiniteFloat, count
 from saga_fsm.cli._render import console, state_text
 from saga_fsm.examples import order_fulfillment
@@ -129,9 +129,31 @@ def next_steps(tally: Tally, url: str, store_given: bool) -> str:
     show_default=True,
     help="Sagas in flight at once.",
 )
-def demo(store_url: str | None, sagas: int, fail_rate: float, seed: int, concurrency: int) -> None:
-    """Run N order-fulfilment sagas against fake services that fail at the given rate."""
+@click.option(
+    "--choreography",
+    is_flag=True,
+    help="The order choreography instead: one process per service, a tracker following it.",
+)
+@click.option("--broker", default=None, help="With --choreography: amqp:// or nats:// URL.")
+def demo(
+    store_url: str | None,
+    sagas: int,
+    fail_rate: float,
+    seed: int,
+    concurrency: int,
+    choreography: bool,
+    broker: str | None,
+) -> None:
+    """Run N order-fulfilment sagas against fake services that fail at the given rate
+    (with --choreography: N orders through the order choreography's services)."""
     url = resolve_store_url(store_url)
+    if choreography or broker is not None:
+        if not choreography:
+            raise UsageProblem("--broker goes with --choreography")
+        from saga_fsm.cli._choreography import choreography_demo
+
+        choreography_demo(url, broker, sagas, fail_rate, seed)
+        return
     console.print(f"store: {redact_url(url)}")
     started = time.perf_counter()
     with Progress(

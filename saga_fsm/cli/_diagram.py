@@ -49,6 +49,9 @@ def _choose(
         return lifecycle_diagram("saga" if lifecycle == "saga" else "step")
     if ref is None:
         raise UsageProblem("give a REF (or --lifecycle saga|step)")
+    choreographed = _choreography(ref, instance, store_url)
+    if choreographed is not None:
+        return choreographed
     definition = load_definition(ref)
     if instance is None:
         if store_url is not None:
@@ -59,6 +62,30 @@ def _choose(
     async def fetch() -> Diagram:
         async with open_store(url, create=False) as store:
             return await load_instance_diagram(store, await resolve_id(store, instance), definition)
+
+    return run_async(fetch)
+
+
+def _choreography(ref: str, instance: str | None, store_url: str | None) -> Diagram | None:
+    """REF's diagram if it names a choreography (an instance: one the tracker follows)."""
+    from saga_fsm.choreography._diagram import (
+        choreography_at,
+        choreography_diagram,
+        load_tracked_diagram,
+    )
+
+    choreography = choreography_at(ref)
+    if choreography is None:
+        return None
+    if instance is None:
+        if store_url is not None:
+            raise UsageProblem("--store is only read with --instance ID")
+        return choreography_diagram(choreography)
+    url = resolve_store_url(store_url)
+
+    async def fetch() -> Diagram:
+        async with open_store(url) as store:
+            return await load_tracked_diagram(store, instance, choreography)
 
     return run_async(fetch)
 

@@ -162,3 +162,13 @@ def test_throughput_measures_tracing_and_metrics_off_and_on() -> None:
     assert {"client_cpu_ms_per_saga_off", "client_cpu_ms_per_saga_on", "overhead_pct"} <= set(
         lines[-1]
     )
+
+
+@pytest.mark.parametrize("transport", ["memory", "sqlite"])
+def test_the_choreography_bench_runs_tracker_and_floor_on_the_same_events(
+    transport: str, tmp_path: Path
+) -> None:
+    url = "memory://" if transport == "memory" else f"sqlite:///{tmp_path}/bench.db"
+    lines = run("choreography.py", "--broker", url, "--store", url, "--orders", "12")
+    assert [line["engine"] for line in lines] == ["floor", "tracker"]
+    assert lines[0]["events"] == lines[1]["events"] > 12
