@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from importlib.util import find_spec
 
 import click
 from attrs import define, field
@@ -106,7 +107,8 @@ def next_steps(tally: Tally, url: str, store_given: bool) -> str:
             f"  saga-fsm ls{store}",
             f"  saga-fsm show {saga_id}{store}",
             f"  saga-fsm diagram {ref} --instance {saga_id}{store} -o run.png",
-            f"  saga-fsm check {ref}",
+            f"  saga-fsm check {ref}"
+            + ("" if find_spec("hypothesis") else "   # after: pip install 'saga-fsm[testing]'"),
         ]
     )
 
