@@ -67,10 +67,13 @@ from saga_fsm._snapshot import (
 from saga_fsm._worker import Worker
 from saga_fsm.stores import (
     DEFAULT_STORE_URL,
+    Lease,
     MemoryStore,
     QuarantinedSaga,
+    SagaStore,
     SnapshotStore,
     SqliteStore,
+    WorkerLeases,
     open_store,
 )
 
@@ -98,6 +101,7 @@ __all__ = [
     "InvalidReference",
     "InvalidSagaData",
     "InvalidStoreURL",
+    "Lease",
     "MemoryStore",
     "NotQuarantined",
     "Orchestrator",
@@ -112,6 +116,7 @@ __all__ = [
     "SagaLeased",
     "SagaNotFound",
     "SagaStatus",
+    "SagaStore",
     "ScheduleWake",
     "Snapshot",
     "SnapshotDecodeError",
@@ -129,6 +134,7 @@ __all__ = [
     "TransitionRow",
     "UnknownDefinition",
     "Worker",
+    "WorkerLeases",
     "compile_saga",
     "decide",
     "idempotency_key",

@@ -46,7 +46,7 @@ from saga_fsm._invoke import (
 )
 from saga_fsm._logging import bind_saga, bind_step, get_logger, unbind
 from saga_fsm._snapshot import Snapshot, replace
-from saga_fsm.stores._protocol import SnapshotStore
+from saga_fsm.stores._protocol import Lease, SagaStore
 
 log = get_logger("saga_fsm")
 
@@ -57,8 +57,9 @@ DEFAULT_LEASE_SECONDS = 30.0
 class _LeaseLost(Exception):
     """Another writer took the saga: this worker must stop driving it."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, lease: Lease | None) -> None:
         self.snapshot = snapshot
+        self.lease = lease
 
 
 def default_worker_id() -> str:
@@ -80,7 +81,7 @@ class Orchestrator:
 
     def __init__(
         self,
-        store: SnapshotStore,
+        store: SagaStore,
         definitions: Iterable[SagaDefinition] = (),
         *,
         clock: Clock | None = None,
@@ -185,8 +186,9 @@ class Orchestrator:
         # instead of create + save. The row goes straight to "running" with its first
         # step marked running, which is what a separate start save would have stored.
         decision = decide(compiled, snapshot, Event.start(snapshot.created_at))
-        first = self._leased(decision.snapshot, release=decision.snapshot.is_terminal)
-        stored, created = await self.store.create(first, decision.history)
+        stored, created = await self.store.create(
+            decision.snapshot, decision.history, lease=self._lease()
+        )
         if not created:
             return await self.resume(stored.saga_id)
         # What comes next is read back from the stored snapshot, as after a crash.
@@ -230,13 +232,17 @@ class Orchestrator:
                     return snapshot
                 snapshot, commands = await self._apply(compiled, snapshot, event, max_hold)
         except _LeaseLost as lost:
-            log.warning("saga %s: lease lost to %s", snapshot.saga_id, lost.snapshot.lease_owner)
-            return lost.snapshot
+            owner = lost.lease.owner if lost.lease else None
+            log.warning("saga %s: lease lost to %s", snapshot.saga_id, owner)
+            snapshot = lost.snapshot
+            return snapshot
         finally:
             unbind(context)
-            self._leases.drop(snapshot.saga_id)
-            if snapshot.lease_owner == self.worker_id:
-                # Interrupted (shutdown, store outage): let another worker take over now.
+            held = self._leases.drop(snapshot.saga_id)
+            if held:
+                # Interrupted (shutdown, store outage) or handed back to wait for a timer:
+                # let another worker take over as soon as the saga is due. (A write that
+                # finished the saga dropped the lease already: not held any more.)
                 with contextlib.suppress(SagaError):
                     await self.store.release(snapshot.saga_id, self.worker_id)
 
@@ -266,19 +272,8 @@ class Orchestrator:
     def _lease_expiry(self) -> Any:
         return self.clock.now() + timedelta(seconds=self.lease_seconds)
 
-    def _leased(self, snapshot: Snapshot, *, release: bool) -> Snapshot:
-        """``snapshot`` as it is written next: with this worker's lease renewed (or no
-        lease: released), at the version the store gives a write of it (so the store
-        has no copy to make: ``with_version`` returns a snapshot already there)."""
-        version = snapshot.version + 1
-        if release:
-            return replace(snapshot, lease_owner=None, lease_expires_at=None, version=version)
-        return replace(
-            snapshot,
-            lease_owner=self.worker_id,
-            lease_expires_at=self._lease_expiry(),
-            version=version,
-        )
+    def _lease(self) -> Lease:
+        return Lease(self.worker_id, self._lease_expiry())
 
     async def _operator(self, saga_id: str, event: Event) -> Snapshot:
         snapshot = await self.store.load(saga_id)
@@ -286,7 +281,7 @@ class Orchestrator:
         for _ in range(_CONFLICT_RETRIES):
             decision = decide(compiled, snapshot, event)
             try:
-                # The lease fields are saved as loaded: an operator does not drive.
+                # A save leaves the lease as it is: an operator does not drive.
                 return await self.store.save(
                     decision.snapshot, decision.history, expected_version=snapshot.version
                 )
@@ -305,17 +300,19 @@ class Orchestrator:
                 isinstance(c, ScheduleWake) and (c.at - self.clock.now()).total_seconds() > max_hold
                 for c in decision.commands
             )
-            decided = self._leased(decision.snapshot, release=release)
+            # Written at the version the store gives it, so the store has no copy to make.
+            decided = decision.snapshot.with_version(snapshot.version + 1)
             try:
                 saved = await self.store.save(
                     decided, decision.history, expected_version=snapshot.version
                 )
-                if release:
-                    self._leases.forget(snapshot.saga_id)  # nothing left to renew
+                if saved.due_at is None:
+                    self._leases.forget(snapshot.saga_id)  # the store dropped the lease
             except ConcurrencyConflict:
                 snapshot = await self.store.load(snapshot.saga_id)
-                if snapshot.lease_owner != self.worker_id:
-                    raise _LeaseLost(snapshot) from None
+                lease = await self.store.lease(snapshot.saga_id)
+                if lease is None or lease.owner != self.worker_id:
+                    raise _LeaseLost(snapshot, lease) from None
                 try:
                     decide(compiled, snapshot, event)
                 except TransitionNotAllowed:
@@ -423,10 +420,12 @@ class _LeaseKeeper:
         if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
             self._task = asyncio.get_running_loop().create_task(self._renew_forever())
 
-    def drop(self, saga_id: str) -> None:
-        count = self._held.pop(saga_id, 0) - 1
-        if count > 0:
-            self._held[saga_id] = count
+    def drop(self, saga_id: str) -> bool:
+        """Stop renewing it for one driver; whether the lease was still held then."""
+        count = self._held.pop(saga_id, 0)
+        if count > 1:
+            self._held[saga_id] = count - 1
+        return count > 0
 
     def forget(self, saga_id: str) -> None:
         """The lease was released by a write: stop renewing it now, not at ``drop``."""

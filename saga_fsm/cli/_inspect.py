@@ -21,7 +21,7 @@ from saga_fsm.cli._app import (
 )
 from saga_fsm.cli._render import console, print_history, print_snapshot, state_text
 from saga_fsm.stores import open_store
-from saga_fsm.stores._protocol import QuarantinedSaga
+from saga_fsm.stores._protocol import Lease, QuarantinedSaga
 
 
 def summary(snapshot: Snapshot) -> dict[str, object]:
@@ -34,7 +34,6 @@ def summary(snapshot: Snapshot) -> dict[str, object]:
         "created_at": snapshot.created_at.isoformat(),
         "updated_at": snapshot.updated_at.isoformat(),
         "version": snapshot.version,
-        "lease_owner": snapshot.lease_owner,
         "wake_at": snapshot.wake_at.isoformat() if snapshot.wake_at else None,
     }
 
@@ -164,15 +163,23 @@ def list_quarantined(url: str, limit: int | None, as_json: bool) -> None:
 def show(saga_id: str, store_url: str | None, as_json: bool) -> None:
     """Show one saga's snapshot."""
 
-    async def fetch() -> Snapshot:
+    async def fetch() -> tuple[Snapshot, Lease | None]:
         async with open_store(resolve_store_url(store_url)) as store:
-            return await store.load(saga_id)
+            return await store.load(saga_id), await store.lease(saga_id)
 
-    snapshot = run_async(fetch)
+    snapshot, lease = run_async(fetch)
     if as_json:
-        echo_json(snapshot_to_dict(snapshot))
+        # The store's columns beside the snapshot: its version and who drives it.
+        echo_json(
+            snapshot_to_dict(snapshot)
+            | {
+                "version": snapshot.version,
+                "lease_owner": lease.owner if lease else None,
+                "lease_expires_at": lease.expires_at.isoformat() if lease else None,
+            }
+        )
     else:
-        print_snapshot(snapshot)
+        print_snapshot(snapshot, lease)
 
 
 @main.command("history")

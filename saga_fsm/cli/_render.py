@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from saga_fsm._snapshot import HistoryEntry, Snapshot
+from saga_fsm.stores._protocol import Lease
 
 console = Console()
 
@@ -24,11 +25,13 @@ def state_text(state: str) -> str:
     return f"[{style}]{state}[/]" if style else state
 
 
-def print_snapshot(snapshot: Snapshot) -> None:
+def print_snapshot(snapshot: Snapshot, lease: Lease | None = None) -> None:
     console.print(
         f"saga [bold]{snapshot.saga_id}[/]  {snapshot.definition} v{snapshot.definition_version}"
         f"  state {state_text(snapshot.state)}  version {snapshot.version}"
     )
+    if lease is not None:
+        console.print(f"leased by {lease.owner} until {lease.expires_at.isoformat()}")
     if snapshot.correlation_id:
         console.print(f"correlation id: {snapshot.correlation_id}")
     if snapshot.failure:

@@ -49,7 +49,7 @@ from saga_fsm.console._security import (
     safe_next,
 )
 from saga_fsm.diagrams import DiagramError, definition_diagram, instance_diagram
-from saga_fsm.stores import PageKey, SagaFilter, SagaQueries, SnapshotStore, StateCount, open_store
+from saga_fsm.stores import PageKey, SagaFilter, SagaQueries, SagaStore, StateCount, open_store
 
 log = logging.getLogger("saga_fsm.console")
 PAGE_SIZE = 50
@@ -69,7 +69,7 @@ class Console:
 
     def __init__(
         self,
-        store: SnapshotStore,
+        store: SagaStore,
         definitions: Sequence[SagaDefinition],
         guard: Guard,
         read_only: bool,
@@ -296,7 +296,7 @@ class Console:
 def create_app(
     *,
     store_url: str | None = None,
-    store: SnapshotStore | None = None,
+    store: SagaStore | None = None,
     definitions: Iterable[SagaDefinition] = (),
     token: str | None = None,
     read_only: bool = False,

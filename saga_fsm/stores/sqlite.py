@@ -22,8 +22,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from attrs import evolve
-
 from saga_fsm._codec import (
     dumps,
     history_to_dict,
@@ -43,7 +41,17 @@ from saga_fsm._errors import (
 )
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
-from saga_fsm.stores._protocol import UNFINISHED_STATUSES, QuarantinedSaga, check_limit, ids, served
+from saga_fsm.stores._protocol import (
+    LIVE_ELSEWHERE_SQL,
+    LIVE_SQL,
+    UNFINISHED_STATUSES,
+    Lease,
+    QuarantinedSaga,
+    check_limit,
+    ids,
+    lease_or_none,
+    served,
+)
 from saga_fsm.stores._queries import (
     EVERYTHING,
     LIVE_STATUSES,
@@ -72,13 +80,16 @@ INSERT INTO saga_fsm_sagas (
     :updated_at, :request_fingerprint
 )
 """
-# The idempotency key is a fact of creation: a save never moves it.
+# The idempotency key is a fact of creation: a save never moves it. The lease is left
+# as it is, and dropped once the saga is no longer due (finished or parked).
 _UPDATE = """
 UPDATE saga_fsm_sagas SET
     definition = :definition, definition_version = :definition_version, state = :state,
     version = :version, snapshot = :snapshot, correlation_id = :correlation_id,
-    wake_at = :wake_at, due_at = :due_at, lease_owner = :lease_owner,
-    lease_expires_at = :lease_expires_at, created_at = :created_at, updated_at = :updated_at
+    wake_at = :wake_at, due_at = :due_at,
+    lease_owner = CASE WHEN :due_at IS NULL THEN NULL ELSE lease_owner END,
+    lease_expires_at = CASE WHEN :due_at IS NULL THEN NULL ELSE lease_expires_at END,
+    created_at = :created_at, updated_at = :updated_at
 WHERE saga_id = :saga_id AND version = :expected_version
 """
 _INSERT_HISTORY = """
@@ -86,7 +97,7 @@ INSERT INTO saga_fsm_history (saga_id, version, from_state, to_state, trigger, a
 VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 # Each filter is added only when given, so that SQLite picks the index that fits.
-_LIST_HEAD = "SELECT saga_id, snapshot FROM saga_fsm_sagas WHERE true"
+_LIST_HEAD = "SELECT saga_id, snapshot, version FROM saga_fsm_sagas WHERE true"
 _LIST_TAIL = " ORDER BY created_at, saga_id LIMIT :limit"
 # Unfinished sagas as ranges of the state index (one per status, its "status:*" too), so
 # that finished ones, however many, are never read. Statuses are fixed words: no quoting.
@@ -94,22 +105,26 @@ _UNFINISHED = " AND ({})".format(
     " OR ".join(f"(state >= '{s}' AND state < '{s};')" for s in UNFINISHED_STATUSES)
 )
 
-_DUE = """
-SELECT saga_id, snapshot FROM saga_fsm_sagas
-WHERE due_at <= :now AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
-  AND quarantine IS NULL AND (definition, definition_version) IN ({served})
-ORDER BY due_at, saga_id
-LIMIT :limit
-"""
-_LEASE_OF = "SELECT snapshot, lease_owner, lease_expires_at FROM saga_fsm_sagas WHERE saga_id = ?"
-_SET_LEASE = """
-UPDATE saga_fsm_sagas SET snapshot = :snapshot, version = :version, lease_owner = :lease_owner,
-    lease_expires_at = :lease_expires_at
-WHERE saga_id = :saga_id
-"""
-_SET_LEASE_COLUMNS = (
-    "UPDATE saga_fsm_sagas SET lease_owner = ?, lease_expires_at = ? WHERE saga_id = ?"
-)
+# Leases are columns: a claim, an acquire, a renewal or a release never writes the
+# snapshot (a claim and an acquire read it, to hand it out).
+_CLAIM = """
+UPDATE saga_fsm_sagas SET lease_owner = :worker, lease_expires_at = :expires_at,
+    version = version + 1
+WHERE saga_id IN (
+    SELECT saga_id FROM saga_fsm_sagas
+    WHERE due_at <= :now AND NOT {live}
+      AND quarantine IS NULL AND (definition, definition_version) IN ({served})
+    ORDER BY due_at, saga_id
+    LIMIT :limit)
+RETURNING saga_id, snapshot, version, due_at
+""".replace("{live}", LIVE_SQL.format(now=":now"))
+_ACQUIRE = """
+UPDATE saga_fsm_sagas SET lease_owner = :worker, lease_expires_at = :expires_at,
+    version = version + 1
+WHERE saga_id = :saga_id AND NOT {live}
+RETURNING snapshot, version
+""".replace("{live}", LIVE_ELSEWHERE_SQL.format(now=":now", worker=":worker"))
+_LEASE_OF = "SELECT lease_owner, lease_expires_at FROM saga_fsm_sagas WHERE saga_id = ?"
 
 
 def utc_text(value: datetime | None) -> str | None:
@@ -123,8 +138,9 @@ def utc_text(value: datetime | None) -> str | None:
 
 
 def _columns(snapshot: Snapshot) -> dict[str, Any]:
-    """The row for ``snapshot``: the JSON document is the truth, the other columns copy
-    it so SQL can filter and order without decoding."""
+    """The row for ``snapshot``: the JSON document is the saga's state, the other
+    columns copy it so SQL can filter and order without decoding (and ``version`` is
+    the store's own)."""
     return {
         "saga_id": snapshot.saga_id,
         "definition": snapshot.definition,
@@ -136,19 +152,26 @@ def _columns(snapshot: Snapshot) -> dict[str, Any]:
         "idempotency_key": snapshot.idempotency_key,
         "wake_at": utc_text(snapshot.wake_at),
         "due_at": utc_text(snapshot.due_at),
-        "lease_owner": snapshot.lease_owner,
-        "lease_expires_at": utc_text(snapshot.lease_expires_at),
         "created_at": utc_text(snapshot.created_at),
         "updated_at": utc_text(snapshot.updated_at),
     }
 
 
-def _new_row(snapshot: Snapshot) -> dict[str, Any]:
-    """The row a create inserts: the columns, and what its idempotency key stands for."""
+def _new_row(snapshot: Snapshot, lease: Lease | None = None) -> dict[str, Any]:
+    """The row a create inserts: the columns, its lease, and what its idempotency key
+    stands for."""
     key = snapshot.idempotency_key
+    leased = lease is not None and snapshot.due_at is not None
     return _columns(snapshot) | {
-        "request_fingerprint": None if key is None else request_fingerprint(snapshot)
+        "request_fingerprint": None if key is None else request_fingerprint(snapshot),
+        "lease_owner": lease.owner if leased and lease else None,
+        "lease_expires_at": utc_text(lease.expires_at) if leased and lease else None,
     }
+
+
+def _versioned(saga_id: str, text: str, version: int) -> Snapshot | SnapshotDecodeError:
+    found = snapshot_or_error(text, saga_id=saga_id)
+    return found if isinstance(found, SnapshotDecodeError) else found.with_version(version)
 
 
 def _history_rows(
@@ -268,7 +291,7 @@ class SqliteStore:
         key = stored.idempotency_key
         if key is not None:
             found = conn.execute(
-                "SELECT saga_id, snapshot, request_fingerprint FROM saga_fsm_sagas"
+                "SELECT saga_id, snapshot, request_fingerprint, version FROM saga_fsm_sagas"
                 " WHERE idempotency_key = ?",
                 (key,),
             ).fetchone()
@@ -276,7 +299,8 @@ class SqliteStore:
                 # A row from before fingerprints were kept (NULL) cannot be compared.
                 if found[2] is not None and found[2] != row["request_fingerprint"]:
                     raise IdempotencyKeyReused(key, found[0])
-                return snapshot_from_json(found[1], saga_id=found[0]), False
+                existing = snapshot_from_json(found[1], saga_id=found[0])
+                return existing.with_version(found[3]), False
         actual = self._version(conn, stored.saga_id)
         if actual is not None:
             raise ConcurrencyConflict(stored.saga_id, 0, actual)
@@ -285,11 +309,15 @@ class SqliteStore:
         return stored, True
 
     async def create(
-        self, snapshot: Snapshot, history: Sequence[HistoryEntry] = ()
+        self,
+        snapshot: Snapshot,
+        history: Sequence[HistoryEntry] = (),
+        *,
+        lease: Lease | None = None,
     ) -> tuple[Snapshot, bool]:
         stored = snapshot.with_version(1)
         # Encode before the transaction: a value JSON cannot hold changes nothing.
-        row = _new_row(stored)
+        row = _new_row(stored, lease)
         rows = _history_rows(stored.saga_id, 1, history)
         with self._transaction("create") as conn:
             return self._create_in(conn, stored, row, rows)
@@ -318,10 +346,12 @@ class SqliteStore:
         return stored
 
     async def load(self, saga_id: str) -> Snapshot:
-        found = self._read("SELECT snapshot FROM saga_fsm_sagas WHERE saga_id = ?", (saga_id,))
+        found = self._read(
+            "SELECT snapshot, version FROM saga_fsm_sagas WHERE saga_id = ?", (saga_id,)
+        )
         if not found:
             raise SagaNotFound(saga_id)
-        return snapshot_from_json(found[0][0], saga_id=saga_id)
+        return snapshot_from_json(found[0][0], saga_id=saga_id).with_version(found[0][1])
 
     async def history(self, saga_id: str) -> list[HistoryEntry]:
         # One read: the LEFT JOIN tells "no saga" (no row) from "no history" (NULL row).
@@ -364,7 +394,7 @@ class SqliteStore:
         if unfinished:
             query += _UNFINISHED
         rows = self._read(query + _LIST_TAIL, params)
-        return [snapshot_or_error(text, saga_id=saga_id) for saga_id, text in rows]
+        return [_versioned(saga_id, text, version) for saga_id, text, version in rows]
 
     # -- quarantine -------------------------------------------------------------------------
     async def quarantine(self, saga_id: str, reason: str, *, now: datetime) -> None:
@@ -380,13 +410,14 @@ class SqliteStore:
     async def unquarantine(self, saga_id: str) -> Snapshot:
         with self._transaction("unquarantine") as conn:
             found = conn.execute(
-                "SELECT snapshot, quarantine FROM saga_fsm_sagas WHERE saga_id = ?", (saga_id,)
+                "SELECT snapshot, quarantine, version FROM saga_fsm_sagas WHERE saga_id = ?",
+                (saga_id,),
             ).fetchone()
             if found is None:
                 raise SagaNotFound(saga_id)
             if found[1] is None:
                 raise NotQuarantined(saga_id)
-            snapshot = snapshot_from_json(found[0], saga_id=saga_id)
+            snapshot = snapshot_from_json(found[0], saga_id=saga_id).with_version(found[2])
             conn.execute(
                 "UPDATE saga_fsm_sagas SET quarantine = NULL, quarantined_at = NULL"
                 " WHERE saga_id = ?",
@@ -403,39 +434,8 @@ class SqliteStore:
         )
         return [QuarantinedSaga(i, why, datetime.fromisoformat(at)) for i, why, at in rows]
 
-    # -- leases ---------------------------------------------------------------------------
-    # Read-modify-write inside BEGIN IMMEDIATE: the snapshot JSON is the truth, so a lease
-    # change is decoded, evolved and re-encoded by the codec, exactly as MemoryStore does.
+    # -- leases: columns only ---------------------------------------------------------------
     # SQLite admits one writer at a time, so two claimers never lease the same saga.
-
-    @staticmethod
-    def _lease(
-        conn: sqlite3.Connection,
-        saga_id: str,
-        text: str,
-        owner: str | None,
-        expires_at: datetime | None,
-        *,
-        bump: bool,
-    ) -> Snapshot:
-        snapshot = snapshot_from_json(text, saga_id=saga_id)
-        leased = evolve(
-            snapshot,
-            lease_owner=owner,
-            lease_expires_at=expires_at,
-            version=snapshot.version + (1 if bump else 0),
-        )
-        conn.execute(
-            _SET_LEASE,
-            {
-                "snapshot": snapshot_to_json(leased),
-                "version": leased.version,
-                "lease_owner": owner,
-                "lease_expires_at": utc_text(expires_at),
-                "saga_id": saga_id,
-            },
-        )
-        return leased
 
     async def claim_due(
         self,
@@ -451,63 +451,74 @@ class SqliteStore:
         if not wanted:
             return []
         expires_at = now + timedelta(seconds=lease_seconds)
-        params: dict[str, Any] = {"now": utc_text(now), "limit": limit}
+        params: dict[str, Any] = {
+            "now": utc_text(now),
+            "limit": limit,
+            "worker": worker_id,
+            "expires_at": utc_text(expires_at),
+        }
         for n, (name, version) in enumerate(wanted):
             params |= {f"name{n}": name, f"version{n}": version}
-        query = _DUE.format(
-            served=", ".join(f"(:name{n}, :version{n})" for n in range(len(wanted)))
+        query = _CLAIM.replace(
+            "{served}", ", ".join(f"(:name{n}, :version{n})" for n in range(len(wanted)))
         )
-        claimed: Claimed = []
         with self._transaction("claim_due") as conn:
             due = conn.execute(query, params).fetchall()
-            for saga_id, text in due:
-                try:
-                    claimed.append(
-                        self._lease(conn, saga_id, text, worker_id, expires_at, bump=True)
-                    )
-                except SnapshotDecodeError as err:
-                    # Leased all the same, so it is not handed out again in a tight loop.
-                    conn.execute(_SET_LEASE_COLUMNS, (worker_id, utc_text(expires_at), saga_id))
-                    claimed.append(err)
-        return claimed
+        # RETURNING gives no order: the due order, as claimed. A row that cannot be
+        # decoded stays leased all the same, so it is not handed out again in a tight loop.
+        due.sort(key=lambda row: (row[3], row[0]))
+        return [_versioned(saga_id, text, version) for saga_id, text, version, _ in due]
 
     async def acquire(
         self, saga_id: str, worker_id: str, *, now: datetime, lease_seconds: float
     ) -> Snapshot:
+        expires_at = now + timedelta(seconds=lease_seconds)
+        params = {
+            "saga_id": saga_id,
+            "worker": worker_id,
+            "now": utc_text(now),
+            "expires_at": utc_text(expires_at),
+        }
         with self._transaction("acquire") as conn:
-            row = conn.execute(_LEASE_OF, (saga_id,)).fetchone()
+            row = conn.execute(_ACQUIRE, params).fetchone()
             if row is None:
-                raise SagaNotFound(saga_id)
-            text, owner, expires = row
-            now_text = utc_text(now)
-            assert now_text is not None
-            live = expires is not None and expires > now_text
-            if owner is not None and owner != worker_id and live:
-                raise SagaLeased(saga_id, owner, datetime.fromisoformat(expires))
-            expires_at = now + timedelta(seconds=lease_seconds)
-            return self._lease(conn, saga_id, text, worker_id, expires_at, bump=True)
+                held = conn.execute(_LEASE_OF, (saga_id,)).fetchone()
+                if held is None:
+                    raise SagaNotFound(saga_id)
+                raise SagaLeased(saga_id, held[0], _time(held[1]))
+        return snapshot_from_json(row[0], saga_id=saga_id).with_version(row[1])
+
+    async def lease(self, saga_id: str) -> Lease | None:
+        found = self._read(_LEASE_OF, (saga_id,))
+        if not found:
+            raise SagaNotFound(saga_id)
+        owner, expires = found[0]
+        return lease_or_none(owner, None if expires is None else _time(expires))
 
     async def renew_leases(
         self, saga_ids: Collection[str], worker_id: str, *, expires_at: datetime
     ) -> set[str]:
-        held = set()
         wanted = ids(saga_ids)
+        held: set[str] = set()
         with self._transaction("renew_leases") as conn:
-            for saga_id in wanted:
-                row = conn.execute(_LEASE_OF, (saga_id,)).fetchone()
-                if row is not None and row[1] == worker_id:
-                    self._lease(conn, saga_id, row[0], worker_id, expires_at, bump=False)
-                    held.add(saga_id)
+            for start in range(0, len(wanted), 500):  # SQLite's bound parameters are few
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                rows = conn.execute(
+                    "UPDATE saga_fsm_sagas SET lease_expires_at = ?"
+                    f" WHERE lease_owner = ? AND saga_id IN ({marks}) RETURNING saga_id",
+                    (utc_text(expires_at), worker_id, *chunk),
+                ).fetchall()
+                held.update(saga_id for (saga_id,) in rows)
         return held
 
     async def release(self, saga_id: str, worker_id: str) -> None:
         with self._transaction("release") as conn:
-            row = conn.execute(_LEASE_OF, (saga_id,)).fetchone()
-            if row is not None and row[1] == worker_id:
-                try:
-                    self._lease(conn, saga_id, row[0], None, None, bump=False)
-                except SnapshotDecodeError:
-                    conn.execute(_SET_LEASE_COLUMNS, (None, None, saga_id))
+            conn.execute(
+                "UPDATE saga_fsm_sagas SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE saga_id = ? AND lease_owner = ?",
+                (saga_id, worker_id),
+            )
 
     async def close(self) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 from saga_fsm._errors import InvalidStoreURL
-from saga_fsm.stores._protocol import SnapshotStore
+from saga_fsm.stores._protocol import SagaStore
 from saga_fsm.stores.memory import MemoryStore
 from saga_fsm.stores.sqlite import SqliteStore
 
@@ -66,7 +66,7 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-async def _open(url: str) -> SnapshotStore:
+async def _open(url: str) -> SagaStore:
     scheme = url.partition(":")[0].lower() if "://" in url else ""
     if scheme == "memory":
         if url.lower() != "memory://":
@@ -82,7 +82,7 @@ async def _open(url: str) -> SnapshotStore:
 
 
 @asynccontextmanager
-async def open_store(url: str | None = None) -> AsyncIterator[SnapshotStore]:
+async def open_store(url: str | None = None) -> AsyncIterator[SagaStore]:
     """Open the store ``url`` names (default: ``store_url_from_env()``) and close it
     on exit. Unknown or malformed URLs raise ``InvalidStoreURL`` before anything opens."""
     store = await _open(store_url_from_env() if url is None else url)
