@@ -84,9 +84,7 @@ def test_version_1_with_the_store_columns_inside_still_decodes() -> None:
     old = json.loads(GOLDEN_V1.read_text())
     assert (old["schema_version"], old["version"], old["lease_owner"]) == (1, 7, "worker-1")
     assert snapshot_from_json(GOLDEN_V1.read_text()) == golden_snapshot()
-    assert {"version", "lease_owner", "lease_expires_at"}.isdisjoint(
-        json.loads(GOLDEN.read_text())
-    )
+    assert {"version", "lease_owner", "lease_expires_at"}.isdisjoint(json.loads(GOLDEN.read_text()))
 
 
 def test_unknown_schema_version_is_refused_naming_the_saga() -> None:

@@ -316,6 +316,7 @@ class MemoryStore:
                     row.created_at,
                     row.updated_at,
                     row.encoded,
+                    row.version,
                 )
                 for key, row in zip(found, rows, strict=True)
             ],

@@ -141,8 +141,7 @@ RETURNING saga_id
 """
 # FOR UPDATE: the row is checked and cleared by one transaction.
 _QUARANTINED_ROW = (
-    "SELECT snapshot::text, quarantine, version FROM saga_fsm_sagas"
-    " WHERE saga_id = %s FOR UPDATE"
+    "SELECT snapshot::text, quarantine, version FROM saga_fsm_sagas WHERE saga_id = %s FOR UPDATE"
 )
 _UNQUARANTINE = (
     "UPDATE saga_fsm_sagas SET quarantine = NULL, quarantined_at = NULL WHERE saga_id = %s"
@@ -749,7 +748,7 @@ class PostgresStore:
         check_page_limit(limit)
         conditions, params = sql_conditions(where, after, _QUERY_SQL, _aware)
         query = (
-            "SELECT saga_id, definition, state, created_at, updated_at, snapshot::text"
+            "SELECT saga_id, definition, state, created_at, updated_at, snapshot::text, version"
             f" FROM saga_fsm_sagas WHERE {conditions}"
             ' ORDER BY created_at DESC, saga_id COLLATE "C" DESC LIMIT %(limit)s'
         )
@@ -757,8 +756,8 @@ class PostgresStore:
             rows = await self._query(query, params | {"limit": limit + 1}, prepare=False)
         return paged(
             [
-                decoded_row(saga_id, definition, state, created, updated, text)
-                for saga_id, definition, state, created, updated, text in rows
+                decoded_row(saga_id, definition, state, created, updated, text, version)
+                for saga_id, definition, state, created, updated, text, version in rows
             ],
             limit,
         )

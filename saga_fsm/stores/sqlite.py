@@ -534,15 +534,17 @@ class SqliteStore:
         check_page_limit(limit)
         conditions, params = sql_conditions(where, after, _QUERY_SQL, utc_text)
         rows = self._read(
-            "SELECT saga_id, definition, state, created_at, updated_at, snapshot"
+            "SELECT saga_id, definition, state, created_at, updated_at, snapshot, version"
             f" FROM saga_fsm_sagas WHERE {conditions}"
             " ORDER BY created_at DESC, saga_id DESC LIMIT :limit",
             params | {"limit": limit + 1},
         )
         return paged(
             [
-                decoded_row(saga_id, definition, state, _time(created), _time(updated), text)
-                for saga_id, definition, state, created, updated, text in rows
+                decoded_row(
+                    saga_id, definition, state, _time(created), _time(updated), text, version
+                )
+                for saga_id, definition, state, created, updated, text, version in rows
             ],
             limit,
         )

@@ -295,7 +295,9 @@ def test_timers_survive_every_worker_restarting(postgres_dsn: str, tmp_path: Pat
         # The lease is a column, released as the worker hands the saga back.
         while time.monotonic() < deadline:
             ((owner,),) = query(
-                postgres_dsn, "SELECT lease_owner FROM saga_fsm_sagas WHERE saga_id = %s", (saga_id,)
+                postgres_dsn,
+                "SELECT lease_owner FROM saga_fsm_sagas WHERE saga_id = %s",
+                (saga_id,),
             )
             if owner is None:
                 break
