@@ -159,7 +159,7 @@ class Orchestrator:
         anything is written, and all are written in one transaction."""
         keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(data)
         if len(keys) != len(data):
-            raise ValueError(f"{len(data)} data items but {len(keys)} idempotency keys")
+            raise InvalidArgument(f"{len(data)} data items but {len(keys)} idempotency keys")
         snapshots = [
             replace(self._new(definition, item, None, None, key), definition_ref=definition_ref)
             for item, key in zip(data, keys, strict=True)

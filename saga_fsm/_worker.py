@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections import Counter
 
-from saga_fsm._errors import SagaError, SnapshotDecodeError, StoreError
+from saga_fsm._errors import InvalidArgument, SagaError, SnapshotDecodeError, StoreError
 from saga_fsm._logging import get_logger
 from saga_fsm._orchestrator import Orchestrator
 from saga_fsm._snapshot import Snapshot
@@ -56,9 +56,9 @@ class Worker:
         store_name: str | None = None,
     ) -> None:
         if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+            raise InvalidArgument(f"concurrency must be at least 1, got {concurrency}")
         if not orchestrator.served:
-            raise ValueError(
+            raise InvalidArgument(
                 "a worker needs the definitions it serves: register them with its Orchestrator"
             )
         self.orchestrator = orchestrator

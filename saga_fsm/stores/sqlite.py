@@ -33,6 +33,7 @@ from saga_fsm._codec import (
 from saga_fsm._errors import (
     ConcurrencyConflict,
     IdempotencyKeyReused,
+    InvalidArgument,
     NotQuarantined,
     SagaLeased,
     SagaNotFound,
@@ -570,7 +571,7 @@ def _statements(script: str) -> Iterator[str]:
                 yield buffer
             buffer = ""
     if _strip_comments(buffer.rstrip(";")):
-        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()!r}")
+        raise InvalidArgument(f"incomplete SQL statement in migration: {buffer.strip()!r}")
 
 
 def _strip_comments(sql: str) -> str:
