@@ -12,15 +12,18 @@ is a few short statements on a local file, cheaper than a hop to a thread.
 
 from __future__ import annotations
 
+import asyncio
 import builtins  # the store's own ``list`` method shadows it in the class body
 import json
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from saga_fsm._codec import (
     dumps,
@@ -66,6 +69,7 @@ from saga_fsm.stores._queries import (
     sql_conditions,
 )
 
+T = TypeVar("T")
 _MIGRATIONS = migrations.load("sqlite")
 Claimed: TypeAlias = list[Snapshot | SnapshotDecodeError]  # (a method named list shadows it)
 _BUSY_TIMEOUT_MS = 10_000
@@ -217,9 +221,13 @@ class SqliteStore:
                 raise StoreError(
                     f"cannot open SQLite database {self.path}: directory {parent} does not exist"
                 )
-        # One connection shared by whichever thread runs the event loop; the lock keeps
-        # two threads from interleaving transactions on it.
+        # One connection, used by one thread of its own: sqlite3 calls block (on the
+        # disk, or for seconds on another process's write lock), and must never block
+        # the event loop, where the leases of every other saga are being renewed. The
+        # lock keeps the opening thread and that one from interleaving.
         self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="saga_fsm-sqlite")
+        self._closed = False
         with self._errors("open"):
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
@@ -231,6 +239,7 @@ class SqliteStore:
             self._migrate()
         except BaseException:
             self._conn.close()
+            self._thread.shutdown()
             raise
 
     def __repr__(self) -> str:
@@ -274,9 +283,25 @@ class SqliteStore:
                     (migration.version, migration.name, utc_text(datetime.now(UTC))),
                 )
 
-    def _read(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
-        with self._lock, self._errors("read"):
-            return self._conn.execute(sql, params).fetchall()
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (sqlite3 calls) in the connection's thread, the loop free."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+
+    async def _write(self, action: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` in one ``BEGIN IMMEDIATE`` transaction, off the event loop."""
+
+        def transaction() -> T:
+            with self._transaction(action) as conn:
+                return work(conn)
+
+        return await self._off_loop(transaction)
+
+    async def _read(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
+        def read() -> list[Any]:
+            with self._lock, self._errors("read"):
+                return self._conn.execute(sql, params).fetchall()
+
+        return await self._off_loop(read)
 
     @staticmethod
     def _version(conn: sqlite3.Connection, saga_id: str) -> int | None:
@@ -320,16 +345,18 @@ class SqliteStore:
         # Encode before the transaction: a value JSON cannot hold changes nothing.
         row = _new_row(stored, lease)
         rows = _history_rows(stored.saga_id, 1, history)
-        with self._transaction("create") as conn:
-            return self._create_in(conn, stored, row, rows)
+        return await self._write("create", lambda conn: self._create_in(conn, stored, row, rows))
 
     async def create_many(self, snapshots: Sequence[Snapshot]) -> builtins.list[Snapshot]:
         stored = [snapshot.with_version(1) for snapshot in snapshots]
         rows = [_new_row(s) for s in stored]
-        with self._transaction("create_many") as conn:
+
+        def create_all(conn: sqlite3.Connection) -> builtins.list[Snapshot]:
             return [
                 self._create_in(conn, s, row, [])[0] for s, row in zip(stored, rows, strict=True)
             ]
+
+        return await self._write("create_many", create_all)
 
     async def save(
         self, snapshot: Snapshot, history: Sequence[HistoryEntry], *, expected_version: int
@@ -337,17 +364,20 @@ class SqliteStore:
         stored = snapshot.with_version(expected_version + 1)
         row = _columns(stored) | {"expected_version": expected_version}
         rows = _history_rows(stored.saga_id, stored.version, history)
-        with self._transaction("save") as conn:
+
+        def update(conn: sqlite3.Connection) -> Snapshot:
             if conn.execute(_UPDATE, row).rowcount != 1:
                 actual = self._version(conn, stored.saga_id)
                 if actual is None:
                     raise SagaNotFound(stored.saga_id)
                 raise ConcurrencyConflict(stored.saga_id, expected_version, actual)
             conn.executemany(_INSERT_HISTORY, rows)
-        return stored
+            return stored
+
+        return await self._write("save", update)
 
     async def load(self, saga_id: str) -> Snapshot:
-        found = self._read(
+        found = await self._read(
             "SELECT snapshot, version FROM saga_fsm_sagas WHERE saga_id = ?", (saga_id,)
         )
         if not found:
@@ -356,7 +386,7 @@ class SqliteStore:
 
     async def history(self, saga_id: str) -> list[HistoryEntry]:
         # One read: the LEFT JOIN tells "no saga" (no row) from "no history" (NULL row).
-        rows = self._read(
+        rows = await self._read(
             "SELECT h.from_state, h.to_state, h.trigger, h.at, h.detail"
             " FROM saga_fsm_sagas s LEFT JOIN saga_fsm_history h ON h.saga_id = s.saga_id"
             " WHERE s.saga_id = ? ORDER BY h.id",
@@ -394,41 +424,47 @@ class SqliteStore:
             params["updated_before"] = utc_text(updated_before)
         if unfinished:
             query += _UNFINISHED
-        rows = self._read(query + _LIST_TAIL, params)
+        rows = await self._read(query + _LIST_TAIL, params)
         return [_versioned(saga_id, text, version) for saga_id, text, version in rows]
 
     # -- quarantine -------------------------------------------------------------------------
     async def quarantine(self, saga_id: str, reason: str, *, now: datetime) -> None:
-        with self._transaction("quarantine") as conn:
-            changed = conn.execute(
-                "UPDATE saga_fsm_sagas SET quarantine = ?, quarantined_at = ?,"
-                " lease_owner = NULL, lease_expires_at = NULL WHERE saga_id = ?",
-                (reason, utc_text(now), saga_id),
-            ).rowcount
+        changed = await self._write(
+            "quarantine",
+            lambda conn: (
+                conn.execute(
+                    "UPDATE saga_fsm_sagas SET quarantine = ?, quarantined_at = ?,"
+                    " lease_owner = NULL, lease_expires_at = NULL WHERE saga_id = ?",
+                    (reason, utc_text(now), saga_id),
+                ).rowcount
+            ),
+        )
         if changed != 1:
             raise SagaNotFound(saga_id)
 
     async def unquarantine(self, saga_id: str) -> Snapshot:
-        with self._transaction("unquarantine") as conn:
-            found = conn.execute(
-                "SELECT snapshot, quarantine, version FROM saga_fsm_sagas WHERE saga_id = ?",
-                (saga_id,),
-            ).fetchone()
-            if found is None:
-                raise SagaNotFound(saga_id)
-            if found[1] is None:
-                raise NotQuarantined(saga_id)
-            snapshot = snapshot_from_json(found[0], saga_id=saga_id).with_version(found[2])
-            conn.execute(
-                "UPDATE saga_fsm_sagas SET quarantine = NULL, quarantined_at = NULL"
-                " WHERE saga_id = ?",
-                (saga_id,),
-            )
+        return await self._write("unquarantine", partial(self._unquarantine, saga_id))
+
+    @staticmethod
+    def _unquarantine(saga_id: str, conn: sqlite3.Connection) -> Snapshot:
+        found = conn.execute(
+            "SELECT snapshot, quarantine, version FROM saga_fsm_sagas WHERE saga_id = ?",
+            (saga_id,),
+        ).fetchone()
+        if found is None:
+            raise SagaNotFound(saga_id)
+        if found[1] is None:
+            raise NotQuarantined(saga_id)
+        snapshot = snapshot_from_json(found[0], saga_id=saga_id).with_version(found[2])
+        conn.execute(
+            "UPDATE saga_fsm_sagas SET quarantine = NULL, quarantined_at = NULL WHERE saga_id = ?",
+            (saga_id,),
+        )
         return snapshot
 
     async def list_quarantined(self, *, limit: int | None = None) -> builtins.list[QuarantinedSaga]:
         check_limit(limit)
-        rows = self._read(
+        rows = await self._read(
             "SELECT saga_id, quarantine, quarantined_at FROM saga_fsm_sagas"
             " WHERE quarantine IS NOT NULL ORDER BY quarantined_at, saga_id LIMIT ?",
             (-1 if limit is None else limit,),
@@ -463,8 +499,7 @@ class SqliteStore:
         query = _CLAIM.replace(
             "{served}", ", ".join(f"(:name{n}, :version{n})" for n in range(len(wanted)))
         )
-        with self._transaction("claim_due") as conn:
-            due = conn.execute(query, params).fetchall()
+        due = await self._write("claim_due", lambda conn: conn.execute(query, params).fetchall())
         # RETURNING gives no order: the due order, as claimed. A row that cannot be
         # decoded stays leased all the same, so it is not handed out again in a tight loop.
         due.sort(key=lambda row: (row[3], row[0]))
@@ -480,17 +515,21 @@ class SqliteStore:
             "now": utc_text(now),
             "expires_at": utc_text(expires_at),
         }
-        with self._transaction("acquire") as conn:
+
+        def take(conn: sqlite3.Connection) -> Any:
             row = conn.execute(_ACQUIRE, params).fetchone()
             if row is None:
                 held = conn.execute(_LEASE_OF, (saga_id,)).fetchone()
                 if held is None:
                     raise SagaNotFound(saga_id)
                 raise SagaLeased(saga_id, held[0], _time(held[1]))
+            return row
+
+        row = await self._write("acquire", take)
         return snapshot_from_json(row[0], saga_id=saga_id).with_version(row[1])
 
     async def lease(self, saga_id: str) -> Lease | None:
-        found = self._read(_LEASE_OF, (saga_id,))
+        found = await self._read(_LEASE_OF, (saga_id,))
         if not found:
             raise SagaNotFound(saga_id)
         owner, expires = found[0]
@@ -500,8 +539,9 @@ class SqliteStore:
         self, saga_ids: Collection[str], worker_id: str, *, expires_at: datetime
     ) -> set[str]:
         wanted = ids(saga_ids)
-        held: set[str] = set()
-        with self._transaction("renew_leases") as conn:
+
+        def renew(conn: sqlite3.Connection) -> set[str]:
+            held: set[str] = set()
             for start in range(0, len(wanted), 500):  # SQLite's bound parameters are few
                 chunk = wanted[start : start + 500]
                 marks = ", ".join("?" * len(chunk))
@@ -511,19 +551,29 @@ class SqliteStore:
                     (utc_text(expires_at), worker_id, *chunk),
                 ).fetchall()
                 held.update(saga_id for (saga_id,) in rows)
-        return held
+            return held
+
+        return await self._write("renew_leases", renew)
 
     async def release(self, saga_id: str, worker_id: str) -> None:
-        with self._transaction("release") as conn:
-            conn.execute(
+        await self._write(
+            "release",
+            lambda conn: conn.execute(
                 "UPDATE saga_fsm_sagas SET lease_owner = NULL, lease_expires_at = NULL"
                 " WHERE saga_id = ? AND lease_owner = ?",
                 (saga_id, worker_id),
-            )
+            ),
+        )
 
     async def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        def close() -> None:
+            with self._lock:
+                self._conn.close()
+
+        if not self._closed:
+            self._closed = True
+            await self._off_loop(close)
+            self._thread.shutdown()
 
     # -- SagaQueries: what an operator's console reads ----------------------------------------
     # Times are fixed-width UTC text, so text comparisons are time comparisons; newest
@@ -534,7 +584,7 @@ class SqliteStore:
     ) -> SagaPage:
         check_page_limit(limit)
         conditions, params = sql_conditions(where, after, _QUERY_SQL, utc_text)
-        rows = self._read(
+        rows = await self._read(
             "SELECT saga_id, definition, state, created_at, updated_at, snapshot, version"
             f" FROM saga_fsm_sagas WHERE {conditions}"
             " ORDER BY created_at DESC, saga_id DESC LIMIT :limit",
@@ -552,7 +602,7 @@ class SqliteStore:
 
     async def counts(self, where: SagaFilter = EVERYTHING) -> builtins.list[StateCount]:
         conditions, params = sql_conditions(where, None, _QUERY_SQL, utc_text)
-        rows = self._read(
+        rows = await self._read(
             "SELECT definition, state, count(*) FROM saga_fsm_sagas"
             f" WHERE {conditions} GROUP BY definition, state",
             params,
