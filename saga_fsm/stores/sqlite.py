@@ -285,6 +285,8 @@ class SqliteStore:
 
     async def _off_loop(self, work: Callable[[], T]) -> T:
         """Run ``work`` (sqlite3 calls) in the connection's thread, the loop free."""
+        if self._closed:
+            raise StoreError(f"SQLite store {self.path}: the store is closed")
         return await asyncio.get_running_loop().run_in_executor(self._thread, work)
 
     async def _write(self, action: str, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -571,8 +573,8 @@ class SqliteStore:
                 self._conn.close()
 
         if not self._closed:
-            self._closed = True
             await self._off_loop(close)
+            self._closed = True
             self._thread.shutdown()
 
     # -- SagaQueries: what an operator's console reads ----------------------------------------
