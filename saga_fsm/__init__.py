@@ -8,6 +8,7 @@ persisted as a snapshot (memory, SQLite or PostgreSQL) before the next side effe
 
 from typing import TYPE_CHECKING, Any
 
+from saga_fsm._client import SagaClient
 from saga_fsm._clock import Clock, FakeClock, SystemClock
 from saga_fsm._core import (
     Command,
@@ -52,10 +53,12 @@ from saga_fsm._errors import (
     TransitionNotAllowed,
     UnknownDefinition,
 )
+from saga_fsm._executor import SagaExecutor
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._loading import load_definition, load_definition_file, resolve_reference
 from saga_fsm._orchestrator import Orchestrator, run_sync
+from saga_fsm._registry import Definitions
 from saga_fsm._snapshot import (
     ErrorInfo,
     HistoryEntry,
@@ -90,6 +93,7 @@ __all__ = [
     "DEFAULT_STORE_URL",
     "Decision",
     "DefinitionError",
+    "Definitions",
     "ErrorInfo",
     "Event",
     "FakeClock",
@@ -111,8 +115,10 @@ __all__ = [
     "RunCompensation",
     "RunStep",
     "SagaBuilder",
+    "SagaClient",
     "SagaDefinition",
     "SagaError",
+    "SagaExecutor",
     "SagaLeased",
     "SagaNotFound",
     "SagaStatus",

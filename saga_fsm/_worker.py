@@ -19,8 +19,8 @@ import time
 from collections import Counter
 
 from saga_fsm._errors import InvalidArgument, SagaError, SnapshotDecodeError, StoreError
+from saga_fsm._executor import SagaExecutor
 from saga_fsm._logging import get_logger
-from saga_fsm._orchestrator import Orchestrator
 from saga_fsm._snapshot import Snapshot
 
 log = get_logger("saga_fsm.worker")
@@ -46,7 +46,7 @@ class Worker:
 
     def __init__(
         self,
-        orchestrator: Orchestrator,
+        orchestrator: SagaExecutor,
         *,
         concurrency: int = 8,
         poll_interval: float = 0.2,
@@ -59,7 +59,7 @@ class Worker:
             raise InvalidArgument(f"concurrency must be at least 1, got {concurrency}")
         if not orchestrator.served:
             raise InvalidArgument(
-                "a worker needs the definitions it serves: register them with its Orchestrator"
+                "a worker needs the definitions it serves: register them with its executor"
             )
         self.orchestrator = orchestrator
         self.summary_every = summary_every

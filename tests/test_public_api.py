@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 
@@ -22,6 +22,7 @@ EXPECTED = [
     "DEFAULT_STORE_URL",
     "Decision",
     "DefinitionError",
+    "Definitions",
     "ErrorInfo",
     "Event",
     "FakeClock",
@@ -43,8 +44,10 @@ EXPECTED = [
     "RunCompensation",
     "RunStep",
     "SagaBuilder",
+    "SagaClient",
     "SagaDefinition",
     "SagaError",
+    "SagaExecutor",
     "SagaLeased",
     "SagaNotFound",
     "SagaStatus",

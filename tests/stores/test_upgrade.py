@@ -15,8 +15,7 @@ import psycopg
 import pytest
 
 from saga_fsm import SagaLeased
-from saga_fsm.stores import Lease, PostgresStore, SagaStore, SqliteStore
-from saga_fsm.stores import migrations
+from saga_fsm.stores import Lease, PostgresStore, SagaStore, SqliteStore, migrations
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "sagas_schema3.sqlite"
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -94,9 +93,7 @@ def test_postgres_upgrades_rows_of_the_previous_release(postgres_dsn: str) -> No
             )
         marks = ", ".join(["%s"] * 14)
         for row in _old_rows():
-            conn.execute(
-                f"INSERT INTO saga_fsm_sagas ({COLUMNS}) VALUES ({marks})".encode(), row
-            )
+            conn.execute(f"INSERT INTO saga_fsm_sagas ({COLUMNS}) VALUES ({marks})".encode(), row)
 
     async def go() -> None:
         store = await PostgresStore.open(postgres_dsn)
