@@ -149,8 +149,8 @@ class SagaExecutor:
 
     async def drive(self, snapshot: Snapshot, *, max_hold: float = float("inf")) -> Snapshot:
         """Drive a saga whose lease this orchestrator holds. A retry back-off longer than
-        ``max_hold`` seconds is not waited out here: the lease is released with the
-        wake-up time stored, and whichever worker is free then picks the saga up."""
+        ``max_hold`` seconds is not waited out here: the wake-up time is stored, the
+        lease released, and whichever worker is free then picks the saga up."""
         compiled = self.definitions.compiled_for(snapshot)
         self._leases.hold(snapshot.saga_id)
         context = bind_saga(snapshot.saga_id, snapshot.correlation_id)
@@ -191,8 +191,9 @@ class SagaExecutor:
     async def _apply(
         self, compiled: CompiledSaga, snapshot: Snapshot, event: Event, max_hold: float
     ) -> tuple[Snapshot, tuple[Command, ...]]:
-        """Decide and persist (renewing or releasing the lease in the same write); on a
-        lost race, load the winner's snapshot and decide again if the lease is ours."""
+        """Decide and persist (the store keeps the lease, and drops it once the saga is
+        no longer due); on a lost race, load the winner's snapshot and decide again if
+        the lease (the store's column) is still ours."""
         for _ in range(_CONFLICT_RETRIES):
             decision = decide(compiled, snapshot, event)
             release = decision.snapshot.is_terminal or any(
