@@ -1,4 +1,5 @@
-"""The SnapshotStore contract, run against every store: memory, SQLite and PostgreSQL.
+"""The store contract, run against every store: memory, SQLite and PostgreSQL: its
+SnapshotStore half (snapshots, history) and its WorkerLeases half (claims, leases).
 
 A store that passes here can replace any other under the orchestrator.
 """
@@ -208,7 +209,7 @@ def rich_snapshot() -> Snapshot:
     )
 
 
-# -- the contract ------------------------------------------------------------------------------
+# -- SnapshotStore: what persists snapshots -----------------------------------------------
 def test_is_a_snapshot_store(harness: Harness) -> None:
     assert isinstance(harness.store, SnapshotStore)
 
@@ -508,7 +509,7 @@ def test_a_corrupt_row_raises_snapshot_decode_error(
     assert harness.run(harness.store.load("s-2")).saga_id == "s-2"
 
 
-# -- leases ------------------------------------------------------------------------------------
+# -- WorkerLeases: what coordinates workers (claims, leases, quarantine) ---------------------
 W1, W2 = "worker-1", "worker-2"
 NOW = datetime(2024, 5, 1, 14, 0, tzinfo=CEST)  # == T0 + 0h, written in another zone
 LEASE = 30.0
