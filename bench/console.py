@@ -94,8 +94,6 @@ def fill(dsn: str, size: int, shapes: list[Snapshot]) -> float:
                     saga_id=saga_id(n),
                     created_at=created,
                     updated_at=created + (shape.updated_at - shape.created_at),
-                    lease_owner=None,
-                    lease_expires_at=None,
                 )
                 copy.write_row(
                     (

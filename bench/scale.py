@@ -100,8 +100,7 @@ INSERT INTO saga_fsm_sagas (
     idempotency_key, wake_at, due_at, lease_owner, lease_expires_at, created_at, updated_at)
 SELECT id, 'bench_scale', 1, st, 1,
        (CASE WHEN n < %(live)s THEN %(pending)s::jsonb ELSE %(done)s::jsonb END)
-       || jsonb_build_object('saga_id', id, 'state', st, 'version', 1,
-                             'lease_owner', owner, 'lease_expires_at', to_json(until)),
+       || jsonb_build_object('saga_id', id, 'state', st),
        NULL, NULL, NULL,
        CASE WHEN n >= %(live)s THEN NULL
             WHEN n %% 3 = 2 THEN %(now)s::timestamptz + interval '1 hour'
@@ -148,8 +147,6 @@ def load_sqlite(path: str, rows: int, live: int, now: datetime) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("BEGIN")
 
-    leased_text = f'"lease_expires_at":"{(now + timedelta(hours=1)).isoformat()}"'
-
     def row(n: int) -> tuple[Any, ...]:
         alive, kind, saga_id = n < live, n % 3, f"s{n:08d}"
         created = utc_text(created0 + timedelta(milliseconds=n))
@@ -158,9 +155,6 @@ def load_sqlite(path: str, rows: int, live: int, now: datetime) -> float:
         due = None if not alive else (later if kind == 2 else created)
         state = "pending" if alive else "completed"
         text = (pending if alive else done).replace('"template"', f'"{saga_id}"', 1)
-        if owner:
-            text = text.replace('"lease_owner":null', f'"lease_owner":"{owner}"')
-            text = text.replace('"lease_expires_at":null', leased_text)
         return (saga_id, "bench_scale", 1, state, 1, text, due, owner, until, created, created)
 
     conn.executemany(

@@ -8,6 +8,7 @@ persisted as a snapshot (memory, SQLite or PostgreSQL) before the next side effe
 
 from typing import TYPE_CHECKING, Any
 
+from saga_fsm._client import SagaClient
 from saga_fsm._clock import Clock, FakeClock, SystemClock
 from saga_fsm._core import (
     Command,
@@ -52,10 +53,12 @@ from saga_fsm._errors import (
     TransitionNotAllowed,
     UnknownDefinition,
 )
+from saga_fsm._executor import SagaExecutor
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._loading import load_definition, load_definition_file, resolve_reference
 from saga_fsm._orchestrator import Orchestrator, run_sync
+from saga_fsm._registry import Definitions
 from saga_fsm._snapshot import (
     ErrorInfo,
     HistoryEntry,
@@ -68,10 +71,13 @@ from saga_fsm._worker import Worker
 from saga_fsm.observability._observer import Observer
 from saga_fsm.stores import (
     DEFAULT_STORE_URL,
+    Lease,
     MemoryStore,
     QuarantinedSaga,
+    SagaStore,
     SnapshotStore,
     SqliteStore,
+    WorkerLeases,
     open_store,
 )
 
@@ -88,6 +94,7 @@ __all__ = [
     "DEFAULT_STORE_URL",
     "Decision",
     "DefinitionError",
+    "Definitions",
     "ErrorInfo",
     "Event",
     "FakeClock",
@@ -99,6 +106,7 @@ __all__ = [
     "InvalidReference",
     "InvalidSagaData",
     "InvalidStoreURL",
+    "Lease",
     "MemoryStore",
     "NotQuarantined",
     "Observer",
@@ -109,11 +117,14 @@ __all__ = [
     "RunCompensation",
     "RunStep",
     "SagaBuilder",
+    "SagaClient",
     "SagaDefinition",
     "SagaError",
+    "SagaExecutor",
     "SagaLeased",
     "SagaNotFound",
     "SagaStatus",
+    "SagaStore",
     "ScheduleWake",
     "Snapshot",
     "SnapshotDecodeError",
@@ -131,6 +142,7 @@ __all__ = [
     "TransitionRow",
     "UnknownDefinition",
     "Worker",
+    "WorkerLeases",
     "compile_saga",
     "decide",
     "idempotency_key",

@@ -13,21 +13,36 @@ from datetime import datetime
 from typing import Any
 
 import cattrs
-from cattrs.gen import make_dict_unstructure_fn, override
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.json import make_converter
 
 from saga_fsm._errors import InvalidSagaData, SnapshotDecodeError
 from saga_fsm._snapshot import ErrorInfo, HistoryEntry, Snapshot, StepRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 also held the store's columns: the optimistic version and the lease. They
+# are read past (the store's columns are the truth) and never written again.
+_STORE_FIELDS_OF_V1 = ("version", "lease_owner", "lease_expires_at")
 
 converter = make_converter(forbid_extra_keys=True)
 converter.register_unstructure_hook(datetime, datetime.isoformat)
 converter.register_structure_hook(datetime, lambda v, _: datetime.fromisoformat(v))
-# A snapshot without a trace context encodes exactly as before the field existed.
+# ``Snapshot.version`` is the store's column, handed back with the snapshot: not encoded.
+# A snapshot without a trace context encodes exactly as before that field existed.
 converter.register_unstructure_hook(
     Snapshot,
-    make_dict_unstructure_fn(Snapshot, converter, traceparent=override(omit_if_default=True)),
+    make_dict_unstructure_fn(
+        Snapshot,
+        converter,
+        version=override(omit=True),
+        traceparent=override(omit_if_default=True),
+    ),
+)
+converter.register_structure_hook(
+    Snapshot,
+    make_dict_structure_fn(
+        Snapshot, converter, _cattrs_forbid_extra_keys=True, version=override(omit=True)
+    ),
 )
 
 
@@ -42,10 +57,13 @@ def snapshot_from_dict(encoded: Any, *, saga_id: str | None = None) -> Snapshot:
         raise SnapshotDecodeError(saga_id, f"expected a JSON object, got {type(encoded).__name__}")
     body = dict(encoded)
     version = body.pop("schema_version", None)
-    if version != SCHEMA_VERSION:
+    if version == 1:
+        for name in _STORE_FIELDS_OF_V1:
+            body.pop(name, None)
+    elif version != SCHEMA_VERSION:
         raise SnapshotDecodeError(
             saga_id or body.get("saga_id"),
-            f"unknown schema_version {version!r} (this release reads {SCHEMA_VERSION})",
+            f"unknown schema_version {version!r} (this release reads 1 and {SCHEMA_VERSION})",
         )
     try:
         return converter.structure(body, Snapshot)
@@ -140,12 +158,10 @@ def _snapshot_text(s: Snapshot) -> str:
         f'"definition_ref":{_str(s.definition_ref)},'
         f'"definition_version":{int(s.definition_version)},"failure":{_error(s.failure)},'
         f'"idempotency_key":{_str(s.idempotency_key)},'
-        f'"lease_expires_at":{_time(s.lease_expires_at)},"lease_owner":{_str(s.lease_owner)},'
         f'"parked_at":{_str(s.parked_at)},"saga_id":{_STR(s.saga_id)},'
         f'"schema_version":{SCHEMA_VERSION},"state":{_STR(s.state)},"steps":[{steps}],'
         f"{_traceparent(s.traceparent)}"
-        f'"updated_at":{_time(s.updated_at)},"version":{int(s.version)},'
-        f'"wake_at":{_time(s.wake_at)}}}'
+        f'"updated_at":{_time(s.updated_at)},"wake_at":{_time(s.wake_at)}}}'
     )
 
 

@@ -13,7 +13,7 @@ from saga_fsm._errors import InvalidArgument, SagaLeased, TransitionNotAllowed, 
 from saga_fsm._loading import load_definition
 from saga_fsm._orchestrator import Orchestrator
 from saga_fsm._snapshot import SagaStatus, Snapshot
-from saga_fsm.stores import SnapshotStore
+from saga_fsm.stores import SagaStore
 
 OperatorCommand = Literal["cancel", "retry", "resume"]
 OPERATOR_COMMANDS: tuple[OperatorCommand, ...] = get_args(OperatorCommand)
@@ -29,7 +29,7 @@ class Operated:
 
 
 async def operate(
-    store: SnapshotStore,
+    store: SagaStore,
     saga_id: str,
     command: OperatorCommand,
     *,

@@ -1,135 +1,62 @@
-"""The asyncio engine: leases a saga, asks the core what to do, persists each
-transition, then acts. Recovery is the same loop: load, decide again, act."""
+"""``Orchestrator``: for scripts and single processes, a client and an executor over
+one store and one set of definitions. An API process needs only ``SagaClient``, a
+worker only ``SagaExecutor`` (inside a ``Worker``)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
 from typing import Any
 
-from saga_fsm._clock import Clock, SystemClock, seconds
-from saga_fsm._codec import data_problem
-from saga_fsm._core import (
-    Command,
-    Event,
-    Finish,
-    RunCompensation,
-    RunStep,
-    ScheduleWake,
-    decide,
-    new_snapshot,
-    outcome_event,
-    outstanding,
-)
-from saga_fsm._core import idempotency_key as key_of
+from saga_fsm._client import SagaClient
+from saga_fsm._clock import Clock
 from saga_fsm._definition import SagaDefinition
-from saga_fsm._errors import (
-    ConcurrencyConflict,
-    SagaError,
-    TransitionNotAllowed,
-    UnknownDefinition,
-)
-from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
-from saga_fsm._invoke import (
-    STILL_RUNNING,
-    call_outcome,
-    callee,
-    invoke,
-    settle_late_calls,
-    step_context,
-)
-from saga_fsm._logging import bind_saga, bind_step, get_logger, unbind
-from saga_fsm._snapshot import Snapshot, replace
+from saga_fsm._executor import DEFAULT_LEASE_SECONDS, SagaExecutor, default_worker_id
+from saga_fsm._flow import CompiledSaga
+from saga_fsm._registry import Definitions
+from saga_fsm._snapshot import Snapshot
 from saga_fsm.observability._observer import NO_OBSERVER, Observer
-from saga_fsm.stores._protocol import SnapshotStore
+from saga_fsm.stores._protocol import SagaStore
 
-log = get_logger("saga_fsm")
-
-_CONFLICT_RETRIES = 5
-DEFAULT_LEASE_SECONDS = 30.0
+__all__ = ["DEFAULT_LEASE_SECONDS", "Orchestrator", "default_worker_id", "run_sync"]
 
 
-class _LeaseLost(Exception):
-    """Another writer took the saga: this worker must stop driving it."""
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-class Orchestrator:
-    """Drives saga instances of the registered definitions against one store.
+class Orchestrator(SagaExecutor):
+    """A ``SagaExecutor`` that is also a ``SagaClient`` (start, start_many, cancel,
+    retry), sharing its store, clock and definitions.
 
     Steps run at least once: a step is persisted as ``running`` (attempt number and
     idempotency key) before its action is called, and a crash before the result is
     persisted means the action runs again with the same key. State transitions happen
     exactly once. Participants deduplicate on ``StepContext.idempotency_key``.
-
-    While it drives a saga the orchestrator holds the saga's lease (``worker_id``, renewed
-    every third of ``lease_seconds``); a saga whose lease expired is taken over by any
-    worker, and every takeover bumps the version so the old holder can no longer write.
     """
 
     def __init__(
         self,
-        store: SnapshotStore,
-        definitions: Iterable[SagaDefinition] = (),
+        store: SagaStore,
+        definitions: Definitions | Iterable[SagaDefinition] = (),
         *,
         clock: Clock | None = None,
         worker_id: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         observer: Observer = NO_OBSERVER,
     ) -> None:
-        seconds("lease_seconds", lease_seconds)
-        self.store = store
-        self.clock: Clock = clock or SystemClock()
-        self.worker_id = worker_id or default_worker_id()
-        self.lease_seconds = lease_seconds
-        self.observer = observer  # tracing, metrics, alerts: see saga_fsm.observability
-        self._definitions: dict[tuple[str, int], CompiledSaga] = {}
-        self._leases = _LeaseKeeper(self)
-        for definition in definitions:
-            self.register(definition)
+        super().__init__(
+            store,
+            definitions,
+            clock=clock,
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            observer=observer,
+        )
+        self.client = SagaClient(store, self.definitions, clock=self.clock, observer=observer)
 
-    # -- definitions ----------------------------------------------------------------------
     def register(self, definition: SagaDefinition) -> CompiledSaga:
-        key = (definition.name, definition.version)
-        known = self._definitions.get(key)
-        if known is not None and known.definition is definition:
-            return known  # the common case, every run(): no deep comparison, no hashing
-        if known is not None and known.definition != definition:
-            raise SagaError(
-                f"a different definition {definition.name!r} version {definition.version}"
-                " is already registered: bump the version when a definition changes"
-            )
-        compiled = compile_saga(definition)
-        self._definitions[key] = compiled
-        return compiled
-
-    @property
-    def served(self) -> tuple[tuple[str, int], ...]:
-        """The (name, version) of every registered definition: what a worker claims."""
-        return tuple(self._definitions)
+        return self.definitions.register(definition)
 
     def compiled_for(self, snapshot: Snapshot) -> CompiledSaga:
-        """The registered definition of a snapshot. Never one loaded from what the row
-        says (``definition_ref``): whoever can write a row must not choose the code a
-        worker imports."""
-        key = (snapshot.definition, snapshot.definition_version)
-        compiled = self._definitions.get(key)
-        if compiled is None:
-            raise UnknownDefinition(*key, "register it with this orchestrator")
-        return compiled
+        return self.definitions.compiled_for(snapshot)
 
-    # -- public operations ----------------------------------------------------------------
     async def start(
         self,
         definition: SagaDefinition,
@@ -140,14 +67,15 @@ class Orchestrator:
         idempotency_key: str | None = None,
         definition_ref: str | None = None,
     ) -> Snapshot:
-        """Persist a new ``pending`` instance for a worker to run. With an
-        ``idempotency_key`` already in the store for the same definition and data,
-        return that instance instead (``IdempotencyKeyReused`` for other ones)."""
-        snapshot = self._new(definition, data, saga_id, correlation_id, idempotency_key)
-        stored, created = await self.store.create(replace(snapshot, definition_ref=definition_ref))
-        if created:
-            self.observer.created(stored)
-        return stored
+        """``SagaClient.start``: a new ``pending`` saga for a worker to run."""
+        return await self.client.start(
+            definition,
+            data,
+            saga_id=saga_id,
+            correlation_id=correlation_id,
+            idempotency_key=idempotency_key,
+            definition_ref=definition_ref,
+        )
 
     async def start_many(
         self,
@@ -157,259 +85,18 @@ class Orchestrator:
         idempotency_keys: Sequence[str | None] | None = None,
         definition_ref: str | None = None,
     ) -> list[Snapshot]:
-        """``start`` for each of ``data``, all or nothing: every item is checked before
-        anything is written, and all are written in one transaction."""
-        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(data)
-        if len(keys) != len(data):
-            raise ValueError(f"{len(data)} data items but {len(keys)} idempotency keys")
-        snapshots = [
-            replace(self._new(definition, item, None, None, key), definition_ref=definition_ref)
-            for item, key in zip(data, keys, strict=True)
-        ]
-        stored = await self.store.create_many(snapshots)
-        for created in stored:
-            self.observer.created(created)
-        return stored
-
-    async def run(
-        self,
-        definition: SagaDefinition,
-        data: Mapping[str, Any] | None = None,
-        *,
-        saga_id: str | None = None,
-        correlation_id: str | None = None,
-        idempotency_key: str | None = None,
-        definition_ref: str | None = None,
-    ) -> Snapshot:
-        """Start an instance and drive it here until it is finished or parked."""
-        compiled = self.register(definition)
-        snapshot = self._new(definition, data, saga_id, correlation_id, idempotency_key)
-        if definition_ref is not None:
-            snapshot = replace(snapshot, definition_ref=definition_ref)
-        # The start transition is decided before the first write and persisted with it,
-        # created already leased to us (no worker races this process for it): one write
-        # instead of create + save. The row goes straight to "running" with its first
-        # step marked running, which is what a separate start save would have stored.
-        decision = decide(compiled, snapshot, Event.start(snapshot.created_at))
-        first = self._leased(decision.snapshot, release=decision.snapshot.is_terminal)
-        stored, created = await self.store.create(first, decision.history)
-        if not created:
-            return await self.resume(stored.saga_id)
-        self.observer.created(stored)
-        self.observer.transitioned(snapshot, stored, decision.history)
-        # What comes next is read back from the stored snapshot, as after a crash.
-        return await self.drive(stored)
-
-    async def resume(self, saga_id: str) -> Snapshot:
-        """Take the saga's lease (``SagaLeased`` if a live worker holds it) and drive it
-        from its last snapshot until it is finished or parked, waiting out back-offs."""
-        snapshot = await self.store.acquire(
-            saga_id, self.worker_id, now=self.clock.now(), lease_seconds=self.lease_seconds
+        """``SagaClient.start_many``: all or nothing, in one transaction."""
+        return await self.client.start_many(
+            definition, data, idempotency_keys=idempotency_keys, definition_ref=definition_ref
         )
-        self.observer.claimed(snapshot)
-        return await self.drive(snapshot)
 
     async def cancel(self, saga_id: str) -> Snapshot:
-        """Ask a saga to compensate. Refused (``TransitionNotAllowed``) past the pivot or
-        once finished. A step in flight finishes first; then its work is undone too.
-        The lease is left as it is: whoever drives the saga carries on compensating."""
-        return await self._operator(saga_id, Event.cancel(self.clock.now()))
+        """``SagaClient.cancel``."""
+        return await self.client.cancel(saga_id)
 
     async def retry(self, saga_id: str) -> Snapshot:
-        """Resume a saga parked in ``failed`` where it gave up, with a fresh attempt budget."""
-        return await self._operator(saga_id, Event.retry(self.clock.now()))
-
-    async def drive(self, snapshot: Snapshot, *, max_hold: float = float("inf")) -> Snapshot:
-        """Drive a saga whose lease this orchestrator holds. A retry back-off longer than
-        ``max_hold`` seconds is not waited out here: the lease is released with the
-        wake-up time stored, and whichever worker is free then picks the saga up."""
-        compiled = self.compiled_for(snapshot)
-        self._leases.hold(snapshot.saga_id)
-        context = bind_saga(
-            snapshot.saga_id,
-            snapshot.correlation_id,
-            definition=snapshot.definition,
-            traceparent=snapshot.traceparent,
-        )
-        try:
-            if snapshot.state == PENDING:
-                snapshot, commands = await self._apply(
-                    compiled, snapshot, Event.start(self.clock.now()), max_hold
-                )
-            else:
-                commands = outstanding(compiled, snapshot)
-            while True:
-                event = await self._act(compiled, snapshot, commands, max_hold)
-                if event is None:
-                    return snapshot
-                if event.step is not None:
-                    self.observer.attempt_finished(snapshot, event)
-                snapshot, commands = await self._apply(compiled, snapshot, event, max_hold)
-        except _LeaseLost as lost:
-            self.observer.lease_lost(lost.snapshot)
-            log.warning("saga %s: lease lost to %s", snapshot.saga_id, lost.snapshot.lease_owner)
-            return lost.snapshot
-        finally:
-            unbind(context)
-            self._leases.drop(snapshot.saga_id)
-            if snapshot.lease_owner == self.worker_id:
-                # Interrupted (shutdown, store outage): let another worker take over now.
-                with contextlib.suppress(SagaError):
-                    await self.store.release(snapshot.saga_id, self.worker_id)
-
-    # -- internals ------------------------------------------------------------------------
-    def _new(
-        self,
-        definition: SagaDefinition,
-        data: Mapping[str, Any] | None,
-        saga_id: str | None,
-        correlation_id: str | None,
-        idempotency_key: str | None,
-    ) -> Snapshot:
-        self.register(definition)
-        payload = dict(data or {})
-        problem = data_problem(payload, "data")
-        if problem is not None:
-            raise problem
-        return self.observer.stamp(
-            new_snapshot(
-                definition,
-                saga_id or str(uuid.uuid4()),
-                payload,
-                self.clock.now(),
-                correlation_id=correlation_id,
-                idempotency_key=idempotency_key,
-            )
-        )
-
-    def _lease_expiry(self) -> Any:
-        return self.clock.now() + timedelta(seconds=self.lease_seconds)
-
-    def _leased(self, snapshot: Snapshot, *, release: bool) -> Snapshot:
-        """``snapshot`` as it is written next: with this worker's lease renewed (or no
-        lease: released), at the version the store gives a write of it (so the store
-        has no copy to make: ``with_version`` returns a snapshot already there)."""
-        version = snapshot.version + 1
-        if release:
-            return replace(snapshot, lease_owner=None, lease_expires_at=None, version=version)
-        return replace(
-            snapshot,
-            lease_owner=self.worker_id,
-            lease_expires_at=self._lease_expiry(),
-            version=version,
-        )
-
-    async def _operator(self, saga_id: str, event: Event) -> Snapshot:
-        snapshot = await self.store.load(saga_id)
-        compiled = self.compiled_for(snapshot)
-        for _ in range(_CONFLICT_RETRIES):
-            decision = decide(compiled, snapshot, event)
-            try:
-                # The lease fields are saved as loaded: an operator does not drive.
-                saved = await self.store.save(
-                    decision.snapshot, decision.history, expected_version=snapshot.version
-                )
-            except ConcurrencyConflict:
-                snapshot = await self.store.load(saga_id)
-                continue
-            self.observer.transitioned(snapshot, saved, decision.history)
-            return saved
-        raise ConcurrencyConflict(saga_id, snapshot.version, None)
-
-    async def _apply(
-        self, compiled: CompiledSaga, snapshot: Snapshot, event: Event, max_hold: float
-    ) -> tuple[Snapshot, tuple[Command, ...]]:
-        """Decide and persist (renewing or releasing the lease in the same write); on a
-        lost race, load the winner's snapshot and decide again if the lease is ours."""
-        for _ in range(_CONFLICT_RETRIES):
-            decision = decide(compiled, snapshot, event)
-            release = decision.snapshot.is_terminal or any(
-                isinstance(c, ScheduleWake) and (c.at - self.clock.now()).total_seconds() > max_hold
-                for c in decision.commands
-            )
-            decided = self._leased(decision.snapshot, release=release)
-            try:
-                saved = await self.store.save(
-                    decided, decision.history, expected_version=snapshot.version
-                )
-                if release:
-                    self._leases.forget(snapshot.saga_id)  # nothing left to renew
-                self.observer.transitioned(snapshot, saved, decision.history)
-            except ConcurrencyConflict:
-                snapshot = await self.store.load(snapshot.saga_id)
-                if snapshot.lease_owner != self.worker_id:
-                    raise _LeaseLost(snapshot) from None
-                try:
-                    decide(compiled, snapshot, event)
-                except TransitionNotAllowed:
-                    # An operator's write already moved past this event: carry on.
-                    return snapshot, outstanding(compiled, snapshot)
-                continue
-            return saved, () if release and not saved.is_terminal else decision.commands
-        raise ConcurrencyConflict(snapshot.saga_id, snapshot.version, None)
-
-    async def _act(
-        self,
-        compiled: CompiledSaga,
-        snapshot: Snapshot,
-        commands: tuple[Command, ...],
-        max_hold: float,
-    ) -> Event | None:
-        """Carry out the commands; the event they end in, or None when the saga is
-        finished or handed back. One frame for the whole call: every saga in flight
-        keeps its awaiting frames alive, so they are kept few."""
-        for command in commands:
-            if isinstance(command, Finish):
-                return None
-            if isinstance(command, ScheduleWake):
-                delay = (command.at - self.clock.now()).total_seconds()
-                if delay > max_hold:
-                    return None
-                await self.clock.sleep(delay)
-                return Event.retry_due(self.clock.now())
-            if not isinstance(command, RunStep | RunCompensation):
-                continue
-            step = compiled.definition.steps[compiled.step_index[command.step]]
-            fn, policy = callee(step, command)
-            phase = "compensation" if isinstance(command, RunCompensation) else "step"
-            bind_step(command.step, command.attempt)
-            self.observer.attempt_started(snapshot, command)
-            log.debug("%s %s: attempt %d", phase, command.step, command.attempt)
-            if isinstance(command, RunCompensation) and not await settle_late_calls(
-                key_of(snapshot.saga_id, command.step), step.timeout or 0.0
-            ):
-                # The action's thread outlived its deadline and a grace as long again:
-                # undoing now could come before its effect. An operator decides.
-                log.warning("saga %s: action %s still running", snapshot.saga_id, command.step)
-                return outcome_event(command, "failed", self.clock.now(), error=STILL_RUNNING)
-            ctx = step_context(snapshot, command)
-            # The deadline is stored: after a takeover only the time left is granted,
-            # and a step whose deadline passed while no worker watched it has timed out.
-            timeout = None
-            if command.deadline is not None:
-                timeout = (command.deadline - self.clock.now()).total_seconds()
-                if timeout <= 0:
-                    return outcome_event(command, "timed_out", self.clock.now())
-            deadline = None
-            try:
-                if timeout is None:
-                    result = await invoke(fn, ctx)
-                else:
-                    async with asyncio.timeout(timeout) as deadline:
-                        result = await invoke(fn, ctx)
-            except Exception as err:
-                if isinstance(err, TimeoutError) and deadline is not None and deadline.expired():
-                    log.warning("saga %s: %s %s timed out", snapshot.saga_id, phase, command.step)
-                    return outcome_event(command, "timed_out", self.clock.now())
-                log.debug("%s %s raised %r", phase, command.step, err)
-                return call_outcome(command, policy, self.clock.now(), raised=err)
-            event = call_outcome(command, policy, self.clock.now(), returned=result)
-            if event.error is not None:
-                log.warning("%s %s: invalid result: %s", phase, command.step, event.error.message)
-            else:
-                log.debug("%s %s succeeded", phase, command.step)
-            return event
-        return None
+        """``SagaClient.retry``."""
+        return await self.client.retry(saga_id)
 
 
 def run_sync(
@@ -426,54 +113,6 @@ def run_sync(
 
     async def go() -> Snapshot:
         async with open_store(store or store_url_from_env()) as opened:
-            return await Orchestrator(opened, [definition]).run(definition, data, **options)
+            return await SagaExecutor(opened, [definition]).run(definition, data, **options)
 
     return asyncio.run(go())
-
-
-class _LeaseKeeper:
-    """Renews the leases an orchestrator holds: one task for all the sagas it drives,
-    each renewed every third of ``lease_seconds`` (every write renews it too), instead
-    of a task per saga, which cost time to start and stop and memory while it slept."""
-
-    def __init__(self, orchestrator: Orchestrator) -> None:
-        self._orchestrator = orchestrator
-        self._held: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    def hold(self, saga_id: str) -> None:
-        self._held[saga_id] = self._held.get(saga_id, 0) + 1
-        task = self._task
-        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
-            self._task = asyncio.get_running_loop().create_task(self._renew_forever())
-
-    def drop(self, saga_id: str) -> None:
-        count = self._held.pop(saga_id, 0) - 1
-        if count > 0:
-            self._held[saga_id] = count
-
-    def forget(self, saga_id: str) -> None:
-        """The lease was released by a write: stop renewing it now, not at ``drop``."""
-        self._held.pop(saga_id, None)
-
-    async def _renew_forever(self) -> None:
-        orchestrator = self._orchestrator
-        while self._held:
-            await asyncio.sleep(orchestrator.lease_seconds / 3)
-            # All of them in one call (the store batches them): a worker with thousands
-            # of sagas in flight must not spend the lease renewing them one by one.
-            wanted = list(self._held)
-            try:
-                held = await orchestrator.store.renew_leases(
-                    wanted, orchestrator.worker_id, expires_at=orchestrator._lease_expiry()
-                )
-            except SagaError as err:
-                log.warning("lease renewal of %d sagas failed: %s", len(wanted), err)
-                continue
-            for saga_id in wanted:
-                if saga_id not in held and saga_id in self._held:
-                    # Its writes will now fail and the drive loop stops; stop renewing.
-                    log.warning(
-                        "saga %s: lease no longer held by %s", saga_id, orchestrator.worker_id
-                    )
-                    del self._held[saga_id]

@@ -102,11 +102,11 @@ class Snapshot:
     correlation_id: str | None = None
     idempotency_key: str | None = None
     version: int = 0
-    """Optimistic-lock version: the number of writes the store has accepted."""
+    """The optimistic-lock version the store gave this snapshot when it was read or
+    written (its ``version`` column: writes and claims it accepted). Not part of the
+    encoded snapshot: the store owns it, as it owns the lease (``WorkerLeases.lease``)."""
     wake_at: datetime | None = None
     """When the engine must look at this saga again (retry back-off or step deadline)."""
-    lease_owner: str | None = None
-    lease_expires_at: datetime | None = None
     cancel_requested: bool = False
     parked_at: str | None = None
     """The state a ``failed`` saga was parked from; operator ``retry`` resumes there."""

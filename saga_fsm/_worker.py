@@ -20,8 +20,8 @@ from collections import Counter
 
 from saga_fsm._clock import seconds
 from saga_fsm._errors import InvalidArgument, SagaError, SnapshotDecodeError, StoreError
+from saga_fsm._executor import SagaExecutor
 from saga_fsm._logging import get_logger
-from saga_fsm._orchestrator import Orchestrator
 from saga_fsm._snapshot import Snapshot
 
 log = get_logger("saga_fsm.worker")
@@ -47,7 +47,7 @@ class Worker:
 
     def __init__(
         self,
-        orchestrator: Orchestrator,
+        orchestrator: SagaExecutor,
         *,
         concurrency: int = 8,
         poll_interval: float = 0.2,
@@ -57,10 +57,10 @@ class Worker:
         store_name: str | None = None,
     ) -> None:
         if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+            raise InvalidArgument(f"concurrency must be at least 1, got {concurrency}")
         if not orchestrator.served:
             raise InvalidArgument(
-                "a worker needs the definitions it serves: register them with its Orchestrator"
+                "a worker needs the definitions it serves: register them with its executor"
             )
         for name, value in (
             ("poll_interval", poll_interval),

@@ -209,17 +209,19 @@ def test_a_stalled_worker_is_fenced_off_after_a_takeover(
             left = await run  # w1's step a returns now: its result write must be refused
             after_zombie = await view.load(stalled.saga_id)
             w2 = Orchestrator(view, [zombie.saga("w2")], worker_id="w2", lease_seconds=3600)
+            left_lease = await view.lease(stalled.saga_id)
             final = await w2.drive(taken)
-            return zombie, left, after_zombie, (taken, final)
+            final_lease = await view.lease(final.saga_id)
+            return zombie, left, after_zombie, (taken, final), (left_lease, final_lease)
 
-    zombie, left, after_zombie, (taken, final) = asyncio.run(go())
-    assert (left.version, left.lease_owner) == (taken.version, "w2")
+    zombie, left, after_zombie, (taken, final), (left_lease, final_lease) = asyncio.run(go())
+    assert left.version == taken.version and left_lease is not None and left_lease.owner == "w2"
     # Nothing the zombie did after the takeover reached the store...
     assert (after_zombie.version, after_zombie.state) == (taken.version, taken.state)
     assert after_zombie.step("a").status == StepStatus.RUNNING
     # ...nor any participant: it ran only the step it was in when it stalled.
     assert [key for worker, key in zombie.calls if worker == "w1"] == [f"{final.saga_id}:a"]
-    assert final.state == "completed" and final.lease_owner is None
+    assert final.state == "completed" and final_lease is None
     # Step a ran twice under one key (at least once), everything else exactly once.
     assert zombie.applied == {
         f"{final.saga_id}:a": 2,

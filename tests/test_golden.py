@@ -12,7 +12,8 @@ import pytest
 from saga_fsm import ErrorInfo, Snapshot, SnapshotDecodeError, StepRecord, StepStatus
 from saga_fsm._codec import snapshot_from_json, snapshot_to_dict, snapshot_to_json
 
-GOLDEN = Path(__file__).parent / "golden" / "snapshot_v1.json"
+GOLDEN_V1 = Path(__file__).parent / "golden" / "snapshot_v1.json"
+GOLDEN = Path(__file__).parent / "golden" / "snapshot_v2.json"
 T = datetime(2026, 5, 4, 3, 2, 1, 123456, tzinfo=UTC)
 
 
@@ -58,10 +59,7 @@ def golden_snapshot() -> Snapshot:
         updated_at=T,
         correlation_id="o-1",
         idempotency_key="start-o-1",
-        version=7,
         wake_at=T,
-        lease_owner="worker-1",
-        lease_expires_at=T,
         cancel_requested=False,
         parked_at=None,
         failure=ErrorInfo("saga_fsm.StepFailed", "card declined", retryable=False),
@@ -72,12 +70,22 @@ def golden_snapshot() -> Snapshot:
 def test_encoding_matches_the_golden_file() -> None:
     expected = json.loads(GOLDEN.read_text())
     assert snapshot_to_dict(golden_snapshot()) == expected, (
-        "the snapshot encoding changed: bump SCHEMA_VERSION, keep reading version 1, and add a new golden file"
+        "the snapshot encoding changed: bump SCHEMA_VERSION, keep reading the older"
+        " versions, and add a new golden file"
     )
 
 
 def test_golden_file_decodes() -> None:
     assert snapshot_from_json(GOLDEN.read_text()) == golden_snapshot()
+
+
+def test_version_1_with_the_store_columns_inside_still_decodes() -> None:
+    """Version 1 documents carried the optimistic version and the lease, which are the
+    store's columns now: read past, never written again."""
+    old = json.loads(GOLDEN_V1.read_text())
+    assert (old["schema_version"], old["version"], old["lease_owner"]) == (1, 7, "worker-1")
+    assert snapshot_from_json(GOLDEN_V1.read_text()) == golden_snapshot()
+    assert {"version", "lease_owner", "lease_expires_at"}.isdisjoint(json.loads(GOLDEN.read_text()))
 
 
 def test_unknown_schema_version_is_refused_naming_the_saga() -> None:
@@ -89,7 +97,8 @@ def test_unknown_schema_version_is_refused_naming_the_saga() -> None:
         snapshot_from_json("{", saga_id="x")
 
 
-GOLDEN_TRACED = Path(__file__).parent / "golden" / "snapshot_v1_traceparent.json"
+GOLDEN_TRACED = Path(__file__).parent / "golden" / "snapshot_v2_traceparent.json"
+GOLDEN_V1_TRACED = Path(__file__).parent / "golden" / "snapshot_v1_traceparent.json"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
@@ -97,5 +106,6 @@ def test_a_trace_context_is_encoded_only_when_set() -> None:
     traced = attrs.evolve(golden_snapshot(), traceparent=TRACEPARENT)
     assert snapshot_to_dict(traced) == json.loads(GOLDEN_TRACED.read_text())
     assert snapshot_from_json(GOLDEN_TRACED.read_text()) == traced
+    assert snapshot_from_json(GOLDEN_V1_TRACED.read_text()) == traced
     assert json.loads(snapshot_to_json(traced)) == snapshot_to_dict(traced)
     assert "traceparent" not in snapshot_to_json(golden_snapshot())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 
@@ -21,6 +22,7 @@ EXPECTED = [
     "DEFAULT_STORE_URL",
     "Decision",
     "DefinitionError",
+    "Definitions",
     "ErrorInfo",
     "Event",
     "FakeClock",
@@ -32,6 +34,7 @@ EXPECTED = [
     "InvalidReference",
     "InvalidSagaData",
     "InvalidStoreURL",
+    "Lease",
     "MemoryStore",
     "NotQuarantined",
     "Observer",
@@ -42,11 +45,14 @@ EXPECTED = [
     "RunCompensation",
     "RunStep",
     "SagaBuilder",
+    "SagaClient",
     "SagaDefinition",
     "SagaError",
+    "SagaExecutor",
     "SagaLeased",
     "SagaNotFound",
     "SagaStatus",
+    "SagaStore",
     "ScheduleWake",
     "Snapshot",
     "SnapshotDecodeError",
@@ -64,6 +70,7 @@ EXPECTED = [
     "TransitionRow",
     "UnknownDefinition",
     "Worker",
+    "WorkerLeases",
     "compile_saga",
     "decide",
     "idempotency_key",
@@ -125,6 +132,30 @@ def test_misuse_raises_saga_errors_that_are_also_value_or_type_errors() -> None:
         testing.check(definition, sagas=0)
     with pytest.raises(saga_fsm.InvalidArgument, match="faults are"):
         testing.check(definition, faults=["nope"])
+
+
+def test_store_and_worker_misuse_raises_saga_errors() -> None:
+    from saga_fsm.stores.sqlite import _statements
+
+    store = saga_fsm.MemoryStore()
+    with pytest.raises(saga_fsm.InvalidArgument, match="limit must be >= 0"):
+        asyncio.run(store.list(limit=-1))
+    with pytest.raises(saga_fsm.InvalidArgumentType, match="collection of saga ids"):
+        asyncio.run(store.renew_leases("s-1", "w", expires_at=datetime.now(UTC)))
+    with pytest.raises(saga_fsm.InvalidArgumentType, match="pairs"):
+        asyncio.run(
+            store.claim_due("w", now=datetime.now(UTC), lease_seconds=1, limit=1, definitions="d")
+        )
+    with pytest.raises(saga_fsm.InvalidArgument, match="incomplete SQL statement"):
+        list(_statements("SELECT 'never closed"))
+    definition = saga_fsm.SagaBuilder("d").pivot("only", lambda ctx: None).build()
+    with pytest.raises(saga_fsm.InvalidArgument, match="concurrency"):
+        saga_fsm.Worker(saga_fsm.Orchestrator(store, [definition]), concurrency=0)
+    with pytest.raises(saga_fsm.InvalidArgument, match="definitions it serves"):
+        saga_fsm.Worker(saga_fsm.Orchestrator(store))
+    with pytest.raises(saga_fsm.InvalidArgument, match="idempotency keys"):
+        orchestrator = saga_fsm.Orchestrator(store)
+        asyncio.run(orchestrator.start_many(definition, [{}], idempotency_keys=[]))
 
 
 def test_every_error_of_the_subpackages_derives_from_saga_error_under_its_public_name() -> None:

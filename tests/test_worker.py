@@ -68,7 +68,7 @@ def test_a_worker_runs_what_was_started_elsewhere() -> None:
         )
         await serve_until_finished(worker, store)
         finals = await store.list()
-        assert all(s.lease_owner is None for s in finals)
+        assert [await store.lease(s.saga_id) for s in finals] == [None] * 20
         return [s.state for s in finals]
 
     assert asyncio.run(go()) == ["completed"] * 20
@@ -103,7 +103,8 @@ def test_a_dead_workers_saga_is_taken_over_after_its_lease_expires() -> None:
         (taken,) = await store.claim_due(
             "live", now=clock.now(), lease_seconds=5, limit=10, definitions=SERVED
         )
-        assert taken.lease_owner == "live" and taken.version > claimed.version
+        lease = await store.lease(taken.saga_id)
+        assert lease is not None and lease.owner == "live" and taken.version > claimed.version
         # The dead worker's late write is refused at once, before the new holder wrote
         # anything: the takeover itself bumped the version.
 
@@ -131,7 +132,7 @@ def test_long_backoff_releases_the_lease_and_the_timer_fires_later() -> None:
             "w1", now=clock.now(), lease_seconds=10, limit=1, definitions=SERVED
         )
         waiting = await orchestrator.drive(claimed, max_hold=1.0)
-        assert waiting.state == "running:b" and waiting.lease_owner is None
+        assert waiting.state == "running:b" and await store.lease(waiting.saga_id) is None
         assert waiting.wake_at == waiting.due_at and waiting.wake_at is not None
         assert (
             await store.claim_due(
@@ -219,10 +220,10 @@ def test_graceful_shutdown_releases_unfinished_sagas_for_others() -> None:
             await asyncio.sleep(0.01)
         stop.set()
         await task
-        return await store.load(started.saga_id)
+        return await store.load(started.saga_id), await store.lease(started.saga_id)
 
-    left = asyncio.run(go())
-    assert left.state == "running:a" and left.lease_owner is None
+    left, lease = asyncio.run(go())
+    assert left.state == "running:a" and lease is None
     assert left.due_at == left.created_at  # due at once: another worker re-runs step a
 
 
@@ -260,7 +261,8 @@ def test_leases_of_sagas_in_flight_are_renewed_together_and_kept(
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.8)  # well past the first lease: only renewals kept it
         for snapshot in await store.list():
-            assert snapshot.lease_owner == "w1"
+            lease = await store.lease(snapshot.saga_id)
+            assert lease is not None and lease.owner == "w1"
         while_all_held = list(store.renewals)  # later ones miss the sagas that finished
         release.set()
         finals = await asyncio.gather(*runs)
@@ -293,11 +295,11 @@ def test_a_lease_taken_by_another_worker_stops_renewal_and_driving(
         await asyncio.sleep(0.5)
         release.set()
         final = await run
-        return final, (renewals_at_theft, store.renewals)
+        return (final, await store.lease(final.saga_id)), (renewals_at_theft, store.renewals)
 
     with caplog.at_level(logging.WARNING, logger="saga_fsm"):
-        final, (at_theft, renewals) = asyncio.run(go())
-    assert final.lease_owner == "w2" and final.state == "running:a"
+        (final, lease), (at_theft, renewals) = asyncio.run(go())
+    assert lease is not None and lease.owner == "w2" and final.state == "running:a"
     assert "lease no longer held by w1" in caplog.text
     assert len(renewals) == at_theft + 1  # tried once more, then stopped renewing it
 
@@ -448,7 +450,8 @@ def test_a_worker_drives_at_most_its_concurrency_under_its_own_lease_and_polls_f
         nonlocal peak
         inside.append(ctx.saga_id)
         peak = max(peak, len(inside))
-        owners.add((await store.load(ctx.saga_id)).lease_owner)
+        lease = await store.lease(ctx.saga_id)
+        owners.add(lease.owner if lease else None)
         await asyncio.sleep(0.02)
         inside.remove(ctx.saga_id)
 
@@ -525,10 +528,10 @@ def test_a_worker_hands_back_a_saga_whose_backoff_is_longer_than_max_hold() -> N
         await asyncio.sleep(0.3)
         stop.set()
         await task
-        return await store.load(started.saga_id)
+        return await store.load(started.saga_id), await store.lease(started.saga_id)
 
-    waiting = asyncio.run(go())
-    assert (waiting.state, waiting.lease_owner) == ("running:b", None)
+    waiting, waiting_lease = asyncio.run(go())
+    assert waiting.state == "running:b" and waiting_lease is None
     assert waiting.wake_at is not None and calls == ["a#1", "b#1"]
 
 

@@ -29,7 +29,7 @@ from saga_fsm.cli._render import (
     state_text,
 )
 from saga_fsm.stores import open_store
-from saga_fsm.stores._protocol import QuarantinedSaga
+from saga_fsm.stores._protocol import Lease, QuarantinedSaga
 
 
 def summary(snapshot: Snapshot) -> dict[str, object]:
@@ -42,7 +42,6 @@ def summary(snapshot: Snapshot) -> dict[str, object]:
         "created_at": snapshot.created_at.isoformat(),
         "updated_at": snapshot.updated_at.isoformat(),
         "version": snapshot.version,
-        "lease_owner": snapshot.lease_owner,
         "wake_at": snapshot.wake_at.isoformat() if snapshot.wake_at else None,
     }
 
@@ -205,15 +204,16 @@ def list_quarantined(url: str, limit: int | None, as_json: bool) -> None:
 def show(saga_id: str, store_url: str | None, as_json: bool) -> None:
     """Show one saga's snapshot (ID may be any unique prefix)."""
 
-    async def fetch() -> Snapshot:
+    async def fetch() -> tuple[Snapshot, Lease | None]:
         async with open_store(resolve_store_url(store_url), create=False) as store:
-            return await store.load(await resolve_id(store, saga_id))
+            full_id = await resolve_id(store, saga_id)
+            return await store.load(full_id), await store.lease(full_id)
 
-    snapshot = run_async(fetch)
+    snapshot, lease = run_async(fetch)
     if as_json:
-        echo_json(saga_json(snapshot))
+        echo_json(saga_json(snapshot, lease))
     else:
-        print_snapshot(snapshot)
+        print_snapshot(snapshot, lease)
 
 
 @main.command("history")

@@ -7,6 +7,7 @@ from rich.table import Table
 
 from saga_fsm._codec import snapshot_to_dict
 from saga_fsm._snapshot import HistoryEntry, Snapshot
+from saga_fsm.stores._protocol import Lease
 
 console = Console()
 
@@ -25,18 +26,27 @@ def state_text(state: str) -> str:
     return f"[{style}]{state}[/]" if style else state
 
 
-def saga_json(snapshot: Snapshot) -> dict[str, object]:
+def saga_json(snapshot: Snapshot, lease: Lease | None = None) -> dict[str, object]:
     """The whole snapshot as ``show --json`` and ``run --json`` print it, its id called
-    ``id`` as in every other command's JSON."""
+    ``id`` as in every other command's JSON, with the store's columns beside it: its
+    version and who drives it."""
     encoded = snapshot_to_dict(snapshot)
-    return {"id": encoded.pop("saga_id"), **encoded}
+    return {
+        "id": encoded.pop("saga_id"),
+        **encoded,
+        "version": snapshot.version,
+        "lease_owner": lease.owner if lease else None,
+        "lease_expires_at": lease.expires_at.isoformat() if lease else None,
+    }
 
 
-def print_snapshot(snapshot: Snapshot) -> None:
+def print_snapshot(snapshot: Snapshot, lease: Lease | None = None) -> None:
     console.print(
         f"saga [bold]{snapshot.saga_id}[/]  {snapshot.definition} v{snapshot.definition_version}"
         f"  state {state_text(snapshot.state)}  version {snapshot.version}"
     )
+    if lease is not None:
+        console.print(f"leased by {lease.owner} until {lease.expires_at.isoformat()}")
     if snapshot.correlation_id:
         console.print(f"correlation id: {snapshot.correlation_id}")
     if snapshot.failure:

@@ -38,7 +38,7 @@ from saga_fsm._errors import (
 )
 from saga_fsm._flow import compile_saga
 from saga_fsm._operator import OPERATOR_COMMANDS, OperatorCommand, operate
-from saga_fsm._orchestrator import Orchestrator
+from saga_fsm._registry import Definitions
 from saga_fsm._snapshot import TERMINAL_STATUSES, HistoryEntry, SagaStatus, Snapshot
 from saga_fsm.console._filters import URL_FILTERS, BadFilter, link, read_filters
 from saga_fsm.console._security import (
@@ -49,7 +49,7 @@ from saga_fsm.console._security import (
     safe_next,
 )
 from saga_fsm.diagrams import DiagramError, definition_diagram, instance_diagram
-from saga_fsm.stores import PageKey, SagaFilter, SagaQueries, SnapshotStore, StateCount, open_store
+from saga_fsm.stores import PageKey, SagaFilter, SagaQueries, SagaStore, StateCount, open_store
 
 log = logging.getLogger("saga_fsm.console")
 PAGE_SIZE = 50
@@ -69,7 +69,7 @@ class Console:
 
     def __init__(
         self,
-        store: SnapshotStore,
+        store: SagaStore,
         definitions: Sequence[SagaDefinition],
         guard: Guard,
         read_only: bool,
@@ -184,10 +184,12 @@ class Console:
         except SnapshotDecodeError as err:
             error = err
         history = await self.store.history(saga_id)
+        lease = await self.store.lease(saga_id)  # the store's columns, beside the snapshot
         svg, diagram_error = self._diagram(snapshot, history) if snapshot else (None, None)
         return {
             "saga_id": saga_id,
             "snapshot": snapshot,
+            "lease": lease,
             "decode_error": error,
             "history": [history_to_dict(h) for h in history],
             "data": _json(snapshot.data) if snapshot else None,
@@ -205,7 +207,7 @@ class Console:
     ) -> tuple[Markup | None, str | None]:
         """The instance diagram as inline SVG (Graphviz escapes every label), or why not."""
         try:
-            compiled = Orchestrator(self.store, self.definitions).compiled_for(snapshot)
+            compiled = Definitions(self.definitions).compiled_for(snapshot)
             drawn = instance_diagram(
                 compiled, history, saga_id=snapshot.saga_id, state=snapshot.state
             )
@@ -296,7 +298,7 @@ class Console:
 def create_app(
     *,
     store_url: str | None = None,
-    store: SnapshotStore | None = None,
+    store: SagaStore | None = None,
     definitions: Iterable[SagaDefinition] = (),
     token: str | None = None,
     read_only: bool = False,

@@ -170,8 +170,9 @@ class SagaTracing(Observer):
             span.end()
         else:
             self._pending.setdefault(after.saga_id, []).extend(history)
-        if after.is_terminal or after.lease_owner is None:
-            # Finished, or handed back to whichever worker wakes it: not ours to keep.
+        if after.is_terminal or after.due_at is None or after.wake_at is not None:
+            # Finished, parked, or waiting for a timer (possibly handed back to whichever
+            # worker wakes it): not ours to keep.
             self._pending.pop(after.saga_id, None)
 
     def lease_lost(self, snapshot: Snapshot) -> None:

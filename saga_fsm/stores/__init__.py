@@ -1,9 +1,16 @@
-"""Snapshot stores: one Protocol, three implementations, opened by URL; ``SagaQueries``
+"""Snapshot stores: ``SnapshotStore`` persists snapshots, ``WorkerLeases`` coordinates
+workers (``SagaStore`` is both), three implementations, opened by URL; ``SagaQueries``
 is the read side a console pages through."""
 
 from typing import TYPE_CHECKING, Any
 
-from saga_fsm.stores._protocol import QuarantinedSaga, SnapshotStore
+from saga_fsm.stores._protocol import (
+    Lease,
+    QuarantinedSaga,
+    SagaStore,
+    SnapshotStore,
+    WorkerLeases,
+)
 from saga_fsm.stores._queries import (
     PageKey,
     SagaFilter,
@@ -31,6 +38,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DEFAULT_STORE_URL",
+    "Lease",
     "MemoryStore",
     "PageKey",
     "PostgresStore",
@@ -39,8 +47,10 @@ __all__ = [
     "SagaPage",
     "SagaQueries",
     "SagaRow",
+    "SagaStore",
     "SnapshotStore",
     "SqliteStore",
     "StateCount",
+    "WorkerLeases",
     "open_store",
 ]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import builtins  # the stores' own ``list`` method shadows it in class bodies
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import LiteralString, Protocol, runtime_checkable
 
 from attrs import frozen
 
-from saga_fsm._errors import SnapshotDecodeError
+from saga_fsm._errors import InvalidArgument, InvalidArgumentType, SnapshotDecodeError
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 
 # Statuses of sagas that are not finished (``running`` is ``running:<step>``); a saga
@@ -27,18 +27,54 @@ class QuarantinedSaga:
     quarantined_at: datetime
 
 
+@frozen
+class Lease:
+    """Which worker drives a saga, until when: columns the store keeps beside the
+    snapshot, never inside it."""
+
+    owner: str
+    expires_at: datetime
+
+    def live(self, now: datetime) -> bool:
+        """THE liveness rule: a lease holds until it runs out. Every store asks it (the
+        SQL stores through ``LIVE_SQL``/``LIVE_ELSEWHERE_SQL``, the same rule written in
+        SQL once): a claim skips sagas with a live lease, an acquire those of another."""
+        return self.expires_at > now
+
+    def held_by_another(self, worker_id: str, now: datetime) -> bool:
+        return self.owner != worker_id and self.live(now)
+
+
+def lease_or_none(owner: str | None, expires_at: datetime | None) -> Lease | None:
+    """The lease columns of a row as a value (NULL columns: no lease)."""
+    return None if owner is None or expires_at is None else Lease(owner, expires_at)
+
+
+# ``Lease.live`` and ``Lease.held_by_another`` in SQL, over a row's lease columns; the
+# caller fills in its driver's placeholders for ``now`` and ``worker``.
+LIVE_SQL: LiteralString = "(lease_owner IS NOT NULL AND lease_expires_at > {now})"
+LIVE_ELSEWHERE_SQL: LiteralString = "(lease_owner <> {worker} AND " + LIVE_SQL + ")"
+
+
 @runtime_checkable
 class SnapshotStore(Protocol):
-    """Persists snapshots and their history.
+    """Persists snapshots and their history: the saga's business state.
 
     Every write is atomic: the snapshot and its history rows land together or not at
-    all, guarded by the snapshot's optimistic ``version``.
+    all, guarded by the optimistic ``version`` the store keeps in a column (handed back
+    as ``Snapshot.version``). A write leaves the lease alone, except that a saga no
+    longer due (finished or parked: ``due_at`` is None) has no lease left.
     """
 
     async def create(
-        self, snapshot: Snapshot, history: Sequence[HistoryEntry] = ()
+        self,
+        snapshot: Snapshot,
+        history: Sequence[HistoryEntry] = (),
+        *,
+        lease: Lease | None = None,
     ) -> tuple[Snapshot, bool]:
-        """Insert a new saga at version 1. If ``snapshot.idempotency_key`` is already
+        """Insert a new saga at version 1 (leased already with ``lease``: a process that
+        starts a saga to drive it itself). If ``snapshot.idempotency_key`` is already
         taken, return ``(existing, False)`` and write nothing; otherwise
         ``(stored, True)``. An existing ``saga_id`` raises ``ConcurrencyConflict``.
 
@@ -58,7 +94,8 @@ class SnapshotStore(Protocol):
     ) -> Snapshot:
         """Replace the saga's snapshot if the stored version is ``expected_version``
         and append ``history``; return the snapshot at ``expected_version + 1``.
-        Otherwise raise ``ConcurrencyConflict`` and write nothing."""
+        Otherwise raise ``ConcurrencyConflict`` and write nothing. The lease is left as
+        it is, and dropped when the saved saga is no longer due."""
         ...
 
     async def load(self, saga_id: str) -> Snapshot:
@@ -87,6 +124,35 @@ class SnapshotStore(Protocol):
         ``unfinished`` keeps only ``UNFINISHED_STATUSES``, filtered by the store on its
         state index: finished sagas, however many, are never read nor decoded."""
         ...
+
+    async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
+        """Up to ``limit`` saga ids starting with ``prefix`` (taken literally: ``%`` and
+        ``_`` are plain characters), in id order; what lets a person type a short id."""
+        ...
+
+    async def count(
+        self,
+        *,
+        state: str | None = None,
+        definition: str | None = None,
+        updated_before: datetime | None = None,
+        unfinished: bool = False,
+    ) -> int:
+        """How many sagas ``list`` with the same filters and no limit would return,
+        without decoding any."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the store opened itself (never a pool the caller passed in)."""
+        ...
+
+
+@runtime_checkable
+class WorkerLeases(Protocol):
+    """Coordinates workers: which saga is due, which worker drives it (the lease), which
+    rows no worker may claim (quarantine). Lease changes touch the store's columns only:
+    they never read, decode, encode or write a snapshot, except that a claim or an
+    acquire reads the snapshot it hands out."""
 
     # -- quarantine: rows no worker can decode ---------------------------------------------
 
@@ -128,8 +194,14 @@ class SnapshotStore(Protocol):
     async def acquire(
         self, saga_id: str, worker_id: str, *, now: datetime, lease_seconds: float
     ) -> Snapshot:
-        """Lease one saga, due or not. ``SagaLeased`` if another worker's lease is live,
-        ``SagaNotFound`` if it does not exist. Bumps the version like a claim."""
+        """Lease one saga, due or not. ``SagaLeased`` if another worker's lease is live
+        (``Lease.held_by_another``), ``SagaNotFound`` if it does not exist. Bumps the
+        version like a claim."""
+        ...
+
+    async def lease(self, saga_id: str) -> Lease | None:
+        """The saga's lease as recorded, run out or not (None: no worker holds it);
+        ``SagaNotFound`` if it does not exist."""
         ...
 
     async def renew_leases(
@@ -146,26 +218,11 @@ class SnapshotStore(Protocol):
         worker can take the saga at once; an undecodable row's lease too."""
         ...
 
-    async def close(self) -> None:
-        """Release what the store opened itself (never a pool the caller passed in)."""
-        ...
 
-    async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
-        """Up to ``limit`` saga ids starting with ``prefix`` (taken literally: ``%`` and
-        ``_`` are plain characters), in id order; what lets a person type a short id."""
-        ...
-
-    async def count(
-        self,
-        *,
-        state: str | None = None,
-        definition: str | None = None,
-        updated_before: datetime | None = None,
-        unfinished: bool = False,
-    ) -> int:
-        """How many sagas ``list`` with the same filters and no limit would return,
-        without decoding any."""
-        ...
+@runtime_checkable
+class SagaStore(SnapshotStore, WorkerLeases, Protocol):
+    """What the executor runs on: snapshots persisted and workers coordinated by one
+    store (a claim must see the writes it coordinates). Every store implements both."""
 
 
 def state_matches(state: str, wanted: str | None) -> bool:
@@ -177,13 +234,13 @@ def state_matches(state: str, wanted: str | None) -> bool:
 def check_limit(limit: int | None) -> None:
     """A row limit is a count: ``None`` (no limit) or >= 0."""
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+        raise InvalidArgument(f"limit must be >= 0, got {limit}")
 
 
 def served(definitions: Collection[tuple[str, int]]) -> builtins.list[tuple[str, int]]:
     """The (name, version) pairs a claim may return, without repeats."""
     if isinstance(definitions, str):
-        raise TypeError(f"expected (name, version) pairs, got the str {definitions!r}")
+        raise InvalidArgumentType(f"expected (name, version) pairs, got the str {definitions!r}")
     return list(dict.fromkeys((str(name), int(version)) for name, version in definitions))
 
 
@@ -197,5 +254,5 @@ def ids(saga_ids: Collection[str]) -> builtins.list[str]:
     """Saga ids as a list without repeats; one bare ``str`` is refused, not read as a
     collection of one-character ids."""
     if isinstance(saga_ids, str):
-        raise TypeError(f"expected a collection of saga ids, got the str {saga_ids!r}")
+        raise InvalidArgumentType(f"expected a collection of saga ids, got the str {saga_ids!r}")
     return list(dict.fromkeys(saga_ids))

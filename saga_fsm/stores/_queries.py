@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 from attrs import field, fields, frozen
 
 from saga_fsm._codec import snapshot_from_json
-from saga_fsm._errors import SnapshotDecodeError
+from saga_fsm._errors import InvalidArgument, SnapshotDecodeError
 from saga_fsm._snapshot import TERMINAL_STATUSES, SagaStatus, Snapshot
 from saga_fsm.stores._protocol import state_matches
 
@@ -172,7 +172,7 @@ def sql_conditions(
 
 def check_page_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_PAGE:
-        raise ValueError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+        raise InvalidArgument(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
 
 
 def decoded_row(
@@ -182,10 +182,12 @@ def decoded_row(
     created_at: datetime,
     updated_at: datetime,
     text: str | bytes,
+    version: int,
 ) -> SagaRow:
-    """A row whose snapshot is decoded here; a decode error is kept, never raised."""
+    """A row whose snapshot is decoded here (at its ``version`` column); a decode error
+    is kept, never raised."""
     try:
-        snapshot = snapshot_from_json(text, saga_id=saga_id)
+        snapshot = snapshot_from_json(text, saga_id=saga_id).with_version(version)
     except SnapshotDecodeError as err:
         return SagaRow(saga_id, definition, state, created_at, updated_at, None, err)
     return SagaRow(saga_id, definition, state, created_at, updated_at, snapshot)

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
-from attrs import define, evolve
+from attrs import define
 
 from saga_fsm._codec import (
     history_from_dict,
@@ -29,6 +29,7 @@ from saga_fsm._errors import (
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores._protocol import (
     UNFINISHED_STATUSES,
+    Lease,
     QuarantinedSaga,
     check_limit,
     served,
@@ -59,15 +60,16 @@ class _Row:
     created_at: datetime
     updated_at: datetime
     due_at: datetime | None
-    lease_owner: str | None
-    lease_expires_at: datetime | None
     definition_version: int
+    # The worker driving the saga: a column, never in ``encoded``.
+    lease: Lease | None = None
     # Facts of creation and of operators, which writes of the snapshot never move.
     fingerprint: str | None = None
     quarantine: QuarantinedSaga | None = None
 
     @classmethod
-    def of(cls, snapshot: Snapshot, was: _Row | None = None) -> _Row:
+    def of(cls, snapshot: Snapshot, was: _Row | None = None, lease: Lease | None = None) -> _Row:
+        due_at = snapshot.due_at
         return cls(
             snapshot_to_json(snapshot),
             snapshot.version,
@@ -75,21 +77,16 @@ class _Row:
             snapshot.definition,
             snapshot.created_at,
             snapshot.updated_at,
-            snapshot.due_at,
-            snapshot.lease_owner,
-            snapshot.lease_expires_at,
+            due_at,
             snapshot.definition_version,
+            # A write keeps the lease; a saga no longer due has none.
+            (was.lease if was else lease) if due_at is not None else None,
             was.fingerprint if was else None,
             was.quarantine if was else None,
         )
 
-    def leased_elsewhere(self, worker_id: str, now: datetime) -> bool:
-        return (
-            self.lease_owner is not None
-            and self.lease_owner != worker_id
-            and self.lease_expires_at is not None
-            and self.lease_expires_at > now
-        )
+    def snapshot(self, saga_id: str) -> Snapshot:
+        return snapshot_from_json(self.encoded, saga_id=saga_id).with_version(self.version)
 
 
 class MemoryStore:
@@ -122,8 +119,11 @@ class MemoryStore:
             raise ConcurrencyConflict(snapshot.saga_id, 0, self._rows[snapshot.saga_id].version)
         return None
 
-    def _insert(self, stored: Snapshot, history: Sequence[HistoryEntry]) -> None:
-        row = _Row.of(stored)  # encodes first: a value JSON cannot hold changes nothing
+    def _insert(
+        self, stored: Snapshot, history: Sequence[HistoryEntry], lease: Lease | None
+    ) -> None:
+        # Encodes first: a value JSON cannot hold changes nothing.
+        row = _Row.of(stored, lease=lease)
         key = stored.idempotency_key
         if key is not None:
             row.fingerprint = request_fingerprint(stored)
@@ -132,13 +132,17 @@ class MemoryStore:
         self._history[stored.saga_id] = [history_to_dict(h) for h in history]
 
     async def create(
-        self, snapshot: Snapshot, history: Sequence[HistoryEntry] = ()
+        self,
+        snapshot: Snapshot,
+        history: Sequence[HistoryEntry] = (),
+        *,
+        lease: Lease | None = None,
     ) -> tuple[Snapshot, bool]:
         existing = self._existing(snapshot)
         if existing is not None:
             return await self.load(existing), False
         stored = snapshot.with_version(1)
-        self._insert(stored, history)
+        self._insert(stored, history, lease)
         return stored, True
 
     async def create_many(self, snapshots: Sequence[Snapshot]) -> builtins.list[Snapshot]:
@@ -163,7 +167,7 @@ class MemoryStore:
         return stored
 
     async def load(self, saga_id: str) -> Snapshot:
-        return snapshot_from_json(self._row(saga_id).encoded, saga_id=saga_id)
+        return self._row(saga_id).snapshot(saga_id)
 
     async def history(self, saga_id: str) -> list[HistoryEntry]:
         if saga_id not in self._history:
@@ -195,20 +199,20 @@ class MemoryStore:
         )
         if limit is not None:
             rows = rows[:limit]
-        return [snapshot_or_error(row.encoded, saga_id=saga_id) for _, saga_id, row in rows]
+        return [_versioned(row, saga_id) for _, saga_id, row in rows]
 
     # -- quarantine -------------------------------------------------------------------------
 
     async def quarantine(self, saga_id: str, reason: str, *, now: datetime) -> None:
         row = self._row(saga_id)
         row.quarantine = QuarantinedSaga(saga_id, reason, now)
-        row.lease_owner = row.lease_expires_at = None
+        row.lease = None
 
     async def unquarantine(self, saga_id: str) -> Snapshot:
         row = self._row(saga_id)
         if row.quarantine is None:
             raise NotQuarantined(saga_id)
-        snapshot = snapshot_from_json(row.encoded, saga_id=saga_id)
+        snapshot = row.snapshot(saga_id)
         row.quarantine = None
         return snapshot
 
@@ -220,19 +224,15 @@ class MemoryStore:
         )
         return found if limit is None else found[:limit]
 
-    # -- leases -----------------------------------------------------------------------------
+    # -- leases: the row's columns, never its snapshot -------------------------------------
 
-    def _lease(self, saga_id: str, worker_id: str, expires_at: datetime, *, bump: bool) -> Snapshot:
+    def _lease(self, saga_id: str, worker_id: str, expires_at: datetime) -> Snapshot:
+        """Lease the row and bump its version; the snapshot is decoded to hand it out,
+        and the lease stays taken when it cannot be (its error is returned instead)."""
         row = self._rows[saga_id]
-        snapshot = snapshot_from_json(row.encoded, saga_id=saga_id)
-        leased = evolve(
-            snapshot,
-            lease_owner=worker_id,
-            lease_expires_at=expires_at,
-            version=snapshot.version + (1 if bump else 0),
-        )
-        self._rows[saga_id] = _Row.of(leased, row)
-        return leased
+        row.lease = Lease(worker_id, expires_at)
+        row.version += 1
+        return row.snapshot(saga_id)
 
     async def claim_due(
         self,
@@ -251,17 +251,15 @@ class MemoryStore:
             for saga_id, row in self._rows.items()
             if row.due_at is not None
             and row.due_at <= now
-            and (row.lease_expires_at is None or row.lease_expires_at <= now)
+            and not (row.lease is not None and row.lease.live(now))
             and row.quarantine is None
             and (row.definition, row.definition_version) in wanted
         )
         claimed: builtins.list[Snapshot | SnapshotDecodeError] = []
         for _, saga_id in due[:limit]:
             try:
-                claimed.append(self._lease(saga_id, worker_id, expires_at, bump=True))
+                claimed.append(self._lease(saga_id, worker_id, expires_at))
             except SnapshotDecodeError as err:
-                row = self._rows[saga_id]
-                row.lease_owner, row.lease_expires_at = worker_id, expires_at
                 claimed.append(err)
         return claimed
 
@@ -269,9 +267,12 @@ class MemoryStore:
         self, saga_id: str, worker_id: str, *, now: datetime, lease_seconds: float
     ) -> Snapshot:
         row = self._row(saga_id)
-        if row.leased_elsewhere(worker_id, now):
-            raise SagaLeased(saga_id, str(row.lease_owner), row.lease_expires_at)
-        return self._lease(saga_id, worker_id, now + timedelta(seconds=lease_seconds), bump=True)
+        if row.lease is not None and row.lease.held_by_another(worker_id, now):
+            raise SagaLeased(saga_id, row.lease.owner, row.lease.expires_at)
+        return self._lease(saga_id, worker_id, now + timedelta(seconds=lease_seconds))
+
+    async def lease(self, saga_id: str) -> Lease | None:
+        return self._row(saga_id).lease
 
     async def renew_leases(
         self, saga_ids: Collection[str], worker_id: str, *, expires_at: datetime
@@ -279,22 +280,15 @@ class MemoryStore:
         held = set()
         for saga_id in _ids(saga_ids):
             row = self._rows.get(saga_id)
-            if row is not None and row.lease_owner == worker_id:
-                self._lease(saga_id, worker_id, expires_at, bump=False)
+            if row is not None and row.lease is not None and row.lease.owner == worker_id:
+                row.lease = Lease(worker_id, expires_at)
                 held.add(saga_id)
         return held
 
     async def release(self, saga_id: str, worker_id: str) -> None:
         row = self._rows.get(saga_id)
-        if row is None or row.lease_owner != worker_id:
-            return
-        try:
-            snapshot = snapshot_from_json(row.encoded, saga_id=saga_id)
-        except SnapshotDecodeError:
-            row.lease_owner = row.lease_expires_at = None  # the columns are all there is
-            return
-        released = evolve(snapshot, lease_owner=None, lease_expires_at=None)
-        self._rows[saga_id] = _Row.of(released, row)
+        if row is not None and row.lease is not None and row.lease.owner == worker_id:
+            row.lease = None
 
     async def close(self) -> None:
         return None
@@ -324,6 +318,7 @@ class MemoryStore:
                     row.created_at,
                     row.updated_at,
                     row.encoded,
+                    row.version,
                 )
                 for key, row in zip(found, rows, strict=True)
             ],
@@ -368,3 +363,8 @@ class MemoryStore:
             key = snapshot_from_json(row.encoded, saga_id=saga_id).idempotency_key
             if key is not None and self._keys.get(key) == saga_id:
                 del self._keys[key]
+
+
+def _versioned(row: _Row, saga_id: str) -> Snapshot | SnapshotDecodeError:
+    found = snapshot_or_error(row.encoded, saga_id=saga_id)
+    return found if isinstance(found, SnapshotDecodeError) else found.with_version(row.version)

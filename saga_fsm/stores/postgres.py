@@ -38,8 +38,6 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from saga_fsm._codec import (
-    SCHEMA_VERSION,
-    converter,
     dumps,
     history_to_dict,
     request_fingerprint,
@@ -60,10 +58,14 @@ from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
 from saga_fsm.stores._group import GroupCommit
 from saga_fsm.stores._protocol import (
+    LIVE_ELSEWHERE_SQL,
+    LIVE_SQL,
     UNFINISHED_STATUSES,
+    Lease,
     QuarantinedSaga,
     check_limit,
     ids,
+    lease_or_none,
     like_prefix,
     served,
 )
@@ -107,7 +109,8 @@ CREATE TABLE IF NOT EXISTS saga_fsm_migrations (
 _CREATE = "SELECT created, existing_id, existing_snapshot FROM saga_fsm_create_batch(%s)"
 _SAVE = "SELECT saved, found_version FROM saga_fsm_save_batch(%s)"
 
-_LOAD = "SELECT snapshot::text FROM saga_fsm_sagas WHERE saga_id = %s"
+_LOAD = "SELECT snapshot::text, version FROM saga_fsm_sagas WHERE saga_id = %s"
+_LEASE_OF = "SELECT lease_owner, lease_expires_at FROM saga_fsm_sagas WHERE saga_id = %s"
 _BY_KEY = """
 SELECT saga_id, snapshot::text, request_fingerprint FROM saga_fsm_sagas
 WHERE idempotency_key = %s
@@ -123,7 +126,7 @@ ORDER BY h.id
 # COLLATE "C" orders ids by code point, as the other stores do, whatever the database's
 # collation. Each filter combination is its own static statement so the planner can use
 # the indexes even in a generic prepared plan.
-_LIST_HEAD = "SELECT saga_id, snapshot::text FROM saga_fsm_sagas WHERE true"
+_LIST_HEAD = "SELECT saga_id, snapshot::text, version FROM saga_fsm_sagas WHERE true"
 _LIST_TAIL = ' ORDER BY created_at, saga_id COLLATE "C" LIMIT %(limit)s'
 # Unfinished sagas as ranges of the state index (text_pattern_ops serves LIKE 'x:%'),
 # so that finished ones, however many, are never read.
@@ -140,7 +143,7 @@ RETURNING saga_id
 """
 # FOR UPDATE: the row is checked and cleared by one transaction.
 _QUARANTINED_ROW = (
-    "SELECT snapshot::text, quarantine FROM saga_fsm_sagas WHERE saga_id = %s FOR UPDATE"
+    "SELECT snapshot::text, quarantine, version FROM saga_fsm_sagas WHERE saga_id = %s FOR UPDATE"
 )
 _UNQUARANTINE = (
     "UPDATE saga_fsm_sagas SET quarantine = NULL, quarantined_at = NULL WHERE saga_id = %s"
@@ -152,27 +155,21 @@ ORDER BY quarantined_at, saga_id COLLATE "C" LIMIT %s
 _LIST_TAIL_NEWEST = ' ORDER BY created_at DESC, saga_id COLLATE "C" DESC LIMIT %(limit)s'
 
 # -- leases --------------------------------------------------------------------------------
-# A lease change must reach the snapshot JSON too (it is the truth), so the JSONB document
-# is patched in SQL with the codec's own encoding of the three fields it touches; one
-# statement, one round trip. Only documents of the schema_version this release writes are
-# patched: anything else (corrupt, or from a newer release) keeps its bytes and is leased
-# in the columns only, as MemoryStore leases a row it cannot decode.
-_PATCHABLE = "snapshot->>'schema_version' = %(schema_version)s"
-_SET_LEASE = f"""
-    lease_owner = %(new_owner)s, lease_expires_at = %(expires_at)s,
-    version = version + CASE WHEN {_PATCHABLE} THEN %(bump)s ELSE 0 END,
-    snapshot = CASE WHEN {_PATCHABLE}
-        THEN snapshot || jsonb_build_object(
-            'lease_owner', %(new_owner)s::text,
-            'lease_expires_at', %(expires_text)s::text,
-            'version', version + %(bump)s)
-        ELSE snapshot END
+# Columns only: a claim or an acquire bumps the version and reads the snapshot it hands
+# out; a renewal or a release never touches the snapshot.
+_LIVE: LiteralString = LIVE_SQL.format(now="%(now)s")
+_LIVE_ELSEWHERE: LiteralString = LIVE_ELSEWHERE_SQL.format(now="%(now)s", worker="%(worker)s")
+_TAKE: LiteralString = """
+    lease_owner = %(worker)s, lease_expires_at = %(expires_at)s, version = version + 1
 """
 # SKIP LOCKED: concurrent claimers pass over each other's rows instead of queueing.
-_CLAIM_DUE = f"""
+_CLAIM_DUE: LiteralString = (
+    """
 WITH due AS (
     SELECT saga_id FROM saga_fsm_sagas
-    WHERE due_at <= %(now)s AND (lease_expires_at IS NULL OR lease_expires_at <= %(now)s)
+    WHERE due_at <= %(now)s AND NOT """
+    + _LIVE
+    + """
       AND quarantine IS NULL
       AND (definition, definition_version) IN (
           SELECT * FROM unnest(%(names)s::text[], %(versions)s::integer[]))
@@ -180,31 +177,39 @@ WITH due AS (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
-UPDATE saga_fsm_sagas AS s SET {_SET_LEASE}
+UPDATE saga_fsm_sagas AS s SET """
+    + _TAKE
+    + """
 FROM due WHERE s.saga_id = due.saga_id
-RETURNING s.saga_id, s.snapshot::text, s.due_at
+RETURNING s.saga_id, s.snapshot::text, s.version, s.due_at
 """
-# The final SELECT sees the row as it was before this statement: who held the lease.
-_ACQUIRE = f"""
-WITH leased AS (
-    UPDATE saga_fsm_sagas SET {_SET_LEASE}
-    WHERE saga_id = %(saga_id)s
-      AND (lease_owner IS NULL OR lease_owner = %(worker)s
-           OR lease_expires_at IS NULL OR lease_expires_at <= %(now)s)
-    RETURNING snapshot::text
 )
-SELECT (SELECT snapshot FROM leased), s.saga_id, s.lease_owner, s.lease_expires_at
+# The final SELECT sees the row as it was before this statement: who held the lease.
+_ACQUIRE: LiteralString = (
+    """
+WITH leased AS (
+    UPDATE saga_fsm_sagas SET """
+    + _TAKE
+    + """
+    WHERE saga_id = %(saga_id)s AND NOT """
+    + _LIVE_ELSEWHERE
+    + """
+    RETURNING snapshot::text, version
+)
+SELECT (SELECT snapshot FROM leased), (SELECT version FROM leased),
+    s.saga_id, s.lease_owner, s.lease_expires_at
 FROM (SELECT) AS one LEFT JOIN saga_fsm_sagas s ON s.saga_id = %(saga_id)s
 """
+)
 _ACQUIRE_ATTEMPTS = 3
-_RELEASE = f"""
-UPDATE saga_fsm_sagas SET {_SET_LEASE}
+_RELEASE = """
+UPDATE saga_fsm_sagas SET lease_owner = NULL, lease_expires_at = NULL
 WHERE saga_id = %(saga_id)s AND lease_owner = %(worker)s
 RETURNING saga_id
 """
 # Every lease a worker holds, renewed in a statement per chunk of ids, not one each.
-_RENEW = f"""
-UPDATE saga_fsm_sagas SET {_SET_LEASE}
+_RENEW = """
+UPDATE saga_fsm_sagas SET lease_expires_at = %(expires_at)s
 WHERE saga_id = ANY(%(saga_ids)s::text[]) AND lease_owner = %(worker)s
 RETURNING saga_id
 """
@@ -296,6 +301,7 @@ def _write_json(
     history: Sequence[HistoryEntry],
     expected_version: int | None = None,
     fingerprint: str | None = None,
+    lease: Lease | None = None,
 ) -> str:
     """One create or save as an element of a batch's JSON array (the columns, the
     snapshot, its history rows), encoded here, before the write joins a batch: a value
@@ -309,19 +315,23 @@ def _write_json(
         f'"definition_version":{int(s.definition_version)},"state":{_STR(s.state)},'
         f'"correlation_id":{_str(s.correlation_id)},'
         f'"idempotency_key":{_str(s.idempotency_key)},"wake_at":{_time(s.wake_at)},'
-        f'"due_at":{_time(s.due_at)},"lease_owner":{_str(s.lease_owner)},'
-        f'"lease_expires_at":{_time(s.lease_expires_at)},'
+        f'"due_at":{_time(s.due_at)},"lease_owner":{_str(lease.owner if lease else None)},'
+        f'"lease_expires_at":{_time(lease.expires_at if lease else None)},'
         f'"created_at":{_time(s.created_at)},"updated_at":{_time(s.updated_at)},'
         f'"request_fingerprint":{_str(fingerprint)},'
         f'"snapshot":{snapshot_to_json(s)},"history":{_history_json(history)}}}'
     )
 
 
-def _create_json(snapshot: Snapshot, history: Sequence[HistoryEntry]) -> str:
-    """A create's write: with the fingerprint of the request its idempotency key names."""
+def _create_json(
+    snapshot: Snapshot, history: Sequence[HistoryEntry], lease: Lease | None = None
+) -> str:
+    """A create's write: with the fingerprint of the request its idempotency key names,
+    and its creator's lease while it is due."""
     key = snapshot.idempotency_key
     fingerprint = None if key is None else request_fingerprint(snapshot)
-    return _write_json(snapshot, history, None, fingerprint)
+    leased = lease if snapshot.due_at is not None else None
+    return _write_json(snapshot, history, None, fingerprint, leased)
 
 
 def _key_reused(err: psycopg.Error, key: str | None) -> IdempotencyKeyReused | None:
@@ -347,25 +357,13 @@ def _one_write_may_be_why(err: BaseException) -> bool:
     )
 
 
-def _lease_params(
-    worker_id: str, new_owner: str | None, expires_at: datetime | None, *, bump: bool
-) -> dict[str, Any]:
-    return {
-        "worker": worker_id,
-        "new_owner": new_owner,
-        "expires_at": _aware(expires_at),
-        # The codec's encoding, so the patched document decodes to exactly this value.
-        "expires_text": None if expires_at is None else converter.unstructure(expires_at),
-        "bump": 1 if bump else 0,
-        "schema_version": str(SCHEMA_VERSION),
-    }
+def _lease_params(worker_id: str, now: datetime, expires_at: datetime) -> dict[str, Any]:
+    return {"worker": worker_id, "now": _aware(now), "expires_at": _aware(expires_at)}
 
 
-def _live(owner: str | None, until: datetime | None, worker_id: str, now: datetime) -> bool:
-    """Whether another worker's lease is still running (MemoryStore's rule)."""
-    aware_now = _aware(now)
-    assert aware_now is not None
-    return owner is not None and owner != worker_id and until is not None and until > aware_now
+def _versioned(saga_id: str, text: str, version: int) -> Snapshot | SnapshotDecodeError:
+    found = snapshot_or_error(text, saga_id=saga_id)
+    return found if isinstance(found, SnapshotDecodeError) else found.with_version(version)
 
 
 def _describe(conninfo: str) -> str:
@@ -512,10 +510,14 @@ class PostgresStore:
 
     # -- SnapshotStore ----------------------------------------------------------------------
     async def create(
-        self, snapshot: Snapshot, history: Sequence[HistoryEntry] = ()
+        self,
+        snapshot: Snapshot,
+        history: Sequence[HistoryEntry] = (),
+        *,
+        lease: Lease | None = None,
     ) -> tuple[Snapshot, bool]:
         stored = snapshot.with_version(1)
-        write = _create_json(stored, history)
+        write = _create_json(stored, history, lease)
         # One create per idempotency key (else per saga id) in a batch: ON CONFLICT does
         # not report a row inserted by the same statement as a conflict, it just skips.
         key = stored.saga_id if stored.idempotency_key is None else f"key:{stored.idempotency_key}"
@@ -548,7 +550,8 @@ class PostgresStore:
                 existing_id, existing, fingerprint = rows[0]
                 if fingerprint is not None and fingerprint != request_fingerprint(stored):
                     raise IdempotencyKeyReused(str(stored.idempotency_key), existing_id)
-        return snapshot_from_json(existing, saga_id=existing_id), False
+        # The version is the row's column: read with it (a rare path, a repeated request).
+        return await self.load(existing_id), False
 
     async def create_many(self, snapshots: Sequence[Snapshot]) -> builtins.list[Snapshot]:
         # ONE statement, outside the group commit: atomic by itself, all or nothing.
@@ -584,7 +587,7 @@ class PostgresStore:
                     f" for idempotency key {snapshot.idempotency_key!r}; retry"
                 )
             else:
-                found.append(snapshot_from_json(existing, saga_id=existing_id))
+                found.append(await self.load(existing_id))
         return found
 
     async def save(
@@ -614,7 +617,7 @@ class PostgresStore:
             rows = await self._query(_LOAD, (saga_id,))
         if not rows:
             raise SagaNotFound(saga_id)
-        return snapshot_from_json(rows[0][0], saga_id=saga_id)
+        return snapshot_from_json(rows[0][0], saga_id=saga_id).with_version(rows[0][1])
 
     async def history(self, saga_id: str) -> list[HistoryEntry]:
         async with self._errors("history"):
@@ -642,7 +645,7 @@ class PostgresStore:
         tail = _LIST_TAIL_NEWEST if newest_first else _LIST_TAIL
         async with self._errors("list"):
             rows = await self._query(_LIST_HEAD + where + tail, params | {"limit": limit})
-        return [snapshot_or_error(text, saga_id=saga_id) for saga_id, text in rows]
+        return [_versioned(saga_id, text, version) for saga_id, text, version in rows]
 
     # -- quarantine -------------------------------------------------------------------------
     async def quarantine(self, saga_id: str, reason: str, *, now: datetime) -> None:
@@ -665,7 +668,7 @@ class PostgresStore:
                 raise SagaNotFound(saga_id)
             if found[1] is None:
                 raise NotQuarantined(saga_id)
-            snapshot = snapshot_from_json(found[0], saga_id=saga_id)
+            snapshot = snapshot_from_json(found[0], saga_id=saga_id).with_version(found[2])
             await cur.execute(_UNQUARANTINE, (saga_id,))
         return snapshot
 
@@ -675,7 +678,7 @@ class PostgresStore:
             rows = await self._query(_LIST_QUARANTINED, (limit,))
         return [QuarantinedSaga(i, why, at.astimezone(UTC)) for i, why, at in rows]
 
-    # -- leases ---------------------------------------------------------------------------
+    # -- leases: columns only ---------------------------------------------------------------
     async def claim_due(
         self,
         worker_id: str,
@@ -687,49 +690,49 @@ class PostgresStore:
     ) -> Claimed:
         check_limit(limit)
         wanted = served(definitions)
-        expires_at = now + timedelta(seconds=lease_seconds)
-        params = _lease_params(worker_id, worker_id, expires_at, bump=True)
+        params = _lease_params(worker_id, now, now + timedelta(seconds=lease_seconds))
         params |= {
-            "now": _aware(now),
             "limit": limit,
             "names": [name for name, _ in wanted],
             "versions": [version for _, version in wanted],
         }
         async with self._errors("claim_due"):
             rows = await self._query(_CLAIM_DUE, params)
-        rows.sort(key=lambda row: (row[2], row[0]))  # RETURNING has no order
-        claimed: Claimed = []
-        for saga_id, text, _ in rows:
-            try:
-                claimed.append(snapshot_from_json(text, saga_id=saga_id))
-            except SnapshotDecodeError as err:
-                claimed.append(err)
-        return claimed
+        rows.sort(key=lambda row: (row[3], row[0]))  # RETURNING has no order
+        # A row that cannot be decoded stays leased, returned as its error.
+        return [_versioned(saga_id, text, version) for saga_id, text, version, _ in rows]
 
     async def acquire(
         self, saga_id: str, worker_id: str, *, now: datetime, lease_seconds: float
     ) -> Snapshot:
-        expires_at = now + timedelta(seconds=lease_seconds)
-        params = _lease_params(worker_id, worker_id, expires_at, bump=True)
-        params |= {"saga_id": saga_id, "now": _aware(now)}
+        params = _lease_params(worker_id, now, now + timedelta(seconds=lease_seconds))
+        params["saga_id"] = saga_id
         async with self._errors("acquire"):
             for _ in range(_ACQUIRE_ATTEMPTS):
-                ((text, found, owner, until),) = await self._query(_ACQUIRE, params)
+                ((text, version, found, owner, until),) = await self._query(_ACQUIRE, params)
                 if text is not None:
-                    return snapshot_from_json(text, saga_id=saga_id)
+                    return snapshot_from_json(text, saga_id=saga_id).with_version(version)
                 if found is None:
                     raise SagaNotFound(saga_id)
-                if _live(owner, until, worker_id, now):
-                    raise SagaLeased(saga_id, owner, until)
+                held = lease_or_none(owner, until)
+                if held is not None and held.held_by_another(worker_id, params["now"]):
+                    raise SagaLeased(saga_id, held.owner, held.expires_at)
                 # Another worker took the lease while this UPDATE waited on the row, after
                 # the statement's snapshot was taken: look again.
         raise SagaLeased(saga_id, str(owner), until)
+
+    async def lease(self, saga_id: str) -> Lease | None:
+        async with self._errors("lease"):
+            rows = await self._query(_LEASE_OF, (saga_id,))
+        if not rows:
+            raise SagaNotFound(saga_id)
+        return lease_or_none(rows[0][0], rows[0][1])
 
     async def renew_leases(
         self, saga_ids: Collection[str], worker_id: str, *, expires_at: datetime
     ) -> set[str]:
         wanted = ids(saga_ids)
-        params = _lease_params(worker_id, worker_id, expires_at, bump=False)
+        params = {"worker": worker_id, "expires_at": _aware(expires_at)}
         held: set[str] = set()
         async with self._errors("renew_leases"):
             for start in range(0, len(wanted), _RENEW_CHUNK):
@@ -741,9 +744,8 @@ class PostgresStore:
         return held
 
     async def release(self, saga_id: str, worker_id: str) -> None:
-        params = _lease_params(worker_id, None, None, bump=False)
         async with self._errors("release"):
-            await self._query(_RELEASE, params | {"saga_id": saga_id})
+            await self._query(_RELEASE, {"saga_id": saga_id, "worker": worker_id})
 
     async def close(self) -> None:
         """Close the pool if ``open()`` made it; a caller's pool is the caller's."""
@@ -760,7 +762,7 @@ class PostgresStore:
         check_page_limit(limit)
         conditions, params = sql_conditions(where, after, _QUERY_SQL, _aware)
         query = (
-            "SELECT saga_id, definition, state, created_at, updated_at, snapshot::text"
+            "SELECT saga_id, definition, state, created_at, updated_at, snapshot::text, version"
             f" FROM saga_fsm_sagas WHERE {conditions}"
             ' ORDER BY created_at DESC, saga_id COLLATE "C" DESC LIMIT %(limit)s'
         )
@@ -768,8 +770,8 @@ class PostgresStore:
             rows = await self._query(query, params | {"limit": limit + 1}, prepare=False)
         return paged(
             [
-                decoded_row(saga_id, definition, state, created, updated, text)
-                for saga_id, definition, state, created, updated, text in rows
+                decoded_row(saga_id, definition, state, created, updated, text, version)
+                for saga_id, definition, state, created, updated, text, version in rows
             ],
             limit,
         )

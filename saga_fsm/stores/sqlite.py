@@ -12,17 +12,18 @@ is a few short statements on a local file, cheaper than a hop to a thread.
 
 from __future__ import annotations
 
+import asyncio
 import builtins  # the store's own ``list`` method shadows it in the class body
 import json
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeAlias
-
-from attrs import evolve
+from typing import Any, TypeAlias, TypeVar
 
 from saga_fsm._codec import (
     dumps,
@@ -35,6 +36,7 @@ from saga_fsm._codec import (
 from saga_fsm._errors import (
     ConcurrencyConflict,
     IdempotencyKeyReused,
+    InvalidArgument,
     NotQuarantined,
     SagaLeased,
     SagaNotFound,
@@ -43,7 +45,17 @@ from saga_fsm._errors import (
 )
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
-from saga_fsm.stores._protocol import UNFINISHED_STATUSES, QuarantinedSaga, check_limit, ids, served
+from saga_fsm.stores._protocol import (
+    LIVE_ELSEWHERE_SQL,
+    LIVE_SQL,
+    UNFINISHED_STATUSES,
+    Lease,
+    QuarantinedSaga,
+    check_limit,
+    ids,
+    lease_or_none,
+    served,
+)
 from saga_fsm.stores._queries import (
     EVERYTHING,
     LIVE_STATUSES,
@@ -57,6 +69,7 @@ from saga_fsm.stores._queries import (
     sql_conditions,
 )
 
+T = TypeVar("T")
 _MIGRATIONS = migrations.load("sqlite")
 Claimed: TypeAlias = list[Snapshot | SnapshotDecodeError]  # (a method named list shadows it)
 _BUSY_TIMEOUT_MS = 10_000
@@ -72,13 +85,16 @@ INSERT INTO saga_fsm_sagas (
     :updated_at, :request_fingerprint
 )
 """
-# The idempotency key is a fact of creation: a save never moves it.
+# The idempotency key is a fact of creation: a save never moves it. The lease is left
+# as it is, and dropped once the saga is no longer due (finished or parked).
 _UPDATE = """
 UPDATE saga_fsm_sagas SET
     definition = :definition, definition_version = :definition_version, state = :state,
     version = :version, snapshot = :snapshot, correlation_id = :correlation_id,
-    wake_at = :wake_at, due_at = :due_at, lease_owner = :lease_owner,
-    lease_expires_at = :lease_expires_at, created_at = :created_at, updated_at = :updated_at
+    wake_at = :wake_at, due_at = :due_at,
+    lease_owner = CASE WHEN :due_at IS NULL THEN NULL ELSE lease_owner END,
+    lease_expires_at = CASE WHEN :due_at IS NULL THEN NULL ELSE lease_expires_at END,
+    created_at = :created_at, updated_at = :updated_at
 WHERE saga_id = :saga_id AND version = :expected_version
 """
 _INSERT_HISTORY = """
@@ -86,7 +102,7 @@ INSERT INTO saga_fsm_history (saga_id, version, from_state, to_state, trigger, a
 VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 # Each filter is added only when given, so that SQLite picks the index that fits.
-_LIST_HEAD = "SELECT saga_id, snapshot FROM saga_fsm_sagas WHERE true"
+_LIST_HEAD = "SELECT saga_id, snapshot, version FROM saga_fsm_sagas WHERE true"
 _OLDEST_FIRST = " ORDER BY created_at, saga_id"
 # Unfinished sagas as ranges of the state index (one per status, its "status:*" too), so
 # that finished ones, however many, are never read. Statuses are fixed words: no quoting.
@@ -94,22 +110,26 @@ _UNFINISHED = " AND ({})".format(
     " OR ".join(f"(state >= '{s}' AND state < '{s};')" for s in UNFINISHED_STATUSES)
 )
 
-_DUE = """
-SELECT saga_id, snapshot FROM saga_fsm_sagas
-WHERE due_at <= :now AND (lease_expires_at IS NULL OR lease_expires_at <= :now)
-  AND quarantine IS NULL AND (definition, definition_version) IN ({served})
-ORDER BY due_at, saga_id
-LIMIT :limit
-"""
-_LEASE_OF = "SELECT snapshot, lease_owner, lease_expires_at FROM saga_fsm_sagas WHERE saga_id = ?"
-_SET_LEASE = """
-UPDATE saga_fsm_sagas SET snapshot = :snapshot, version = :version, lease_owner = :lease_owner,
-    lease_expires_at = :lease_expires_at
-WHERE saga_id = :saga_id
-"""
-_SET_LEASE_COLUMNS = (
-    "UPDATE saga_fsm_sagas SET lease_owner = ?, lease_expires_at = ? WHERE saga_id = ?"
-)
+# Leases are columns: a claim, an acquire, a renewal or a release never writes the
+# snapshot (a claim and an acquire read it, to hand it out).
+_CLAIM = """
+UPDATE saga_fsm_sagas SET lease_owner = :worker, lease_expires_at = :expires_at,
+    version = version + 1
+WHERE saga_id IN (
+    SELECT saga_id FROM saga_fsm_sagas
+    WHERE due_at <= :now AND NOT {live}
+      AND quarantine IS NULL AND (definition, definition_version) IN ({served})
+    ORDER BY due_at, saga_id
+    LIMIT :limit)
+RETURNING saga_id, snapshot, version, due_at
+""".replace("{live}", LIVE_SQL.format(now=":now"))
+_ACQUIRE = """
+UPDATE saga_fsm_sagas SET lease_owner = :worker, lease_expires_at = :expires_at,
+    version = version + 1
+WHERE saga_id = :saga_id AND NOT {live}
+RETURNING snapshot, version
+""".replace("{live}", LIVE_ELSEWHERE_SQL.format(now=":now", worker=":worker"))
+_LEASE_OF = "SELECT lease_owner, lease_expires_at FROM saga_fsm_sagas WHERE saga_id = ?"
 
 
 def utc_text(value: datetime | None) -> str | None:
@@ -123,8 +143,9 @@ def utc_text(value: datetime | None) -> str | None:
 
 
 def _columns(snapshot: Snapshot) -> dict[str, Any]:
-    """The row for ``snapshot``: the JSON document is the truth, the other columns copy
-    it so SQL can filter and order without decoding."""
+    """The row for ``snapshot``: the JSON document is the saga's state, the other
+    columns copy it so SQL can filter and order without decoding (and ``version`` is
+    the store's own)."""
     return {
         "saga_id": snapshot.saga_id,
         "definition": snapshot.definition,
@@ -136,19 +157,26 @@ def _columns(snapshot: Snapshot) -> dict[str, Any]:
         "idempotency_key": snapshot.idempotency_key,
         "wake_at": utc_text(snapshot.wake_at),
         "due_at": utc_text(snapshot.due_at),
-        "lease_owner": snapshot.lease_owner,
-        "lease_expires_at": utc_text(snapshot.lease_expires_at),
         "created_at": utc_text(snapshot.created_at),
         "updated_at": utc_text(snapshot.updated_at),
     }
 
 
-def _new_row(snapshot: Snapshot) -> dict[str, Any]:
-    """The row a create inserts: the columns, and what its idempotency key stands for."""
+def _new_row(snapshot: Snapshot, lease: Lease | None = None) -> dict[str, Any]:
+    """The row a create inserts: the columns, its lease, and what its idempotency key
+    stands for."""
     key = snapshot.idempotency_key
+    leased = lease is not None and snapshot.due_at is not None
     return _columns(snapshot) | {
-        "request_fingerprint": None if key is None else request_fingerprint(snapshot)
+        "request_fingerprint": None if key is None else request_fingerprint(snapshot),
+        "lease_owner": lease.owner if leased and lease else None,
+        "lease_expires_at": utc_text(lease.expires_at) if leased and lease else None,
     }
+
+
+def _versioned(saga_id: str, text: str, version: int) -> Snapshot | SnapshotDecodeError:
+    found = snapshot_or_error(text, saga_id=saga_id)
+    return found if isinstance(found, SnapshotDecodeError) else found.with_version(version)
 
 
 def _history_rows(
@@ -215,9 +243,13 @@ class SqliteStore:
                 raise StoreError(
                     f"cannot open SQLite database {self.path}: directory {parent} does not exist"
                 )
-        # One connection shared by whichever thread runs the event loop; the lock keeps
-        # two threads from interleaving transactions on it.
+        # One connection, used by one thread of its own: sqlite3 calls block (on the
+        # disk, or for seconds on another process's write lock), and must never block
+        # the event loop, where the leases of every other saga are being renewed. The
+        # lock keeps the opening thread and that one from interleaving.
         self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="saga_fsm-sqlite")
+        self._closed = False
         with self._errors("open"):
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
@@ -229,6 +261,7 @@ class SqliteStore:
             self._migrate()
         except BaseException:
             self._conn.close()
+            self._thread.shutdown()
             raise
 
     def __repr__(self) -> str:
@@ -272,9 +305,27 @@ class SqliteStore:
                     (migration.version, migration.name, utc_text(datetime.now(UTC))),
                 )
 
-    def _read(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
-        with self._lock, self._errors("read"):
-            return self._conn.execute(sql, params).fetchall()
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (sqlite3 calls) in the connection's thread, the loop free."""
+        if self._closed:
+            raise StoreError(f"SQLite store {self.path}: the store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
+
+    async def _write(self, action: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` in one ``BEGIN IMMEDIATE`` transaction, off the event loop."""
+
+        def transaction() -> T:
+            with self._transaction(action) as conn:
+                return work(conn)
+
+        return await self._off_loop(transaction)
+
+    async def _read(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
+        def read() -> list[Any]:
+            with self._lock, self._errors("read"):
+                return self._conn.execute(sql, params).fetchall()
+
+        return await self._off_loop(read)
 
     @staticmethod
     def _version(conn: sqlite3.Connection, saga_id: str) -> int | None:
@@ -290,7 +341,7 @@ class SqliteStore:
         key = stored.idempotency_key
         if key is not None:
             found = conn.execute(
-                "SELECT saga_id, snapshot, request_fingerprint FROM saga_fsm_sagas"
+                "SELECT saga_id, snapshot, request_fingerprint, version FROM saga_fsm_sagas"
                 " WHERE idempotency_key = ?",
                 (key,),
             ).fetchone()
@@ -298,7 +349,8 @@ class SqliteStore:
                 # A row from before fingerprints were kept (NULL) cannot be compared.
                 if found[2] is not None and found[2] != row["request_fingerprint"]:
                     raise IdempotencyKeyReused(key, found[0])
-                return snapshot_from_json(found[1], saga_id=found[0]), False
+                existing = snapshot_from_json(found[1], saga_id=found[0])
+                return existing.with_version(found[3]), False
         actual = self._version(conn, stored.saga_id)
         if actual is not None:
             raise ConcurrencyConflict(stored.saga_id, 0, actual)
@@ -307,22 +359,28 @@ class SqliteStore:
         return stored, True
 
     async def create(
-        self, snapshot: Snapshot, history: Sequence[HistoryEntry] = ()
+        self,
+        snapshot: Snapshot,
+        history: Sequence[HistoryEntry] = (),
+        *,
+        lease: Lease | None = None,
     ) -> tuple[Snapshot, bool]:
         stored = snapshot.with_version(1)
         # Encode before the transaction: a value JSON cannot hold changes nothing.
-        row = _new_row(stored)
+        row = _new_row(stored, lease)
         rows = _history_rows(stored.saga_id, 1, history)
-        with self._transaction("create") as conn:
-            return self._create_in(conn, stored, row, rows)
+        return await self._write("create", lambda conn: self._create_in(conn, stored, row, rows))
 
     async def create_many(self, snapshots: Sequence[Snapshot]) -> builtins.list[Snapshot]:
         stored = [snapshot.with_version(1) for snapshot in snapshots]
         rows = [_new_row(s) for s in stored]
-        with self._transaction("create_many") as conn:
+
+        def create_all(conn: sqlite3.Connection) -> builtins.list[Snapshot]:
             return [
                 self._create_in(conn, s, row, [])[0] for s, row in zip(stored, rows, strict=True)
             ]
+
+        return await self._write("create_many", create_all)
 
     async def save(
         self, snapshot: Snapshot, history: Sequence[HistoryEntry], *, expected_version: int
@@ -330,24 +388,29 @@ class SqliteStore:
         stored = snapshot.with_version(expected_version + 1)
         row = _columns(stored) | {"expected_version": expected_version}
         rows = _history_rows(stored.saga_id, stored.version, history)
-        with self._transaction("save") as conn:
+
+        def update(conn: sqlite3.Connection) -> Snapshot:
             if conn.execute(_UPDATE, row).rowcount != 1:
                 actual = self._version(conn, stored.saga_id)
                 if actual is None:
                     raise SagaNotFound(stored.saga_id)
                 raise ConcurrencyConflict(stored.saga_id, expected_version, actual)
             conn.executemany(_INSERT_HISTORY, rows)
-        return stored
+            return stored
+
+        return await self._write("save", update)
 
     async def load(self, saga_id: str) -> Snapshot:
-        found = self._read("SELECT snapshot FROM saga_fsm_sagas WHERE saga_id = ?", (saga_id,))
+        found = await self._read(
+            "SELECT snapshot, version FROM saga_fsm_sagas WHERE saga_id = ?", (saga_id,)
+        )
         if not found:
             raise SagaNotFound(saga_id)
-        return snapshot_from_json(found[0][0], saga_id=saga_id)
+        return snapshot_from_json(found[0][0], saga_id=saga_id).with_version(found[0][1])
 
     async def history(self, saga_id: str) -> list[HistoryEntry]:
         # One read: the LEFT JOIN tells "no saga" (no row) from "no history" (NULL row).
-        rows = self._read(
+        rows = await self._read(
             "SELECT h.from_state, h.to_state, h.trigger, h.at, h.detail"
             " FROM saga_fsm_sagas s LEFT JOIN saga_fsm_history h ON h.saga_id = s.saga_id"
             " WHERE s.saga_id = ? ORDER BY h.id",
@@ -374,82 +437,58 @@ class SqliteStore:
         check_limit(limit)
         where, params = _filters(state, definition, updated_before, unfinished)
         order = " ORDER BY created_at DESC, saga_id DESC" if newest_first else _OLDEST_FIRST
-        rows = self._read(
+        rows = await self._read(
             _LIST_HEAD + where + order + " LIMIT :limit",
             params | {"limit": -1 if limit is None else limit},
         )
-        return [snapshot_or_error(text, saga_id=saga_id) for saga_id, text in rows]
+        return [_versioned(saga_id, text, version) for saga_id, text, version in rows]
 
     # -- quarantine -------------------------------------------------------------------------
     async def quarantine(self, saga_id: str, reason: str, *, now: datetime) -> None:
-        with self._transaction("quarantine") as conn:
-            changed = conn.execute(
-                "UPDATE saga_fsm_sagas SET quarantine = ?, quarantined_at = ?,"
-                " lease_owner = NULL, lease_expires_at = NULL WHERE saga_id = ?",
-                (reason, utc_text(now), saga_id),
-            ).rowcount
+        changed = await self._write(
+            "quarantine",
+            lambda conn: (
+                conn.execute(
+                    "UPDATE saga_fsm_sagas SET quarantine = ?, quarantined_at = ?,"
+                    " lease_owner = NULL, lease_expires_at = NULL WHERE saga_id = ?",
+                    (reason, utc_text(now), saga_id),
+                ).rowcount
+            ),
+        )
         if changed != 1:
             raise SagaNotFound(saga_id)
 
     async def unquarantine(self, saga_id: str) -> Snapshot:
-        with self._transaction("unquarantine") as conn:
-            found = conn.execute(
-                "SELECT snapshot, quarantine FROM saga_fsm_sagas WHERE saga_id = ?", (saga_id,)
-            ).fetchone()
-            if found is None:
-                raise SagaNotFound(saga_id)
-            if found[1] is None:
-                raise NotQuarantined(saga_id)
-            snapshot = snapshot_from_json(found[0], saga_id=saga_id)
-            conn.execute(
-                "UPDATE saga_fsm_sagas SET quarantine = NULL, quarantined_at = NULL"
-                " WHERE saga_id = ?",
-                (saga_id,),
-            )
+        return await self._write("unquarantine", partial(self._unquarantine, saga_id))
+
+    @staticmethod
+    def _unquarantine(saga_id: str, conn: sqlite3.Connection) -> Snapshot:
+        found = conn.execute(
+            "SELECT snapshot, quarantine, version FROM saga_fsm_sagas WHERE saga_id = ?",
+            (saga_id,),
+        ).fetchone()
+        if found is None:
+            raise SagaNotFound(saga_id)
+        if found[1] is None:
+            raise NotQuarantined(saga_id)
+        snapshot = snapshot_from_json(found[0], saga_id=saga_id).with_version(found[2])
+        conn.execute(
+            "UPDATE saga_fsm_sagas SET quarantine = NULL, quarantined_at = NULL WHERE saga_id = ?",
+            (saga_id,),
+        )
         return snapshot
 
     async def list_quarantined(self, *, limit: int | None = None) -> builtins.list[QuarantinedSaga]:
         check_limit(limit)
-        rows = self._read(
+        rows = await self._read(
             "SELECT saga_id, quarantine, quarantined_at FROM saga_fsm_sagas"
             " WHERE quarantine IS NOT NULL ORDER BY quarantined_at, saga_id LIMIT ?",
             (-1 if limit is None else limit,),
         )
         return [QuarantinedSaga(i, why, datetime.fromisoformat(at)) for i, why, at in rows]
 
-    # -- leases ---------------------------------------------------------------------------
-    # Read-modify-write inside BEGIN IMMEDIATE: the snapshot JSON is the truth, so a lease
-    # change is decoded, evolved and re-encoded by the codec, exactly as MemoryStore does.
+    # -- leases: columns only ---------------------------------------------------------------
     # SQLite admits one writer at a time, so two claimers never lease the same saga.
-
-    @staticmethod
-    def _lease(
-        conn: sqlite3.Connection,
-        saga_id: str,
-        text: str,
-        owner: str | None,
-        expires_at: datetime | None,
-        *,
-        bump: bool,
-    ) -> Snapshot:
-        snapshot = snapshot_from_json(text, saga_id=saga_id)
-        leased = evolve(
-            snapshot,
-            lease_owner=owner,
-            lease_expires_at=expires_at,
-            version=snapshot.version + (1 if bump else 0),
-        )
-        conn.execute(
-            _SET_LEASE,
-            {
-                "snapshot": snapshot_to_json(leased),
-                "version": leased.version,
-                "lease_owner": owner,
-                "lease_expires_at": utc_text(expires_at),
-                "saga_id": saga_id,
-            },
-        )
-        return leased
 
     async def claim_due(
         self,
@@ -465,67 +504,92 @@ class SqliteStore:
         if not wanted:
             return []
         expires_at = now + timedelta(seconds=lease_seconds)
-        params: dict[str, Any] = {"now": utc_text(now), "limit": limit}
+        params: dict[str, Any] = {
+            "now": utc_text(now),
+            "limit": limit,
+            "worker": worker_id,
+            "expires_at": utc_text(expires_at),
+        }
         for n, (name, version) in enumerate(wanted):
             params |= {f"name{n}": name, f"version{n}": version}
-        query = _DUE.format(
-            served=", ".join(f"(:name{n}, :version{n})" for n in range(len(wanted)))
+        query = _CLAIM.replace(
+            "{served}", ", ".join(f"(:name{n}, :version{n})" for n in range(len(wanted)))
         )
-        claimed: Claimed = []
-        with self._transaction("claim_due") as conn:
-            due = conn.execute(query, params).fetchall()
-            for saga_id, text in due:
-                try:
-                    claimed.append(
-                        self._lease(conn, saga_id, text, worker_id, expires_at, bump=True)
-                    )
-                except SnapshotDecodeError as err:
-                    # Leased all the same, so it is not handed out again in a tight loop.
-                    conn.execute(_SET_LEASE_COLUMNS, (worker_id, utc_text(expires_at), saga_id))
-                    claimed.append(err)
-        return claimed
+        due = await self._write("claim_due", lambda conn: conn.execute(query, params).fetchall())
+        # RETURNING gives no order: the due order, as claimed. A row that cannot be
+        # decoded stays leased all the same, so it is not handed out again in a tight loop.
+        due.sort(key=lambda row: (row[3], row[0]))
+        return [_versioned(saga_id, text, version) for saga_id, text, version, _ in due]
 
     async def acquire(
         self, saga_id: str, worker_id: str, *, now: datetime, lease_seconds: float
     ) -> Snapshot:
-        with self._transaction("acquire") as conn:
-            row = conn.execute(_LEASE_OF, (saga_id,)).fetchone()
+        expires_at = now + timedelta(seconds=lease_seconds)
+        params = {
+            "saga_id": saga_id,
+            "worker": worker_id,
+            "now": utc_text(now),
+            "expires_at": utc_text(expires_at),
+        }
+
+        def take(conn: sqlite3.Connection) -> Any:
+            row = conn.execute(_ACQUIRE, params).fetchone()
             if row is None:
-                raise SagaNotFound(saga_id)
-            text, owner, expires = row
-            now_text = utc_text(now)
-            assert now_text is not None
-            live = expires is not None and expires > now_text
-            if owner is not None and owner != worker_id and live:
-                raise SagaLeased(saga_id, owner, datetime.fromisoformat(expires))
-            expires_at = now + timedelta(seconds=lease_seconds)
-            return self._lease(conn, saga_id, text, worker_id, expires_at, bump=True)
+                held = conn.execute(_LEASE_OF, (saga_id,)).fetchone()
+                if held is None:
+                    raise SagaNotFound(saga_id)
+                raise SagaLeased(saga_id, held[0], _time(held[1]))
+            return row
+
+        row = await self._write("acquire", take)
+        return snapshot_from_json(row[0], saga_id=saga_id).with_version(row[1])
+
+    async def lease(self, saga_id: str) -> Lease | None:
+        found = await self._read(_LEASE_OF, (saga_id,))
+        if not found:
+            raise SagaNotFound(saga_id)
+        owner, expires = found[0]
+        return lease_or_none(owner, None if expires is None else _time(expires))
 
     async def renew_leases(
         self, saga_ids: Collection[str], worker_id: str, *, expires_at: datetime
     ) -> set[str]:
-        held = set()
         wanted = ids(saga_ids)
-        with self._transaction("renew_leases") as conn:
-            for saga_id in wanted:
-                row = conn.execute(_LEASE_OF, (saga_id,)).fetchone()
-                if row is not None and row[1] == worker_id:
-                    self._lease(conn, saga_id, row[0], worker_id, expires_at, bump=False)
-                    held.add(saga_id)
-        return held
+
+        def renew(conn: sqlite3.Connection) -> set[str]:
+            held: set[str] = set()
+            for start in range(0, len(wanted), 500):  # SQLite's bound parameters are few
+                chunk = wanted[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                rows = conn.execute(
+                    "UPDATE saga_fsm_sagas SET lease_expires_at = ?"
+                    f" WHERE lease_owner = ? AND saga_id IN ({marks}) RETURNING saga_id",
+                    (utc_text(expires_at), worker_id, *chunk),
+                ).fetchall()
+                held.update(saga_id for (saga_id,) in rows)
+            return held
+
+        return await self._write("renew_leases", renew)
 
     async def release(self, saga_id: str, worker_id: str) -> None:
-        with self._transaction("release") as conn:
-            row = conn.execute(_LEASE_OF, (saga_id,)).fetchone()
-            if row is not None and row[1] == worker_id:
-                try:
-                    self._lease(conn, saga_id, row[0], None, None, bump=False)
-                except SnapshotDecodeError:
-                    conn.execute(_SET_LEASE_COLUMNS, (None, None, saga_id))
+        await self._write(
+            "release",
+            lambda conn: conn.execute(
+                "UPDATE saga_fsm_sagas SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE saga_id = ? AND lease_owner = ?",
+                (saga_id, worker_id),
+            ),
+        )
 
     async def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        def close() -> None:
+            with self._lock:
+                self._conn.close()
+
+        if not self._closed:
+            await self._off_loop(close)
+            self._closed = True
+            self._thread.shutdown()
 
     # -- SagaQueries: what an operator's console reads ----------------------------------------
     # Times are fixed-width UTC text, so text comparisons are time comparisons; newest
@@ -536,23 +600,25 @@ class SqliteStore:
     ) -> SagaPage:
         check_page_limit(limit)
         conditions, params = sql_conditions(where, after, _QUERY_SQL, utc_text)
-        rows = self._read(
-            "SELECT saga_id, definition, state, created_at, updated_at, snapshot"
+        rows = await self._read(
+            "SELECT saga_id, definition, state, created_at, updated_at, snapshot, version"
             f" FROM saga_fsm_sagas WHERE {conditions}"
             " ORDER BY created_at DESC, saga_id DESC LIMIT :limit",
             params | {"limit": limit + 1},
         )
         return paged(
             [
-                decoded_row(saga_id, definition, state, _time(created), _time(updated), text)
-                for saga_id, definition, state, created, updated, text in rows
+                decoded_row(
+                    saga_id, definition, state, _time(created), _time(updated), text, version
+                )
+                for saga_id, definition, state, created, updated, text, version in rows
             ],
             limit,
         )
 
     async def counts(self, where: SagaFilter = EVERYTHING) -> builtins.list[StateCount]:
         conditions, params = sql_conditions(where, None, _QUERY_SQL, utc_text)
-        rows = self._read(
+        rows = await self._read(
             "SELECT definition, state, count(*) FROM saga_fsm_sagas"
             f" WHERE {conditions} GROUP BY definition, state",
             params,
@@ -563,7 +629,7 @@ class SqliteStore:
         check_limit(limit)
         # A range on the primary key (an index seek; SQLite's LIKE is case-insensitive and
         # skips the index), then the exact test, since ids are compared byte by byte.
-        rows = self._read(
+        rows = await self._read(
             "SELECT saga_id FROM saga_fsm_sagas WHERE saga_id >= :prefix"
             " AND saga_id < :prefix || char(1114111)"
             " AND substr(saga_id, 1, length(:prefix)) = :prefix ORDER BY saga_id LIMIT :limit",
@@ -580,7 +646,9 @@ class SqliteStore:
         unfinished: bool = False,
     ) -> int:
         where, params = _filters(state, definition, updated_before, unfinished)
-        ((found,),) = self._read("SELECT count(*) FROM saga_fsm_sagas WHERE true" + where, params)
+        ((found,),) = await self._read(
+            "SELECT count(*) FROM saga_fsm_sagas WHERE true" + where, params
+        )
         return int(found)
 
 
@@ -595,7 +663,7 @@ def _statements(script: str) -> Iterator[str]:
                 yield buffer
             buffer = ""
     if _strip_comments(buffer.rstrip(";")):
-        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()!r}")
+        raise InvalidArgument(f"incomplete SQL statement in migration: {buffer.strip()!r}")
 
 
 def _strip_comments(sql: str) -> str:

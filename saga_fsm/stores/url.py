@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from saga_fsm._errors import InvalidStoreURL, StoreError
-from saga_fsm.stores._protocol import SnapshotStore
+from saga_fsm.stores._protocol import SagaStore
 from saga_fsm.stores._secrets import redact_url as redact_url  # (public here)
 from saga_fsm.stores._secrets import scrub
 from saga_fsm.stores.memory import MemoryStore
@@ -61,7 +61,7 @@ def url_scheme(url: str) -> str:
     return "postgresql" if scheme == "postgres" else scheme
 
 
-async def _open(url: str, *, create: bool) -> SnapshotStore:
+async def _open(url: str, *, create: bool) -> SagaStore:
     scheme = url_scheme(url)
     if scheme == "memory":
         if url.lower() != "memory://":
@@ -80,9 +80,7 @@ async def _open(url: str, *, create: bool) -> SnapshotStore:
 
 
 @asynccontextmanager
-async def open_store(
-    url: str | None = None, *, create: bool = True
-) -> AsyncIterator[SnapshotStore]:
+async def open_store(url: str | None = None, *, create: bool = True) -> AsyncIterator[SagaStore]:
     """Open the store ``url`` names (default: ``store_url_from_env()``) and close it
     on exit. Unknown or malformed URLs raise ``InvalidStoreURL`` before anything opens.
     ``create=False`` (for reading) refuses a SQLite file that does not exist instead of

@@ -42,7 +42,12 @@ def test_demo_then_ls_show_history_on_the_default_sqlite_store(tmp_path: Path) -
 
     saga_id = listed[0]["id"]
     shown = json.loads(saga_fsm("show", saga_id, "--json", cwd=tmp_path).stdout)
-    assert shown["id"] == saga_id and shown["schema_version"] == 1
+    assert shown["id"] == saga_id and shown["schema_version"] == 2
+    # The store's columns beside the snapshot: a finished saga has no lease left.
+    assert shown["version"] >= 2 and (shown["lease_owner"], shown["lease_expires_at"]) == (
+        None,
+        None,
+    )
     history = json.loads(saga_fsm("history", saga_id, "--json", cwd=tmp_path).stdout)
     assert history["id"] == saga_id
     history = history["transitions"]

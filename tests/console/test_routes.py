@@ -7,6 +7,7 @@ import asyncio
 import re
 import warnings
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -138,6 +139,17 @@ def test_the_saga_page_escapes_data_and_draws_the_path(shop: Shop) -> None:
     assert "<html" not in live and 'id="state"' in live
     finished = client(shop).get(f"/sagas/{shop.completed}").text
     assert "data-refresh" not in finished and 'id="action-' not in finished
+
+
+def test_the_saga_page_shows_the_lease_from_the_stores_columns(shop: Shop) -> None:
+    assert 'id="lease"' not in client(shop).get(f"/sagas/{shop.pending}").text
+    assert isinstance(shop.store, MemoryStore)
+    leased = shop.run(
+        shop.store.acquire(shop.pending, "worker-7", now=datetime.now(UTC), lease_seconds=60)
+    )
+    page = client(shop).get(f"/sagas/{shop.pending}").text
+    assert text_of(page, "lease").startswith("worker-7 until ")
+    assert f"<dd>{leased.version}</dd>" in page
 
 
 def test_an_undecodable_saga_is_shown_with_its_error(shop: Shop) -> None:

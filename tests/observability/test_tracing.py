@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 from saga_fsm import MemoryStore, Orchestrator, SagaBuilder, StepContext, StepFailed, decide
-from saga_fsm._core import Event
+from saga_fsm._core import Event, new_snapshot
 from saga_fsm.messaging import (
     Headers,
     Message,
@@ -329,11 +330,12 @@ def test_a_saga_handed_back_to_the_store_leaves_nothing_behind() -> None:
     """Transitions waiting for the saga's next span are dropped once the saga is handed
     back to the store (another worker may carry on): a long-running worker does not grow."""
     tracing = SagaTracing(in_memory_provider()[0])
-    pending = Orchestrator(MemoryStore(), [order])._new(order, {}, None, None, None)
+    pending = new_snapshot(order, "s-1", {}, datetime.now(UTC))
     decision = decide(order, pending, Event.start(pending.created_at))
-    held = attrs.evolve(decision.snapshot, lease_owner="w-1")
+    held = decision.snapshot  # running its first step, driven here
     tracing.transitioned(pending, held, decision.history)
     assert list(tracing._pending) == [held.saga_id]  # kept for the first attempt's span
-    released = attrs.evolve(decision.snapshot, lease_owner=None)
+    # Waiting for a timer: possibly handed back to whichever worker wakes it.
+    released = attrs.evolve(decision.snapshot, wake_at=datetime.now(UTC))
     tracing.transitioned(pending, released, decision.history)
     assert tracing._pending == {}

@@ -162,7 +162,9 @@ class ExamplePaths(RuleBasedStateMachine):
     def store_holds_exactly_what_was_decided(self) -> None:
         for saga_id, snapshot in self.sagas.items():
             assert self._run(self.store.load(saga_id)) == snapshot
-            assert snapshot_from_json(snapshot_to_json(snapshot)) == snapshot
+            # (the version is the store's column, not in the JSON)
+            decoded = snapshot_from_json(snapshot_to_json(snapshot))
+            assert decoded.with_version(snapshot.version) == snapshot
 
     @invariant()
     def nothing_after_the_pivot_is_compensated(self) -> None:

@@ -1,4 +1,5 @@
-"""The SnapshotStore contract, run against every store: memory, SQLite and PostgreSQL.
+"""The store contract, run against every store: memory, SQLite and PostgreSQL: its
+SnapshotStore half (snapshots, history) and its WorkerLeases half (claims, leases).
 
 A store that passes here can replace any other under the orchestrator.
 """
@@ -37,7 +38,16 @@ from saga_fsm._snapshot import (
     StepRecord,
     StepStatus,
 )
-from saga_fsm.stores import MemoryStore, PostgresStore, QuarantinedSaga, SnapshotStore, SqliteStore
+from saga_fsm.stores import (
+    Lease,
+    MemoryStore,
+    PostgresStore,
+    QuarantinedSaga,
+    SagaStore,
+    SnapshotStore,
+    SqliteStore,
+    WorkerLeases,
+)
 
 T = TypeVar("T")
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -64,7 +74,7 @@ class Harness:
     """One store, the event loop it lives on, and a back door to corrupt its rows."""
 
     kind: str
-    store: SnapshotStore
+    store: SagaStore
     runner: asyncio.Runner
     write_raw: Callable[[str, str], None]
     """(saga_id, text) -> put ``text`` in the stored snapshot, bypassing the codec."""
@@ -109,7 +119,7 @@ def _postgres_raw(conninfo: str) -> Callable[[str, str], None]:
 def harness(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Harness]:
     kind: str = request.param
     with asyncio.Runner() as runner:
-        store: SnapshotStore
+        store: SagaStore
         if kind == "memory":
             memory = MemoryStore()
             store, raw = memory, _memory_raw(memory)
@@ -192,8 +202,6 @@ def rich_snapshot() -> Snapshot:
         correlation_id="corr-9",
         idempotency_key="order-9",
         wake_at=datetime(2024, 5, 1, 12, 5, tzinfo=UTC),
-        lease_owner="worker-1",
-        lease_expires_at=datetime(2024, 5, 1, 12, 1, tzinfo=UTC),
         cancel_requested=True,
         parked_at=None,
         failure=ErrorInfo("payments.Declined", "card declined", retryable=False),
@@ -201,7 +209,7 @@ def rich_snapshot() -> Snapshot:
     )
 
 
-# -- the contract ------------------------------------------------------------------------------
+# -- SnapshotStore: what persists snapshots -----------------------------------------------
 def test_is_a_snapshot_store(harness: Harness) -> None:
     assert isinstance(harness.store, SnapshotStore)
 
@@ -501,7 +509,7 @@ def test_a_corrupt_row_raises_snapshot_decode_error(
     assert harness.run(harness.store.load("s-2")).saga_id == "s-2"
 
 
-# -- leases ------------------------------------------------------------------------------------
+# -- WorkerLeases: what coordinates workers (claims, leases, quarantine) ---------------------
 W1, W2 = "worker-1", "worker-2"
 NOW = datetime(2024, 5, 1, 14, 0, tzinfo=CEST)  # == T0 + 0h, written in another zone
 LEASE = 30.0
@@ -516,11 +524,15 @@ def test_a_negative_limit_is_refused(harness: Harness) -> None:
         harness.run(
             harness.store.claim_due(W1, now=NOW, lease_seconds=LEASE, limit=-1, definitions=SERVED)
         )
-    assert harness.run(harness.store.load("s-1")).lease_owner is None  # nothing claimed
+    assert _lease(harness, "s-1") is None  # nothing claimed
 
 
-def _create(harness: Harness, snapshot: Snapshot) -> Snapshot:
-    return harness.run(harness.store.create(snapshot))[0]
+def _create(harness: Harness, snapshot: Snapshot, lease: Lease | None = None) -> Snapshot:
+    return harness.run(harness.store.create(snapshot, lease=lease))[0]
+
+
+def _lease(harness: Harness, saga_id: str) -> Lease | None:
+    return harness.run(harness.store.lease(saga_id))
 
 
 def _due_world(harness: Harness) -> dict[str, Snapshot]:
@@ -530,22 +542,13 @@ def _due_world(harness: Harness) -> dict[str, Snapshot]:
     backing_off, _ = advanced(started("backing-off", at=T0 - timedelta(minutes=30))[0])
     future, _ = advanced(started("future", at=T0 + timedelta(hours=1))[0])
     done = evolve(pending, saga_id="done", state="completed")
-    held = evolve(
-        pending,
-        saga_id="held",
-        created_at=T0 - timedelta(hours=3),
-        lease_owner=W2,
-        lease_expires_at=T0 + timedelta(minutes=1),
-    )
-    expired = evolve(
-        pending,
-        saga_id="expired",
-        created_at=T0 - timedelta(hours=4),
-        lease_owner=W2,
-        lease_expires_at=T0 - timedelta(minutes=1),
-    )
-    made = [pending, in_flight, backing_off, future, done, held, expired]
-    return {s.saga_id: _create(harness, s) for s in made}
+    held = evolve(pending, saga_id="held", created_at=T0 - timedelta(hours=3))
+    expired = evolve(pending, saga_id="expired", created_at=T0 - timedelta(hours=4))
+    made = [pending, in_flight, backing_off, future, done]
+    world = {s.saga_id: _create(harness, s) for s in made}
+    world["held"] = _create(harness, held, Lease(W2, T0 + timedelta(minutes=1)))
+    world["expired"] = _create(harness, expired, Lease(W2, T0 - timedelta(minutes=1)))
+    return world
 
 
 def test_due_at_is_what_the_snapshot_says(harness: Harness) -> None:
@@ -566,17 +569,11 @@ def test_claim_due_leases_due_sagas_in_due_order(harness: Harness) -> None:
     for snapshot in claimed:
         assert isinstance(snapshot, Snapshot)
         before = world[snapshot.saga_id]
-        # Exactly the old snapshot with the lease and a new version, the zone kept.
-        leased = evolve(
-            before,
-            lease_owner=W1,
-            lease_expires_at=NOW + timedelta(seconds=LEASE),
-            version=before.version + 1,
-        )
+        # Exactly the old snapshot at a new version; the lease is in the store's columns.
+        leased = evolve(before, version=before.version + 1)
         assert snapshot == leased
         assert harness.run(harness.store.load(snapshot.saga_id)) == leased
-        assert snapshot.lease_expires_at is not None
-        assert snapshot.lease_expires_at.utcoffset() == timedelta(hours=2)
+        assert _lease(harness, snapshot.saga_id) == Lease(W1, NOW + timedelta(seconds=LEASE))
     # Everything due is leased now; the history is untouched by leases.
     assert (
         harness.run(
@@ -604,7 +601,8 @@ def test_claim_due_takes_over_expired_leases_and_respects_limit(harness: Harness
         harness.store.claim_due(W2, now=later, lease_seconds=LEASE, limit=10, definitions=SERVED)
     )
     assert [c.saga_id for c in taken] == ["expired", "pending", "in-flight", "backing-off"]
-    assert all(isinstance(c, Snapshot) and c.lease_owner == W2 for c in taken)
+    until = later + timedelta(seconds=LEASE)
+    assert all(_lease(harness, c.saga_id) == Lease(W2, until) for c in taken)
     assert [c.version for c in taken if isinstance(c, Snapshot)] == [3, 3, 2, 2]
 
 
@@ -723,7 +721,7 @@ def test_quarantine_sets_a_row_aside_until_it_is_fixed(harness: Harness) -> None
         harness.run(harness.store.unquarantine("nope"))
     # Fixed by an operator: claimable again.
     harness.write_raw("bad", snapshot_to_json(bad))
-    assert harness.run(harness.store.unquarantine("bad")) == bad
+    assert harness.run(harness.store.unquarantine("bad")) == evolve(bad, version=2)  # claimed once
     assert harness.run(harness.store.list_quarantined()) == []
     (again,) = harness.run(
         harness.store.claim_due(W2, now=later, lease_seconds=LEASE, limit=10, definitions=SERVED)
@@ -769,18 +767,23 @@ def test_acquire(harness: Harness) -> None:
     # Due or not, a saga can be acquired.
     mine = harness.run(harness.store.acquire("s-1", W1, now=NOW, lease_seconds=LEASE))
     expires = NOW + timedelta(seconds=LEASE)
-    assert mine == evolve(done, lease_owner=W1, lease_expires_at=expires, version=2)
+    assert mine == evolve(done, version=2)
+    assert _lease(harness, "s-1") == Lease(W1, expires)
     assert harness.run(harness.store.load("s-1")) == mine
     with pytest.raises(SagaLeased) as caught:
         harness.run(harness.store.acquire("s-1", W2, now=NOW, lease_seconds=LEASE))
     assert (caught.value.saga_id, caught.value.owner, caught.value.until) == ("s-1", W1, expires)
     assert harness.run(harness.store.load("s-1")) == mine
+    assert _lease(harness, "s-1") == Lease(W1, expires)
     # The holder may acquire again; anyone may once the lease has run out.
     again = harness.run(harness.store.acquire("s-1", W1, now=NOW, lease_seconds=LEASE))
     assert again.version == 3
     later = NOW + timedelta(seconds=LEASE)  # expiry is not "live"
     taken = harness.run(harness.store.acquire("s-1", W2, now=later, lease_seconds=LEASE))
-    assert (taken.lease_owner, taken.version) == (W2, 4)
+    assert taken.version == 4
+    assert _lease(harness, "s-1") == Lease(W2, later + timedelta(seconds=LEASE))
+    with pytest.raises(SagaNotFound):
+        _lease(harness, "nope")
     # Each acquire bumped the version: a writer holding an older one is fenced off.
     with pytest.raises(ConcurrencyConflict):
         harness.run(harness.store.save(again, [], expected_version=again.version))
@@ -796,10 +799,12 @@ def test_renew_leases(harness: Harness) -> None:
     assert harness.run(store.renew_leases(["nope"], W1, expires_at=NOW)) == set()
     assert harness.run(store.renew_leases([], W1, expires_at=NOW)) == set()
     assert harness.run(store.load("s-1")) == leased
+    assert _lease(harness, "s-1") == Lease(W1, NOW + timedelta(seconds=LEASE))
     later = NOW + timedelta(minutes=5)  # past expiry, but nobody took it: still W1's
     assert harness.run(store.renew_leases(["s-1", "nope", "s-1"], W1, expires_at=later)) == {"s-1"}
     renewed = harness.run(store.load("s-1"))
-    assert renewed == evolve(leased, lease_expires_at=later)  # no version bump
+    assert renewed == leased  # no version bump
+    assert _lease(harness, "s-1") == Lease(W1, later)
     assert (
         harness.run(store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=5, definitions=SERVED))
         == []
@@ -825,8 +830,9 @@ def test_renew_leases_many_at_once(harness: Harness) -> None:
     wanted = [f"s-{n:04}" for n in range(count)] + ["unknown"]
     held = harness.run(harness.store.renew_leases(wanted, W1, expires_at=later))
     assert held == set(wanted) - {"s-0007", "unknown"}
-    assert harness.run(harness.store.load("s-1204")).lease_expires_at == later
-    assert harness.run(harness.store.load("s-0007")).lease_owner == W2
+    assert _lease(harness, "s-1204") == Lease(W1, later)
+    lease = _lease(harness, "s-0007")
+    assert lease is not None and lease.owner == W2
 
 
 def test_release(harness: Harness) -> None:
@@ -834,10 +840,10 @@ def test_release(harness: Harness) -> None:
     leased = harness.run(harness.store.acquire("s-1", W1, now=NOW, lease_seconds=LEASE))
     harness.run(harness.store.release("s-1", W2))  # not W2's: nothing happens
     harness.run(harness.store.release("nope", W1))
-    assert harness.run(harness.store.load("s-1")) == leased
+    assert _lease(harness, "s-1") == Lease(W1, NOW + timedelta(seconds=LEASE))
     harness.run(harness.store.release("s-1", W1))
-    released = harness.run(harness.store.load("s-1"))
-    assert released == evolve(leased, lease_owner=None, lease_expires_at=None)
+    assert harness.run(harness.store.load("s-1")) == leased  # no version bump
+    assert _lease(harness, "s-1") is None
     # Free at once: claimable and acquirable by another worker.
     claimed = harness.run(
         harness.store.claim_due(W2, now=NOW, lease_seconds=LEASE, limit=5, definitions=SERVED)
@@ -845,22 +851,30 @@ def test_release(harness: Harness) -> None:
     assert [c.saga_id for c in claimed] == ["s-1"]
 
 
-def test_a_save_can_set_and_clear_the_lease(harness: Harness) -> None:
-    stored = _create(harness, new_snapshot(ORDER, "s-1", {}, T0 - timedelta(hours=1)))
-    held = evolve(stored, lease_owner=W1, lease_expires_at=T0 + timedelta(minutes=1))
-    harness.run(harness.store.save(held, [], expected_version=1))
+def test_a_save_keeps_the_lease_until_the_saga_is_no_longer_due(harness: Harness) -> None:
+    held = Lease(W1, T0 + timedelta(minutes=1))
+    stored = _create(harness, new_snapshot(ORDER, "s-1", {}, T0 - timedelta(hours=1)), held)
+    assert _lease(harness, "s-1") == held
+    running, _ = advanced(started()[0])
+    saved = harness.run(harness.store.save(running, [], expected_version=1))
+    assert _lease(harness, "s-1") == held  # a write leaves the lease alone
     assert (
         harness.run(
             harness.store.claim_due(W2, now=T0, lease_seconds=LEASE, limit=5, definitions=SERVED)
         )
         == []
     )
-    free = evolve(held, lease_owner=None, lease_expires_at=None)
-    harness.run(harness.store.save(free, [], expected_version=2))
-    claimed = harness.run(
-        harness.store.claim_due(W2, now=T0, lease_seconds=LEASE, limit=5, definitions=SERVED)
-    )
-    assert [c.saga_id for c in claimed] == ["s-1"]
+    harness.run(harness.store.save(evolve(saved, state="completed"), [], expected_version=2))
+    assert _lease(harness, "s-1") is None  # finished: no lease left
+    # A saga created finished has none either, whatever its creator asked.
+    _create(harness, evolve(stored, saga_id="s-2", state="completed"), held)
+    assert _lease(harness, "s-2") is None
+
+
+def test_a_store_is_both_halves(harness: Harness) -> None:
+    assert isinstance(harness.store, SnapshotStore)
+    assert isinstance(harness.store, WorkerLeases)
+    assert isinstance(harness.store, SagaStore)
 
 
 # -- property: any snapshot round-trips --------------------------------------------------------
@@ -929,8 +943,6 @@ def _snapshots(draw: st.DrawFn) -> Snapshot:
             idempotency_key=st.none() | _text,
             version=st.integers(0, 1000),
             wake_at=st.none() | _maybe_naive,
-            lease_owner=st.none() | _text,
-            lease_expires_at=st.none() | _maybe_naive,
             cancel_requested=st.booleans(),
             parked_at=st.none() | _states,
             failure=st.none() | _errors,

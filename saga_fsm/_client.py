@@ -1,0 +1,153 @@
+"""What an API process calls: start sagas, ask one to cancel, retry a parked one. It
+writes snapshots and never drives a saga: workers (``SagaExecutor``) do."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from saga_fsm._clock import Clock, SystemClock
+from saga_fsm._codec import data_problem
+from saga_fsm._core import Event, decide, new_snapshot
+from saga_fsm._definition import SagaDefinition
+from saga_fsm._errors import ConcurrencyConflict, InvalidArgument
+from saga_fsm._registry import Definitions, registry
+from saga_fsm._snapshot import Snapshot, replace
+from saga_fsm.observability._observer import NO_OBSERVER, Observer
+from saga_fsm.stores._protocol import SnapshotStore
+
+_CONFLICT_RETRIES = 5
+
+
+def new_saga(
+    definitions: Definitions,
+    clock: Clock,
+    definition: SagaDefinition,
+    data: Mapping[str, Any] | None,
+    saga_id: str | None = None,
+    correlation_id: str | None = None,
+    idempotency_key: str | None = None,
+    observer: Observer = NO_OBSERVER,
+) -> Snapshot:
+    """A new ``pending`` snapshot of ``definition`` (registered on the way), its data
+    checked to be plain JSON, stamped by ``observer`` (a trace's parent, say)."""
+    definitions.register(definition)
+    payload = dict(data or {})
+    problem = data_problem(payload, "data")
+    if problem is not None:
+        raise problem
+    return observer.stamp(
+        new_snapshot(
+            definition,
+            saga_id or str(uuid.uuid4()),
+            payload,
+            clock.now(),
+            correlation_id=correlation_id,
+            idempotency_key=idempotency_key,
+        )
+    )
+
+
+class SagaClient:
+    """Starts sagas and passes operators' requests on, through a ``SnapshotStore``."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        definitions: Definitions | Iterable[SagaDefinition] = (),
+        *,
+        clock: Clock | None = None,
+        observer: Observer = NO_OBSERVER,
+    ) -> None:
+        self.store = store
+        self.definitions = registry(definitions)
+        self.clock: Clock = clock or SystemClock()
+        self.observer = observer  # tracing, metrics, alerts: see saga_fsm.observability
+
+    async def start(
+        self,
+        definition: SagaDefinition,
+        data: Mapping[str, Any] | None = None,
+        *,
+        saga_id: str | None = None,
+        correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+        definition_ref: str | None = None,
+    ) -> Snapshot:
+        """Persist a new ``pending`` instance for a worker to run. With an
+        ``idempotency_key`` already in the store for the same definition and data,
+        return that instance instead (``IdempotencyKeyReused`` for other ones)."""
+        snapshot = new_saga(
+            self.definitions,
+            self.clock,
+            definition,
+            data,
+            saga_id,
+            correlation_id,
+            idempotency_key,
+            self.observer,
+        )
+        stored, created = await self.store.create(replace(snapshot, definition_ref=definition_ref))
+        if created:
+            self.observer.created(stored)
+        return stored
+
+    async def start_many(
+        self,
+        definition: SagaDefinition,
+        data: Sequence[Mapping[str, Any]],
+        *,
+        idempotency_keys: Sequence[str | None] | None = None,
+        definition_ref: str | None = None,
+    ) -> list[Snapshot]:
+        """``start`` for each of ``data``, all or nothing: every item is checked before
+        anything is written, and all are written in one transaction."""
+        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(data)
+        if len(keys) != len(data):
+            raise InvalidArgument(f"{len(data)} data items but {len(keys)} idempotency keys")
+        snapshots = [
+            replace(
+                new_saga(
+                    self.definitions,
+                    self.clock,
+                    definition,
+                    item,
+                    idempotency_key=key,
+                    observer=self.observer,
+                ),
+                definition_ref=definition_ref,
+            )
+            for item, key in zip(data, keys, strict=True)
+        ]
+        stored = await self.store.create_many(snapshots)
+        for created in stored:
+            self.observer.created(created)
+        return stored
+
+    async def cancel(self, saga_id: str) -> Snapshot:
+        """Ask a saga to compensate. Refused (``TransitionNotAllowed``) past the pivot or
+        once finished. A step in flight finishes first; then its work is undone too.
+        The lease is left as it is: whoever drives the saga carries on compensating."""
+        return await self._operator(saga_id, Event.cancel(self.clock.now()))
+
+    async def retry(self, saga_id: str) -> Snapshot:
+        """Resume a saga parked in ``failed`` where it gave up, with a fresh attempt budget."""
+        return await self._operator(saga_id, Event.retry(self.clock.now()))
+
+    async def _operator(self, saga_id: str, event: Event) -> Snapshot:
+        snapshot = await self.store.load(saga_id)
+        compiled = self.definitions.compiled_for(snapshot)
+        for _ in range(_CONFLICT_RETRIES):
+            decision = decide(compiled, snapshot, event)
+            try:
+                # A save leaves the lease as it is: an operator does not drive.
+                saved = await self.store.save(
+                    decision.snapshot, decision.history, expected_version=snapshot.version
+                )
+            except ConcurrencyConflict:
+                snapshot = await self.store.load(saga_id)
+                continue
+            self.observer.transitioned(snapshot, saved, decision.history)
+            return saved
+        raise ConcurrencyConflict(saga_id, snapshot.version, None)
