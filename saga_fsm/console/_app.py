@@ -359,7 +359,9 @@ def create_app(
             yield
             return
         async with AsyncExitStack() as opened:
-            serving = store or await opened.enter_async_context(open_store(str(store_url)))
+            serving = store
+            if serving is None:
+                serving = await opened.enter_async_context(open_store(str(store_url)))
             letters = dead_letters
             if broker_url is not None:
                 transport = await opened.enter_async_context(open_transport(broker_url))
