@@ -7,8 +7,10 @@ import os
 import click
 
 from saga_fsm._loading import load_definition
-from saga_fsm.cli._app import UsageProblem, main, resolve_store_url, store_option
+from saga_fsm.cli._app import UsageProblem, main, resolve_store_url, run_async, store_option
 from saga_fsm.cli._dlq import broker_option, broker_url
+from saga_fsm.messaging import open_transport
+from saga_fsm.stores import open_store
 from saga_fsm.stores.url import redact_url
 
 TOKEN_ENV = "SAGA_FSM_UI_TOKEN"
@@ -57,6 +59,14 @@ def ui(
     definitions = [load_definition(ref) for ref in refs]
     store = resolve_store_url(store_url)
     broker = broker_url(url, store)
+
+    async def reachable() -> None:
+        # A bad URL or a server that does not answer: one line and exit 2, before
+        # anything listens (the app opens its own when it starts).
+        async with open_store(store), open_transport(broker):
+            pass
+
+    run_async(reachable)
     app = create_app(
         store_url=store,
         broker_url=broker,
