@@ -1,8 +1,9 @@
 """The console's pages: an ASGI app on Starlette, rendered on the server by Jinja2.
 
 Reads go through the store's ``SagaQueries`` (pages, counts) and ``SnapshotStore``
-(one saga, its history); the operator commands through ``saga_fsm._operator.operate``,
-exactly as the CLI runs them. No page shows the store's URL.
+(one saga, its history); the operator commands through ``saga_fsm._operator.operate``
+and un-quarantine through the store's ``unquarantine``, exactly as the CLI runs them.
+The dead-letter pages are in ``_dead_letters``. No page shows the store's URL.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -75,7 +76,7 @@ _CONFIRM = {
 }
 # The operator commands, and un-quarantine: the store's own ``unquarantine``, as the CLI's.
 SagaAction = OperatorCommand | Literal["unquarantine"]
-SAGA_ACTIONS: tuple[SagaAction, ...] = (*OPERATOR_COMMANDS, *get_args(Literal["unquarantine"]))
+SAGA_ACTIONS: tuple[SagaAction, ...] = (*OPERATOR_COMMANDS, "unquarantine")
 
 
 class Console:
@@ -367,7 +368,10 @@ def create_app(
                 transport = await opened.enter_async_context(open_transport(broker_url))
                 letters = transport.dead_letters
             holder["console"] = Console(serving, definitions, guard, read_only, letters)
-            yield
+            try:
+                yield
+            finally:
+                del holder["console"]  # closed: the next start opens them again
 
     async def overview(request: Request) -> Response:
         return await console().overview(request)

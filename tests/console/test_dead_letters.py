@@ -168,9 +168,11 @@ def test_the_broker_opens_with_the_app_from_its_url(tmp_path: Path) -> None:
         return sent.message_id
 
     message_id = asyncio.run(park())
-    with TestClient(create_app(store_url=url, broker_url=url)) as web:
-        page = web.get("/dlq", params={"channel": CHANNEL}).text
-    assert message_id in page and "no such sku" in page and "sagas.db" not in page
+    app = create_app(store_url=url, broker_url=url)
+    for _ in range(2):  # stopped, the app closes both; started again, it opens them again
+        with TestClient(app) as web:
+            page = web.get("/dlq", params={"channel": CHANNEL}).text
+        assert message_id in page and "no such sku" in page and "sagas.db" not in page
 
 
 class DownDeadLetters(MemoryDeadLetters):
