@@ -166,12 +166,17 @@ def sql_conditions(
 ) -> tuple[str, dict[str, object]]:
     """The WHERE clause of a durable store's page or count: one template per filter
     field that is set (``status`` for a ``state`` without a step), each reading the
-    named parameter of its field, and ``after`` for the keyset."""
+    named parameter of its field, and ``after`` for the keyset. A yes/no field has two
+    templates without a parameter, ``name`` and ``not_name``: constant conditions, so
+    a partial index on one of them can serve it."""
     conditions: builtins.list[str] = []
     params: dict[str, object] = {}
     for name in FILTER_FIELDS:
         value = getattr(where, name)
         if value is None:
+            continue
+        if isinstance(value, bool):
+            conditions.append(templates[name if value else f"not_{name}"])
             continue
         if name == "state" and ":" not in value:
             name = "status"

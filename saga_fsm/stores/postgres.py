@@ -837,6 +837,7 @@ _QUERY_SQL = {
     "created_before": "created_at < %(created_before)s",
     "updated_from": "updated_at >= %(updated_from)s",
     "stuck_before": f"updated_at < %(stuck_before)s AND {_STATUS} IN ({_LIVE})",
-    "quarantined": "(quarantine IS NOT NULL) = %(quarantined)s",
+    "quarantined": "quarantine IS NOT NULL",  # saga_fsm_sagas_quarantined_idx, partial
+    "not_quarantined": "quarantine IS NULL",
     "after": '(created_at, saga_id COLLATE "C") < (%(after_created)s, %(after_id)s)',
 }

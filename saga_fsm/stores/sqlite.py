@@ -623,7 +623,8 @@ _QUERY_SQL = {
     "updated_from": "updated_at >= :updated_from",
     "stuck_before": "updated_at < :stuck_before"
     f" AND substr(state, 1, instr(state || ':', ':') - 1) IN ({_LIVE})",
-    "quarantined": "(quarantine IS NOT NULL) = :quarantined",
+    "quarantined": "quarantine IS NOT NULL",  # saga_fsm_sagas_quarantined_idx, partial
+    "not_quarantined": "quarantine IS NULL",
     "after": "(created_at, saga_id) < (:after_created, :after_id)",
 }
 
