@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import click
 
@@ -15,12 +15,26 @@ from saga_fsm.stores.url import store_url_from_env
 
 T = TypeVar("T")
 BROKER_ENV = "SAGA_FSM_BROKER"
+DeadLetterCommand = Literal["replay", "drop"]
+DEAD_LETTER_COMMANDS: tuple[DeadLetterCommand, ...] = get_args(DeadLetterCommand)
 
 
-def broker_url(url: str | None) -> str:
+def broker_url(url: str | None, store_url: str | None = None) -> str:
     """``--broker``, else ``$SAGA_FSM_BROKER``, else the saga store itself (the embedded
-    broker: SQLite or PostgreSQL)."""
-    return url or os.environ.get(BROKER_ENV) or store_url_from_env()
+    broker: SQLite or PostgreSQL): ``store_url``, else ``$SAGA_FSM_STORE`` or the default."""
+    return url or os.environ.get(BROKER_ENV) or store_url or store_url_from_env()
+
+
+async def settle_dead_letter(
+    dead: DeadLetters, command: DeadLetterCommand, channel: str, message_id: str
+) -> str:
+    """``replay`` or ``drop`` one dead letter, as ``dlq`` and the console both do it;
+    the line saying what was done. ``DeadLetterNotFound`` if it is not there."""
+    if command == "replay":
+        await dead.replay(channel, message_id)
+        return f"replayed {message_id} on {channel}"
+    await dead.drop(channel, message_id)
+    return f"dropped {message_id} from {channel}"
 
 
 def _with_dead_letters(url: str | None, act: Callable[[DeadLetters], Awaitable[T]]) -> T:
@@ -34,6 +48,12 @@ def _with_dead_letters(url: str | None, act: Callable[[DeadLetters], Awaitable[T
 def _encoded(letter: DeadLetter) -> dict[str, Any]:
     encoded: dict[str, Any] = converter.unstructure(letter)
     return encoded
+
+
+def _settle(
+    command: DeadLetterCommand, channel: str, message_id: str
+) -> Callable[[DeadLetters], Awaitable[str]]:
+    return lambda dead: settle_dead_letter(dead, command, channel, message_id)
 
 
 broker_option = click.option(
@@ -82,8 +102,7 @@ def show(channel: str, message_id: str, url: str | None) -> None:
 @broker_option
 def replay(channel: str, message_id: str, url: str | None) -> None:
     """Publish the dead letter on CHANNEL again (same message id) and forget it."""
-    _with_dead_letters(url, lambda dead: dead.replay(channel, message_id))
-    click.echo(f"replayed {message_id} on {channel}")
+    click.echo(_with_dead_letters(url, _settle("replay", channel, message_id)))
 
 
 @dlq.command("drop")
@@ -92,5 +111,4 @@ def replay(channel: str, message_id: str, url: str | None) -> None:
 @broker_option
 def drop(channel: str, message_id: str, url: str | None) -> None:
     """Forget the dead letter for good."""
-    _with_dead_letters(url, lambda dead: dead.drop(channel, message_id))
-    click.echo(f"dropped {message_id} from {channel}")
+    click.echo(_with_dead_letters(url, _settle("drop", channel, message_id)))

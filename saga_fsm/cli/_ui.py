@@ -7,7 +7,10 @@ import os
 import click
 
 from saga_fsm._loading import load_definition
-from saga_fsm.cli._app import UsageProblem, main, resolve_store_url, store_option
+from saga_fsm.cli._app import UsageProblem, main, resolve_store_url, run_async, store_option
+from saga_fsm.cli._dlq import broker_option, broker_url
+from saga_fsm.messaging import open_transport
+from saga_fsm.stores import open_store
 from saga_fsm.stores.url import redact_url
 
 TOKEN_ENV = "SAGA_FSM_UI_TOKEN"
@@ -25,15 +28,18 @@ TOKEN_ENV = "SAGA_FSM_UI_TOKEN"
     help=f"Every request must present T (default: ${TOKEN_ENV}); required off loopback.",
 )
 @click.option("--read-only", is_flag=True, help="Show everything, offer and accept no action.")
+@broker_option
 def ui(
     refs: tuple[str, ...],
     store_url: str | None,
+    url: str | None,
     host: str,
     port: int,
     token: str | None,
     read_only: bool,
 ) -> None:
-    """Serve the operator console: overview, sagas, each saga's path, cancel/retry/resume.
+    """Serve the operator console: overview, sagas, each saga's path, cancel/retry/resume,
+    un-quarantine, and the dead letters of the broker (replay/drop).
 
     REFs are definitions to draw on the definitions page (and to drive sagas that
     recorded no reference to load theirs from)."""
@@ -51,8 +57,27 @@ def ui(
             f"--host {host} is reachable from other machines: give --token or set {TOKEN_ENV}"
         )
     definitions = [load_definition(ref) for ref in refs]
-    url = resolve_store_url(store_url)
-    app = create_app(store_url=url, definitions=definitions, token=token, read_only=read_only)
+    store = resolve_store_url(store_url)
+    broker = broker_url(url, store)
+
+    async def reachable() -> None:
+        # A bad URL or a server that does not answer: one line and exit 2, before
+        # anything listens (the app opens its own when it starts).
+        async with open_store(store), open_transport(broker):
+            pass
+
+    run_async(reachable)
+    app = create_app(
+        store_url=store,
+        broker_url=broker,
+        definitions=definitions,
+        token=token,
+        read_only=read_only,
+    )
     mode = " (read-only)" if read_only else ""
-    click.echo(f"saga-fsm ui: http://{host}:{port}/ on {redact_url(url)}{mode}", err=True)
+    click.echo(
+        f"saga-fsm ui: http://{host}:{port}/ on {redact_url(store)},"
+        f" dead letters on {redact_url(broker)}{mode}",
+        err=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

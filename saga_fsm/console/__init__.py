@@ -2,8 +2,9 @@
 
 A server-rendered web app (Starlette, Jinja2, uvicorn; no build step, nothing from a
 CDN): an overview of the store, the list of sagas with filters in the URL, one page per
-saga with its path drawn on its definition's Machine, the operator commands behind a
-confirmation, and the definitions the console was given.
+saga with its path drawn on its definition's Machine, the operator commands (and
+un-quarantine) behind a confirmation, a broker's dead letters with replay and drop, and
+the definitions the console was given.
 """
 
 from saga_fsm.console._app import create_app

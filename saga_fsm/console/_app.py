@@ -1,21 +1,21 @@
 """The console's pages: an ASGI app on Starlette, rendered on the server by Jinja2.
 
 Reads go through the store's ``SagaQueries`` (pages, counts) and ``SnapshotStore``
-(one saga, its history); the operator commands through ``saga_fsm._operator.operate``,
-exactly as the CLI runs them. No page shows the store's URL.
+(one saga, its history); the operator commands through ``saga_fsm._operator.operate``
+and un-quarantine through the store's ``unquarantine``, exactly as the CLI runs them.
+The dead-letter pages are in ``_dead_letters``. No page shows the store's URL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -40,6 +40,7 @@ from saga_fsm._flow import compile_saga
 from saga_fsm._operator import OPERATOR_COMMANDS, OperatorCommand, operate
 from saga_fsm._registry import Definitions
 from saga_fsm._snapshot import TERMINAL_STATUSES, HistoryEntry, SagaStatus, Snapshot
+from saga_fsm.console._dead_letters import DeadLetterPages, dead_letter_routes, pretty_json
 from saga_fsm.console._filters import URL_FILTERS, BadFilter, link, read_filters
 from saga_fsm.console._security import (
     AUTH_COOKIE,
@@ -49,7 +50,16 @@ from saga_fsm.console._security import (
     safe_next,
 )
 from saga_fsm.diagrams import DiagramError, definition_diagram, instance_diagram
-from saga_fsm.stores import PageKey, SagaFilter, SagaQueries, SagaStore, StateCount, open_store
+from saga_fsm.messaging import DeadLetters, TransportError, open_transport
+from saga_fsm.stores import (
+    PageKey,
+    QuarantinedSaga,
+    SagaFilter,
+    SagaQueries,
+    SagaStore,
+    StateCount,
+    open_store,
+)
 
 log = logging.getLogger("saga_fsm.console")
 PAGE_SIZE = 50
@@ -61,7 +71,12 @@ _CONFIRM = {
     "retry": "Resume this parked saga where it gave up, with fresh attempts.",
     "resume": "Take the saga over and run it to the end here (refused while a live worker"
     " holds it).",
+    "unquarantine": "Let workers claim this saga again (refused while its stored snapshot"
+    " still cannot be decoded: fix the row first).",
 }
+# The operator commands, and un-quarantine: the store's own ``unquarantine``, as the CLI's.
+SagaAction = OperatorCommand | Literal["unquarantine"]
+SAGA_ACTIONS: tuple[SagaAction, ...] = (*OPERATOR_COMMANDS, "unquarantine")
 
 
 class Console:
@@ -73,6 +88,7 @@ class Console:
         definitions: Sequence[SagaDefinition],
         guard: Guard,
         read_only: bool,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
         if not isinstance(store, SagaQueries):
             raise TypeError(f"{type(store).__name__} does not implement SagaQueries")
@@ -81,6 +97,7 @@ class Console:
         self.definitions = tuple(definitions)
         self.guard = guard
         self.read_only = read_only
+        self.dead_letters = DeadLetterPages(self, dead_letters) if dead_letters else None
         self.templates = Environment(
             loader=PackageLoader("saga_fsm.console", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -97,6 +114,7 @@ class Console:
             "csrf_field": CSRF_FIELD,
             "csrf_token": self.guard.csrf_token(request),
             "read_only": self.read_only,
+            "has_dlq": self.dead_letters is not None,
             "signed_in": self.guard.token is not None,
             "path": request.url.path,
         }
@@ -111,11 +129,12 @@ class Console:
         now = datetime.now(UTC)
         hour_ago = now - timedelta(hours=1)
         # Concurrent: on PostgreSQL each is a statement of its own on its own connection.
-        counts, started, moved, stuck = await asyncio.gather(
+        counts, started, moved, stuck, quarantined = await asyncio.gather(
             self.queries.counts(),
             self.queries.counts(SagaFilter(created_from=hour_ago)),
             self.queries.counts(SagaFilter(updated_from=hour_ago)),
             self.queries.counts(SagaFilter(stuck_before=now - STUCK_AFTER)),
+            self.queries.counts(SagaFilter(quarantined=True)),
         )
         by_status: Counter[str] = Counter()
         by_definition: dict[str, Counter[str]] = {}
@@ -134,6 +153,7 @@ class Console:
             started=_total(started),
             finished=sum(c.count for c in moved if _terminal(c.state)),
             stuck=_total(stuck),
+            quarantined=_total(quarantined),
             stuck_after=f"{STUCK_AFTER.seconds // 60}m",
             hour_ago=hour_ago.strftime("%Y-%m-%dT%H:%M"),
             link=link,
@@ -167,7 +187,7 @@ class Console:
         return self.render(
             request,
             template,
-            done=done if done in OPERATOR_COMMANDS else None,
+            done=done if done in SAGA_ACTIONS else None,
             elsewhere=request.query_params.get("elsewhere") == "1",
             refresh=REFRESH_SECONDS,
             **live,
@@ -185,6 +205,7 @@ class Console:
             error = err
         history = await self.store.history(saga_id)
         lease = await self.store.lease(saga_id)  # the store's columns, beside the snapshot
+        quarantine = await self.queries.quarantine_of(saga_id)
         svg, diagram_error = self._diagram(snapshot, history) if snapshot else (None, None)
         return {
             "saga_id": saga_id,
@@ -192,14 +213,15 @@ class Console:
             "lease": lease,
             "decode_error": error,
             "history": [history_to_dict(h) for h in history],
-            "data": _json(snapshot.data) if snapshot else None,
-            "steps": [(r, _json(r.result) if r.result else "") for r in snapshot.steps]
+            "data": pretty_json(snapshot.data) if snapshot else None,
+            "steps": [(r, pretty_json(r.result) if r.result else "") for r in snapshot.steps]
             if snapshot
             else [],
             "diagram": svg,
             "diagram_error": diagram_error,
             "moving": snapshot is not None and snapshot.status not in TERMINAL_STATUSES,
-            "commands": self._commands(snapshot),
+            "quarantine": quarantine,
+            "commands": self._commands(snapshot, quarantine),
         }
 
     def _diagram(
@@ -215,12 +237,17 @@ class Console:
         except (SagaError, DiagramError) as err:
             return None, str(err)
 
-    def _commands(self, snapshot: Snapshot | None) -> list[str]:
-        if self.read_only or snapshot is None:
+    def _commands(
+        self, snapshot: Snapshot | None, quarantine: QuarantinedSaga | None
+    ) -> list[SagaAction]:
+        if self.read_only:
             return []
+        fixed: list[SagaAction] = ["unquarantine"] if quarantine is not None else []
+        if snapshot is None:
+            return fixed
         if snapshot.status is SagaStatus.FAILED:
-            return ["retry"]
-        return [] if snapshot.is_terminal else ["cancel", "resume"]
+            return [*fixed, "retry"]
+        return fixed if snapshot.is_terminal else [*fixed, "cancel", "resume"]
 
     async def confirm(self, request: Request) -> Response:
         command = self._command(request)
@@ -241,29 +268,34 @@ class Console:
                 request, 403, "refused: this form's CSRF token is missing or wrong; reload the page"
             )
         saga_id = request.path_params["saga_id"]
+        carried: SagaLeased | None = None
         try:
-            operated = await operate(self.store, saga_id, command, definitions=self.definitions)
+            if command == "unquarantine":
+                await self.store.unquarantine(saga_id)
+            else:
+                operated = await operate(self.store, saga_id, command, definitions=self.definitions)
+                carried = operated.carried_on_by
         except SagaNotFound:
             return self.problem(request, 404, f"no saga with id {saga_id!r}")
         except StoreError:
             raise  # not a refusal: the store_failed page
         except (SagaError, ValueError) as refused:
-            # TransitionNotAllowed, SagaLeased, a definition that cannot be loaded...
+            # TransitionNotAllowed, SagaLeased, a definition that cannot be loaded,
+            # NotQuarantined, a snapshot that still cannot be decoded...
             live = await self._live(saga_id)
             if live is None:
                 return self.problem(request, 404, f"no saga with id {saga_id!r}")
             return self.render(
                 request, "saga.html", 409, refused=str(refused), refresh=REFRESH_SECONDS, **live
             )
-        carried: SagaLeased | None = operated.carried_on_by
         suffix = "&elsewhere=1" if carried is not None else ""
         return RedirectResponse(f"/sagas/{_quote(saga_id)}?done={command}{suffix}", 303)
 
-    def _command(self, request: Request) -> OperatorCommand | Response:
+    def _command(self, request: Request) -> SagaAction | Response:
         name = request.path_params["command"]
         if self.read_only:
             return self.problem(request, 403, "refused: this console is read-only")
-        for command in OPERATOR_COMMANDS:
+        for command in SAGA_ACTIONS:
             if name == command:
                 return command
         return self.problem(request, 404, f"no such action {name!r}")
@@ -302,10 +334,16 @@ def create_app(
     definitions: Iterable[SagaDefinition] = (),
     token: str | None = None,
     read_only: bool = False,
+    broker_url: str | None = None,
+    dead_letters: DeadLetters | None = None,
 ) -> Starlette:
     """The console on ``store`` (a store the caller opened and closes) or on the store
     at ``store_url`` (opened when the app starts, closed when it stops). ``token``: every
-    request must present it (bearer header, or the cookie the login form sets)."""
+    request must present it (bearer header, or the cookie the login form sets). The
+    dead-letter pages read ``dead_letters`` (the caller's) or the transport at
+    ``broker_url`` (opened with the app); neither: no dead-letter pages."""
+    if broker_url is not None and dead_letters is not None:
+        raise ValueError("give at most one of broker_url and dead_letters")
     if (store is None) == (store_url is None):
         raise ValueError("give exactly one of store and store_url")
     guard = Guard(token)
@@ -315,17 +353,27 @@ def create_app(
     def console() -> Console:
         return holder["console"]
 
-    if store is not None:
-        holder["console"] = Console(store, definitions, guard, read_only)
+    if store is not None and broker_url is None:
+        holder["console"] = Console(store, definitions, guard, read_only, dead_letters)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if store_url is None:
+        if "console" in holder:
             yield
             return
-        async with open_store(store_url) as opened:
-            holder["console"] = Console(opened, definitions, guard, read_only)
-            yield
+        async with AsyncExitStack() as opened:
+            serving = store
+            if serving is None:
+                serving = await opened.enter_async_context(open_store(str(store_url)))
+            letters = dead_letters
+            if broker_url is not None:
+                transport = await opened.enter_async_context(open_transport(broker_url))
+                letters = transport.dead_letters
+            holder["console"] = Console(serving, definitions, guard, read_only, letters)
+            try:
+                yield
+            finally:
+                del holder["console"]  # closed: the next start opens them again
 
     async def overview(request: Request) -> Response:
         return await console().overview(request)
@@ -356,20 +404,22 @@ def create_app(
         Route("/sagas/{saga_id:path}", saga),
         Route("/definitions", definitions_page),
         Route("/login", login, methods=["GET", "POST"]),
+        *dead_letter_routes(console),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
 
     async def store_failed(request: Request, exc: Exception) -> Response:
         # The message names the server (user@host:port/db): it goes to the log, not the page.
         log.error("saga-fsm ui: %s %s: %s", request.method, request.url.path, exc)
+        what = "broker" if isinstance(exc, TransportError) else "store"
         return console().problem(
-            request, 503, "the store did not answer; the console's log says why. Try again."
+            request, 503, f"the {what} did not answer; the console's log says why. Try again."
         )
 
     return Starlette(
         routes=routes,
         middleware=[Middleware(GuardMiddleware, guard=guard)],
-        exception_handlers={StoreError: store_failed},
+        exception_handlers={StoreError: store_failed, TransportError: store_failed},
         lifespan=lifespan,
     )
 
@@ -377,10 +427,6 @@ def create_app(
 def _inline_svg(svg: bytes) -> Markup:
     text = svg.decode()
     return Markup(text[text.index("<svg") :])
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _when(value: datetime | str | None) -> str:

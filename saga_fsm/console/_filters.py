@@ -46,6 +46,14 @@ def _stuck(value: str, now: datetime) -> datetime:
     return now - timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])
 
 
+def _yes_no(value: str, now: datetime) -> bool:
+    """``yes``: only the quarantined sagas; ``no``: only the others."""
+    answer = {"yes": True, "no": False}.get(value.lower())
+    if answer is None:
+        raise ValueError("not yes or no")
+    return answer
+
+
 @frozen
 class UrlFilter:
     param: str
@@ -62,6 +70,7 @@ URL_FILTERS: tuple[UrlFilter, ...] = (
     UrlFilter("from", "Created from (UTC)", "created_from", _time, "2024-05-01T12:00"),
     UrlFilter("to", "Created before (UTC)", "created_before", _time, "2024-05-01T13:00"),
     UrlFilter("stuck", "Stuck for", "stuck_before", _stuck, "5m"),
+    UrlFilter("quarantined", "Quarantined", "quarantined", _yes_no, "yes, no"),
 )
 
 

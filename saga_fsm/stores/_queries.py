@@ -22,7 +22,7 @@ from attrs import field, fields, frozen
 from saga_fsm._codec import snapshot_from_json
 from saga_fsm._errors import InvalidArgument, SnapshotDecodeError
 from saga_fsm._snapshot import TERMINAL_STATUSES, SagaStatus, Snapshot
-from saga_fsm.stores._protocol import state_matches
+from saga_fsm.stores._protocol import QuarantinedSaga, state_matches
 
 MAX_PAGE = 500
 LIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in SagaStatus if s not in TERMINAL_STATUSES)
@@ -40,7 +40,8 @@ class SagaFilter:
     ``state`` is a whole flow state (``running:charge``) or a status (``running``
     matches every ``running:*``). ``stuck_before`` keeps unfinished sagas (``pending``,
     ``running``, ``compensating``: a saga parked in ``failed`` waits for an operator on
-    purpose) whose last transition is older. Times are compared as instants (naive
+    purpose) whose last transition is older. ``quarantined`` keeps the sagas workers set
+    aside (``True``) or the others (``False``). Times are compared as instants (naive
     ones are UTC); ``created_from`` is inclusive, ``created_before`` exclusive."""
 
     state: str | None = None
@@ -50,9 +51,16 @@ class SagaFilter:
     created_before: datetime | None = None
     updated_from: datetime | None = None
     stuck_before: datetime | None = None
+    quarantined: bool | None = None
 
     def matches(
-        self, saga_id: str, state: str, definition: str, created: datetime, updated: datetime
+        self,
+        saga_id: str,
+        state: str,
+        definition: str,
+        created: datetime,
+        updated: datetime,
+        quarantined: bool,
     ) -> bool:
         """The reference predicate (MemoryStore's), column by column."""
         created, updated = aware(created), aware(updated)
@@ -67,6 +75,7 @@ class SagaFilter:
                 self.stuck_before is None
                 or (state.partition(":")[0] in LIVE_STATUSES and updated < aware(self.stuck_before))
             )
+            and (self.quarantined is None or quarantined == self.quarantined)
         )
 
 
@@ -143,6 +152,11 @@ class SagaQueries(Protocol):
         """How many sagas match ``where``, per definition and whole state, sorted."""
         ...
 
+    async def quarantine_of(self, saga_id: str) -> QuarantinedSaga | None:
+        """Why and when the saga was set aside; ``None`` if it is not quarantined (or
+        unknown)."""
+        ...
+
 
 def sql_conditions(
     where: SagaFilter,
@@ -152,12 +166,17 @@ def sql_conditions(
 ) -> tuple[str, dict[str, object]]:
     """The WHERE clause of a durable store's page or count: one template per filter
     field that is set (``status`` for a ``state`` without a step), each reading the
-    named parameter of its field, and ``after`` for the keyset."""
+    named parameter of its field, and ``after`` for the keyset. A yes/no field has two
+    templates without a parameter, ``name`` and ``not_name``: constant conditions, so
+    a partial index on one of them can serve it."""
     conditions: builtins.list[str] = []
     params: dict[str, object] = {}
     for name in FILTER_FIELDS:
         value = getattr(where, name)
         if value is None:
+            continue
+        if isinstance(value, bool):
+            conditions.append(templates[name if value else f"not_{name}"])
             continue
         if name == "state" and ":" not in value:
             name = "status"

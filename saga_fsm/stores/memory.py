@@ -303,7 +303,7 @@ class MemoryStore:
             (
                 PageKey(aware(row.created_at), saga_id)
                 for saga_id, row in self._rows.items()
-                if where.matches(saga_id, row.state, row.definition, row.created_at, row.updated_at)
+                if self._matches(where, saga_id, row)
                 and (after is None or PageKey(aware(row.created_at), saga_id) < after)
             ),
             reverse=True,
@@ -329,9 +329,24 @@ class MemoryStore:
         counted = Counter(
             (row.definition, row.state)
             for saga_id, row in self._rows.items()
-            if where.matches(saga_id, row.state, row.definition, row.created_at, row.updated_at)
+            if self._matches(where, saga_id, row)
         )
         return sorted(StateCount(d, s, n) for (d, s), n in counted.items())
+
+    async def quarantine_of(self, saga_id: str) -> QuarantinedSaga | None:
+        row = self._rows.get(saga_id)
+        return row.quarantine if row is not None else None
+
+    @staticmethod
+    def _matches(where: SagaFilter, saga_id: str, row: _Row) -> bool:
+        return where.matches(
+            saga_id,
+            row.state,
+            row.definition,
+            row.created_at,
+            row.updated_at,
+            row.quarantine is not None,
+        )
 
     async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
         check_limit(limit)

@@ -786,6 +786,15 @@ class PostgresStore:
             rows = await self._query(query, params, prepare=False)
         return sorted(StateCount(d, s, int(n)) for d, s, n in rows)
 
+    async def quarantine_of(self, saga_id: str) -> QuarantinedSaga | None:
+        async with self._errors("quarantine_of"):
+            rows = await self._query(
+                "SELECT quarantine, quarantined_at FROM saga_fsm_sagas"
+                " WHERE saga_id = %(saga_id)s AND quarantine IS NOT NULL",
+                {"saga_id": saga_id},
+            )
+        return QuarantinedSaga(saga_id, rows[0][0], rows[0][1]) if rows else None
+
     async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
         check_limit(limit)
         async with self._errors("find_ids"):
@@ -830,5 +839,7 @@ _QUERY_SQL = {
     "created_before": "created_at < %(created_before)s",
     "updated_from": "updated_at >= %(updated_from)s",
     "stuck_before": f"updated_at < %(stuck_before)s AND {_STATUS} IN ({_LIVE})",
+    "quarantined": "quarantine IS NOT NULL",  # saga_fsm_sagas_quarantined_idx, partial
+    "not_quarantined": "quarantine IS NULL",
     "after": '(created_at, saga_id COLLATE "C") < (%(after_created)s, %(after_id)s)',
 }

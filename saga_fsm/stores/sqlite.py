@@ -625,6 +625,14 @@ class SqliteStore:
         )
         return sorted(StateCount(d, s, int(n)) for d, s, n in rows)
 
+    async def quarantine_of(self, saga_id: str) -> QuarantinedSaga | None:
+        rows = await self._read(
+            "SELECT quarantine, quarantined_at FROM saga_fsm_sagas"
+            " WHERE saga_id = :saga_id AND quarantine IS NOT NULL",
+            {"saga_id": saga_id},
+        )
+        return QuarantinedSaga(saga_id, rows[0][0], _time(rows[0][1])) if rows else None
+
     async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
         check_limit(limit)
         # A range on the primary key (an index seek; SQLite's LIKE is case-insensitive and
@@ -683,6 +691,8 @@ _QUERY_SQL = {
     "updated_from": "updated_at >= :updated_from",
     "stuck_before": "updated_at < :stuck_before"
     f" AND substr(state, 1, instr(state || ':', ':') - 1) IN ({_LIVE})",
+    "quarantined": "quarantine IS NOT NULL",  # saga_fsm_sagas_quarantined_idx, partial
+    "not_quarantined": "quarantine IS NULL",
     "after": "(created_at, saga_id) < (:after_created, :after_id)",
 }
 

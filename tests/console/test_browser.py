@@ -7,6 +7,7 @@ them the test is skipped, except under CI=true, where it fails.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -15,10 +16,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from saga_fsm.stores import open_store
 from tests.cli.test_cli import saga_fsm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +29,7 @@ REF = "saga_fsm.examples.order_fulfillment"  # as the README starts it
 EVIL = "<script>document.title='owned'</script>"
 # Set it to a path to keep the saga page's screenshot (the README's picture is one).
 SCREENSHOT_ENV = "SAGA_FSM_CONSOLE_SCREENSHOT"
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def _browser() -> tuple[str, str]:
@@ -47,16 +51,23 @@ def _free_port() -> int:
 
 @pytest.fixture
 def console(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
-    """The console's base URL, and the ids of two sagas started but not run."""
+    """The console's base URL, and the ids of three sagas started but not run (the
+    last one quarantined)."""
     store = f"sqlite:///{tmp_path}/shop.db"
     demo = saga_fsm("demo", "--store", store, "--sagas", "24", "--seed", "7", cwd=tmp_path)
     assert demo.returncode == 0, demo.stderr
     pending = []
-    for n in (1, 2):
+    for n in (1, 2, 3):
         data = f'{{"order_id": "waiting-{n}", "amount": 12, "quantity": 1, "note": "{EVIL}"}}'
         started = saga_fsm("start", REF, "--store", store, "--data", data, cwd=tmp_path)
         assert started.returncode == 0, started.stderr
         pending.append(started.stdout.strip())
+
+    async def quarantine() -> None:
+        async with open_store(store) as opened:
+            await opened.quarantine(pending[2], "undecodable: a hand-edited row", now=T0)
+
+    asyncio.run(quarantine())
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "saga_fsm.cli", "ui", REF, "--store", store, "--port", str(port)],
@@ -113,7 +124,7 @@ def test_an_operator_filters_opens_and_cancels_in_chromium(
     assert isinstance(browser, WebDriver)
     driver = browser
     wait = WebDriverWait(driver, 15)  # page loads, on a busy machine
-    base, (to_cancel, to_forge) = console
+    base, (to_cancel, to_forge, to_free) = console
 
     # The overview, then the list filtered to compensated sagas through its form.
     driver.get(base + "/")
@@ -160,3 +171,18 @@ def test_an_operator_filters_opens_and_cancels_in_chromium(
     assert "CSRF token is missing or wrong" in driver.find_element(By.ID, "problem").text
     driver.get(f"{base}/sagas/{to_forge}")
     assert driver.find_element(By.ID, "state").text == "pending"
+
+    # The quarantined saga, from the overview's count: why, then let go through the
+    # confirmation.
+    driver.get(base + "/")
+    driver.find_element(By.ID, "quarantined").click()
+    wait.until(expected.url_contains("quarantined=yes"))
+    driver.find_element(By.CSS_SELECTOR, "#sagas a.saga-link").click()
+    assert driver.find_element(By.ID, "quarantine-reason").text == "undecodable: a hand-edited row"
+    driver.find_element(By.ID, "action-unquarantine").click()
+    wait.until(expected.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Unquarantine saga"))
+    driver.find_element(By.ID, "confirm").click()
+    assert driver.find_element(By.ID, "done").text == "unquarantine: done."
+    assert driver.current_url.startswith(f"{base}/sagas/{to_free}")
+    driver.implicitly_wait(0)
+    assert driver.find_elements(By.ID, "quarantine") == []

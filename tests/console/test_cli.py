@@ -23,3 +23,14 @@ def test_an_unknown_definition_is_one_line(tmp_path: Path) -> None:
     done = saga_fsm("ui", "no.such.module:thing", "--store", "memory://", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("saga-fsm: error: ")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("option", ["--store", "--broker"])
+def test_a_bad_store_or_broker_url_is_one_line_naming_no_password(
+    tmp_path: Path, option: str
+) -> None:
+    urls = {"--store": "memory://", "--broker": "memory://", option: "kafka://u:pw@h/"}
+    done = saga_fsm("ui", *[part for pair in urls.items() for part in pair], cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith("saga-fsm: error: invalid ") and "kafka://u:***@h/" in done.stderr
+    assert "pw" not in done.stderr.replace("u:***", "")

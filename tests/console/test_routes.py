@@ -279,7 +279,7 @@ def test_only_loopback_goes_without_a_token(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
 
-def test_no_page_shows_the_store_url_or_its_password(postgres_dsn: str) -> None:
+def test_no_page_shows_the_store_or_broker_url_or_its_password(postgres_dsn: str) -> None:
     params = conninfo_to_dict(postgres_dsn)
     options = quote(str(params.get("options", "")))
     conninfo = (  # trust auth: any password works
@@ -292,10 +292,11 @@ def test_no_page_shows_the_store_url_or_its_password(postgres_dsn: str) -> None:
             return (await Orchestrator(store).run(sagas.completes, {"n": 1})).saga_id
 
     saga_id = asyncio.run(one_saga())
-    app = create_app(store_url=conninfo, definitions=[sagas.completes])
+    app = create_app(store_url=conninfo, broker_url=conninfo, definitions=[sagas.completes])
+    paths = ("/", "/sagas", f"/sagas/{saga_id}", "/definitions", "/dlq?channel=shop.charge")
     with TestClient(app, follow_redirects=False) as web:
-        pages = [web.get(p) for p in ("/", "/sagas", f"/sagas/{saga_id}", "/definitions")]
-    assert [p.status_code for p in pages] == [200] * 4
+        pages = [web.get(p) for p in paths]
+    assert [p.status_code for p in pages] == [200] * len(paths)
     assert saga_id in pages[1].text
     for page in pages:
         where = f"{params.get('host')}:{params.get('port', 5432)}/{params.get('dbname')}"

@@ -169,3 +169,26 @@ def test_a_page_key_survives_a_url_and_refuses_garbage() -> None:
     assert PageKey.from_token(key.token()) == key
     with pytest.raises(ValueError, match="not a page position"):
         PageKey.from_token("garbage!")
+
+
+def test_quarantined_sagas_are_a_filter_with_their_reason(harness: Harness) -> None:
+    fill(harness)
+    at = T0 + timedelta(hours=1)
+    harness.run(harness.store.quarantine("b-04", "undecodable: schema_version 99", now=at))
+    harness.run(harness.store.quarantine("d-10", "undecodable: bad json", now=at))
+    set_aside = all_pages(harness, SagaFilter(quarantined=True), 1)
+    assert [r.saga_id for r in set_aside] == ["d-10", "b-04"]
+    others = all_pages(harness, SagaFilter(quarantined=False), 3)
+    assert len(others) == len(SAGAS) - 2 and {"b-04", "d-10"}.isdisjoint(r.saga_id for r in others)
+    both = SagaFilter(quarantined=True, definition="refund")
+    assert harness.run(harness.store.counts(both)) == [StateCount("refund", "running:credit", 1)]  # type: ignore[attr-defined]
+    found = harness.run(harness.store.quarantine_of("b-04"))  # type: ignore[attr-defined]
+    assert (found.saga_id, found.reason, found.quarantined_at) == (
+        "b-04",
+        "undecodable: schema_version 99",
+        at,
+    )
+    assert harness.run(harness.store.quarantine_of("a-01")) is None  # type: ignore[attr-defined]
+    assert harness.run(harness.store.quarantine_of("nope")) is None  # type: ignore[attr-defined]
+    harness.run(harness.store.unquarantine("b-04"))
+    assert [r.saga_id for r in all_pages(harness, SagaFilter(quarantined=True), 5)] == ["d-10"]
