@@ -44,6 +44,8 @@ class PersistenceOnly:
         self.load = store.load
         self.history = store.history
         self.list = store.list
+        self.find_ids = store.find_ids
+        self.count = store.count
         self.close = store.close
 
 
