@@ -308,8 +308,8 @@ class SagaExecutor:
 
 class _LeaseKeeper:
     """Renews the leases an orchestrator holds: one task for all the sagas it drives,
-    each renewed every third of ``lease_seconds`` (every write renews it too), instead
-    of a task per saga, which cost time to start and stop and memory while it slept."""
+    each renewed every third of ``lease_seconds`` (a save leaves the lease as it is),
+    instead of a task per saga, which cost time to start and stop and memory while it slept."""
 
     def __init__(self, orchestrator: SagaExecutor) -> None:
         self._orchestrator = orchestrator

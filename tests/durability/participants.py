@@ -19,7 +19,10 @@ the participants' database in ``$SAGA_FSM_FAULT_DSN``, their own name in
   the saga (a stalled worker finishing what it began before a takeover) is recorded as
   ``unleased`` instead;
 - ``overlapping_runs``: a call of an attempt that another live process is inside (the
-  worker calling, and the one inside).
+  worker calling, and the one inside). Being inside a call is marked by a file per call
+  under ``$TMPDIR/saga_fsm_fault_calls/<pid>/``, removed when the call returns however it
+  returns: a call that failed because the database went away leaves its ``in_flight``
+  row behind (the row could not be deleted), but not its marker.
 
 ``data["fail_at"]`` names a step that fails for good, ``data["hang_at"]`` one that
 never returns, ``data["unavailable_for"]`` how many first attempts of each step fail.
@@ -30,6 +33,10 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -96,6 +103,25 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+_CALLS = Path(tempfile.gettempdir()) / "saga_fsm_fault_calls"
+
+
+def _marker(pid: int, key: str, attempt: int) -> Path:
+    return _CALLS / str(pid) / f"{key.replace('/', '_')}#{attempt}"
+
+
+@contextmanager
+def _inside(ctx: StepContext) -> Iterator[None]:
+    """Mark this process as inside the call of ``ctx`` while the block runs."""
+    marker = _marker(os.getpid(), ctx.idempotency_key, ctx.attempt)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 def _dsn() -> str:
@@ -191,7 +217,8 @@ async def _begin(conn: Any, ctx: StepContext) -> None:
                 (key, attempt),
             )
             row = await holder.fetchone()
-            if row is not None and row[0] != pid and _alive(row[0]):
+            inside = row is not None and _marker(row[0], key, attempt).exists()
+            if row is not None and row[0] != pid and _alive(row[0]) and inside:
                 await conn.execute(
                     "INSERT INTO overlapping_runs VALUES (%s, %s, %s, %s)",
                     (key, attempt, _worker(), row[1]),
@@ -209,6 +236,12 @@ async def _forward(ctx: StepContext) -> dict[str, Any]:
     if ctx.attempt <= ctx.data.get("unavailable_for", 0):
         raise ConnectionError(f"{ctx.step}: participant unavailable")
     key, pid = ctx.idempotency_key, os.getpid()
+    with _inside(ctx):
+        await _forward_call(ctx, key, pid)
+    return {f"{ctx.step}_done": True}
+
+
+async def _forward_call(ctx: StepContext, key: str, pid: int) -> None:
     async with (await _pool()).connection() as conn:
         await _begin(conn, ctx)
         # A step takes a while, so kills land in the middle of steps.
@@ -232,12 +265,16 @@ async def _forward(ctx: StepContext) -> dict[str, Any]:
                 " VALUES (%s, %s, %s, %s, %s)",
                 (key, ctx.saga_id, ctx.step, _worker(), await applied.fetchone() is None),
             )
-    return {f"{ctx.step}_done": True}
 
 
 async def _compensate(ctx: StepContext) -> None:
     forward_key = ctx.idempotency_key.removesuffix(":compensate")
     key, pid = ctx.idempotency_key, os.getpid()
+    with _inside(ctx):
+        await _compensate_call(ctx, forward_key, key, pid)
+
+
+async def _compensate_call(ctx: StepContext, forward_key: str, key: str, pid: int) -> None:
     async with (await _pool()).connection() as conn:
         await _begin(conn, ctx)
         async with conn.transaction():

@@ -230,7 +230,10 @@ def test_postgres_restart_mid_run(postgres_dsn: str, tmp_path: Path) -> None:
     total = 300
     run(start_sagas(postgres_dsn, [{"n": n, "delay": 0.05} for n in range(total)]))
     started_at = server_started_at(postgres_dsn)
-    with workers(postgres_dsn, tmp_path, 2, lease_seconds=2, concurrency=8) as pool:
+    # The lease outlasts the outage (a fast restart takes a second or two): no lease can
+    # keep a worker that cannot reach the store from being replaced, so a shorter one
+    # would let the other worker take over sagas whose steps are still in flight.
+    with workers(postgres_dsn, tmp_path, 2, lease_seconds=6, concurrency=8) as pool:
         deadline = time.monotonic() + 60
         while states(postgres_dsn).get("completed", 0) < 10 and time.monotonic() < deadline:
             time.sleep(0.05)
