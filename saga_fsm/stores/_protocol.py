@@ -10,11 +10,13 @@ from typing import LiteralString, Protocol, runtime_checkable
 from attrs import frozen
 
 from saga_fsm._errors import InvalidArgument, InvalidArgumentType, SnapshotDecodeError
-from saga_fsm._snapshot import HistoryEntry, Snapshot
+from saga_fsm._snapshot import TERMINAL_STATUSES, HistoryEntry, SagaStatus, Snapshot
 
 # Statuses of sagas that are not finished (``running`` is ``running:<step>``); a saga
 # parked in ``failed`` waits for an operator on purpose and counts as finished.
-UNFINISHED_STATUSES = ("pending", "running", "compensating")
+UNFINISHED_STATUSES: tuple[str, ...] = tuple(
+    s.value for s in SagaStatus if s not in TERMINAL_STATUSES
+)
 
 
 @frozen

@@ -21,11 +21,10 @@ from attrs import field, fields, frozen
 
 from saga_fsm._codec import snapshot_from_json
 from saga_fsm._errors import InvalidArgument, SnapshotDecodeError
-from saga_fsm._snapshot import TERMINAL_STATUSES, SagaStatus, Snapshot
-from saga_fsm.stores._protocol import QuarantinedSaga, state_matches
+from saga_fsm._snapshot import Snapshot
+from saga_fsm.stores._protocol import UNFINISHED_STATUSES, QuarantinedSaga, state_matches
 
 MAX_PAGE = 500
-LIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in SagaStatus if s not in TERMINAL_STATUSES)
 
 
 def aware(value: datetime) -> datetime:
@@ -73,7 +72,10 @@ class SagaFilter:
             and (self.updated_from is None or updated >= aware(self.updated_from))
             and (
                 self.stuck_before is None
-                or (state.partition(":")[0] in LIVE_STATUSES and updated < aware(self.stuck_before))
+                or (
+                    state.partition(":")[0] in UNFINISHED_STATUSES
+                    and updated < aware(self.stuck_before)
+                )
             )
             and (self.quarantined is None or quarantined == self.quarantined)
         )

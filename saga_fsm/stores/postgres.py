@@ -71,7 +71,6 @@ from saga_fsm.stores._protocol import (
 )
 from saga_fsm.stores._queries import (
     EVERYTHING,
-    LIVE_STATUSES,
     PageKey,
     SagaFilter,
     SagaPage,
@@ -826,7 +825,7 @@ class PostgresStore:
 # expression migration 5 indexes, so the planner can walk (status, created_at) in order;
 # an id prefix is a range of migration 5's byte-ordered index on saga_id.
 _STATUS = "split_part(state, ':', 1)"
-_LIVE = ", ".join(f"'{status}'" for status in LIVE_STATUSES)
+_LIVE = ", ".join(f"'{status}'" for status in UNFINISHED_STATUSES)
 _QUERY_SQL = {
     "state": "state = %(state)s",
     "status": f"{_STATUS} = %(status)s",

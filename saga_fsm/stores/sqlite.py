@@ -58,7 +58,6 @@ from saga_fsm.stores._protocol import (
 )
 from saga_fsm.stores._queries import (
     EVERYTHING,
-    LIVE_STATUSES,
     PageKey,
     SagaFilter,
     SagaPage,
@@ -680,7 +679,7 @@ def _strip_comments(sql: str) -> str:
 
 
 # One template per SagaFilter field (see sql_conditions); byte-order text comparisons.
-_LIVE = ", ".join(f"'{status}'" for status in LIVE_STATUSES)
+_LIVE = ", ".join(f"'{status}'" for status in UNFINISHED_STATUSES)
 _QUERY_SQL = {
     "state": "state = :state",
     "status": "(state = :status OR (state >= :status || ':' AND state < :status || ';'))",
