@@ -22,6 +22,7 @@ from tests.durability import participants
 from tests.durability.harness import (
     ROOT,
     TERMINAL,
+    Workers,
     check_effects,
     prepare,
     query,
@@ -78,6 +79,18 @@ class TakeoverWatch(threading.Thread):
             time.sleep(0.02)
 
 
+def holding_victim(pool: Workers, dsn: str, rng: random.Random) -> tuple[str, set[str]]:
+    """A random worker, preferably one holding sagas: on a loaded machine a replacement
+    can take a while to claim anything, and killing it then tests nothing."""
+    for _ in range(40):
+        victim = rng.choice(pool.alive())
+        held = pool.held_by(dsn, victim)
+        if held:
+            break
+        time.sleep(0.05)
+    return victim, held
+
+
 def test_kill_9_workers_at_random_loses_nothing(postgres_dsn: str, tmp_path: Path) -> None:
     prepare(postgres_dsn)
     rng = random.Random(20261121)
@@ -93,8 +106,7 @@ def test_kill_9_workers_at_random_loses_nothing(postgres_dsn: str, tmp_path: Pat
     with workers(postgres_dsn, tmp_path, 3, lease_seconds=1.5, concurrency=4) as pool:
         while kills < 20:
             time.sleep(rng.uniform(0.1, 0.5))
-            victim = rng.choice(pool.alive())
-            held = pool.held_by(postgres_dsn, victim)
+            victim, held = holding_victim(pool, postgres_dsn, rng)
             killed_at = time.monotonic()
             pool.kill9(victim)
             watch.watch(killed_at, victim, held)
