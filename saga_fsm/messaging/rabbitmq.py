@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from saga_fsm.messaging._envelope import Message, check_channel, message_to_json
-from saga_fsm.messaging._errors import DeadLetterNotFound, TransportError
+from saga_fsm.messaging._errors import DeadLetterNotFound, InvalidTransportURL, TransportError
 from saga_fsm.messaging._protocol import (
     DEFAULT_ACK_WAIT,
     DEFAULT_MAX_DELIVERIES,
@@ -88,6 +88,19 @@ def _errors(where: str, action: str) -> Iterator[None]:
     except (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError, TimeoutError) as err:
         text = " ".join(str(err).split()) or type(err).__name__
         raise TransportError(where, f"{action} failed: {text}") from err
+
+
+@contextmanager
+def _refused(where: str, *kinds: type[BaseException]) -> Iterator[None]:
+    """Wrong credentials are the URL's fault, not an outage: no back-off will fix them."""
+    try:
+        yield
+    except TransportError as err:
+        if isinstance(err.__cause__, kinds):
+            raise InvalidTransportURL(
+                f"{where}: login refused (check the URL's user and password)"
+            ) from None
+        raise
 
 
 def _dead_reason(message: AbstractIncomingMessage) -> tuple[str, int]:
@@ -271,9 +284,18 @@ class RabbitTransport:
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         ack_wait: float = DEFAULT_ACK_WAIT,  # unused: RabbitMQ sees a consumer die
     ) -> RabbitTransport:
+        import aiormq
+
         aio_pika = _aio_pika()
         where = _where(url)
-        with _errors(where, "connect"):
+        with (
+            _refused(
+                where,
+                aiormq.exceptions.AuthenticationError,
+                aiormq.exceptions.ProbableAuthenticationError,
+            ),
+            _errors(where, "connect"),
+        ):
             connection = await aio_pika.connect_robust(
                 url,
                 timeout=_CONNECT_TIMEOUT,
