@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -50,6 +51,11 @@ if TYPE_CHECKING:
     )
 
 _CONNECT_TIMEOUT = 10
+# Transient refusals (a nacked publish, a consume the queue could not register) are
+# tried again with back-off this many times in all, over about 10 seconds.
+_PUBLISH_TRIES = _SUBSCRIBE_TRIES = 8
+_MIN_BACKOFF, _MAX_BACKOFF = 0.1, 4.0
+log = logging.getLogger("saga_fsm.messaging.rabbitmq")
 _REASON = "x-saga-fsm-reason"
 _DELIVERIES = "x-saga-fsm-deliveries"
 _SCAN_LIMIT = 100_000  # dead letters looked through to find one by id
@@ -157,12 +163,26 @@ class RabbitSubscription(BaseSubscription):
         self._amqp_channel: AbstractChannel | None = None
 
     async def start(self) -> None:
+        """Consume the channel's queue. A quorum queue whose Ra server is not answering
+        for a moment (just after a consumer died, while the broker starts) makes
+        RabbitMQ close the channel with INTERNAL_ERROR: try again on a fresh channel."""
         transport = self._transport
-        with _errors(transport.where, f"subscribe to {self.channel}"):
-            self._amqp_channel = await transport.connection.channel()
-            await self._amqp_channel.set_qos(prefetch_count=self._prefetch)
-            queue = await transport.declare(self._amqp_channel, self.channel)
-            await queue.consume(self._inbox.put, no_ack=False)
+        backoff = _MIN_BACKOFF
+        for attempt in range(1, _SUBSCRIBE_TRIES + 1):
+            try:
+                with _errors(transport.where, f"subscribe to {self.channel}"):
+                    self._amqp_channel = await transport.connection.channel()
+                    await self._amqp_channel.set_qos(prefetch_count=self._prefetch)
+                    queue = await transport.declare(self._amqp_channel, self.channel)
+                    await queue.consume(self._inbox.put, no_ack=False)
+                return
+            except TransportError as err:
+                await self.close()
+                if attempt == _SUBSCRIBE_TRIES:
+                    raise
+                log.warning("%s; subscribing again in %.1fs", err, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
 
     async def _next(self, timeout: float | None) -> Inbound | None:
         try:
@@ -326,19 +346,37 @@ class RabbitTransport:
         self, queue: str, body: bytes, message_id: str | None, headers: dict[str, Any]
     ) -> None:
         """Publish raw ``body`` to ``queue`` and wait for the broker's confirm."""
+        import aiormq
+
         aio_pika = _aio_pika()
-        with _errors(self.where, f"publish to {queue}"):
-            await self._publisher.default_exchange.publish(
-                aio_pika.Message(
-                    body,
-                    message_id=message_id,
-                    headers=headers,
-                    content_type="application/json",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=queue,
-                mandatory=True,
-            )
+        backoff = _MIN_BACKOFF
+        for attempt in range(1, _PUBLISH_TRIES + 1):
+            try:
+                with _errors(self.where, f"publish to {queue}"):
+                    await self._publisher.default_exchange.publish(
+                        aio_pika.Message(
+                            body,
+                            message_id=message_id,
+                            headers=headers,
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key=queue,
+                        mandatory=True,
+                    )
+                return
+            except TransportError as err:
+                # A quorum queue nacks what it cannot take now (its Ra server not
+                # answering, a length limit with reject-publish): the same message again
+                # later is harmless (consumers deduplicate by id); a return is final.
+                nacked = isinstance(err.__cause__, aiormq.exceptions.DeliveryError) and isinstance(
+                    err.__cause__.frame, aiormq.spec.Basic.Nack
+                )
+                if not nacked or attempt == _PUBLISH_TRIES:
+                    raise
+                log.warning("%s; publishing again in %.1fs", err, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
 
     async def publish(self, message: Message) -> None:
         if message.channel not in self._declared:
