@@ -12,7 +12,7 @@ import click
 from saga_fsm._logging import configure as configure_logging
 from saga_fsm.cli._app import UsageProblem, main, run_async
 from saga_fsm.cli._dlq import broker_url
-from saga_fsm.cli._params import MAX_CONCURRENCY, count
+from saga_fsm.cli._params import MAX_CONCURRENCY, MAX_INTERVAL_SECONDS, FiniteFloat, count
 from saga_fsm.messaging._url import check_transport_url
 from saga_fsm.participant._service import (
     INBOX_URLS,
@@ -79,6 +79,14 @@ def _check_sqlite(url: str, option: str) -> None:
     show_default=True,
     help="A command delivered more often goes to the dead letters.",
 )
+@click.option(
+    "--ack-wait",
+    type=FiniteFloat(min=0.1, max=MAX_INTERVAL_SECONDS),
+    default=30.0,
+    show_default=True,
+    help="Seconds a command stays claimed by a consumer that may have died (the database"
+    " transports, NATS).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 @click.option(
     "--log-format",
@@ -93,6 +101,7 @@ def participant(
     inbox: str | None,
     concurrency: int,
     max_deliveries: int,
+    ack_wait: float,
     verbose: bool,
     log_format: str,
 ) -> None:
@@ -123,6 +132,7 @@ def participant(
             stop=stop,
             concurrency=concurrency,
             max_deliveries=max_deliveries,
+            ack_wait=ack_wait,
         )
 
     run_async(serve)

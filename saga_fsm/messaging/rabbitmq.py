@@ -342,6 +342,20 @@ class RabbitTransport:
         self._declared.add(channel)
         return queue
 
+    async def _exists(self, channel: str) -> bool:
+        """Whether the channel's queue exists, as its consumers declared it (their
+        ``max_deliveries`` may not be this publisher's: declaring it with other
+        arguments would fail). A passive declare of a missing queue closes the AMQP
+        channel it was made on, so it is made on a channel of its own."""
+        import aiormq
+
+        async with self.connection.channel() as probe:
+            try:
+                await probe.declare_queue(channel, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False
+        return True
+
     async def send(
         self, queue: str, body: bytes, message_id: str | None, headers: dict[str, Any]
     ) -> None:
@@ -382,7 +396,9 @@ class RabbitTransport:
         if message.channel not in self._declared:
             # A message routed to no queue would be dropped: the queue must exist first.
             with _errors(self.where, f"declare {message.channel}"):
-                await self.declare(self._publisher, message.channel)
+                if not await self._exists(message.channel):
+                    await self.declare(self._publisher, message.channel)
+                self._declared.add(message.channel)
         body = message_to_json(message).encode()
         await self.send(message.channel, body, message.message_id, {})
 

@@ -81,6 +81,7 @@ async def run_participant(
     stop: asyncio.Event,
     concurrency: int = 4,
     max_deliveries: int = 5,
+    ack_wait: float = 30.0,
 ) -> None:
     """Serve ``participant`` until ``stop`` is set. An unreachable broker or inbox
     database (at start or later) is logged and tried again with back-off; only a
@@ -91,7 +92,9 @@ async def run_participant(
     while not stop.is_set():
         try:
             try:
-                transport = await connect_transport(broker_url, max_deliveries=max_deliveries)
+                transport = await connect_transport(
+                    broker_url, max_deliveries=max_deliveries, ack_wait=ack_wait
+                )
             except InvalidTransportURL as err:
                 if not connected:  # a URL that never worked: refused credentials
                     raise
