@@ -14,6 +14,7 @@ import contextlib
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ from saga_fsm.messaging import (
     TransportError,
     reply_from_payload,
 )
+from saga_fsm.stores.url import sqlite_path
 from tests.messaging._brokers import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,26 +264,33 @@ def expected_effects(prefix: str, orders: int) -> Counter[tuple[str, str, str]]:
     return expected
 
 
-def effects(dsn: str) -> tuple[Counter[tuple[str, str, str]], list[str]]:
+def _rows(inbox_url: str, table: str) -> list[tuple[str, str, int]]:
+    query = f"SELECT idempotency_key, kind, seq FROM {table} ORDER BY seq"
+    if inbox_url.startswith("sqlite:"):
+        with contextlib.closing(sqlite3.connect(sqlite_path(inbox_url))) as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
+                return conn.execute(query).fetchall()
+            return []
+    with psycopg.connect(inbox_url) as pg:
+        exists = pg.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+        if exists is None or exists[0] is None:
+            return []
+        return pg.execute(query).fetchall()
+
+
+def effects(inbox_url: str) -> tuple[Counter[tuple[str, str, str]], list[str]]:
     """Rows per (table, key, kind) in the services' tables, and every key whose forward
     effect landed after its undo."""
     found: Counter[tuple[str, str, str]] = Counter()
     undone_first: list[str] = []
-    with psycopg.connect(dsn) as conn:
-        for table in TABLES:
-            exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
-            if exists is None or exists[0] is None:
-                continue
-            rows = conn.execute(
-                f"SELECT idempotency_key, kind, seq FROM {table} ORDER BY seq"
-            ).fetchall()
-            undone: set[str] = set()
-            for key, kind, _ in rows:
-                found[table, key, kind] += 1
-                if kind in ("release", "refund"):
-                    undone.add(key)
-                elif key in undone:
-                    undone_first.append(key)
+    for table in TABLES:
+        undone: set[str] = set()
+        for key, kind, _ in _rows(inbox_url, table):
+            found[table, key, kind] += 1
+            if kind in ("release", "refund"):
+                undone.add(key)
+            elif key in undone:
+                undone_first.append(key)
     return found, undone_first
 
 

@@ -25,22 +25,26 @@ ORDERS = 24
 
 
 @pytest.fixture
-def fleet(broker: Broker, postgres_dsn: str, tmp_path: Path) -> _fleet.Fleet:
+def fleet(broker: Broker, tmp_path: Path, request: pytest.FixtureRequest) -> _fleet.Fleet:
+    """On SQLite, the broker's file holds the inboxes and tables too (the reply commits
+    with them); elsewhere they are in the test's PostgreSQL schema."""
     module = _fleet.services_module(tmp_path, broker.prefix)
-    return _fleet.Fleet(broker.url, postgres_url(postgres_dsn), module, tmp_path)
+    if broker.kind == "sqlite":
+        inbox = broker.url
+    else:
+        inbox = postgres_url(request.getfixturevalue("postgres_dsn"))
+    return _fleet.Fleet(broker.url, inbox, module, tmp_path)
 
 
-def check_effects(broker: Broker, postgres_dsn: str) -> None:
-    found, undone_first = _fleet.effects(postgres_dsn)
+def check_effects(broker: Broker, fleet: _fleet.Fleet) -> None:
+    found, undone_first = _fleet.effects(fleet.inbox_url)
     assert undone_first == []
     assert found == _fleet.expected_effects(broker.prefix, ORDERS)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("broker", ["postgresql", "amqp", "nats"], indirect=True)
-def test_participants_killed_at_random_moments(
-    broker: Broker, fleet: _fleet.Fleet, postgres_dsn: str
-) -> None:
+@pytest.mark.parametrize("broker", ["sqlite", "postgresql", "amqp", "nats"], indirect=True)
+def test_participants_killed_at_random_moments(broker: Broker, fleet: _fleet.Fleet) -> None:
     rng = random.Random(20)
     fleet.start_all(replicas=2)
 
@@ -57,7 +61,7 @@ def test_participants_killed_at_random_moments(
     assert codes == [0] * len(codes)  # SIGTERM: a clean exit
     assert fleet.kills >= KILLS
     assert ends.count("compensated") == ORDERS // 4
-    check_effects(broker, postgres_dsn)
+    check_effects(broker, fleet)
 
 
 def wait_for_port(port: int, up: bool, timeout: float = 60) -> None:
@@ -124,9 +128,7 @@ def restart_nats(outage: float) -> None:
 @pytest.mark.slow
 @pytest.mark.restarts_server
 @pytest.mark.parametrize("broker", ["amqp", "nats"], indirect=True)
-def test_participants_ride_out_a_broker_restart(
-    broker: Broker, fleet: _fleet.Fleet, postgres_dsn: str
-) -> None:
+def test_participants_ride_out_a_broker_restart(broker: Broker, fleet: _fleet.Fleet) -> None:
     if broker.kind == "amqp" and shutil.which("rabbitmqctl") is None:
         pytest.fail("rabbitmqctl is needed to restart RabbitMQ")
     restart = restart_rabbitmq if broker.kind == "amqp" else restart_nats
@@ -143,4 +145,4 @@ def test_participants_ride_out_a_broker_restart(
         codes = fleet.stop()
     assert codes == [0] * len(codes)
     assert ends.count("compensated") == ORDERS // 4
-    check_effects(broker, postgres_dsn)
+    check_effects(broker, fleet)
