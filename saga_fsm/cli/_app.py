@@ -106,9 +106,10 @@ from saga_fsm.cli import (  # noqa: E402
     _dlq,
     _inspect,
     _operate,
+    _participant,
     _quarantine,
     _run,
     _ui,
 )
 
-del _check, _demo, _diagram, _dlq, _inspect, _operate, _quarantine, _run, _ui
+del _check, _demo, _diagram, _dlq, _inspect, _operate, _participant, _quarantine, _run, _ui

@@ -29,6 +29,24 @@ def _invalid(url: str, why: str) -> InvalidTransportURL:
     )
 
 
+_SCHEMES = ("memory", "sqlite", "postgresql", "postgres", "amqp", "amqps", "nats", "tls")
+
+
+def check_transport_url(url: str) -> str:
+    """The scheme of ``url`` when it names a transport; ``InvalidTransportURL`` if not
+    (nothing is opened: an unreachable broker is not found out here)."""
+    scheme = url.partition(":")[0].lower() if "://" in url else ""
+    if scheme not in _SCHEMES:
+        raise _invalid(url, "unknown scheme")
+    if scheme == "sqlite":
+        try:
+            sqlite_path(url)
+        except InvalidStoreURL:
+            why = "a sqlite URL is sqlite:///relative.db or sqlite:////absolute.db"
+            raise _invalid(url, why) from None
+    return scheme
+
+
 async def connect_transport(
     url: str,
     *,
@@ -44,7 +62,7 @@ async def connect_transport(
         raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries}")
     if ack_wait <= 0:
         raise ValueError(f"ack_wait must be > 0, got {ack_wait}")
-    scheme = url.partition(":")[0].lower() if "://" in url else ""
+    scheme = check_transport_url(url)
     if scheme == "memory":
         from saga_fsm.messaging.memory import MemoryBroker, MemoryTransport, named_broker
 
@@ -54,12 +72,7 @@ async def connect_transport(
     if scheme == "sqlite":
         from saga_fsm.messaging.sqlite import SqliteTransport
 
-        try:
-            path = sqlite_path(url)
-        except InvalidStoreURL:
-            why = "a sqlite URL is sqlite:///relative.db or sqlite:////absolute.db"
-            raise _invalid(url, why) from None
-        return SqliteTransport(path, max_deliveries=max_deliveries, ack_wait=ack_wait)
+        return SqliteTransport(sqlite_path(url), max_deliveries=max_deliveries, ack_wait=ack_wait)
     if scheme in ("postgresql", "postgres"):
         from saga_fsm.messaging.postgres import PostgresTransport
 
@@ -68,11 +81,9 @@ async def connect_transport(
         from saga_fsm.messaging.rabbitmq import RabbitTransport
 
         return await RabbitTransport.open(url, max_deliveries=max_deliveries, ack_wait=ack_wait)
-    if scheme in ("nats", "tls"):
-        from saga_fsm.messaging.jetstream import JetStreamTransport
+    from saga_fsm.messaging.jetstream import JetStreamTransport
 
-        return await JetStreamTransport.open(url, max_deliveries=max_deliveries, ack_wait=ack_wait)
-    raise _invalid(url, "unknown scheme")
+    return await JetStreamTransport.open(url, max_deliveries=max_deliveries, ack_wait=ack_wait)
 
 
 @asynccontextmanager

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from saga_fsm.messaging._envelope import Message, check_channel, message_to_json
-from saga_fsm.messaging._errors import DeadLetterNotFound, TransportError
+from saga_fsm.messaging._errors import DeadLetterNotFound, InvalidTransportURL, TransportError
 from saga_fsm.messaging._protocol import (
     DEFAULT_ACK_WAIT,
     DEFAULT_MAX_DELIVERIES,
@@ -50,6 +51,11 @@ if TYPE_CHECKING:
     )
 
 _CONNECT_TIMEOUT = 10
+# Transient refusals (a nacked publish, a consume the queue could not register) are
+# tried again with back-off this many times in all, over about 10 seconds.
+_PUBLISH_TRIES = _SUBSCRIBE_TRIES = 8
+_MIN_BACKOFF, _MAX_BACKOFF = 0.1, 4.0
+log = logging.getLogger("saga_fsm.messaging.rabbitmq")
 _REASON = "x-saga-fsm-reason"
 _DELIVERIES = "x-saga-fsm-deliveries"
 _SCAN_LIMIT = 100_000  # dead letters looked through to find one by id
@@ -88,6 +94,19 @@ def _errors(where: str, action: str) -> Iterator[None]:
     except (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError, TimeoutError) as err:
         text = " ".join(str(err).split()) or type(err).__name__
         raise TransportError(where, f"{action} failed: {text}") from err
+
+
+@contextmanager
+def _refused(where: str, *kinds: type[BaseException]) -> Iterator[None]:
+    """Wrong credentials are the URL's fault, not an outage: no back-off will fix them."""
+    try:
+        yield
+    except TransportError as err:
+        if isinstance(err.__cause__, kinds):
+            raise InvalidTransportURL(
+                f"{where}: login refused (check the URL's user and password)"
+            ) from None
+        raise
 
 
 def _dead_reason(message: AbstractIncomingMessage) -> tuple[str, int]:
@@ -144,12 +163,26 @@ class RabbitSubscription(BaseSubscription):
         self._amqp_channel: AbstractChannel | None = None
 
     async def start(self) -> None:
+        """Consume the channel's queue. A quorum queue whose Ra server is not answering
+        for a moment (just after a consumer died, while the broker starts) makes
+        RabbitMQ close the channel with INTERNAL_ERROR: try again on a fresh channel."""
         transport = self._transport
-        with _errors(transport.where, f"subscribe to {self.channel}"):
-            self._amqp_channel = await transport.connection.channel()
-            await self._amqp_channel.set_qos(prefetch_count=self._prefetch)
-            queue = await transport.declare(self._amqp_channel, self.channel)
-            await queue.consume(self._inbox.put, no_ack=False)
+        backoff = _MIN_BACKOFF
+        for attempt in range(1, _SUBSCRIBE_TRIES + 1):
+            try:
+                with _errors(transport.where, f"subscribe to {self.channel}"):
+                    self._amqp_channel = await transport.connection.channel()
+                    await self._amqp_channel.set_qos(prefetch_count=self._prefetch)
+                    queue = await transport.declare(self._amqp_channel, self.channel)
+                    await queue.consume(self._inbox.put, no_ack=False)
+                return
+            except TransportError as err:
+                await self.close()
+                if attempt == _SUBSCRIBE_TRIES:
+                    raise
+                log.warning("%s; subscribing again in %.1fs", err, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
 
     async def _next(self, timeout: float | None) -> Inbound | None:
         try:
@@ -271,9 +304,18 @@ class RabbitTransport:
         max_deliveries: int = DEFAULT_MAX_DELIVERIES,
         ack_wait: float = DEFAULT_ACK_WAIT,  # unused: RabbitMQ sees a consumer die
     ) -> RabbitTransport:
+        import aiormq
+
         aio_pika = _aio_pika()
         where = _where(url)
-        with _errors(where, "connect"):
+        with (
+            _refused(
+                where,
+                aiormq.exceptions.AuthenticationError,
+                aiormq.exceptions.ProbableAuthenticationError,
+            ),
+            _errors(where, "connect"),
+        ):
             connection = await aio_pika.connect_robust(
                 url,
                 timeout=_CONNECT_TIMEOUT,
@@ -300,29 +342,63 @@ class RabbitTransport:
         self._declared.add(channel)
         return queue
 
+    async def _exists(self, channel: str) -> bool:
+        """Whether the channel's queue exists, as its consumers declared it (their
+        ``max_deliveries`` may not be this publisher's: declaring it with other
+        arguments would fail). A passive declare of a missing queue closes the AMQP
+        channel it was made on, so it is made on a channel of its own."""
+        import aiormq
+
+        async with self.connection.channel() as probe:
+            try:
+                await probe.declare_queue(channel, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False
+        return True
+
     async def send(
         self, queue: str, body: bytes, message_id: str | None, headers: dict[str, Any]
     ) -> None:
         """Publish raw ``body`` to ``queue`` and wait for the broker's confirm."""
+        import aiormq
+
         aio_pika = _aio_pika()
-        with _errors(self.where, f"publish to {queue}"):
-            await self._publisher.default_exchange.publish(
-                aio_pika.Message(
-                    body,
-                    message_id=message_id,
-                    headers=headers,
-                    content_type="application/json",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=queue,
-                mandatory=True,
-            )
+        backoff = _MIN_BACKOFF
+        for attempt in range(1, _PUBLISH_TRIES + 1):
+            try:
+                with _errors(self.where, f"publish to {queue}"):
+                    await self._publisher.default_exchange.publish(
+                        aio_pika.Message(
+                            body,
+                            message_id=message_id,
+                            headers=headers,
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
+                        routing_key=queue,
+                        mandatory=True,
+                    )
+                return
+            except TransportError as err:
+                # A quorum queue nacks what it cannot take now (its Ra server not
+                # answering, a length limit with reject-publish): the same message again
+                # later is harmless (consumers deduplicate by id); a return is final.
+                nacked = isinstance(err.__cause__, aiormq.exceptions.DeliveryError) and isinstance(
+                    err.__cause__.frame, aiormq.spec.Basic.Nack
+                )
+                if not nacked or attempt == _PUBLISH_TRIES:
+                    raise
+                log.warning("%s; publishing again in %.1fs", err, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
 
     async def publish(self, message: Message) -> None:
         if message.channel not in self._declared:
             # A message routed to no queue would be dropped: the queue must exist first.
             with _errors(self.where, f"declare {message.channel}"):
-                await self.declare(self._publisher, message.channel)
+                if not await self._exists(message.channel):
+                    await self.declare(self._publisher, message.channel)
+                self._declared.add(message.channel)
         body = message_to_json(message).encode()
         await self.send(message.channel, body, message.message_id, {})
 

@@ -15,12 +15,13 @@ file: a message table beside the saga store is an outbox that needs no relay.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,13 +81,18 @@ def _dead_letter(row: Any) -> DeadLetter:
 
 
 class SqliteBroker:
-    """The message tables of one SQLite file, behind a lock (one connection)."""
+    """The message tables of one SQLite file, behind a lock (one connection).
+
+    Coroutines take ``held`` (an asyncio lock first, so a holder may await inside its
+    transaction: a participant's inbox transaction spans its handler) and code outside
+    the event loop takes ``transaction``."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         if path != ":memory:" and not Path(path).parent.is_dir():
             raise TransportError(self.where, f"directory {Path(path).parent} does not exist")
         self._lock = threading.Lock()
+        self._turn = asyncio.Lock()
         with self.errors("open"):
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
@@ -128,6 +134,18 @@ class SqliteBroker:
                 raise
             self._conn.execute("COMMIT")
 
+    @asynccontextmanager
+    async def held(self, action: str) -> AsyncIterator[sqlite3.Connection]:
+        """``transaction`` for coroutines: waiting for it never blocks the event loop."""
+        async with self._turn:
+            with self.transaction(action) as conn:
+                yield conn
+
+    def same_file(self, path: str) -> bool:
+        if ":memory:" in (path, self.path):
+            return False
+        return os.path.realpath(path) == os.path.realpath(self.path)
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -140,14 +158,14 @@ class _Settle:
     deliveries: int
 
     async def ack(self) -> None:
-        with self.broker.transaction("ack") as conn:
+        async with self.broker.held("ack") as conn:
             conn.execute(
                 f"UPDATE saga_fsm_messages SET done_at = ? WHERE {_CLAIMED}",
                 (time.time(), self.seq, self.deliveries),
             )
 
     async def nack(self, delay: float) -> None:
-        with self.broker.transaction("nack") as conn:
+        async with self.broker.held("nack") as conn:
             conn.execute(
                 f"UPDATE saga_fsm_messages SET visible_at = ? WHERE {_CLAIMED}",
                 (time.time() + delay, self.seq, self.deliveries),
@@ -155,7 +173,7 @@ class _Settle:
 
     async def dead_letter(self, reason: str) -> None:
         now = time.time()
-        with self.broker.transaction("dead-letter") as conn:
+        async with self.broker.held("dead-letter") as conn:
             row = conn.execute(
                 f"UPDATE saga_fsm_messages SET done_at = ? WHERE {_CLAIMED}"
                 " RETURNING channel, message_id, body, deliveries",
@@ -186,9 +204,9 @@ class SqliteSubscription(BaseSubscription):
         self._ready: deque[Inbound] = deque()
         self._closed = False
 
-    def _claim(self) -> None:
+    async def _claim(self) -> None:
         now = time.time()
-        with self._broker.transaction("claim") as conn:
+        async with self._broker.held("claim") as conn:
             rows = conn.execute(
                 _CLAIM, (now + self._ack_wait, self.channel, now, self._prefetch)
             ).fetchall()
@@ -201,7 +219,7 @@ class SqliteSubscription(BaseSubscription):
         deadline = None if timeout is None else loop.time() + timeout
         while not self._closed:
             if not self._ready:
-                self._claim()
+                await self._claim()
             if self._ready:
                 return self._ready.popleft()
             wait = _POLL if deadline is None else min(_POLL, deadline - loop.time())
@@ -221,7 +239,7 @@ class SqliteDeadLetters:
         self._broker = broker
 
     async def list(self, channel: str, *, limit: int = 100) -> list[DeadLetter]:
-        with self._broker.transaction("list dead letters") as conn:
+        async with self._broker.held("list dead letters") as conn:
             rows = conn.execute(
                 f"SELECT {_DEAD_COLUMNS} FROM saga_fsm_dead_letters WHERE channel = ?"
                 " ORDER BY dead_at, message_id LIMIT ?",
@@ -230,7 +248,7 @@ class SqliteDeadLetters:
         return [_dead_letter(row) for row in rows]
 
     async def show(self, channel: str, message_id: str) -> DeadLetter:
-        with self._broker.transaction("show dead letter") as conn:
+        async with self._broker.held("show dead letter") as conn:
             row = conn.execute(
                 f"SELECT {_DEAD_COLUMNS} FROM saga_fsm_dead_letters"
                 " WHERE channel = ? AND message_id = ?",
@@ -242,7 +260,7 @@ class SqliteDeadLetters:
 
     async def replay(self, channel: str, message_id: str) -> None:
         now = time.time()
-        with self._broker.transaction("replay dead letter") as conn:
+        async with self._broker.held("replay dead letter") as conn:
             row = conn.execute(
                 "DELETE FROM saga_fsm_dead_letters WHERE channel = ? AND message_id = ?"
                 " RETURNING body",
@@ -258,7 +276,7 @@ class SqliteDeadLetters:
             )
 
     async def drop(self, channel: str, message_id: str) -> None:
-        with self._broker.transaction("drop dead letter") as conn:
+        async with self._broker.held("drop dead letter") as conn:
             gone = conn.execute(
                 "DELETE FROM saga_fsm_dead_letters WHERE channel = ? AND message_id = ?",
                 (channel, message_id),
@@ -285,7 +303,7 @@ class SqliteTransport:
         self._subscriptions: list[SqliteSubscription] = []
 
     async def publish(self, message: Message) -> None:
-        with self.broker.transaction("publish") as conn:
+        async with self.broker.held("publish") as conn:
             publish_in(conn, message)
 
     async def subscribe(self, channel: str, *, prefetch: int = 16) -> SqliteSubscription:

@@ -7,6 +7,7 @@ from saga_fsm.participant._inbox import (
     InboxTransaction,
     MemoryInbox,
     PostgresInbox,
+    SqliteInbox,
 )
 from saga_fsm.participant._participant import Command, Handler, Participant
 
@@ -19,4 +20,5 @@ __all__ = [
     "MemoryInbox",
     "Participant",
     "PostgresInbox",
+    "SqliteInbox",
 ]

@@ -6,12 +6,16 @@ of one command (or a command and its compensation) are handled one after the oth
 and the second finds the first's reply. ``PostgresInbox`` hands the handler its
 transaction's connection, so the business writes commit with the inbox row, and when
 the transport is the PostgreSQL transport on the same database the reply is enqueued in
-that same transaction too: all three or none.
+that same transaction too: all three or none. ``SqliteInbox`` does the same on a SQLite
+file (the handler gets a ``sqlite3.Connection``): with the SQLite transport on that file,
+the inbox shares the transport's connection, so the reply is enqueued with the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, Protocol
@@ -22,6 +26,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from saga_fsm.messaging import Message, Transport
 from saga_fsm.messaging.postgres import PostgresBroker, PostgresTransport, publish_in
+from saga_fsm.messaging.sqlite import SqliteBroker, SqliteTransport
+from saga_fsm.messaging.sqlite import publish_in as sqlite_publish_in
+from saga_fsm.stores.url import sqlite_path
 
 
 @attrs.frozen
@@ -173,3 +180,89 @@ class PostgresInbox:
 
     async def close(self) -> None:
         await self._broker.close()
+
+
+@attrs.define(eq=False)
+class _SqliteTransaction:
+    connection: sqlite3.Connection
+    same_database: bool
+
+    async def load(self, channel: str, idempotency_key: str) -> InboxRecord:
+        # BEGIN IMMEDIATE holds the file's write lock: the step is as locked as a row.
+        row = self.connection.execute(
+            "SELECT forward_reply, compensation_reply FROM saga_fsm_inbox"
+            " WHERE channel = ? AND idempotency_key = ?",
+            (channel, idempotency_key),
+        ).fetchone()
+        if row is None:
+            return InboxRecord(channel, idempotency_key)
+        return InboxRecord(channel, idempotency_key, row[0], row[1])
+
+    async def save(self, record: InboxRecord) -> None:
+        self.connection.execute(
+            "INSERT INTO saga_fsm_inbox"
+            " (channel, idempotency_key, forward_reply, compensation_reply, updated_at)"
+            " VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (channel, idempotency_key) DO UPDATE SET"
+            " forward_reply = excluded.forward_reply,"
+            " compensation_reply = excluded.compensation_reply,"
+            " updated_at = excluded.updated_at",
+            (
+                record.channel,
+                record.idempotency_key,
+                record.forward_reply,
+                record.compensation_reply,
+                time.time(),
+            ),
+        )
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[sqlite3.Connection]:
+        self.connection.execute("SAVEPOINT saga_fsm_handler")
+        try:
+            yield self.connection
+        except BaseException:
+            self.connection.execute("ROLLBACK TO saga_fsm_handler")
+            self.connection.execute("RELEASE saga_fsm_handler")
+            raise
+        self.connection.execute("RELEASE saga_fsm_handler")
+
+    async def enqueue(self, message: Message) -> bool:
+        if not self.same_database:
+            return False
+        sqlite_publish_in(self.connection, message)
+        return True
+
+
+class SqliteInbox:
+    """The inbox in the participant's SQLite file (``saga_fsm_inbox``, created by the
+    messaging migrations). One transaction at a time per file: SQLite has one writer."""
+
+    def __init__(self, broker: SqliteBroker) -> None:
+        self._broker = broker
+
+    @classmethod
+    def open(cls, url_or_path: str) -> SqliteInbox:
+        """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or a file path."""
+        path = sqlite_path(url_or_path) if "://" in url_or_path else url_or_path
+        return cls(SqliteBroker(path))
+
+    @property
+    def path(self) -> str:
+        return self._broker.path
+
+    def _broker_for(self, transport: Transport) -> SqliteBroker:
+        """The transport's own connection when it is this file: a second connection
+        would wait on the first's write lock while holding the event loop."""
+        if isinstance(transport, SqliteTransport) and transport.broker.same_file(self.path):
+            return transport.broker
+        return self._broker
+
+    @asynccontextmanager
+    async def transaction(self, transport: Transport) -> AsyncIterator[_SqliteTransaction]:
+        broker = self._broker_for(transport)
+        async with broker.held("inbox transaction") as conn:
+            yield _SqliteTransaction(conn, broker is not self._broker)
+
+    async def close(self) -> None:
+        self._broker.close()

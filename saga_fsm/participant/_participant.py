@@ -227,6 +227,12 @@ class Participant:
         subscriptions = [
             await transport.subscribe(channel, prefetch=concurrency) for channel in self.routes
         ]
+        log.info(
+            "participant %s: consuming %s on %s",
+            self.name,
+            ", ".join(self.routes),
+            transport.name,
+        )
 
         async def consume(subscription: Subscription) -> None:
             slots = asyncio.Semaphore(concurrency)

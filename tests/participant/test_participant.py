@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -25,7 +28,14 @@ from saga_fsm.messaging import (
     TransportError,
     reply_from_payload,
 )
-from saga_fsm.participant import Command, Inbox, MemoryInbox, Participant, PostgresInbox
+from saga_fsm.participant import (
+    Command,
+    Inbox,
+    MemoryInbox,
+    Participant,
+    PostgresInbox,
+    SqliteInbox,
+)
 from tests.messaging._brokers import Broker
 
 WAIT = 10.0
@@ -62,16 +72,27 @@ async def replies(subscription: Subscription, count: int) -> list[tuple[Message,
     return got
 
 
+async def open_inbox(broker: Broker) -> Inbox:
+    """Every inbox meets every test: PostgreSQL and SQLite in the transport's own database
+    (reply in the handling transaction), SQLite in a file of its own beside RabbitMQ
+    (reply published after the commit), memory elsewhere."""
+    if broker.kind == "postgresql":
+        return await PostgresInbox.open(broker.url)
+    if broker.kind == "sqlite":
+        return SqliteInbox.open(broker.url)
+    if broker.kind == "amqp":
+        return SqliteInbox.open(str(Path(tempfile.mkdtemp()) / "inbox.db"))
+    return MemoryInbox()
+
+
 @contextlib.asynccontextmanager
 async def serving(
     broker: Broker, participant: Participant, **options: Any
 ) -> AsyncIterator[tuple[Transport, Subscription]]:
-    """``participant`` served on the broker (inbox: PostgreSQL on PostgreSQL, else memory);
-    yields the transport and a subscription to the reply channel."""
+    """``participant`` served on the broker with its inbox (see ``open_inbox``); yields
+    the transport and a subscription to the reply channel."""
     transport = await broker.connect(**options)
-    inbox: Inbox = (
-        await PostgresInbox.open(broker.url) if broker.kind == "postgresql" else MemoryInbox()
-    )
+    inbox = await open_inbox(broker)
     stop = asyncio.Event()
     task = asyncio.create_task(participant.serve(transport, inbox, stop=stop, concurrency=4))
     try:
@@ -249,6 +270,46 @@ def test_business_writes_inbox_and_reply_commit_together(postgres_dsn: str) -> N
         assert answer == ReplyBody(Outcome.SUCCEEDED, data={"attempts": 2})
 
     run(body())
+
+
+def test_sqlite_business_writes_inbox_and_reply_commit_together(tmp_path: Path) -> None:
+    """The SQLite inbox on the SQLite transport's file: the handler's writes, the inbox
+    row and the reply are one transaction, undone together when the handler raises."""
+    db = tmp_path / "inventory.db"
+    broker = Broker("sqlite", f"sqlite:///{db}")
+    attempts: list[int] = []
+    inventory = Participant("inventory", retry_delay=0.1)
+
+    def reserve(command: Command) -> dict[str, int]:
+        command.connection.execute(
+            "INSERT INTO reservations (idempotency_key) VALUES (?)", (command.idempotency_key,)
+        )
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("crash after the write, before the answer")
+        return {"attempts": len(attempts)}
+
+    inventory.handles(broker.channel("reserve"))(reserve)
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE reservations (idempotency_key TEXT NOT NULL)")
+    conn.close()
+
+    async def body() -> None:
+        async with serving(broker, inventory) as (transport, reply_sub):
+            await transport.publish(command(broker, "reserve", "s1:reserve"))
+            [(_, answer)] = await replies(reply_sub, 1)
+            await transport.publish(command(broker, "reserve", "s1:reserve"))
+            await replies(reply_sub, 1)
+        assert answer == ReplyBody(Outcome.SUCCEEDED, data={"attempts": 2})
+
+    run(body())
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT count(*) FROM reservations").fetchone() == (1,)
+        assert conn.execute(
+            "SELECT count(*) FROM saga_fsm_messages WHERE channel = ?",
+            (broker.channel("replies"),),
+        ).fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM saga_fsm_inbox").fetchone() == (1,)
 
 
 @pytest.mark.postgres
