@@ -6,7 +6,8 @@ while the worker drives it. A worker that dies stops renewing; once its leases e
 the others take its sagas over from their last snapshot.
 
 A worker runs only the definitions registered with its orchestrator: it claims sagas
-of those (name, version) pairs and leaves the others to workers that serve them. A row
+of those (name, version) pairs pinned to those tables (fingerprints) and leaves the
+others to workers that serve them. A row
 it cannot decode is quarantined: set aside in the store, no longer claimed by anyone,
 until an operator fixes it and lets it go (``saga-fsm unquarantine``).
 """
@@ -21,8 +22,10 @@ from collections import Counter
 from saga_fsm._clock import seconds
 from saga_fsm._errors import InvalidArgument, SagaError, SnapshotDecodeError, StoreError
 from saga_fsm._executor import SagaExecutor
+from saga_fsm._fingerprint import short
 from saga_fsm._logging import get_logger
 from saga_fsm._snapshot import Snapshot
+from saga_fsm._versions import find_unrunnable
 
 log = get_logger("saga_fsm.worker")
 
@@ -95,14 +98,15 @@ class Worker:
         backoff = self.poll_interval
         self._freed = asyncio.Event()  # bound to this run's event loop
         store, clock = self.orchestrator.store, self.orchestrator.clock
-        served = self.orchestrator.served
+        served = self.orchestrator.claimable
         log.info(
             "worker %s serving %s from %s, concurrency %d",
             self.worker_id,
-            ", ".join(f"{name} v{version}" for name, version in served),
+            ", ".join(f"{name} v{version} ({short(table)})" for name, version, table in served),
             self.store_name,
             self.concurrency,
         )
+        await self._left_behind()
         last_summary = time.monotonic()
         try:
             while not stop.is_set():
@@ -153,6 +157,35 @@ class Worker:
             await self._shutdown(grace)
         self._summary()
         log.info("worker %s stopped", self.worker_id)
+
+    async def _left_behind(self) -> None:
+        """Say once, at start, which sagas of the versions served here this worker will
+        leave because they are pinned to another table of that version."""
+        try:
+            found = await find_unrunnable(
+                self.orchestrator.store,
+                self.orchestrator.definitions,
+                names={name for name, _ in self.orchestrator.served},
+            )
+        except SagaError as err:
+            log.warning("worker %s: could not look for unrunnable sagas: %s", self.worker_id, err)
+            return
+        served = self.orchestrator.served
+        groups = Counter(
+            (s.definition, s.definition_version, s.definition_fingerprint)
+            for s in (u.snapshot for u in found)
+            if (s.definition, s.definition_version) in served
+        )
+        for (name, version, pinned), count in sorted(groups.items(), key=str):
+            log.warning(
+                "worker %s: leaving %d saga(s) of %s v%d pinned to table %s, not the one"
+                " registered here: they need a worker with that table (saga-fsm ls --unrunnable)",
+                self.worker_id,
+                count,
+                name,
+                version,
+                short(pinned),
+            )
 
     def _summary(self) -> None:
         """One line of what happened since the last one; nothing when idle."""

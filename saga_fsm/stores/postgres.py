@@ -63,6 +63,7 @@ from saga_fsm.stores._protocol import (
     UNFINISHED_STATUSES,
     Lease,
     QuarantinedSaga,
+    Served,
     check_limit,
     ids,
     lease_or_none,
@@ -172,6 +173,13 @@ WITH due AS (
       AND quarantine IS NULL
       AND (definition, definition_version) IN (
           SELECT * FROM unnest(%(names)s::text[], %(versions)s::integer[]))
+      AND EXISTS (
+          SELECT FROM unnest(%(names)s::text[], %(versions)s::integer[], %(tables)s::text[])
+              AS w(name, version, fingerprint)
+          WHERE w.name = definition AND w.version = definition_version
+            AND (w.fingerprint IS NULL
+                 OR snapshot->>'definition_fingerprint' IS NULL
+                 OR snapshot->>'definition_fingerprint' = w.fingerprint))
     ORDER BY due_at, saga_id COLLATE "C"
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -685,15 +693,16 @@ class PostgresStore:
         now: datetime,
         lease_seconds: float,
         limit: int,
-        definitions: Collection[tuple[str, int]],
+        definitions: Collection[Served],
     ) -> Claimed:
         check_limit(limit)
         wanted = served(definitions)
         params = _lease_params(worker_id, now, now + timedelta(seconds=lease_seconds))
         params |= {
             "limit": limit,
-            "names": [name for name, _ in wanted],
-            "versions": [version for _, version in wanted],
+            "names": [name for name, _, _ in wanted],
+            "versions": [version for _, version, _ in wanted],
+            "tables": [table for _, _, table in wanted],
         }
         async with self._errors("claim_due"):
             rows = await self._query(_CLAIM_DUE, params)
