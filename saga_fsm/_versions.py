@@ -271,7 +271,7 @@ def _why_not_movable(snapshot: Snapshot, lease_live: bool) -> str | None:
     return None
 
 
-async def migrate(
+async def migrate_sagas(
     store: SagaStore,
     definitions: Definitions | Iterable[SagaDefinition],
     name: str,

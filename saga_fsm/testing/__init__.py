@@ -47,6 +47,7 @@ and the plugin provides ``saga_clock`` and ``saga_store_memory``/``_sqlite``/``_
 """
 
 from saga_fsm.testing import _requirements  # noqa: F401 (first: says what is missing)
+from saga_fsm._versions import assert_definitions_locked
 from saga_fsm.testing._coverage import TransitionCoverage
 from saga_fsm.testing._driver import CallDidNotReturn
 from saga_fsm.testing._explore import CheckReport, Counterexample, check
@@ -93,6 +94,7 @@ __all__ = [
     "StoreFactory",
     "TraceEntry",
     "TransitionCoverage",
+    "assert_definitions_locked",
     "cancel",
     "check",
     "compensation",
