@@ -63,7 +63,6 @@ from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._loading import load_definition, load_definition_file, resolve_reference
 from saga_fsm._orchestrator import Orchestrator, run_sync
 from saga_fsm._registry import Definitions
-from saga_fsm._versions import Migrated, Unrunnable, find_unrunnable, migrate_sagas
 from saga_fsm._snapshot import (
     ErrorInfo,
     HistoryEntry,
@@ -72,6 +71,7 @@ from saga_fsm._snapshot import (
     StepRecord,
     StepStatus,
 )
+from saga_fsm._versions import Migrated, Unrunnable, find_unrunnable, migrate_sagas
 from saga_fsm._worker import Worker
 from saga_fsm.observability._observer import Observer
 from saga_fsm.stores import (

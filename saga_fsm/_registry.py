@@ -76,10 +76,20 @@ class Definitions:
         if compiled is None:
             raise UnknownDefinition(*key, "register it with this orchestrator")
         pinned = snapshot.definition_fingerprint
-        if pinned is not None:
-            registered = fingerprint(compiled)
-            if pinned != registered:
-                raise TableChanged(*key, snapshot.saga_id, pinned, registered)
+        if pinned is None:
+            # Started before fingerprints: runs on the registered table, unless its step
+            # records show that it started on another one.
+            if len(snapshot.steps) != len(compiled.step_index) or any(
+                record.name not in compiled.step_index for record in snapshot.steps
+            ):
+                steps = ", ".join(record.name for record in snapshot.steps)
+                raise UnknownDefinition(
+                    *key,
+                    f"saga {snapshot.saga_id} (unpinned) has the steps {steps}, not those of"
+                    " the registered table: register the one it started with, or migrate it",
+                )
+        elif pinned != fingerprint(compiled):
+            raise TableChanged(*key, snapshot.saga_id, pinned, fingerprint(compiled))
         return compiled
 
 

@@ -20,7 +20,13 @@ import time
 from collections import Counter
 
 from saga_fsm._clock import seconds
-from saga_fsm._errors import InvalidArgument, SagaError, SnapshotDecodeError, StoreError
+from saga_fsm._errors import (
+    InvalidArgument,
+    SagaError,
+    SnapshotDecodeError,
+    StoreError,
+    UnknownDefinition,
+)
 from saga_fsm._executor import SagaExecutor
 from saga_fsm._fingerprint import short
 from saga_fsm._logging import get_logger
@@ -77,6 +83,7 @@ class Worker:
         # Since the last summary: claimed, completed, compensated, failed.
         self.counts: Counter[str] = Counter()
         self._bad: set[str] = set()  # undecodable rows leased here, not yet quarantined
+        self._left: set[str] = set()  # sagas of tables not registered here, leased here
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.max_hold = max_hold
@@ -141,6 +148,8 @@ class Worker:
                     if isinstance(item, SnapshotDecodeError):
                         await self._quarantine(item)
                         continue
+                    if not self._runs_here(item):
+                        continue
                     log.debug(
                         "claimed saga %s (%s)",
                         item.saga_id,
@@ -177,14 +186,19 @@ class Worker:
             if (s.definition, s.definition_version) in served
         )
         for (name, version, pinned), count in sorted(groups.items(), key=str):
+            table = (
+                "started before fingerprints, on other steps"
+                if pinned is None
+                else f"pinned to table {short(pinned)}"
+            )
             log.warning(
-                "worker %s: leaving %d saga(s) of %s v%d pinned to table %s, not the one"
-                " registered here: they need a worker with that table (saga-fsm ls --unrunnable)",
+                "worker %s: leaving %d saga(s) of %s v%d %s, not the table registered"
+                " here: they need a worker with theirs (saga-fsm ls --unrunnable)",
                 self.worker_id,
                 count,
                 name,
                 version,
-                short(pinned),
+                table,
             )
 
     def _summary(self) -> None:
@@ -217,6 +231,20 @@ class Worker:
         except SagaError as failed:
             log.warning("saga %s: quarantine failed (%s)", saga_id, failed)
             self._bad.add(saga_id)
+
+    def _runs_here(self, snapshot: Snapshot) -> bool:
+        """Whether the claimed saga's table is registered here. One the claim could not
+        tell apart (started before fingerprints, its step records from another table) is
+        left untouched and logged once; its lease is kept until it runs out, so that it
+        is not claimed again at every poll, then any worker with its table takes it."""
+        try:
+            self.orchestrator.definitions.compiled_for(snapshot)
+        except UnknownDefinition as err:
+            if snapshot.saga_id not in self._left:
+                log.warning("worker %s: leaving saga %s: %s", self.worker_id, snapshot.saga_id, err)
+            self._left.add(snapshot.saga_id)
+            return False
+        return True
 
     async def _idle(self, stop: asyncio.Event) -> None:
         """Wait for a poll tick, a finished saga (a free slot), or the stop signal.
@@ -270,11 +298,12 @@ class Worker:
             )
 
     async def _shutdown(self, grace: float) -> None:
-        for saga_id in sorted(self._bad):
-            # Undecodable rows this worker leased: free them for the next claimer now.
+        for saga_id in sorted(self._bad | self._left):
+            # Rows this worker leased but cannot run: free them for the next claimer now.
             with contextlib.suppress(SagaError):
                 await self.orchestrator.store.release(saga_id, self.worker_id)
         self._bad.clear()
+        self._left.clear()
         if not self._tasks:
             return
         log.info(

@@ -47,7 +47,6 @@ and the plugin provides ``saga_clock`` and ``saga_store_memory``/``_sqlite``/``_
 """
 
 from saga_fsm.testing import _requirements  # noqa: F401 (first: says what is missing)
-from saga_fsm._versions import assert_definitions_locked
 from saga_fsm.testing._coverage import TransitionCoverage
 from saga_fsm.testing._driver import CallDidNotReturn
 from saga_fsm.testing._explore import CheckReport, Counterexample, check
@@ -60,6 +59,7 @@ from saga_fsm.testing._invariants import (
     InvariantViolation,
     saga_invariant,
 )
+from saga_fsm.testing._lock import assert_definitions_locked
 from saga_fsm.testing._machine import SagaStateMachine, saga_state_machine
 from saga_fsm.testing._options import ExploreOptions
 from saga_fsm.testing._scenario import (
