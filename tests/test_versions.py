@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -411,3 +415,38 @@ def test_two_workers_with_different_versions_share_a_postgres_store(postgres_dsn
     started = asyncio.run(go())
     for saga_id, table in started.items():
         assert tables_run(saga_id) == {table}, saga_id
+
+
+# -- the README ------------------------------------------------------------------------------
+
+
+def test_the_readme_example_runs_and_prints_what_it_says(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Versioned definitions\n", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    printed = re.search(r"\nprints\n\n```\n(.*?)```", section, re.S)
+    assert printed is not None
+    done = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == printed.group(1)
+    # The shell session, command by command.
+    session = re.findall(r"^\$ (saga-fsm .*)\n((?:(?!\$ ).*\n)*?)(?=\$ |```)", section, re.M)
+    assert len(session) == 2
+    for command, output in session:
+        ran = subprocess.run(
+            [sys.executable, "-m", "saga_fsm.cli", *command.split()[1:]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+        assert (ran.returncode, ran.stdout) == (0, output), ran.stderr
