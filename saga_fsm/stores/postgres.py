@@ -173,13 +173,10 @@ WITH due AS (
       AND quarantine IS NULL
       AND (definition, definition_version) IN (
           SELECT * FROM unnest(%(names)s::text[], %(versions)s::integer[]))
-      AND EXISTS (
-          SELECT FROM unnest(%(names)s::text[], %(versions)s::integer[], %(tables)s::text[])
-              AS w(name, version, fingerprint)
-          WHERE w.name = definition AND w.version = definition_version
-            AND (w.fingerprint IS NULL
-                 OR snapshot->>'definition_fingerprint' IS NULL
-                 OR snapshot->>'definition_fingerprint' = w.fingerprint))
+      AND ((definition || ' ' || definition_version) = ANY(%(any_table)s::text[])
+           OR snapshot->>'definition_fingerprint' IS NULL
+           OR (definition || ' ' || definition_version || ' '
+               || (snapshot->>'definition_fingerprint')) = ANY(%(pinned)s::text[]))
     ORDER BY due_at, saga_id COLLATE "C"
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -702,7 +699,11 @@ class PostgresStore:
             "limit": limit,
             "names": [name for name, _, _ in wanted],
             "versions": [version for _, version, _ in wanted],
-            "tables": [table for _, _, table in wanted],
+            # The table check as one comparison per row (no join): "name version" for
+            # the versions served with any table, "name version fingerprint" for the
+            # others (definition names hold no spaces).
+            "any_table": [f"{n} {v}" for n, v, table in wanted if table is None],
+            "pinned": [f"{n} {v} {table}" for n, v, table in wanted if table is not None],
         }
         async with self._errors("claim_due"):
             rows = await self._query(_CLAIM_DUE, params)
