@@ -48,17 +48,25 @@ async def find_unrunnable(
     definitions: Definitions | Iterable[SagaDefinition],
     *,
     names: Collection[str] | None = None,
+    limit: int | None = None,
 ) -> list[Unrunnable]:
     """The unfinished or parked sagas (of ``names`` only, when given) whose (name,
     version, fingerprint) none of ``definitions`` serves: no worker with these
-    definitions runs them (nor an operator's retry). Oldest first. Rows that cannot be
-    decoded are the quarantine's business, not listed here."""
+    definitions runs them (nor an operator's retry). Oldest first. ``limit`` bounds
+    how many of the newest unfinished, and of the newest parked, sagas of each name are
+    looked at. Rows that cannot be decoded are the quarantine's business, not listed."""
     known = registry(definitions)
     found: dict[str, Unrunnable] = {}
     wanted: list[str | None] = [*sorted(names)] if names is not None else [None]
     for name in wanted:
         for state in (None, SagaStatus.FAILED.value):
-            rows = await store.list(definition=name, state=state, unfinished=state is None)
+            rows = await store.list(
+                definition=name,
+                state=state,
+                unfinished=state is None,
+                limit=limit,
+                newest_first=True,
+            )
             for snapshot in rows:
                 if not isinstance(snapshot, Snapshot):
                     continue

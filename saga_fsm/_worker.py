@@ -38,6 +38,9 @@ log = get_logger("saga_fsm.worker")
 # At most this many sagas per claim (a full claim is followed by another at once): a worker
 # with thousands of free slots does not hold thousands of rows in one result at a time.
 _CLAIM_BATCH = 256
+# Sagas of each name a starting worker looks at for ones pinned to other tables: a
+# bound on what it decodes and keeps, however large the store.
+_LOOK_AT = 10_000
 
 
 class Worker:
@@ -113,7 +116,8 @@ class Worker:
             self.store_name,
             self.concurrency,
         )
-        await self._left_behind()
+        # Beside the claims, not before them: a large store takes a while to look at.
+        looking = asyncio.create_task(self._left_behind())
         last_summary = time.monotonic()
         try:
             while not stop.is_set():
@@ -163,18 +167,23 @@ class Worker:
                     continue  # there may be more due work: claim again at once
                 await self._idle(stop)
         finally:
+            looking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await looking
             await self._shutdown(grace)
         self._summary()
         log.info("worker %s stopped", self.worker_id)
 
     async def _left_behind(self) -> None:
         """Say once, at start, which sagas of the versions served here this worker will
-        leave because they are pinned to another table of that version."""
+        leave because they are pinned to another table of that version (looking at the
+        newest ``_LOOK_AT`` unfinished and parked sagas of each name, at most)."""
         try:
             found = await find_unrunnable(
                 self.orchestrator.store,
                 self.orchestrator.definitions,
                 names={name for name, _ in self.orchestrator.served},
+                limit=_LOOK_AT,
             )
         except SagaError as err:
             log.warning("worker %s: could not look for unrunnable sagas: %s", self.worker_id, err)
