@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import attrs
 import pytest
 
 from saga_fsm import (
     DefinitionsNotLocked,
+    ErrorInfo,
     InvalidArgument,
     MemoryStore,
     MigrationRefused,
@@ -25,6 +27,8 @@ from saga_fsm import (
     PostgresStore,
     SagaStore,
     Snapshot,
+    StepRecord,
+    StepStatus,
     TableChanged,
     UnknownDefinition,
     Worker,
@@ -367,6 +371,57 @@ def test_migrate_refuses_a_saga_a_live_worker_holds() -> None:
             store, [order_v2], "order", from_version=1, to_version=2, state_map=RENAME, now=later
         )
         assert [s.saga_id for s in done.migrated] == [pending.saga_id]
+
+    asyncio.run(go())
+
+
+def test_migrate_moves_a_saga_between_attempts_and_refuses_one_in_flight() -> None:
+    async def go() -> None:
+        store = MemoryStore()
+        at = datetime.now(UTC)
+        fresh = new_snapshot(order_v1, "waiting", {}, at, fingerprint=V1)
+        waiting = attrs.evolve(
+            fresh,
+            state="running:charge",
+            steps=(
+                StepRecord("reserve", StepStatus.SUCCEEDED, 1),
+                StepRecord("charge", StepStatus.FAILED, 1, error=ErrorInfo("E", "try again")),
+            ),
+            wake_at=at,
+        )
+        await store.create(waiting)
+        in_flight = attrs.evolve(
+            new_snapshot(order_v1, "in-flight", {}, at, fingerprint=V1),
+            state="running:reserve",
+            steps=(StepRecord("reserve", StepStatus.RUNNING, 1), StepRecord("charge")),
+        )
+        await store.create(in_flight)
+        with pytest.raises(MigrationRefused) as refused:
+            await migrate_sagas(
+                store,
+                [order_v2],
+                "order",
+                from_version=1,
+                to_version=2,
+                state_map=RENAME,
+                ids=["waiting", "in-flight"],
+                now=at,
+            )
+        assert refused.value.reasons == {
+            "in-flight": "step 'reserve' is in flight (it may be acting now): resume it first"
+        }
+        done = await migrate_sagas(
+            store, [order_v2], "order", from_version=1, to_version=2, state_map=RENAME, now=at
+        )
+        assert [s.saga_id for s in done.migrated] == ["waiting"]
+        assert done.left == (
+            ("in-flight", "step 'reserve' is in flight (it may be acting now): resume it first"),
+        )
+        moved = await store.load("waiting")
+        assert (moved.state, moved.step("charge_card").attempts) == ("running:charge_card", 1)
+        v2 = Orchestrator(store, [order_v2], worker_id="v2")
+        assert (await v2.resume("waiting")).state == "completed"
+        assert tables_run("waiting") == {"v2"}
 
     asyncio.run(go())
 
