@@ -61,7 +61,9 @@ from saga_fsm import (
 from saga_fsm._codec import snapshot_to_json
 
 STEPS = ("reserve", "charge", "ship")
-SERVED = [("bench_scale", 1)]  # what the claims take: the bulk-loaded rows' definition
+# What the claims take: the bulk-loaded rows' definition, as a worker claims it (name,
+# version and its table's fingerprint; the rows have no pin, so each one is checked).
+SERVED = [("bench_scale", 1, "0" * 64)]
 
 
 async def _noop(ctx: StepContext) -> None:

@@ -37,12 +37,14 @@ from saga_fsm._errors import (
     CallbackError,
     ConcurrencyConflict,
     DefinitionError,
+    DefinitionsNotLocked,
     IdempotencyKeyReused,
     InvalidArgument,
     InvalidArgumentType,
     InvalidReference,
     InvalidSagaData,
     InvalidStoreURL,
+    MigrationRefused,
     NotQuarantined,
     SagaError,
     SagaLeased,
@@ -50,10 +52,12 @@ from saga_fsm._errors import (
     SnapshotDecodeError,
     StepFailed,
     StoreError,
+    TableChanged,
     TransitionNotAllowed,
     UnknownDefinition,
 )
 from saga_fsm._executor import SagaExecutor
+from saga_fsm._fingerprint import definition_fingerprint
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._loading import load_definition, load_definition_file, resolve_reference
@@ -67,6 +71,7 @@ from saga_fsm._snapshot import (
     StepRecord,
     StepStatus,
 )
+from saga_fsm._versions import Migrated, Unrunnable, find_unrunnable, migrate_sagas
 from saga_fsm._worker import Worker
 from saga_fsm.observability._observer import Observer
 from saga_fsm.stores import (
@@ -95,6 +100,7 @@ __all__ = [
     "Decision",
     "DefinitionError",
     "Definitions",
+    "DefinitionsNotLocked",
     "ErrorInfo",
     "Event",
     "FakeClock",
@@ -108,6 +114,8 @@ __all__ = [
     "InvalidStoreURL",
     "Lease",
     "MemoryStore",
+    "Migrated",
+    "MigrationRefused",
     "NotQuarantined",
     "Observer",
     "Orchestrator",
@@ -138,16 +146,21 @@ __all__ = [
     "StepStatus",
     "StoreError",
     "SystemClock",
+    "TableChanged",
     "TransitionNotAllowed",
     "TransitionRow",
     "UnknownDefinition",
+    "Unrunnable",
     "Worker",
     "WorkerLeases",
     "compile_saga",
     "decide",
+    "definition_fingerprint",
+    "find_unrunnable",
     "idempotency_key",
     "load_definition",
     "load_definition_file",
+    "migrate_sagas",
     "new_snapshot",
     "open_store",
     "outcome_event",

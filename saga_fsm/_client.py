@@ -12,6 +12,7 @@ from saga_fsm._codec import data_problem
 from saga_fsm._core import Event, decide, new_snapshot
 from saga_fsm._definition import SagaDefinition
 from saga_fsm._errors import ConcurrencyConflict, InvalidArgument
+from saga_fsm._fingerprint import fingerprint
 from saga_fsm._registry import Definitions, registry
 from saga_fsm._snapshot import Snapshot, replace
 from saga_fsm.observability._observer import NO_OBSERVER, Observer
@@ -30,9 +31,10 @@ def new_saga(
     idempotency_key: str | None = None,
     observer: Observer = NO_OBSERVER,
 ) -> Snapshot:
-    """A new ``pending`` snapshot of ``definition`` (registered on the way), its data
-    checked to be plain JSON, stamped by ``observer`` (a trace's parent, say)."""
-    definitions.register(definition)
+    """A new ``pending`` snapshot of ``definition`` (registered on the way) pinned to
+    its table's fingerprint, its data checked to be plain JSON, stamped by ``observer``
+    (a trace's parent, say)."""
+    compiled = definitions.register(definition)
     payload = dict(data or {})
     problem = data_problem(payload, "data")
     if problem is not None:
@@ -45,8 +47,24 @@ def new_saga(
             clock.now(),
             correlation_id=correlation_id,
             idempotency_key=idempotency_key,
+            fingerprint=fingerprint(compiled),
         )
     )
+
+
+def chosen(
+    definitions: Definitions, definition: SagaDefinition | str, version: int | None
+) -> SagaDefinition:
+    """What a start runs: ``definition`` itself, or the one registered under that name
+    (its newest version unless ``version`` says which)."""
+    if isinstance(definition, str):
+        return definitions.get(definition, version)
+    if version is not None and version != definition.version:
+        raise InvalidArgument(
+            f"version={version} but the definition given is {definition.name!r}"
+            f" version {definition.version}"
+        )
+    return definition
 
 
 class SagaClient:
@@ -67,9 +85,10 @@ class SagaClient:
 
     async def start(
         self,
-        definition: SagaDefinition,
+        definition: SagaDefinition | str,
         data: Mapping[str, Any] | None = None,
         *,
+        version: int | None = None,
         saga_id: str | None = None,
         correlation_id: str | None = None,
         idempotency_key: str | None = None,
@@ -77,11 +96,12 @@ class SagaClient:
     ) -> Snapshot:
         """Persist a new ``pending`` instance for a worker to run. With an
         ``idempotency_key`` already in the store for the same definition and data,
-        return that instance instead (``IdempotencyKeyReused`` for other ones)."""
+        return that instance instead (``IdempotencyKeyReused`` for other ones).
+        ``definition`` may be a registered name: its newest version, or ``version``."""
         snapshot = new_saga(
             self.definitions,
             self.clock,
-            definition,
+            chosen(self.definitions, definition, version),
             data,
             saga_id,
             correlation_id,
@@ -95,9 +115,10 @@ class SagaClient:
 
     async def start_many(
         self,
-        definition: SagaDefinition,
+        definition: SagaDefinition | str,
         data: Sequence[Mapping[str, Any]],
         *,
+        version: int | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         definition_ref: str | None = None,
     ) -> list[Snapshot]:
@@ -106,6 +127,7 @@ class SagaClient:
         keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(data)
         if len(keys) != len(data):
             raise InvalidArgument(f"{len(data)} data items but {len(keys)} idempotency keys")
+        definition = chosen(self.definitions, definition, version)
         snapshots = [
             replace(
                 new_saga(

@@ -28,7 +28,8 @@ converter = make_converter(forbid_extra_keys=True)
 converter.register_unstructure_hook(datetime, datetime.isoformat)
 converter.register_structure_hook(datetime, lambda v, _: datetime.fromisoformat(v))
 # ``Snapshot.version`` is the store's column, handed back with the snapshot: not encoded.
-# A snapshot without a trace context encodes exactly as before that field existed.
+# A snapshot without a trace context or a fingerprint encodes exactly as before those
+# fields existed (and those written before decode, as unpinned: see Snapshot).
 converter.register_unstructure_hook(
     Snapshot,
     make_dict_unstructure_fn(
@@ -36,6 +37,7 @@ converter.register_unstructure_hook(
         converter,
         version=override(omit=True),
         traceparent=override(omit_if_default=True),
+        definition_fingerprint=override(omit_if_default=True),
     ),
 )
 converter.register_structure_hook(
@@ -105,6 +107,10 @@ def _traceparent(value: str | None) -> str:
     return "" if value is None else f'"traceparent":{_STR(value)},'
 
 
+def _fingerprint(value: str | None) -> str:
+    return "" if value is None else f'"definition_fingerprint":{_STR(value)},'
+
+
 def _error(error: ErrorInfo | None) -> str:
     if error is None:
         return "null"
@@ -155,6 +161,7 @@ def _snapshot_text(s: Snapshot) -> str:
         f'{{"cancel_requested":{"true" if s.cancel_requested else "false"},'
         f'"correlation_id":{_str(s.correlation_id)},"created_at":{_time(s.created_at)},'
         f'"data":{_ENCODE(s.data)},"definition":{_STR(s.definition)},'
+        f"{_fingerprint(s.definition_fingerprint)}"
         f'"definition_ref":{_str(s.definition_ref)},'
         f'"definition_version":{int(s.definition_version)},"failure":{_error(s.failure)},'
         f'"idempotency_key":{_str(s.idempotency_key)},'

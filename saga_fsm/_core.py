@@ -169,7 +169,9 @@ def new_snapshot(
     *,
     correlation_id: str | None = None,
     idempotency_key: str | None = None,
+    fingerprint: str | None = None,
 ) -> Snapshot:
+    """A ``pending`` saga of ``definition``, pinned to the table ``fingerprint`` names."""
     return Snapshot(
         saga_id=saga_id,
         definition=definition.name,
@@ -181,6 +183,7 @@ def new_snapshot(
         updated_at=at,
         correlation_id=correlation_id,
         idempotency_key=idempotency_key,
+        definition_fingerprint=fingerprint,
     )
 
 

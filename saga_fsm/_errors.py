@@ -164,6 +164,45 @@ class UnknownDefinition(SagaError, LookupError):
         )
 
 
+class TableChanged(UnknownDefinition):
+    """A saga is pinned to a table (its ``definition_fingerprint``) other than the one
+    registered under its (name, version): it is never run on that one. Register the
+    definition it started with, or move it with ``saga-fsm migrate``."""
+
+    def __init__(self, name: str, version: int, saga_id: str, pinned: str, registered: str) -> None:
+        self.name = name
+        self.version = version
+        self.saga_id = saga_id
+        self.pinned = pinned
+        self.registered = registered
+        SagaError.__init__(
+            self,
+            f"saga {saga_id} is pinned to table {pinned[:12]} of {name!r} version {version},"
+            f" but the registered one is {registered[:12]}: the definition changed without a"
+            " version bump; register the one it started with, or migrate it",
+        )
+
+
+class MigrationRefused(SagaError):
+    """A migration to another version was refused and wrote nothing. ``reasons`` maps
+    each saga id to why (``""`` as the key: a reason that concerns them all)."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        self.reasons = dict(reasons)
+        lines = [f"{saga_id}: {why}" if saga_id else why for saga_id, why in reasons.items()]
+        super().__init__("migration refused, nothing was changed:\n  " + "\n  ".join(lines))
+
+
+class DefinitionsNotLocked(SagaError, AssertionError):
+    """Released definitions whose table changed without a version bump (or that the lock
+    file does not hold yet). ``problems`` holds one line per definition."""
+
+    def __init__(self, lock: str, problems: list[str]) -> None:
+        self.lock = lock
+        self.problems = list(problems)
+        super().__init__(f"{lock}:\n  " + "\n  ".join(problems))
+
+
 class InvalidSagaData(InvalidArgument, InvalidArgumentType):
     """Saga data (or an action's result) that JSON cannot hold exactly: NaN, Infinity,
     a number too large for a float (``1e999``), a key that is not a string, a value of

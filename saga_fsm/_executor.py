@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from saga_fsm._client import new_saga
+from saga_fsm._client import chosen, new_saga
 from saga_fsm._clock import Clock, SystemClock, seconds
 from saga_fsm._core import (
     Command,
@@ -100,21 +100,30 @@ class SagaExecutor:
 
     @property
     def served(self) -> tuple[tuple[str, int], ...]:
-        """The (name, version) of every registered definition: what a worker claims."""
+        """The (name, version) of every registered definition."""
         return self.definitions.served
+
+    @property
+    def claimable(self) -> tuple[tuple[str, int, str], ...]:
+        """(name, version, fingerprint) of every registered definition: what a worker
+        claims (never a saga pinned to another table)."""
+        return self.definitions.claimable
 
     # -- public operations ----------------------------------------------------------------
     async def run(
         self,
-        definition: SagaDefinition,
+        definition: SagaDefinition | str,
         data: Mapping[str, Any] | None = None,
         *,
+        version: int | None = None,
         saga_id: str | None = None,
         correlation_id: str | None = None,
         idempotency_key: str | None = None,
         definition_ref: str | None = None,
     ) -> Snapshot:
-        """Start an instance and drive it here until it is finished or parked."""
+        """Start an instance and drive it here until it is finished or parked.
+        ``definition`` may be a registered name: its newest version, or ``version``."""
+        definition = chosen(self.definitions, definition, version)
         compiled = self.definitions.register(definition)
         snapshot = new_saga(
             self.definitions,
@@ -162,7 +171,13 @@ class SagaExecutor:
         """Drive a saga whose lease this orchestrator holds. A retry back-off longer than
         ``max_hold`` seconds is not waited out here: the wake-up time is stored, the
         lease released, and whichever worker is free then picks the saga up."""
-        compiled = self.definitions.compiled_for(snapshot)
+        try:
+            compiled = self.definitions.compiled_for(snapshot)
+        except UnknownDefinition:
+            # Never run on another table: handed back untouched for a worker that has it.
+            with contextlib.suppress(SagaError):
+                await self.store.release(snapshot.saga_id, self.worker_id)
+            raise
         self._leases.hold(snapshot.saga_id)
         context = bind_saga(
             snapshot.saga_id,

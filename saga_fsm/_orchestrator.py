@@ -59,9 +59,10 @@ class Orchestrator(SagaExecutor):
 
     async def start(
         self,
-        definition: SagaDefinition,
+        definition: SagaDefinition | str,
         data: Mapping[str, Any] | None = None,
         *,
+        version: int | None = None,
         saga_id: str | None = None,
         correlation_id: str | None = None,
         idempotency_key: str | None = None,
@@ -71,6 +72,7 @@ class Orchestrator(SagaExecutor):
         return await self.client.start(
             definition,
             data,
+            version=version,
             saga_id=saga_id,
             correlation_id=correlation_id,
             idempotency_key=idempotency_key,
@@ -79,15 +81,20 @@ class Orchestrator(SagaExecutor):
 
     async def start_many(
         self,
-        definition: SagaDefinition,
+        definition: SagaDefinition | str,
         data: Sequence[Mapping[str, Any]],
         *,
+        version: int | None = None,
         idempotency_keys: Sequence[str | None] | None = None,
         definition_ref: str | None = None,
     ) -> list[Snapshot]:
         """``SagaClient.start_many``: all or nothing, in one transaction."""
         return await self.client.start_many(
-            definition, data, idempotency_keys=idempotency_keys, definition_ref=definition_ref
+            definition,
+            data,
+            version=version,
+            idempotency_keys=idempotency_keys,
+            definition_ref=definition_ref,
         )
 
     async def cancel(self, saga_id: str) -> Snapshot:

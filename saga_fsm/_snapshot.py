@@ -118,6 +118,11 @@ class Snapshot:
     traceparent: str | None = None
     """The W3C trace context of the saga's start: every later span of the saga is its
     child, so one saga is one trace across processes and crashes. Encoded only when set."""
+    definition_fingerprint: str | None = None
+    """The fingerprint of the compiled table the saga started on (``saga_fsm.fingerprint``):
+    it only ever runs on that table. None in snapshots written before fingerprints
+    existed: those run on whatever table is registered under their (name, version).
+    Encoded only when set."""
 
     @property
     def status(self) -> SagaStatus:

@@ -6,7 +6,8 @@ while the worker drives it. A worker that dies stops renewing; once its leases e
 the others take its sagas over from their last snapshot.
 
 A worker runs only the definitions registered with its orchestrator: it claims sagas
-of those (name, version) pairs and leaves the others to workers that serve them. A row
+of those (name, version) pairs pinned to those tables (fingerprints) and leaves the
+others to workers that serve them. A row
 it cannot decode is quarantined: set aside in the store, no longer claimed by anyone,
 until an operator fixes it and lets it go (``saga-fsm unquarantine``).
 """
@@ -19,16 +20,27 @@ import time
 from collections import Counter
 
 from saga_fsm._clock import seconds
-from saga_fsm._errors import InvalidArgument, SagaError, SnapshotDecodeError, StoreError
+from saga_fsm._errors import (
+    InvalidArgument,
+    SagaError,
+    SnapshotDecodeError,
+    StoreError,
+    UnknownDefinition,
+)
 from saga_fsm._executor import SagaExecutor
+from saga_fsm._fingerprint import short
 from saga_fsm._logging import get_logger
 from saga_fsm._snapshot import Snapshot
+from saga_fsm._versions import find_unrunnable
 
 log = get_logger("saga_fsm.worker")
 
 # At most this many sagas per claim (a full claim is followed by another at once): a worker
 # with thousands of free slots does not hold thousands of rows in one result at a time.
 _CLAIM_BATCH = 256
+# Sagas of each name a starting worker looks at for ones pinned to other tables: a
+# bound on what it decodes and keeps, however large the store.
+_LOOK_AT = 10_000
 
 
 class Worker:
@@ -74,6 +86,7 @@ class Worker:
         # Since the last summary: claimed, completed, compensated, failed.
         self.counts: Counter[str] = Counter()
         self._bad: set[str] = set()  # undecodable rows leased here, not yet quarantined
+        self._left: set[str] = set()  # sagas of tables not registered here, leased here
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.max_hold = max_hold
@@ -95,14 +108,16 @@ class Worker:
         backoff = self.poll_interval
         self._freed = asyncio.Event()  # bound to this run's event loop
         store, clock = self.orchestrator.store, self.orchestrator.clock
-        served = self.orchestrator.served
+        served = self.orchestrator.claimable
         log.info(
             "worker %s serving %s from %s, concurrency %d",
             self.worker_id,
-            ", ".join(f"{name} v{version}" for name, version in served),
+            ", ".join(f"{name} v{version} ({short(table)})" for name, version, table in served),
             self.store_name,
             self.concurrency,
         )
+        # Beside the claims, not before them: a large store takes a while to look at.
+        looking = asyncio.create_task(self._left_behind())
         last_summary = time.monotonic()
         try:
             while not stop.is_set():
@@ -137,6 +152,8 @@ class Worker:
                     if isinstance(item, SnapshotDecodeError):
                         await self._quarantine(item)
                         continue
+                    if not self._runs_here(item):
+                        continue
                     log.debug(
                         "claimed saga %s (%s)",
                         item.saga_id,
@@ -150,9 +167,48 @@ class Worker:
                     continue  # there may be more due work: claim again at once
                 await self._idle(stop)
         finally:
+            looking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await looking
             await self._shutdown(grace)
         self._summary()
         log.info("worker %s stopped", self.worker_id)
+
+    async def _left_behind(self) -> None:
+        """Say once, at start, which sagas of the versions served here this worker will
+        leave because they are pinned to another table of that version (looking at the
+        newest ``_LOOK_AT`` unfinished and parked sagas of each name, at most)."""
+        try:
+            found = await find_unrunnable(
+                self.orchestrator.store,
+                self.orchestrator.definitions,
+                names={name for name, _ in self.orchestrator.served},
+                limit=_LOOK_AT,
+            )
+        except SagaError as err:
+            log.warning("worker %s: could not look for unrunnable sagas: %s", self.worker_id, err)
+            return
+        served = self.orchestrator.served
+        groups = Counter(
+            (s.definition, s.definition_version, s.definition_fingerprint)
+            for s in (u.snapshot for u in found)
+            if (s.definition, s.definition_version) in served
+        )
+        for (name, version, pinned), count in sorted(groups.items(), key=str):
+            table = (
+                "started before fingerprints, on other steps"
+                if pinned is None
+                else f"pinned to table {short(pinned)}"
+            )
+            log.warning(
+                "worker %s: leaving %d saga(s) of %s v%d %s, not the table registered"
+                " here: they need a worker with theirs (saga-fsm ls --unrunnable)",
+                self.worker_id,
+                count,
+                name,
+                version,
+                table,
+            )
 
     def _summary(self) -> None:
         """One line of what happened since the last one; nothing when idle."""
@@ -184,6 +240,20 @@ class Worker:
         except SagaError as failed:
             log.warning("saga %s: quarantine failed (%s)", saga_id, failed)
             self._bad.add(saga_id)
+
+    def _runs_here(self, snapshot: Snapshot) -> bool:
+        """Whether the claimed saga's table is registered here. One the claim could not
+        tell apart (started before fingerprints, its step records from another table) is
+        left untouched and logged once; its lease is kept until it runs out, so that it
+        is not claimed again at every poll, then any worker with its table takes it."""
+        try:
+            self.orchestrator.definitions.compiled_for(snapshot)
+        except UnknownDefinition as err:
+            if snapshot.saga_id not in self._left:
+                log.warning("worker %s: leaving saga %s: %s", self.worker_id, snapshot.saga_id, err)
+            self._left.add(snapshot.saga_id)
+            return False
+        return True
 
     async def _idle(self, stop: asyncio.Event) -> None:
         """Wait for a poll tick, a finished saga (a free slot), or the stop signal.
@@ -237,11 +307,12 @@ class Worker:
             )
 
     async def _shutdown(self, grace: float) -> None:
-        for saga_id in sorted(self._bad):
-            # Undecodable rows this worker leased: free them for the next claimer now.
+        for saga_id in sorted(self._bad | self._left):
+            # Rows this worker leased but cannot run: free them for the next claimer now.
             with contextlib.suppress(SagaError):
                 await self.orchestrator.store.release(saga_id, self.worker_id)
         self._bad.clear()
+        self._left.clear()
         if not self._tasks:
             return
         log.info(

@@ -88,6 +88,7 @@ snapshots = st.builds(
     failure=errors,
     definition_ref=st.none() | texts,
     traceparent=st.none() | texts,
+    definition_fingerprint=st.none() | texts,
 )
 
 

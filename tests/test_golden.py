@@ -109,3 +109,20 @@ def test_a_trace_context_is_encoded_only_when_set() -> None:
     assert snapshot_from_json(GOLDEN_V1_TRACED.read_text()) == traced
     assert json.loads(snapshot_to_json(traced)) == snapshot_to_dict(traced)
     assert "traceparent" not in snapshot_to_json(golden_snapshot())
+
+
+GOLDEN_PINNED = Path(__file__).parent / "golden" / "snapshot_v2_fingerprint.json"
+FINGERPRINT = "5f1d3b9c" * 8
+
+
+def test_a_table_fingerprint_is_encoded_only_when_set() -> None:
+    """Pinned snapshots carry ``definition_fingerprint``; those written before it existed
+    have none and decode unpinned (they run on whatever table is registered under their
+    name and version). Optional like the trace context: schema version 2 still."""
+    pinned = attrs.evolve(golden_snapshot(), definition_fingerprint=FINGERPRINT)
+    assert snapshot_to_dict(pinned) == json.loads(GOLDEN_PINNED.read_text())
+    assert snapshot_from_json(GOLDEN_PINNED.read_text()) == pinned
+    assert json.loads(snapshot_to_json(pinned)) == snapshot_to_dict(pinned)
+    assert "definition_fingerprint" not in snapshot_to_json(golden_snapshot())
+    for older in (GOLDEN, GOLDEN_V1, GOLDEN_TRACED, GOLDEN_V1_TRACED):
+        assert snapshot_from_json(older.read_text()).definition_fingerprint is None

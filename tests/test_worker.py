@@ -21,6 +21,7 @@ from saga_fsm import (
     StepContext,
 )
 from saga_fsm._errors import SagaLeased, StoreError
+from saga_fsm._fingerprint import definition_fingerprint
 from saga_fsm._worker import Worker
 
 SERVED = [("w", 1)]
@@ -398,7 +399,8 @@ def test_worker_log_records_carry_the_saga_step_and_correlation_id(
     with caplog.at_level(logging.DEBUG, logger="saga_fsm"):
         saga_id = asyncio.run(go())
     messages = [r.getMessage() for r in caplog.records]
-    assert "worker w1 serving w v1 from sqlite:///x.db, concurrency 8" in messages
+    table = definition_fingerprint(saga)[:12]
+    assert f"worker w1 serving w v1 ({table}) from sqlite:///x.db, concurrency 8" in messages
     summaries = [m for m in messages if m.startswith("worker w1: claimed")]
     totals = [0, 0, 0, 0]
     for line in summaries:  # "worker w1: claimed 1, completed 0, ..., in flight 1"

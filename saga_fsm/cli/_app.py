@@ -110,6 +110,19 @@ from saga_fsm.cli import (  # noqa: E402
     _quarantine,
     _run,
     _ui,
+    _versions,
 )
 
-del _check, _demo, _diagram, _dlq, _inspect, _operate, _participant, _quarantine, _run, _ui
+del (
+    _check,
+    _demo,
+    _diagram,
+    _dlq,
+    _inspect,
+    _operate,
+    _participant,
+    _quarantine,
+    _run,
+    _ui,
+    _versions,
+)

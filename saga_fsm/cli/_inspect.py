@@ -10,7 +10,11 @@ from rich.table import Table
 
 from saga_fsm._codec import history_to_dict
 from saga_fsm._errors import SnapshotDecodeError
+from saga_fsm._fingerprint import short as fingerprint_short
+from saga_fsm._loading import load_definition
+from saga_fsm._registry import Definitions
 from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot
+from saga_fsm._versions import Unrunnable, find_unrunnable
 from saga_fsm.cli._app import (
     UsageProblem,
     echo_json,
@@ -63,6 +67,7 @@ def check_state(state: str) -> None:
 
 
 @main.command("ls")
+@click.argument("refs", nargs=-1, metavar="[REF ...]")
 @store_option
 @click.option("--state", default=None, help="A status (running) or a whole state (running:charge).")
 @click.option("--definition", default=None, help="Only sagas of this definition name.")
@@ -84,10 +89,16 @@ def check_state(state: str) -> None:
 @click.option(
     "--quarantined", is_flag=True, help="Only sagas set aside because they cannot be decoded."
 )
+@click.option(
+    "--unrunnable",
+    is_flag=True,
+    help="With REF...: unfinished or parked sagas whose version and table no REF serves.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def list_sagas(
     ctx: click.Context,
+    refs: tuple[str, ...],
     store_url: str | None,
     state: str | None,
     definition: str | None,
@@ -95,9 +106,23 @@ def list_sagas(
     stuck: bool,
     older_than: str,
     quarantined: bool,
+    unrunnable: bool,
     as_json: bool,
 ) -> None:
-    """List the newest saga instances, oldest of them first, with short unique ids."""
+    """List the newest saga instances, oldest of them first, with short unique ids.
+
+    With --unrunnable REF...: the unfinished or parked sagas that workers serving these
+    definitions will never run (their version is not among them, or they are pinned to
+    another table of it), each with the reason."""
+    if unrunnable or refs:
+        if not (unrunnable and refs):
+            raise UsageProblem(
+                "--unrunnable takes the definitions: saga-fsm ls --unrunnable REF..."
+            )
+        if quarantined or state is not None or stuck:
+            raise UsageProblem("--unrunnable takes no --quarantined, --state or --stuck")
+        list_unrunnable(resolve_store_url(store_url), refs, definition, as_json)
+        return
     if quarantined:
         if state is not None or definition is not None or stuck:
             raise UsageProblem("--quarantined takes no --state, --definition or --stuck")
@@ -172,6 +197,41 @@ def warn_undecodable(items: list[Snapshot | SnapshotDecodeError]) -> None:
             " (saga-fsm ls --quarantined)",
             err=True,
         )
+
+
+def list_unrunnable(url: str, refs: tuple[str, ...], name: str | None, as_json: bool) -> None:
+    """``ls --unrunnable REF...``."""
+    definitions = Definitions(load_definition(ref) for ref in refs)
+
+    async def fetch() -> list[Unrunnable]:
+        async with open_store(url, create=False) as store:
+            return await find_unrunnable(store, definitions, names=None if name is None else [name])
+
+    found = run_async(fetch)
+    if as_json:
+        echo_json(
+            [
+                summary(u.snapshot)
+                | {"definition_fingerprint": u.snapshot.definition_fingerprint, "reason": u.reason}
+                for u in found
+            ]
+        )
+        return
+    table = Table("id", "definition", "table", "state", "reason")
+    for u in found:
+        s = u.snapshot
+        table.add_row(
+            s.saga_id,
+            f"{s.definition} v{s.definition_version}",
+            fingerprint_short(s.definition_fingerprint),
+            state_text(s.state),
+            u.reason,
+        )
+    console.print(table)
+    console.print(
+        f"{len(found)} unrunnable saga(s): register the version they need with a worker,"
+        " or move them with saga-fsm migrate"
+    )
 
 
 def list_quarantined(url: str, limit: int | None, as_json: bool) -> None:

@@ -194,8 +194,9 @@ def worker(
     exit 0.
 
     Each REF is a definition file or package.module:attribute, as for start. Only sagas
-    of these definitions (name and version) are claimed; others are left for workers
-    that serve them. Logs a start line, a summary every 10 s while busy, and with -v
+    of these definitions (name and version) pinned to these tables are claimed; others
+    are left for workers that serve them (saga-fsm ls --unrunnable REF... lists those
+    no REF serves). Logs a start line, a summary every 10 s while busy, and with -v
     each claim and step.
     """
     if not refs:

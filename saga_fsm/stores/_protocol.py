@@ -5,12 +5,16 @@ from __future__ import annotations
 import builtins  # the stores' own ``list`` method shadows it in class bodies
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import LiteralString, Protocol, runtime_checkable
+from typing import LiteralString, Protocol, TypeAlias, runtime_checkable
 
 from attrs import frozen
 
 from saga_fsm._errors import InvalidArgument, InvalidArgumentType, SnapshotDecodeError
 from saga_fsm._snapshot import TERMINAL_STATUSES, HistoryEntry, SagaStatus, Snapshot
+
+Served: TypeAlias = tuple[str, int] | tuple[str, int, str]
+"""What a worker claims: (name, version), any table of it, or (name, version,
+fingerprint), only sagas pinned to that table (or to none)."""
 
 # Statuses of sagas that are not finished (``running`` is ``running:<step>``); a saga
 # parked in ``failed`` waits for an operator on purpose and counts as finished.
@@ -182,9 +186,10 @@ class WorkerLeases(Protocol):
         now: datetime,
         lease_seconds: float,
         limit: int,
-        definitions: Collection[tuple[str, int]],
+        definitions: Collection[Served],
     ) -> builtins.list[Snapshot | SnapshotDecodeError]:
-        """Lease up to ``limit`` sagas of ``definitions`` (name, version) that are due
+        """Lease up to ``limit`` sagas of ``definitions`` (name, version, and the table's
+        fingerprint when given: a saga pinned to another table is left) that are due
         (``due_at <= now``), not quarantined and not leased by a live worker, to
         ``worker_id`` until ``now + lease_seconds``. Sagas of other definitions are left
         for workers that serve them. Each claim bumps the version, so a worker whose
@@ -239,11 +244,25 @@ def check_limit(limit: int | None) -> None:
         raise InvalidArgument(f"limit must be >= 0, got {limit}")
 
 
-def served(definitions: Collection[tuple[str, int]]) -> builtins.list[tuple[str, int]]:
-    """The (name, version) pairs a claim may return, without repeats."""
+def served(
+    definitions: Collection[Served],
+) -> builtins.list[tuple[str, int, str | None]]:
+    """The (name, version, fingerprint) triples a claim may return, without repeats; a
+    (name, version) pair has fingerprint None: any table of that version."""
     if isinstance(definitions, str):
         raise InvalidArgumentType(f"expected (name, version) pairs, got the str {definitions!r}")
-    return list(dict.fromkeys((str(name), int(version)) for name, version in definitions))
+    wanted: dict[tuple[str, int, str | None], None] = {}
+    for entry in definitions:
+        fingerprint = entry[2] if len(entry) == 3 else None
+        wanted[(str(entry[0]), int(entry[1]), fingerprint)] = None
+    return list(wanted)
+
+
+def pinned_elsewhere(fingerprint: str | None, wanted: str | None) -> bool:
+    """Whether a saga pinned to table ``fingerprint`` must not be claimed by a worker
+    serving table ``wanted`` of its (name, version). Unpinned sagas (written before
+    fingerprints) run on whatever table is registered."""
+    return fingerprint is not None and wanted is not None and fingerprint != wanted
 
 
 def like_prefix(prefix: str) -> str:

@@ -31,7 +31,9 @@ from saga_fsm.stores._protocol import (
     UNFINISHED_STATUSES,
     Lease,
     QuarantinedSaga,
+    Served,
     check_limit,
+    pinned_elsewhere,
     served,
     state_matches,
 )
@@ -66,6 +68,7 @@ class _Row:
     # Facts of creation and of operators, which writes of the snapshot never move.
     fingerprint: str | None = None
     quarantine: QuarantinedSaga | None = None
+    pinned: str | None = None  # the snapshot's definition_fingerprint
 
     @classmethod
     def of(cls, snapshot: Snapshot, was: _Row | None = None, lease: Lease | None = None) -> _Row:
@@ -83,6 +86,7 @@ class _Row:
             (was.lease if was else lease) if due_at is not None else None,
             was.fingerprint if was else None,
             was.quarantine if was else None,
+            snapshot.definition_fingerprint,
         )
 
     def snapshot(self, saga_id: str) -> Snapshot:
@@ -241,10 +245,11 @@ class MemoryStore:
         now: datetime,
         lease_seconds: float,
         limit: int,
-        definitions: Collection[tuple[str, int]],
+        definitions: Collection[Served],
     ) -> builtins.list[Snapshot | SnapshotDecodeError]:
         check_limit(limit)
-        wanted = set(served(definitions))
+        wanted = served(definitions)
+        keys = {(name, version) for name, version, _ in wanted}
         expires_at = now + timedelta(seconds=lease_seconds)
         due = sorted(
             (row.due_at, saga_id)
@@ -253,7 +258,12 @@ class MemoryStore:
             and row.due_at <= now
             and not (row.lease is not None and row.lease.live(now))
             and row.quarantine is None
-            and (row.definition, row.definition_version) in wanted
+            and (row.definition, row.definition_version) in keys
+            and any(
+                (name, version) == (row.definition, row.definition_version)
+                and not pinned_elsewhere(row.pinned, table)
+                for name, version, table in wanted
+            )
         )
         claimed: builtins.list[Snapshot | SnapshotDecodeError] = []
         for _, saga_id in due[:limit]:

@@ -63,6 +63,7 @@ from saga_fsm.stores._protocol import (
     UNFINISHED_STATUSES,
     Lease,
     QuarantinedSaga,
+    Served,
     check_limit,
     ids,
     lease_or_none,
@@ -172,6 +173,10 @@ WITH due AS (
       AND quarantine IS NULL
       AND (definition, definition_version) IN (
           SELECT * FROM unnest(%(names)s::text[], %(versions)s::integer[]))
+      AND ((definition || ' ' || definition_version) = ANY(%(any_table)s::text[])
+           OR snapshot->>'definition_fingerprint' IS NULL
+           OR (definition || ' ' || definition_version || ' '
+               || (snapshot->>'definition_fingerprint')) = ANY(%(pinned)s::text[]))
     ORDER BY due_at, saga_id COLLATE "C"
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -685,15 +690,20 @@ class PostgresStore:
         now: datetime,
         lease_seconds: float,
         limit: int,
-        definitions: Collection[tuple[str, int]],
+        definitions: Collection[Served],
     ) -> Claimed:
         check_limit(limit)
         wanted = served(definitions)
         params = _lease_params(worker_id, now, now + timedelta(seconds=lease_seconds))
         params |= {
             "limit": limit,
-            "names": [name for name, _ in wanted],
-            "versions": [version for _, version in wanted],
+            "names": [name for name, _, _ in wanted],
+            "versions": [version for _, version, _ in wanted],
+            # The table check as one comparison per row (no join): "name version" for
+            # the versions served with any table, "name version fingerprint" for the
+            # others (definition names hold no spaces).
+            "any_table": [f"{n} {v}" for n, v, table in wanted if table is None],
+            "pinned": [f"{n} {v} {table}" for n, v, table in wanted if table is not None],
         }
         async with self._errors("claim_due"):
             rows = await self._query(_CLAIM_DUE, params)

@@ -51,6 +51,7 @@ from saga_fsm.stores._protocol import (
     UNFINISHED_STATUSES,
     Lease,
     QuarantinedSaga,
+    Served,
     check_limit,
     ids,
     lease_or_none,
@@ -118,10 +119,18 @@ WHERE saga_id IN (
     SELECT saga_id FROM saga_fsm_sagas
     WHERE due_at <= :now AND NOT {live}
       AND quarantine IS NULL AND (definition, definition_version) IN ({served})
+      AND ({tables})
     ORDER BY due_at, saga_id
     LIMIT :limit)
 RETURNING saga_id, snapshot, version, due_at
 """.replace("{live}", LIVE_SQL.format(now=":now"))
+# A saga pinned to another table of its (name, version) is left for a worker that has
+# that table (an undecodable row has no pin: it is claimed, to be quarantined).
+_PINNED = (
+    "(definition = :name{n} AND definition_version = :version{n} AND (:table{n} IS NULL"
+    " OR NOT json_valid(snapshot)"
+    " OR coalesce(json_extract(snapshot, '$.definition_fingerprint'), :table{n}) = :table{n}))"
+)
 _ACQUIRE = """
 UPDATE saga_fsm_sagas SET lease_owner = :worker, lease_expires_at = :expires_at,
     version = version + 1
@@ -496,7 +505,7 @@ class SqliteStore:
         now: datetime,
         lease_seconds: float,
         limit: int,
-        definitions: Collection[tuple[str, int]],
+        definitions: Collection[Served],
     ) -> Claimed:
         check_limit(limit)
         wanted = served(definitions)
@@ -509,11 +518,11 @@ class SqliteStore:
             "worker": worker_id,
             "expires_at": utc_text(expires_at),
         }
-        for n, (name, version) in enumerate(wanted):
-            params |= {f"name{n}": name, f"version{n}": version}
+        for n, (name, version, table) in enumerate(wanted):
+            params |= {f"name{n}": name, f"version{n}": version, f"table{n}": table}
         query = _CLAIM.replace(
             "{served}", ", ".join(f"(:name{n}, :version{n})" for n in range(len(wanted)))
-        )
+        ).replace("{tables}", " OR ".join(_PINNED.format(n=n) for n in range(len(wanted))))
         due = await self._write("claim_due", lambda conn: conn.execute(query, params).fetchall())
         # RETURNING gives no order: the due order, as claimed. A row that cannot be
         # decoded stays leased all the same, so it is not handed out again in a tight loop.

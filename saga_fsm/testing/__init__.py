@@ -59,6 +59,7 @@ from saga_fsm.testing._invariants import (
     InvariantViolation,
     saga_invariant,
 )
+from saga_fsm.testing._lock import assert_definitions_locked
 from saga_fsm.testing._machine import SagaStateMachine, saga_state_machine
 from saga_fsm.testing._options import ExploreOptions
 from saga_fsm.testing._scenario import (
@@ -93,6 +94,7 @@ __all__ = [
     "StoreFactory",
     "TraceEntry",
     "TransitionCoverage",
+    "assert_definitions_locked",
     "cancel",
     "check",
     "compensation",

@@ -18,6 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from saga_fsm import definition_fingerprint
+from tests.cli.sagas import completes
 from tests.cli.test_operate import COMPLETES, PARKS, ROOT, cli, state_of
 from tests.durability.harness import store_url
 
@@ -250,7 +252,8 @@ def test_worker_logs_json_lines_with_the_saga_context(tmp_path: Path) -> None:
         {"time", "level", "logger", "message", "saga_id", "step", "correlation_id"} <= set(r)
         for r in records
     )
-    assert "serving completes v1 from " + url in records[0]["message"]
+    table = definition_fingerprint(completes)[:12]
+    assert f"serving completes v1 ({table}) from {url}" in records[0]["message"]
     steps = [r for r in records if r["message"].startswith("step charge")]
     assert steps and all(r["saga_id"] == saga_id and r["step"] == "charge" for r in steps)
     assert any(r["message"].startswith(f"claimed saga {saga_id}") for r in records)

@@ -760,6 +760,28 @@ def test_claim_due_takes_only_the_served_definitions(harness: Harness) -> None:
     assert claim(W2, [("order", 1), ("order", 1)]) == ["o-1"]
 
 
+def test_claim_due_leaves_sagas_pinned_to_another_table(harness: Harness) -> None:
+    """(name, version, fingerprint): a saga pinned to another table of that version is
+    left; one pinned to none (written before fingerprints) runs on whatever is given."""
+    old, new = "a" * 64, "b" * 64
+    _create(harness, new_snapshot(ORDER, "on-old", {}, T0 - timedelta(minutes=3), fingerprint=old))
+    _create(harness, new_snapshot(ORDER, "on-new", {}, T0 - timedelta(minutes=2), fingerprint=new))
+    _create(harness, new_snapshot(ORDER, "unpinned", {}, T0 - timedelta(minutes=1)))
+
+    def claim(worker: str, served: list[Any], now: datetime = NOW) -> list[str]:
+        found = harness.store.claim_due(
+            worker, now=now, lease_seconds=LEASE, limit=10, definitions=served
+        )
+        return [c.saga_id for c in harness.run(found)]
+
+    assert claim(W1, [("order", 1, new)]) == ["on-new", "unpinned"]
+    assert claim(W2, [("order", 2, old), ("refund", 1, old)]) == []
+    assert claim(W2, [("order", 1, old)]) == ["on-old"]
+    # A (name, version) pair takes any table of that version.
+    later = NOW + timedelta(seconds=LEASE + 1)
+    assert claim(W1, [("order", 1)], later) == ["on-old", "on-new", "unpinned"]
+
+
 def test_acquire(harness: Harness) -> None:
     done = _create(harness, evolve(new_snapshot(ORDER, "s-1", {}, T0), state="completed"))
     with pytest.raises(SagaNotFound):
