@@ -23,8 +23,9 @@ Driver errors never leave this module raw: they become ``StoreError`` (or
 from __future__ import annotations
 
 import builtins  # the store's own ``list`` method shadows it in the class body
+import inspect
 import json
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -82,6 +83,7 @@ from saga_fsm.stores._queries import (
     sql_conditions,
 )
 from saga_fsm.stores._secrets import scrub
+from saga_fsm.stores._transact import Write
 
 _MIGRATIONS = migrations.load("postgres")
 _CONNECT_TIMEOUT = 10  # seconds, unless the conninfo says otherwise
@@ -606,6 +608,26 @@ class PostgresStore:
                 rows = await self._query(_VERSION, (stored.saga_id,))
                 before = rows[0][0] if rows else None
             raise ConcurrencyConflict(stored.saga_id, expected_version, before)
+
+    async def transact(self, call: Callable[[Any], Any], write: Callable[[Any], Write]) -> Snapshot:
+        # Its own transaction on its own connection, never in a group-commit batch: one
+        # saga's failing SQL aborts nothing but its own step.
+        async with self._errors("transact"), self._pool.connection() as conn:
+            async with conn.transaction():
+                result = call(conn)
+                if inspect.isawaitable(result):
+                    result = await result
+                stored, history, expected = write(result)
+                cur = conn.cursor(row_factory=tuple_row)
+                await cur.execute(_SAVE, (_text(f"[{_write_json(stored, history, expected)}]"),))
+                ((updated, before),) = await cur.fetchall()
+                if updated:
+                    return stored
+                # The context rolls the step's writes back on the way out.
+                if before is None:
+                    raise SagaNotFound(stored.saga_id)
+                raise ConcurrencyConflict(stored.saga_id, expected, before)
+        raise AssertionError("unreachable")  # mypy: the transaction returns or raises
 
     async def _batch(self, query: LiteralString, batch: Sequence[str]) -> list[tuple[Any, ...]]:
         """Group commit: the writes of several sagas as one statement (one row of results

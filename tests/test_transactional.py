@@ -1,0 +1,237 @@
+"""Transactional steps: the step's SQL and its transition commit together, on
+PostgreSQL and on SQLite, or not at all."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from saga_fsm import (
+    InvalidArgument,
+    MemoryStore,
+    Orchestrator,
+    RetryPolicy,
+    SagaBuilder,
+    SagaDefinition,
+    SqliteStore,
+    StepContext,
+    StepFailed,
+    load_definition_file,
+)
+from saga_fsm.stores.postgres import PostgresStore
+
+STEPS = ("reserve", "charge", "ship")
+EFFECTS = "CREATE TABLE effects (saga_id text NOT NULL, step text NOT NULL, undo boolean NOT NULL)"
+
+
+class Boom(Exception):
+    """Raised by a step after its own write: the write must not survive."""
+
+
+# -- the same definitions for both stores: only the placeholders differ ----------------------
+def sqlite_definition(fail: Callable[[StepContext], bool], name: str = "tx") -> SagaDefinition:
+    def write(undo: bool) -> Callable[[StepContext], None]:
+        def action(ctx: StepContext) -> None:
+            ctx.connection.execute(
+                "INSERT INTO effects VALUES (?, ?, ?)", (ctx.saga_id, ctx.step, undo)
+            )
+            if not undo and fail(ctx):
+                raise Boom(ctx.step)
+
+        return action
+
+    builder = SagaBuilder(name)
+    for step in STEPS:
+        builder.step(
+            step,
+            write(False),
+            compensation=write(True),
+            transactional=True,
+            retry=RetryPolicy(max_attempts=3, initial_interval=0.01, non_retryable=(StepFailed,)),
+        )
+    return builder.build()
+
+
+def pg_definition(
+    fail: Callable[[StepContext], bool], name: str = "tx", pause: float = 0.0
+) -> SagaDefinition:
+    def write(undo: bool) -> Callable[[StepContext], Any]:
+        async def action(ctx: StepContext) -> None:
+            await ctx.connection.execute(
+                "INSERT INTO effects VALUES (%s, %s, %s)", (ctx.saga_id, ctx.step, undo)
+            )
+            if pause:
+                await asyncio.sleep(random.random() * pause)
+            if not undo and fail(ctx):
+                raise Boom(ctx.step)
+
+        return action
+
+    builder = SagaBuilder(name)
+    for step in STEPS:
+        builder.step(
+            step,
+            write(False),
+            compensation=write(True),
+            transactional=True,
+            retry=RetryPolicy(max_attempts=3, initial_interval=0.01),
+        )
+    return builder.build()
+
+
+@asynccontextmanager
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[tuple[Any, Callable[[], list[Any]]]]:
+    path = tmp_path / "sagas.db"
+    store = SqliteStore(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute(EFFECTS)
+
+    def rows() -> list[Any]:
+        with sqlite3.connect(path) as conn:
+            found = conn.execute("SELECT saga_id, step, undo FROM effects ORDER BY rowid")
+            return [(s, t, bool(u)) for s, t, u in found]
+
+    try:
+        yield store, rows
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def pg_store(dsn: str) -> AsyncIterator[tuple[Any, Callable[[], list[Any]]]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(EFFECTS)
+
+    def rows() -> list[Any]:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return conn.execute("SELECT saga_id, step, undo FROM effects ORDER BY ctid").fetchall()
+
+    store = await PostgresStore.open(dsn, max_size=20)
+    try:
+        yield store, rows
+    finally:
+        await store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """(open the store, the definition factory) for each durable store."""
+    if request.param == "sqlite":
+        return lambda: sqlite_store(tmp_path), sqlite_definition
+    dsn = request.getfixturevalue("postgres_dsn")
+    return lambda: pg_store(dsn), pg_definition
+
+
+def test_writes_commit_with_the_transition_and_roll_back_on_an_error(durable: Any) -> None:
+    """A completed saga has each step's row once; in a saga whose ``charge`` raises, the
+    row charge wrote is gone, only the failure was saved, and reserve was undone in
+    its own transaction."""
+    opened, make = durable
+    definition = make(lambda ctx: ctx.data["fail"] and ctx.step == "charge")
+
+    async def go() -> tuple[Any, ...]:
+        async with opened() as (store, rows):
+            orchestrator = Orchestrator(store, [definition])
+            ok = await orchestrator.run(definition, {"fail": False}, saga_id="ok")
+            bad = await orchestrator.run(definition, {"fail": True}, saga_id="bad")
+            return ok, bad, rows(), await store.history("bad")
+
+    ok, bad, rows, history = asyncio.run(go())
+    assert ok.state == "completed"
+    assert bad.state == "compensated"
+    charge = bad.steps[definition.index("charge")]
+    # Retried (the whole transaction re-run each time), never a row left behind.
+    assert charge.error is not None
+    assert (charge.status, charge.attempts, charge.error.message) == ("failed", 3, "charge")
+    assert rows == [
+        ("ok", "reserve", False),
+        ("ok", "charge", False),
+        ("ok", "ship", False),
+        ("bad", "reserve", False),
+        ("bad", "reserve", True),
+    ]
+    assert [h.to_state for h in history][-2:] == ["compensating:reserve", "compensated"]
+
+
+def test_a_retry_reruns_the_whole_transaction(durable: Any) -> None:
+    opened, make = durable
+    definition = make(lambda ctx: ctx.step == "ship" and ctx.attempt == 1)
+
+    async def go() -> tuple[Any, ...]:
+        async with opened() as (store, rows):
+            done = await Orchestrator(store, [definition]).run(definition, {}, saga_id="s")
+            return done, rows()
+
+    done, rows = asyncio.run(go())
+    assert done.state == "completed"
+    assert done.steps[definition.index("ship")].attempts == 2
+    assert rows == [("s", step, False) for step in STEPS]
+
+
+def test_the_memory_store_refuses_transactional_steps() -> None:
+    definition = sqlite_definition(lambda ctx: False)
+
+    async def go() -> None:
+        await Orchestrator(MemoryStore(), [definition]).run(definition, {})
+
+    with pytest.raises(InvalidArgument, match="transactional steps .*reserve, charge, ship"):
+        asyncio.run(go())
+
+
+def test_an_async_transactional_action_on_sqlite_fails_for_good(tmp_path: Path) -> None:
+    """SQLite's transaction lives on the store's thread: a coroutine cannot run there."""
+
+    async def action(ctx: StepContext) -> None:
+        return None
+
+    definition = SagaBuilder("tx").step("only", action, read_only=True, transactional=True).build()
+
+    async def go() -> Any:
+        async with sqlite_store(tmp_path) as (store, _rows):
+            return await Orchestrator(store, [definition]).run(definition, {})
+
+    done = asyncio.run(go())
+    assert done.state == "compensated"
+    error = done.steps[0].error
+    assert error is not None and "must be a plain function" in error.message
+    assert done.steps[0].attempts == 1
+
+
+def test_transactional_is_read_from_a_definition_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(
+        'name = "t"\n[[steps]]\nname = "a"\n'
+        'action = "saga_fsm.examples.order_fulfillment:create_shipment"\n'
+        'kind = "pivot"\ntransactional = true\n'
+    )
+    assert load_definition_file(path).steps[0].transactional
+
+
+def test_one_failing_step_in_a_batch_aborts_no_other_saga(postgres_dsn: str) -> None:
+    """Sixteen sagas at once on PostgreSQL, their plain writes group-committed: the one
+    whose step raises after writing loses only its own row."""
+    definition = pg_definition(lambda ctx: ctx.saga_id == "s7" and ctx.step == "charge")
+
+    async def go() -> tuple[list[Any], list[Any], int]:
+        async with pg_store(postgres_dsn) as (store, rows):
+            orchestrator = Orchestrator(store, [definition])
+            done = await asyncio.gather(
+                *(orchestrator.run(definition, {}, saga_id=f"s{i}") for i in range(16))
+            )
+            return done, rows(), store._saves.batches
+
+    done, rows, _batches = asyncio.run(go())
+    assert [d.state for d in done] == ["completed"] * 7 + ["compensated"] + ["completed"] * 8
+    assert sorted(r for r in rows if r[0] != "s7") == sorted(
+        (f"s{i}", step, False) for i in range(16) if i != 7 for step in STEPS
+    )
+    assert [r for r in rows if r[0] == "s7"] == [("s7", "reserve", False), ("s7", "reserve", True)]
