@@ -4,9 +4,13 @@ PostgreSQL and on SQLite, or not at all."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import sqlite3
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -235,3 +239,44 @@ def test_one_failing_step_in_a_batch_aborts_no_other_saga(postgres_dsn: str) -> 
         (f"s{i}", step, False) for i in range(16) if i != 7 for step in STEPS
     )
     assert [r for r in rows if r[0] == "s7"] == [("s7", "reserve", False), ("s7", "reserve", True)]
+
+
+def test_kill_9_never_doubles_nor_loses_a_step_on_postgres(postgres_dsn: str) -> None:
+    """A worker process killed (SIGKILL) again and again while its transactional steps
+    are mid-transaction, then restarted until every saga is finished: each step's row,
+    written by a plain INSERT with no idempotency key, is there exactly once."""
+    sagas = 60
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(EFFECTS)
+    command = [sys.executable, "-m", "tests.transactional_child", postgres_dsn, str(sagas)]
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root}
+    rng = random.Random(17)
+    kills = 0
+    for _ in range(8):
+        child = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE)
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"
+        time.sleep(0.05 + rng.random() * 0.2)  # into the sagas' steps
+        if child.poll() is not None:
+            break
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        kills += 1
+    finished = subprocess.run(command, cwd=root, env=env, capture_output=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    assert kills >= 3  # the kills landed while sagas were in flight
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT saga_id, step, undo, count(*) FROM effects GROUP BY 1, 2, 3"
+        ).fetchall()
+        states = dict(conn.execute("SELECT saga_id, state FROM saga_fsm_sagas").fetchall())
+    assert all(count == 1 for *_, count in rows), [r for r in rows if r[3] != 1]
+    expected = set()
+    for i in range(sagas):
+        odd = i % 2 == 1
+        assert states[f"t{i}"] == ("compensated" if odd else "completed")
+        expected |= {(f"t{i}", step, False) for step in (STEPS[:2] if odd else STEPS)}
+        expected |= {(f"t{i}", step, True) for step in STEPS[:2] if odd}
+    assert {tuple(r[:3]) for r in rows} == expected
