@@ -278,8 +278,9 @@ class SagaExecutor:
         max_hold: float,
     ) -> Event | Applied | None:
         """Carry out the commands; the event they end in, or None when the saga is
-        finished or handed back (a transactional step: what it saved, see _transact). One frame for the whole call: every saga in flight
-        keeps its awaiting frames alive, so they are kept few."""
+        finished or handed back (a transactional step: what it saved with its outcome).
+        One frame for the whole call: every saga in flight keeps its awaiting frames
+        alive, so they are kept few."""
         for command in commands:
             if isinstance(command, Finish):
                 return None

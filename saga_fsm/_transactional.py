@@ -53,14 +53,14 @@ def require_transactions(store: object, definition: SagaDefinition) -> None:
         )
 
 
-class _Rolled(Exception):
+class Rolled(Exception):
     """The outcome was a failure: roll the step's writes back, then record ``event``."""
 
     def __init__(self, event: Event) -> None:
         self.event = event
 
 
-def _calling(fn: Action, ctx: Any) -> Any:
+def calling(fn: Action, ctx: Any) -> Any:
     """``call(connection)`` for the store: what the action raises comes out as
     ``ActionRaised``, told apart from the store's own errors."""
 
@@ -115,21 +115,23 @@ async def transact(
         # Checked before the commit: an action past its deadline commits nothing.
         now = clock.now()
         if command.deadline is not None and now >= command.deadline:
-            raise _Rolled(outcome_event(command, "timed_out", now))
+            raise Rolled(outcome_event(command, "timed_out", now))
         event = call_outcome(command, policy, now, returned=result)
         if event.error is not None:
-            raise _Rolled(event)  # an invalid result: its writes go too
+            raise Rolled(event)  # an invalid result: its writes go too
         decision = decide(compiled, snapshot, event)
         decided.append((event, decision))
-        return decision.snapshot.with_version(snapshot.version + 1), decision.history, (
-            snapshot.version
+        return (
+            decision.snapshot.with_version(snapshot.version + 1),
+            decision.history,
+            (snapshot.version),
         )
 
     try:
-        saved = await store.transact(_calling(fn, step_context(snapshot, command)), write)
+        saved = await store.transact(calling(fn, step_context(snapshot, command)), write)
     except ActionRaised as raised:
         return call_outcome(command, policy, clock.now(), raised=raised.error)
-    except _Rolled as rolled:
+    except Rolled as rolled:
         return rolled.event
     except ConcurrencyConflict:
         # Nothing of the step committed. An operator's write moved the saga on: decide

@@ -612,21 +612,24 @@ class PostgresStore:
     async def transact(self, call: Callable[[Any], Any], write: Callable[[Any], Write]) -> Snapshot:
         # Its own transaction on its own connection, never in a group-commit batch: one
         # saga's failing SQL aborts nothing but its own step.
-        async with self._errors("transact"), self._pool.connection() as conn:
-            async with conn.transaction():
-                result = call(conn)
-                if inspect.isawaitable(result):
-                    result = await result
-                stored, history, expected = write(result)
-                cur = conn.cursor(row_factory=tuple_row)
-                await cur.execute(_SAVE, (_text(f"[{_write_json(stored, history, expected)}]"),))
-                ((updated, before),) = await cur.fetchall()
-                if updated:
-                    return stored
-                # The context rolls the step's writes back on the way out.
-                if before is None:
-                    raise SagaNotFound(stored.saga_id)
-                raise ConcurrencyConflict(stored.saga_id, expected, before)
+        async with (
+            self._errors("transact"),
+            self._pool.connection() as conn,
+            conn.transaction(),
+        ):
+            result = call(conn)
+            if inspect.isawaitable(result):
+                result = await result
+            stored, history, expected = write(result)
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(_SAVE, (_text(f"[{_write_json(stored, history, expected)}]"),))
+            ((updated, before),) = await cur.fetchall()
+            if updated:
+                return stored
+            # The transaction rolls the step's writes back on the way out.
+            if before is None:
+                raise SagaNotFound(stored.saga_id)
+            raise ConcurrencyConflict(stored.saga_id, expected, before)
         raise AssertionError("unreachable")  # mypy: the transaction returns or raises
 
     async def _batch(self, query: LiteralString, batch: Sequence[str]) -> list[tuple[Any, ...]]:

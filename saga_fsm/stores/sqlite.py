@@ -47,7 +47,6 @@ from saga_fsm._errors import (
 )
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
-from saga_fsm.stores._transact import ActionRaised, Write
 from saga_fsm.stores._protocol import (
     LIVE_ELSEWHERE_SQL,
     LIVE_SQL,
@@ -71,6 +70,7 @@ from saga_fsm.stores._queries import (
     paged,
     sql_conditions,
 )
+from saga_fsm.stores._transact import ActionRaised, Write
 
 T = TypeVar("T")
 _MIGRATIONS = migrations.load("sqlite")
