@@ -280,3 +280,15 @@ def test_kill_9_never_doubles_nor_loses_a_step_on_postgres(postgres_dsn: str) ->
         expected |= {(f"t{i}", step, False) for step in (STEPS[:2] if odd else STEPS)}
         expected |= {(f"t{i}", step, True) for step in STEPS[:2] if odd}
     assert {tuple(r[:3]) for r in rows} == expected
+
+
+def test_the_readme_example_runs(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Transactional steps")[1]
+    code = section.split("```python\n")[1].split("```")[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    done = asyncio.run(namespace["main"](str(tmp_path / "shop.db")))
+    assert done.state == "completed"
+    with sqlite3.connect(tmp_path / "shop.db") as conn:
+        assert conn.execute("SELECT count(*) FROM shipments").fetchone() == (1,)
