@@ -4,6 +4,7 @@
                                [--fail-rate F] [--seed S] [--app auto|postgres|in-process]
                                [--app-dsn DSN] [--fresh-schema] [--pgbench]
                                [--observe off|on|both] [--rounds R] [--trace-sample P]
+                               [--transactional]
 
 Runs N sagas of reserve -> charge -> ship (each step one INSERT into its own application
 table, each compensation one UPDATE; a seeded share F of the sagas fails at a random
@@ -149,9 +150,10 @@ async def run_saga_fsm(
     concurrency: int,
     run: Run,
     observer: Observer = NO_OBSERVER,
+    transactional: bool = False,
 ) -> None:
     app.prepare()
-    definition = _workload.definition(app)
+    definition = _workload.definition(app, transactional=transactional)
     tag = secrets.token_hex(3)
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(saga_store(url, pg_conninfo, concurrency))
@@ -399,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also run pgbench single-row updates for SECONDS per mode",
     )
     parser.add_argument(
+        "--transactional",
+        action="store_true",
+        help="PostgreSQL: the steps are transactional (their writes join the transition's)",
+    )
+    parser.add_argument(
         "--observe",
         choices=("off", "on", "both"),
         default="off",
@@ -447,7 +454,14 @@ def main(argv: list[str] | None = None) -> int:
                 with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
                     runner.run(
                         run_saga_fsm(
-                            args.store, pg_conninfo, app, plans, concurrency, run, observer
+                            args.store,
+                            pg_conninfo,
+                            app,
+                            plans,
+                            concurrency,
+                            run,
+                            observer,
+                            args.transactional,
                         )
                     )
                 line = run.line(app, args.sagas, concurrency, store=store_kind, app_kind=app.kind)
@@ -456,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                     line["observe"] = "on" if observed else "off"
                 if args.loop != "asyncio":
                     line["loop"] = args.loop
+                if args.transactional:
+                    line["transactional"] = True
                 if floor_rate:
                     line = {
                         **dict(itertools.islice(line.items(), 8)),

@@ -267,13 +267,10 @@ class _Scratch:
         policy = self._step(row).compensation_retry
         return policy.allows_attempt(self.steps[row].compensation_attempts)
 
-    def refused(self, ev: EventData) -> bool:
-        """The participant definitely refused, so the step did nothing to undo. A
-        transactional step's failure rolled its writes back: nothing to undo either."""
+    def refused(self, _ev: EventData) -> bool:
+        """The participant definitely refused, so the step did nothing to undo."""
         error = self.event.error
-        if error is None:
-            return False
-        return is_refusal(error) or self._step(self._row(_source(ev))).transactional
+        return error is not None and is_refusal(error)
 
     def in_flight(self, ev: EventData) -> bool:
         return self.steps[self._row(_source(ev))].status is StepStatus.RUNNING

@@ -67,7 +67,6 @@ from saga_fsm.stores._protocol import (
     check_limit,
     ids,
     lease_or_none,
-    like_prefix,
     served,
 )
 from saga_fsm.stores._queries import (
@@ -130,12 +129,9 @@ ORDER BY h.id
 # the indexes even in a generic prepared plan.
 _LIST_HEAD = "SELECT saga_id, snapshot::text, version FROM saga_fsm_sagas WHERE true"
 _LIST_TAIL = ' ORDER BY created_at, saga_id COLLATE "C" LIMIT %(limit)s'
-# Unfinished sagas as ranges of the state index (text_pattern_ops serves LIKE 'x:%'),
-# so that finished ones, however many, are never read.
-_UNFINISHED: LiteralString = (
-    " AND (state IN ('pending', 'running', 'compensating')"
-    " OR state LIKE 'running:%%' OR state LIKE 'compensating:%%')"
-)
+# Unfinished sagas as ranges of the status index (migration 7), so that finished ones,
+# however many, are never read.
+_UNFINISHED: LiteralString = " AND status IN ('pending', 'running', 'compensating')"
 assert UNFINISHED_STATUSES == ("pending", "running", "compensating")
 _QUARANTINE = """
 UPDATE saga_fsm_sagas SET quarantine = %(reason)s, quarantined_at = %(now)s,
@@ -225,10 +221,6 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def _like_prefix(status: str) -> str:
-    return like_prefix(status + ":")
-
-
 def _filters(
     state: str | None, definition: str | None, updated_before: datetime | None, unfinished: bool
 ) -> tuple[LiteralString, dict[str, Any]]:
@@ -237,11 +229,10 @@ def _filters(
     params: dict[str, Any] = {}
     if state is not None:
         params["state"] = state
+        # The status is the indexed column (migration 7); a whole state filters its range.
+        where += " AND status = split_part(%(state)s, ':', 1)"
         if ":" in state:
             where += " AND state = %(state)s"
-        else:
-            where += " AND (state = %(state)s OR state LIKE %(prefix)s)"
-            params["prefix"] = _like_prefix(state)
     if definition is not None:
         where += " AND definition = %(definition)s"
         params["definition"] = definition
@@ -848,12 +839,12 @@ class PostgresStore:
 
 
 # One template per SagaFilter field (see sql_conditions). A status is matched on the
-# expression migration 5 indexes, so the planner can walk (status, created_at) in order;
+# column migration 7 indexes, so the planner can walk (status, created_at) in order;
 # an id prefix is a range of migration 5's byte-ordered index on saga_id.
-_STATUS = "split_part(state, ':', 1)"
+_STATUS = "status"
 _LIVE = ", ".join(f"'{status}'" for status in LIVE_STATUSES)
 _QUERY_SQL = {
-    "state": "state = %(state)s",
+    "state": "status = split_part(%(state)s, ':', 1) AND state = %(state)s",
     "status": f"{_STATUS} = %(status)s",
     "definition": "definition = %(definition)s",
     # A range of saga_fsm_sagas_id_pattern_idx: the ids from the prefix up to the prefix

@@ -217,8 +217,7 @@ def _may_have_acted(ctx: InvariantContext) -> list[str]:
     """The compensable steps that may have acted, in order: those the engine recorded
     as succeeded, and those whose last call ended in anything but a definite refusal
     (refused by the harness, or raising ``StepFailed(retryable=False)`` or a
-    ``non_retryable`` type): a lost reply or request, a timeout, an unusable result.
-    A transactional step acted only if it succeeded: a failure rolled it back."""
+    ``non_retryable`` type): a lost reply or request, a timeout, an unusable result."""
     last: dict[str, TraceEntry] = {}
     for entry in ctx.trace:
         if (
@@ -231,12 +230,7 @@ def _may_have_acted(ctx: InvariantContext) -> list[str]:
     acted = []
     for step in ctx.definition.steps:
         call = last.get(step.name)
-        # A transactional step that did not succeed rolled its writes back.
-        ran = (
-            call is not None
-            and not step.transactional
-            and not _refused(call, step.retry.non_retryable)
-        )
+        ran = call is not None and not _refused(call, step.retry.non_retryable)
         if step.compensable and (step.name in succeeded or ran):
             acted.append(step.name)
     return acted
