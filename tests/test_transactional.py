@@ -300,3 +300,35 @@ def test_the_readme_example_runs(tmp_path: Path) -> None:
     assert done.state == "completed"
     with sqlite3.connect(tmp_path / "shop.db") as conn:
         assert conn.execute("SELECT count(*) FROM shipments").fetchone() == (1,)
+
+
+def test_a_failing_statement_is_the_steps_failure_on_postgres(postgres_dsn: str) -> None:
+    """The step's own SQL error (here: a table that does not exist) fails the step, not
+    the store: it is retried, then compensated, and the saga's writes go on."""
+
+    async def broken(ctx: StepContext) -> None:
+        await ctx.connection.execute("INSERT INTO no_such_table VALUES (1)")
+
+    async def nothing(ctx: StepContext) -> None:
+        return None
+
+    definition = (
+        SagaBuilder("tx_sql_error")
+        .step(
+            "broken",
+            broken,
+            compensation=nothing,
+            transactional=True,
+            retry=RetryPolicy(max_attempts=2, initial_interval=0.01),
+        )
+        .build()
+    )
+
+    async def go() -> Any:
+        async with pg_store(postgres_dsn) as (store, _rows):
+            return await Orchestrator(store, [definition]).run(definition, {})
+
+    done = asyncio.run(go())
+    assert done.state == "compensated"
+    assert done.steps[0].attempts == 2
+    assert done.failure is not None and "no_such_table" in done.failure.message

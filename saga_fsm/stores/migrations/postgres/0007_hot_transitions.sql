@@ -17,13 +17,6 @@ DROP INDEX IF EXISTS saga_fsm_sagas_status_created_idx;
 CREATE INDEX saga_fsm_sagas_status_created_idx
     ON saga_fsm_sagas (status, created_at, saga_id COLLATE "C");
 
--- The snapshot, about 1 KB of JSON with the same keys for every step, is compressed in
--- the row (lz4, kept inline) once the row passes 256 bytes: about half the bytes per
--- row version, and so per WAL record.
-ALTER TABLE saga_fsm_sagas SET (toast_tuple_target = 256);
-ALTER TABLE saga_fsm_sagas ALTER COLUMN snapshot SET STORAGE MAIN;
-ALTER TABLE saga_fsm_sagas ALTER COLUMN snapshot SET COMPRESSION lz4;
-
 -- History rows are read by saga, in order: one index, (saga_id, id), as the primary key,
 -- instead of that index and a second one on id alone.
 ALTER TABLE saga_fsm_history DROP CONSTRAINT IF EXISTS saga_fsm_history_pkey;
