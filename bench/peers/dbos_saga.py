@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _common
 import _workload
 from _workload import INSERT, STEPS, UNDO, forward_key
-
 from dbos import DBOS, DBOSConfig
 
 
