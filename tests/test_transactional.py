@@ -332,3 +332,37 @@ def test_a_failing_statement_is_the_steps_failure_on_postgres(postgres_dsn: str)
     assert done.state == "compensated"
     assert done.steps[0].attempts == 2
     assert done.failure is not None and "no_such_table" in done.failure.message
+
+
+def test_a_lost_version_race_rolls_the_step_back_and_runs_it_again(postgres_dsn: str) -> None:
+    """Another writer moves the saga's version while the step runs: the step's save
+    finds the other version, the step's row is rolled back with it, and the step runs
+    again from what is stored; its row is there once."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(EFFECTS)
+    raced: list[str] = []
+
+    async def step(ctx: StepContext) -> None:
+        await ctx.connection.execute(
+            "INSERT INTO effects VALUES (%s, %s, false)", (ctx.saga_id, ctx.step)
+        )
+        if not raced:
+            raced.append(ctx.step)
+            async with await psycopg.AsyncConnection.connect(
+                postgres_dsn, autocommit=True
+            ) as other:
+                await other.execute("UPDATE saga_fsm_sagas SET version = version + 1")
+
+    definition = SagaBuilder("tx_race").pivot("only", step, transactional=True).build()
+
+    async def go() -> Any:
+        store = await PostgresStore.open(postgres_dsn, max_size=4)
+        try:
+            return await Orchestrator(store, [definition]).run(definition, {}, saga_id="r")
+        finally:
+            await store.close()
+
+    done = asyncio.run(go())
+    assert done.state == "completed"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT saga_id, step FROM effects").fetchall() == [("r", "only")]
