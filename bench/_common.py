@@ -128,6 +128,7 @@ class CommitCounter:
     between statements, so vacuum is not held back)."""
 
     def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
         self._conn = psycopg.connect(dsn, autocommit=False)
 
     def now(self) -> int:
@@ -161,6 +162,52 @@ class CommitCounter:
     def close(self) -> None:
         self._conn.rollback()
         self._conn.close()
+
+    # -- this database's own share, when the server is shared ----------------------------
+    def backend_cpu(self) -> dict[int, float]:
+        """CPU seconds so far of each backend connected to this database (the server's
+        processes read from /proc, so a local server only), this reader's excepted: the
+        work done for the run, without other databases' clients or the server's own
+        background processes."""
+        rows = self._conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+        hz = os.sysconf("SC_CLK_TCK")
+        found: dict[int, float] = {}
+        for (pid,) in rows:
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rpartition(") ")[2].split()
+            except OSError:
+                continue
+            found[pid] = (int(fields[11]) + int(fields[12])) / hz
+        return found
+
+    def wal_start(self) -> str | None:
+        """Where this database's WAL is counted from (needs pg_walinspect, PG >= 15)."""
+        try:
+            with psycopg.connect(self._dsn, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect SCHEMA public")
+        except psycopg.Error:
+            return None
+        row = self._conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        return None if row is None else str(row[0])
+
+    def db_wal_bytes(self, start: str | None) -> int | None:
+        """WAL bytes since ``start`` of records touching this database's relations: the
+        run's own, whatever else the server does (commit records, which name no
+        relation, are left out: about 40 bytes per commit)."""
+        if start is None:
+            return None
+        row = self._conn.execute(
+            "SELECT coalesce(sum(record_length), 0) FROM public.pg_get_wal_records_info("
+            "%s::pg_lsn, pg_current_wal_lsn())"
+            " WHERE block_ref LIKE '%%/' || (SELECT oid FROM pg_database"
+            "  WHERE datname = current_database()) || '/%%'",
+            (start,),
+        ).fetchone()
+        return None if row is None else int(row[0])
 
 
 def server_cpu_seconds() -> float | None:

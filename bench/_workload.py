@@ -93,6 +93,18 @@ class PostgresApp:
         async with self.pool.connection() as conn:
             await conn.execute(UNDO[step], (forward_key(ctx.saga_id, step),))
 
+    # Transactional steps: the same statements on the saga store's connection, inside the
+    # transaction that also writes the step's transition (the tables share its database).
+    async def forward_in(self, step: str, ctx: StepContext) -> None:
+        self.calls += 1
+        if ctx.data["fail_at"] == step:
+            raise StepFailed(f"{step} declined", retryable=False)
+        await ctx.connection.execute(INSERT[step], (ctx.idempotency_key, ctx.saga_id))
+
+    async def undo_in(self, step: str, ctx: StepContext) -> None:
+        self.calls += 1
+        await ctx.connection.execute(UNDO[step], (forward_key(ctx.saga_id, step),))
+
     def effects(self) -> dict[str, dict[str, bool]]:
         """Per step: idempotency key -> undone."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -141,26 +153,33 @@ class InProcessApp:
 App = PostgresApp | InProcessApp
 
 
-def definition(app: App) -> SagaDefinition:
-    """reserve -> charge -> ship, each compensable, each step one write to its table."""
+def definition(app: App, *, transactional: bool = False) -> SagaDefinition:
+    """reserve -> charge -> ship, each compensable, each step one write to its table;
+    ``transactional``: each write in the transaction of the step's transition."""
+    if transactional and not isinstance(app, PostgresApp):
+        raise SystemExit("--transactional: the application tables must be the store's")
+    forward_of = app.forward_in if isinstance(app, PostgresApp) and transactional else app.forward
+    undo_of = app.undo_in if isinstance(app, PostgresApp) and transactional else app.undo
 
     def forward(step: str) -> Callable[[StepContext], Any]:
         async def action(ctx: StepContext) -> None:
-            await app.forward(step, ctx)
+            await forward_of(step, ctx)
 
         action.__name__ = step
         return action
 
     def undo(step: str) -> Callable[[StepContext], Any]:
         async def compensation(ctx: StepContext) -> None:
-            await app.undo(step, ctx)
+            await undo_of(step, ctx)
 
         compensation.__name__ = f"undo_{step}"
         return compensation
 
     builder = SagaBuilder("bench_order")
     for step in STEPS:
-        builder.step(step, forward(step), compensation=undo(step))
+        # (Passed only when set, so that this workload still runs on releases without it.)
+        options = {"transactional": True} if transactional else {}
+        builder.step(step, forward(step), compensation=undo(step), **options)
     return builder.build()
 
 

@@ -4,6 +4,7 @@
                                [--fail-rate F] [--seed S] [--app auto|postgres|in-process]
                                [--app-dsn DSN] [--fresh-schema] [--pgbench]
                                [--observe off|on|both] [--rounds R] [--trace-sample P]
+                               [--transactional]
 
 Runs N sagas of reserve -> charge -> ship (each step one INSERT into its own application
 table, each compensation one UPDATE; a seeded share F of the sagas fails at a random
@@ -93,22 +94,30 @@ class Run:
         self.commits0 = self.counter.settled() if self.counter else None
         self.server0 = _common.server_cpu_seconds() if self.counter else None
         self.wal0 = self.counter.wal_bytes() if self.counter else None
+        self.db_wal0 = self.counter.wal_start() if self.counter else None
+        self.backends0 = self.counter.backend_cpu() if self.counter else {}
         _common.settle_memory()
         _common.reset_peak_rss()
         self.cpu0 = _common.cpu_seconds()
         self.t0 = time.perf_counter()
 
     def end(self) -> None:
+        """Called while the run's connections are still open (their backends alive)."""
         self.elapsed = time.perf_counter() - self.t0
         self.cpu = _common.cpu_seconds() - self.cpu0
         self.peak = _common.peak_rss_mb()
+        backends = self.counter.backend_cpu() if self.counter else {}
+        self.db_cpu = sum(cpu - self.backends0.get(pid, 0.0) for pid, cpu in backends.items())
 
     def line(
         self, app: App, sagas: int, concurrency: int, *, store: str, app_kind: str
     ) -> dict[str, Any]:
-        commits = server = wal = None
+        commits = server = wal = db_cpu = db_wal = None
         if self.counter is not None and self.commits0 is not None:
             commits = round((self.counter.settled() - self.commits0) / sagas, 3)
+            db_cpu = round(self.db_cpu * 1000 / sagas, 3)
+            written = self.counter.db_wal_bytes(self.db_wal0)
+            db_wal = None if written is None else round(written / 1024 / sagas, 2)
             if self.wal0 is not None:
                 wal = round((self.counter.wal_bytes() - self.wal0) / 1024 / sagas, 2)
             server_now = _common.server_cpu_seconds()
@@ -126,6 +135,8 @@ class Run:
             "peak_rss_mb": self.peak,
             "server_cpu_ms_per_saga": server,
             "wal_kb_per_saga": wal,
+            "db_backend_cpu_ms_per_saga": db_cpu,
+            "db_wal_kb_per_saga": db_wal,
             "store": store,
             "app": app_kind,
             "actions_per_s": round(app.calls / self.elapsed, 1),
@@ -149,9 +160,10 @@ async def run_saga_fsm(
     concurrency: int,
     run: Run,
     observer: Observer = NO_OBSERVER,
+    transactional: bool = False,
 ) -> None:
     app.prepare()
-    definition = _workload.definition(app)
+    definition = _workload.definition(app, transactional=transactional)
     tag = secrets.token_hex(3)
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(saga_store(url, pg_conninfo, concurrency))
@@ -399,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also run pgbench single-row updates for SECONDS per mode",
     )
     parser.add_argument(
+        "--transactional",
+        action="store_true",
+        help="PostgreSQL: the steps are transactional (their writes join the transition's)",
+    )
+    parser.add_argument(
         "--observe",
         choices=("off", "on", "both"),
         default="off",
@@ -447,7 +464,14 @@ def main(argv: list[str] | None = None) -> int:
                 with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
                     runner.run(
                         run_saga_fsm(
-                            args.store, pg_conninfo, app, plans, concurrency, run, observer
+                            args.store,
+                            pg_conninfo,
+                            app,
+                            plans,
+                            concurrency,
+                            run,
+                            observer,
+                            args.transactional,
                         )
                     )
                 line = run.line(app, args.sagas, concurrency, store=store_kind, app_kind=app.kind)
@@ -456,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                     line["observe"] = "on" if observed else "off"
                 if args.loop != "asyncio":
                     line["loop"] = args.loop
+                if args.transactional:
+                    line["transactional"] = True
                 if floor_rate:
                     line = {
                         **dict(itertools.islice(line.items(), 8)),

@@ -39,6 +39,10 @@ class StepContext:
     correlation_id: str | None
     data: Mapping[str, Any]
     compensating: bool = False
+    connection: Any = None
+    """For a transactional step, the open transaction its writes join (a psycopg
+    ``AsyncConnection`` on PostgreSQL, a ``sqlite3.Connection`` on SQLite): the same one
+    that writes the step's transition. Never commit or roll back on it. Otherwise None."""
 
 
 ActionResult: TypeAlias = Mapping[str, Any] | None
@@ -145,6 +149,10 @@ class Step:
     timeout: float | None = None
     compensation_timeout: float | None = None
     read_only: bool = False
+    transactional: bool = False
+    """The action and compensation are SQL in the saga store's own database: each runs
+    inside the transaction that writes its outcome, so its writes commit exactly once,
+    together with the transition, or not at all (see ``ctx.connection``)."""
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -168,6 +176,10 @@ class Step:
         for name in ("retry", "compensation_retry"):
             if not isinstance(getattr(self, name), RetryPolicy):
                 raise DefinitionError("must be a RetryPolicy", field=name)
+        if not isinstance(self.transactional, bool):
+            raise DefinitionError(
+                f"must be true or false, got {self.transactional!r}", field="transactional"
+            )
         _positive("step", "timeout", self.timeout, allow_none=True)
         _positive("step", "compensation_timeout", self.compensation_timeout, allow_none=True)
         if self.action is None and self.compensation is None:

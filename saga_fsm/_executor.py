@@ -16,6 +16,7 @@ from saga_fsm._client import chosen, new_saga
 from saga_fsm._clock import Clock, SystemClock, seconds
 from saga_fsm._core import (
     Command,
+    Decision,
     Event,
     Finish,
     RunCompensation,
@@ -45,6 +46,7 @@ from saga_fsm._invoke import (
 from saga_fsm._logging import bind_saga, bind_step, get_logger, unbind
 from saga_fsm._registry import Definitions, registry
 from saga_fsm._snapshot import Snapshot, replace
+from saga_fsm._transactional import Applied, require_transactions, transact
 from saga_fsm.observability._observer import NO_OBSERVER, Observer
 from saga_fsm.stores._protocol import Lease, SagaStore
 
@@ -96,6 +98,7 @@ class SagaExecutor:
         self.lease_seconds = lease_seconds
         self.definitions = registry(definitions)
         self.observer = observer  # tracing, metrics, alerts: see saga_fsm.observability
+        self._checked: set[tuple[str, int]] = set()  # definitions this store can run
         self._leases = _LeaseKeeper(self)
 
     @property
@@ -125,6 +128,7 @@ class SagaExecutor:
         ``definition`` may be a registered name: its newest version, or ``version``."""
         definition = chosen(self.definitions, definition, version)
         compiled = self.definitions.register(definition)
+        self._check(compiled)
         snapshot = new_saga(
             self.definitions,
             self.clock,
@@ -178,6 +182,7 @@ class SagaExecutor:
             with contextlib.suppress(SagaError):
                 await self.store.release(snapshot.saga_id, self.worker_id)
             raise
+        self._check(compiled)
         self._leases.hold(snapshot.saga_id)
         context = bind_saga(
             snapshot.saga_id,
@@ -196,6 +201,9 @@ class SagaExecutor:
                 event = await self._act(compiled, snapshot, commands, max_hold)
                 if event is None:
                     return snapshot
+                if isinstance(event, tuple):  # a transactional step saved its own outcome
+                    snapshot, commands = event
+                    continue
                 if event.step is not None:
                     self.observer.attempt_finished(snapshot, event)
                 snapshot, commands = await self._apply(compiled, snapshot, event, max_hold)
@@ -216,6 +224,12 @@ class SagaExecutor:
                     await self.store.release(snapshot.saga_id, self.worker_id)
 
     # -- internals ------------------------------------------------------------------------
+    def _check(self, compiled: CompiledSaga) -> None:
+        key = (compiled.definition.name, compiled.definition.version)
+        if key not in self._checked:
+            require_transactions(self.store, compiled.definition)
+            self._checked.add(key)
+
     def _lease_expiry(self) -> Any:
         return self.clock.now() + timedelta(seconds=self.lease_seconds)
 
@@ -230,32 +244,46 @@ class SagaExecutor:
         the lease (the store's column) is still ours."""
         for _ in range(_CONFLICT_RETRIES):
             decision = decide(compiled, snapshot, event)
-            release = decision.snapshot.is_terminal or any(
-                isinstance(c, ScheduleWake) and (c.at - self.clock.now()).total_seconds() > max_hold
-                for c in decision.commands
-            )
+            release = self._releases(decision, max_hold)
             # Written at the version the store gives it, so the store has no copy to make.
             decided = decision.snapshot.with_version(snapshot.version + 1)
             try:
                 saved = await self.store.save(
                     decided, decision.history, expected_version=snapshot.version
                 )
-                if saved.due_at is None:
-                    self._leases.forget(snapshot.saga_id)  # the store dropped the lease
-                self.observer.transitioned(snapshot, saved, decision.history)
             except ConcurrencyConflict:
-                snapshot = await self.store.load(snapshot.saga_id)
-                lease = await self.store.lease(snapshot.saga_id)
-                if lease is None or lease.owner != self.worker_id:
-                    raise _LeaseLost(snapshot, lease) from None
+                snapshot = await self._reload_if_ours(snapshot.saga_id)
                 try:
                     decide(compiled, snapshot, event)
                 except TransitionNotAllowed:
                     # An operator's write already moved past this event: carry on.
                     return snapshot, outstanding(compiled, snapshot)
                 continue
-            return saved, () if release and not saved.is_terminal else decision.commands
+            return self._saved(snapshot, decision, saved, release)
         raise ConcurrencyConflict(snapshot.saga_id, snapshot.version, None)
+
+    def _saved(
+        self, before: Snapshot, decision: Decision, saved: Snapshot, release: bool
+    ) -> tuple[Snapshot, tuple[Command, ...]]:
+        if saved.due_at is None:
+            self._leases.forget(before.saga_id)  # the store dropped the lease
+        self.observer.transitioned(before, saved, decision.history)
+        return saved, () if release and not saved.is_terminal else decision.commands
+
+    async def _reload_if_ours(self, saga_id: str) -> Snapshot:
+        """After a lost version race: the winner's snapshot, if the lease is still ours."""
+        snapshot = await self.store.load(saga_id)
+        lease = await self.store.lease(saga_id)
+        if lease is None or lease.owner != self.worker_id:
+            raise _LeaseLost(snapshot, lease) from None
+        return snapshot
+
+    def _releases(self, decision: Decision, max_hold: float) -> bool:
+        """Whether the lease goes with this decision: finished, or a long back-off."""
+        return decision.snapshot.is_terminal or any(
+            isinstance(c, ScheduleWake) and (c.at - self.clock.now()).total_seconds() > max_hold
+            for c in decision.commands
+        )
 
     async def _act(
         self,
@@ -263,10 +291,11 @@ class SagaExecutor:
         snapshot: Snapshot,
         commands: tuple[Command, ...],
         max_hold: float,
-    ) -> Event | None:
+    ) -> Event | Applied | None:
         """Carry out the commands; the event they end in, or None when the saga is
-        finished or handed back. One frame for the whole call: every saga in flight
-        keeps its awaiting frames alive, so they are kept few."""
+        finished or handed back (a transactional step: what it saved with its outcome).
+        One frame for the whole call: every saga in flight keeps its awaiting frames
+        alive, so they are kept few."""
         for command in commands:
             if isinstance(command, Finish):
                 return None
@@ -299,6 +328,8 @@ class SagaExecutor:
                 timeout = (command.deadline - self.clock.now()).total_seconds()
                 if timeout <= 0:
                     return outcome_event(command, "timed_out", self.clock.now())
+            if step.transactional:
+                return await transact(self, compiled, snapshot, command, fn, policy, max_hold)
             deadline = None
             try:
                 if timeout is None:

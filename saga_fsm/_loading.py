@@ -77,6 +77,7 @@ class _StepSpec:
     timeout: float | None = None
     compensation_timeout: float | None = None
     read_only: bool = False
+    transactional: bool = False
 
 
 @frozen
@@ -232,6 +233,7 @@ def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefin
                     timeout=step_spec.timeout,
                     compensation_timeout=step_spec.compensation_timeout,
                     read_only=step_spec.read_only,
+                    transactional=step_spec.transactional,
                 )
             )
         except DefinitionError as err:

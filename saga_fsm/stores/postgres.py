@@ -23,8 +23,9 @@ Driver errors never leave this module raw: they become ``StoreError`` (or
 from __future__ import annotations
 
 import builtins  # the store's own ``list`` method shadows it in the class body
+import inspect
 import json
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -67,7 +68,6 @@ from saga_fsm.stores._protocol import (
     check_limit,
     ids,
     lease_or_none,
-    like_prefix,
     served,
 )
 from saga_fsm.stores._queries import (
@@ -82,6 +82,7 @@ from saga_fsm.stores._queries import (
     sql_conditions,
 )
 from saga_fsm.stores._secrets import scrub
+from saga_fsm.stores._transact import Write
 
 _MIGRATIONS = migrations.load("postgres")
 _CONNECT_TIMEOUT = 10  # seconds, unless the conninfo says otherwise
@@ -128,12 +129,9 @@ ORDER BY h.id
 # the indexes even in a generic prepared plan.
 _LIST_HEAD = "SELECT saga_id, snapshot::text, version FROM saga_fsm_sagas WHERE true"
 _LIST_TAIL = ' ORDER BY created_at, saga_id COLLATE "C" LIMIT %(limit)s'
-# Unfinished sagas as ranges of the state index (text_pattern_ops serves LIKE 'x:%'),
-# so that finished ones, however many, are never read.
-_UNFINISHED: LiteralString = (
-    " AND (state IN ('pending', 'running', 'compensating')"
-    " OR state LIKE 'running:%%' OR state LIKE 'compensating:%%')"
-)
+# Unfinished sagas as ranges of the status index (migration 7), so that finished ones,
+# however many, are never read.
+_UNFINISHED: LiteralString = " AND status IN ('pending', 'running', 'compensating')"
 assert UNFINISHED_STATUSES == ("pending", "running", "compensating")
 _QUARANTINE = """
 UPDATE saga_fsm_sagas SET quarantine = %(reason)s, quarantined_at = %(now)s,
@@ -227,10 +225,6 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def _like_prefix(status: str) -> str:
-    return like_prefix(status + ":")
-
-
 def _filters(
     state: str | None, definition: str | None, updated_before: datetime | None, unfinished: bool
 ) -> tuple[LiteralString, dict[str, Any]]:
@@ -239,11 +233,10 @@ def _filters(
     params: dict[str, Any] = {}
     if state is not None:
         params["state"] = state
+        # The status is the indexed column (migration 7); a whole state filters its range.
+        where += " AND status = split_part(%(state)s, ':', 1)"
         if ":" in state:
             where += " AND state = %(state)s"
-        else:
-            where += " AND (state = %(state)s OR state LIKE %(prefix)s)"
-            params["prefix"] = _like_prefix(state)
     if definition is not None:
         where += " AND definition = %(definition)s"
         params["definition"] = definition
@@ -611,6 +604,29 @@ class PostgresStore:
                 before = rows[0][0] if rows else None
             raise ConcurrencyConflict(stored.saga_id, expected_version, before)
 
+    async def transact(self, call: Callable[[Any], Any], write: Callable[[Any], Write]) -> Snapshot:
+        # Its own transaction on its own connection, never in a group-commit batch: one
+        # saga's failing SQL aborts nothing but its own step.
+        async with (
+            self._errors("transact"),
+            self._pool.connection() as conn,
+            conn.transaction(),
+        ):
+            result = call(conn)
+            if inspect.isawaitable(result):
+                result = await result
+            stored, history, expected = write(result)
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(_SAVE, (_text(f"[{_write_json(stored, history, expected)}]"),))
+            ((updated, before),) = await cur.fetchall()
+            if updated:
+                return stored
+            # The transaction rolls the step's writes back on the way out.
+            if before is None:
+                raise SagaNotFound(stored.saga_id)
+            raise ConcurrencyConflict(stored.saga_id, expected, before)
+        raise AssertionError("unreachable")  # mypy: the transaction returns or raises
+
     async def _batch(self, query: LiteralString, batch: Sequence[str]) -> list[tuple[Any, ...]]:
         """Group commit: the writes of several sagas as one statement (one row of results
         per write, in order), atomic by itself, sent in one round trip, committed once."""
@@ -832,12 +848,12 @@ class PostgresStore:
 
 
 # One template per SagaFilter field (see sql_conditions). A status is matched on the
-# expression migration 5 indexes, so the planner can walk (status, created_at) in order;
+# column migration 7 indexes, so the planner can walk (status, created_at) in order;
 # an id prefix is a range of migration 5's byte-ordered index on saga_id.
-_STATUS = "split_part(state, ':', 1)"
+_STATUS = "status"
 _LIVE = ", ".join(f"'{status}'" for status in UNFINISHED_STATUSES)
 _QUERY_SQL = {
-    "state": "state = %(state)s",
+    "state": "status = split_part(%(state)s, ':', 1) AND state = %(state)s",
     "status": f"{_STATUS} = %(status)s",
     "definition": "definition = %(definition)s",
     # A range of saga_fsm_sagas_id_pattern_idx: the ids from the prefix up to the prefix

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins  # the store's own ``list`` method shadows it in the class body
+import inspect
 import json
 import sqlite3
 import threading
@@ -41,6 +42,7 @@ from saga_fsm._errors import (
     SagaLeased,
     SagaNotFound,
     SnapshotDecodeError,
+    StepFailed,
     StoreError,
 )
 from saga_fsm._snapshot import HistoryEntry, Snapshot
@@ -68,6 +70,7 @@ from saga_fsm.stores._queries import (
     paged,
     sql_conditions,
 )
+from saga_fsm.stores._transact import ActionRaised, Write
 
 T = TypeVar("T")
 _MIGRATIONS = migrations.load("sqlite")
@@ -397,16 +400,49 @@ class SqliteStore:
         row = _columns(stored) | {"expected_version": expected_version}
         rows = _history_rows(stored.saga_id, stored.version, history)
 
-        def update(conn: sqlite3.Connection) -> Snapshot:
-            if conn.execute(_UPDATE, row).rowcount != 1:
-                actual = self._version(conn, stored.saga_id)
-                if actual is None:
-                    raise SagaNotFound(stored.saga_id)
-                raise ConcurrencyConflict(stored.saga_id, expected_version, actual)
-            conn.executemany(_INSERT_HISTORY, rows)
-            return stored
+        return await self._write(
+            "save", lambda conn: self._update_in(conn, stored, expected_version, row, rows)
+        )
 
-        return await self._write("save", update)
+    def _update_in(
+        self,
+        conn: sqlite3.Connection,
+        stored: Snapshot,
+        expected_version: int,
+        row: dict[str, Any],
+        history: list[Any],
+    ) -> Snapshot:
+        if conn.execute(_UPDATE, row).rowcount != 1:
+            actual = self._version(conn, stored.saga_id)
+            if actual is None:
+                raise SagaNotFound(stored.saga_id)
+            raise ConcurrencyConflict(stored.saga_id, expected_version, actual)
+        conn.executemany(_INSERT_HISTORY, history)
+        return stored
+
+    async def transact(self, call: Callable[[Any], Any], write: Callable[[Any], Write]) -> Snapshot:
+        # All of it on the store's one thread, in one BEGIN IMMEDIATE: the connection
+        # serves no other saga until the commit, so nothing else lands in the transaction.
+        def transaction(conn: sqlite3.Connection) -> Snapshot:
+            result = call(conn)
+            if inspect.isawaitable(result):
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()  # never awaited: no "never awaited" warning either
+                raise ActionRaised(
+                    StepFailed(
+                        "a transactional action on SQLite runs on the store's thread, inside"
+                        " its transaction: it must be a plain function, not a coroutine"
+                        " function",
+                        retryable=False,
+                    )
+                )
+            stored, history, expected = write(result)
+            row = _columns(stored) | {"expected_version": expected}
+            rows = _history_rows(stored.saga_id, stored.version, history)
+            return self._update_in(conn, stored, expected, row, rows)
+
+        return await self._write("transact", transaction)
 
     async def load(self, saga_id: str) -> Snapshot:
         found = await self._read(

@@ -22,6 +22,7 @@ from attrs import define, field, frozen
 from saga_fsm._clock import FakeClock
 from saga_fsm._core import (
     Command,
+    Decision,
     Event,
     RunCompensation,
     RunStep,
@@ -31,12 +32,14 @@ from saga_fsm._core import (
     outcome_event,
     outstanding,
 )
-from saga_fsm._definition import Action, SagaDefinition, Step
+from saga_fsm._definition import Action, RetryPolicy, SagaDefinition, Step
 from saga_fsm._errors import SagaError, TransitionNotAllowed
 from saga_fsm._flow import PENDING, compile_saga
 from saga_fsm._invoke import call_outcome, callee, invoke, result_problem, step_context
 from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot
+from saga_fsm._transactional import Rolled, calling, require_transactions
 from saga_fsm.stores import SnapshotStore
+from saga_fsm.stores._transact import ActionRaised, TransactionalStore, Write
 from saga_fsm.testing._faults import ALL_FAULTS, REFUSED, REPLY_LOST, REQUEST_LOST, Fault
 from saga_fsm.testing._fixtures import Setup, StoreFactory, enter_setup, fresh_memory
 from saga_fsm.testing._invariants import (
@@ -49,6 +52,15 @@ from saga_fsm.testing._reachability import Move
 from saga_fsm.testing._trace import TraceEntry, TraceKind, render_path
 
 T = TypeVar("T")
+
+_EFFECT_WITHOUT_OUTCOME = (Fault.TRANSIENT, Fault.TIMEOUT, Fault.CRASH_AFTER)
+"""Faults that leave a call's effect without its outcome: impossible for a transactional
+step, whose effect and outcome are one commit."""
+
+
+def trace_kind(command: RunStep | RunCompensation) -> TraceKind:
+    return "compensation" if isinstance(command, RunCompensation) else "step"
+
 
 TICK = 0.001
 """Seconds of fake time between two events, so every transition has its own instant."""
@@ -125,6 +137,9 @@ class Driver:
             self.store: SnapshotStore = self.run(
                 self._stack.enter_async_context(config.store.open())
             )
+            if not config.simulate:
+                # Transactional steps get their connection from the store's transaction.
+                require_transactions(self.store, config.definition)
             self.world: Any = self.run(enter_setup(self._stack, config.setup))
         except BaseException:
             self.close()
@@ -182,11 +197,15 @@ class Driver:
         command = saga.next
         if not isinstance(command, RunStep | RunCompensation):
             return (Fault.OK,)
+        # A transactional step's effect commits with its outcome or not at all: no reply
+        # is lost after the effect, and a crash leaves nothing (no ``crash_after``).
+        effect_only = self.definition.step(command.step).transactional
         return tuple(
             f
             for f in self.config.faults
             if not (f is Fault.TIMEOUT and command.deadline is None)
             and not (f is Fault.PERMANENT and command.idempotency_key in saga.seen_keys)
+            and not (effect_only and f in _EFFECT_WITHOUT_OUTCOME)
         )
 
     # -- events ---------------------------------------------------------------------------
@@ -292,6 +311,9 @@ class Driver:
             return
         if fault.calls:
             saga.seen_keys.add(command.idempotency_key)
+        if fault is Fault.OK and step.transactional and not self.config.simulate:
+            await self._transact(saga, command, fn, policy, at, trace)
+            return
         if fault.calls and not self.config.simulate:
             trace.update(await self._invoke(saga.decided, command, fn))
             trace["called"] = True
@@ -312,6 +334,51 @@ class Driver:
             returned, raised = trace.get("returned"), trace.get("raised")
             event = call_outcome(command, policy, at, returned=returned, raised=raised)
         await self._apply(saga, event, phase, **trace)
+
+    async def _transact(
+        self,
+        saga: SagaRun,
+        command: RunStep | RunCompensation,
+        fn: Action,
+        policy: RetryPolicy,
+        at: datetime,
+        trace: dict[str, Any],
+    ) -> None:
+        """A transactional call as the executor makes it: the function and the saved
+        outcome in one transaction of the store; a failure rolled back, then saved."""
+        store = self.store
+        assert isinstance(store, TransactionalStore)  # checked when the driver opened
+        before = saga.decided
+        trace["called"] = True
+        decided: list[Decision] = []
+
+        def write(returned: Any) -> Write:
+            trace.update(returned=returned, problem=result_problem(returned))
+            event = call_outcome(command, policy, at, returned=returned)
+            if event.error is not None:
+                raise Rolled(event)
+            decided.append(decide(self.compiled, before, event))
+            return (
+                decided[-1].snapshot.with_version(before.version + 1),
+                decided[-1].history,
+                before.version,
+            )
+
+        try:
+            saga.decided = await store.transact(calling(fn, step_context(before, command)), write)
+        except ActionRaised as raised:
+            trace["raised"] = raised.error
+            failed = call_outcome(command, policy, at, raised=raised.error)
+            await self._apply(saga, failed, trace_kind(command), **trace)
+            return
+        except Rolled as rolled:
+            await self._apply(saga, rolled.event, trace_kind(command), **trace)
+            return
+        commands = outstanding(self.compiled, saga.decided)
+        saga.next = commands[0] if commands else None
+        self._record(
+            saga, TraceEntry(trace_kind(command), before.state, saga.decided.state, **trace)
+        )
 
     async def _invoke(
         self, snapshot: Snapshot, command: RunStep | RunCompensation, fn: Action

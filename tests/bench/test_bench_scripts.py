@@ -74,6 +74,24 @@ def test_throughput_runs_on_postgres_against_the_floor(postgres_dsn: str) -> Non
     assert_correct(lines)
 
 
+def test_throughput_runs_transactional_steps_on_postgres(postgres_dsn: str) -> None:
+    lines = run(
+        "throughput.py",
+        "--store",
+        store_url(postgres_dsn),
+        *TINY,
+        "--transactional",
+        "--modes",
+        "concurrent",
+    )
+    assert [(line["engine"], line.get("transactional")) for line in lines] == [
+        ("floor", None),
+        ("saga_fsm", True),
+    ]
+    assert lines[1]["db_wal_kb_per_saga"] is not None
+    assert_correct(lines)
+
+
 def test_throughput_keeps_application_tables_in_postgres_beside_sqlite(
     postgres_dsn: str, tmp_path: Path
 ) -> None:
