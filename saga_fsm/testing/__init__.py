@@ -47,6 +47,14 @@ and the plugin provides ``saga_clock`` and ``saga_store_memory``/``_sqlite``/``_
 """
 
 from saga_fsm.testing import _requirements  # noqa: F401 (first: says what is missing)
+from saga_fsm.testing._choreo_coverage import ChoreographyCoverage
+from saga_fsm.testing._choreo_machine import (
+    ChoreographyOptions,
+    ChoreographyReport,
+    ChoreographyStateMachine,
+    choreography_state_machine,
+)
+from saga_fsm.testing._choreo_world import EventFault
 from saga_fsm.testing._coverage import TransitionCoverage
 from saga_fsm.testing._driver import CallDidNotReturn
 from saga_fsm.testing._explore import CheckReport, Counterexample, check
@@ -79,8 +87,13 @@ __all__ = [
     "BUILTIN_INVARIANTS",
     "CallDidNotReturn",
     "CheckReport",
+    "ChoreographyCoverage",
+    "ChoreographyOptions",
+    "ChoreographyReport",
+    "ChoreographyStateMachine",
     "Counterexample",
     "Directive",
+    "EventFault",
     "ExploreOptions",
     "Fault",
     "Invariant",
@@ -95,6 +108,7 @@ __all__ = [
     "TransitionCoverage",
     "cancel",
     "check",
+    "choreography_state_machine",
     "compensation",
     "operator_retry",
     "saga_invariant",
