@@ -362,22 +362,26 @@ def check_choreography(
 def _run_directed(
     config: WorldConfig, stats: ChoreographyStats
 ) -> tuple[int, Exception | None, str]:
-    """Take a shortest way to every reachable row and timer the examples missed."""
+    """Take a shortest way to every reachable row and timer the examples missed; then,
+    where losing events is explored, to every row with its event lost."""
     found = choreography_reachability(config.choreography)
     coverage = stats.coverage
-    ways = [found.paths[i] for i in sorted(coverage.reachable - set(coverage.taken))]
-    ways += [found.waits[t] for t in coverage.timers if t not in coverage.fired]
+    ways = [(found.paths[i], False) for i in sorted(coverage.reachable - set(coverage.taken))]
+    ways += [(found.waits[t], False) for t in coverage.timers if t not in coverage.fired]
+    if EventFault.LOST in config.faults:
+        ways += [(found.paths[i], True) for i in sorted(found.paths) if len(found.paths[i]) > 1]
     runs = 0
-    for way in ways:
+    for way, lose_last in ways:
         if not way:
             continue
         runs += 1
         world = World(attrs.evolve(config, instances=1))
         try:
             run = world.start()
-            for name in way[1:]:
+            for at, name in enumerate(way[1:], start=2):
                 world.settle()
-                world.publish(run, name)
+                lost = lose_last and at == len(way)
+                world.publish(run, name, EventFault.LOST if lost else None)
             world.settle()
             world.time_passes()
             world.finish()

@@ -371,7 +371,8 @@ class World:
             self.settle()
             moved = False
             for run in self.runs:
-                while self.next_events(run):
+                live = not (run.halted or run.late or run.truth.finished)
+                while live and (self.next_events(run) or self.c.participants):
                     way = shortest_to_end(self.c, run.truth)
                     if way is None:
                         self.violation(
@@ -380,8 +381,11 @@ class World:
                             f" to {COMPLETED} or {COMPENSATED}",
                             run,
                         )
+                    if not way:
+                        break
                     self._produce(run, way[0], lost=False, copies=1)
                     moved = True
+                    live = not (run.halted or run.late or run.truth.finished)
             self.settle()
             before = (len(self.timeline), sum(len(r.produced) for r in self.runs))
             self.time_passes()
@@ -430,7 +434,14 @@ class World:
             if run.produced[index][1] in anomalous and explained(index):
                 continue
             for cause in sorted(ancestors[index]):
-                if cause in position and position[cause] > position[index]:
+                # Applied after what it reacts to, or after the same event published
+                # by someone else (a late event and the tracker's compensating one).
+                same = [
+                    position[i]
+                    for i, (name, _) in enumerate(run.produced)
+                    if name == run.produced[cause][0] and i in position
+                ]
+                if cause in position and min(same) > position[index]:
                     self.violation(
                         "tracker_follows_causal_order",
                         f"{run.name}: the tracker applied {run.produced[index][0]} before"
