@@ -4,6 +4,7 @@ coverage and fails, with a counterexample, each way a choreography can be broken
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -228,3 +229,51 @@ def test_saga_fsm_check_takes_a_choreography_reference_or_file(tmp_path: Path) -
     assert misused.returncode == 2
     assert "--setup" in misused.stderr and "choreography" in misused.stderr
     assert list(tmp_path.iterdir()) == [path]  # no .hypothesis left behind
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+MYSHOP = """
+from saga_fsm.choreography import Choreography, Event, Failure, Move, expect
+
+orders = Choreography(
+    name="orders",
+    start="OrderCreated",
+    correlation=["order_id"],
+    events=[
+        Event("OrderCreated", publisher="shop", consumers=["payment"]),
+        Event("PaymentProcessed", publisher="payment", consumers=["shop"]),
+        Event("PaymentFailed", publisher="payment", consumers=["shop"]),
+        Event("OrderConfirmed", publisher="shop"),
+        Event("OrderCancelled", publisher="shop"),
+    ],
+    moves=[
+        Move("pending", "OrderCreated", "charging"),
+        Move("charging", "PaymentProcessed", "confirming"),
+        Move("confirming", "OrderConfirmed", "completed"),
+    ],
+    failures=[Failure("charging", "PaymentFailed", compensations=["OrderCancelled"])],
+    expectations=[
+        expect("PaymentProcessed", within=30),
+        expect("OrderConfirmed", within=30),
+        expect("OrderCancelled", within=30),
+    ],
+)
+"""
+
+
+def test_the_readme_choreography_test_module_runs(pytester: pytest.Pytester) -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("### Testing a choreography", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    pytester.mkpydir("myshop")
+    pytester.path.joinpath("myshop", "choreography.py").write_text(MYSHOP)
+    pytester.makepyfile(test_orders=code.group(1))
+    pytester.makeconftest(
+        "from hypothesis import settings\n"
+        "settings.register_profile('quick', max_examples=15)\n"
+        "settings.load_profile('quick')\n"
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*saga_fsm transition coverage*", "*(100%)*"])
