@@ -372,7 +372,7 @@ class World:
             moved = False
             for run in self.runs:
                 live = not (run.halted or run.late or run.truth.finished)
-                while live and (self.next_events(run) or self.c.participants):
+                while live:
                     way = shortest_to_end(self.c, run.truth)
                     if way is None:
                         self.violation(
@@ -387,11 +387,10 @@ class World:
                     moved = True
                     live = not (run.halted or run.late or run.truth.finished)
             self.settle()
-            before = (len(self.timeline), sum(len(r.produced) for r in self.runs))
+            published = sum(len(r.produced) for r in self.runs)
             self.time_passes()
             self.settle()
-            after = (len(self.timeline), sum(len(r.produced) for r in self.runs))
-            if not moved and after[1] == before[1]:
+            if not moved and sum(len(r.produced) for r in self.runs) == published:
                 return
 
     def history(self, run: Run) -> list[HistoryEntry]:
