@@ -44,6 +44,12 @@ Scripted scenarios pin one path down:
 
 In pytest, ``TestOrder = saga_test_case(order, invariants=[...])`` is the whole test,
 and the plugin provides ``saga_clock`` and ``saga_store_memory``/``_sqlite``/``_postgres``.
+
+A choreography is checked the same way (``check(choreography)``,
+``saga_test_case(choreography)``, ``choreography_state_machine``): the real tracker
+follows events that are lost, duplicated, reordered and late (``EventFault``), with
+tracker restarts, and every instance must end completed, compensated or stuck naming
+the event it awaits (``ChoreographyOptions`` says what to explore).
 """
 
 from saga_fsm.testing import _requirements  # noqa: F401 (first: says what is missing)
