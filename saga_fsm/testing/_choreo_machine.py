@@ -132,6 +132,7 @@ class ChoreographyStateMachine(RuleBasedStateMachine):
         super().__init__()
         type(self).stats.examples += 1
         self.world = World(self.config)
+        self.world.start()  # no example without an instance; more start by a rule
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
