@@ -159,8 +159,10 @@ class Tracker:
         return channel(self.choreography, TRACKER)
 
     async def load_index(self) -> None:
-        """Learn the secondary keys of the unfinished instances already stored."""
-        for item in await self.store.list(definition=self.choreography.name, unfinished=True):
+        """Learn the secondary keys of the instances already stored, finished ones too:
+        a duplicate known only by its secondary key is then recognised as one after a
+        restart, as it is by a tracker that never restarted, not held and dead-lettered."""
+        for item in await self.store.list(definition=self.choreography.name):
             if isinstance(item, Snapshot):
                 self._learn(item.saga_id, item.data.get("keys", {}))
 

@@ -135,9 +135,33 @@ def check_command(
     """Explore every path of the saga REF and check its invariants.
 
     REF is a definition file, package.module:attribute, or a module holding exactly
-    one definition. Exits 0 when every property holds, 1 with a counterexample.
+    one definition; or a choreography (file or reference), explored with its events
+    lost, duplicated, reordered and late through the real tracker (--sagas: instances
+    at once). Exits 0 when every property holds, 1 with a counterexample.
     """
     check = _testing_check()
+    from saga_fsm.choreography._diagram import choreography_at
+
+    choreography = choreography_at(ref)
+    if choreography is not None:
+        given = {
+            "--invariants": bool(invariant_refs),
+            "--data": data is not None,
+            "--setup": setup_ref is not None,
+            "--store": store_url != "memory://",
+        }
+        for option, used in given.items():
+            if used:
+                raise UsageProblem(
+                    f"{option} does not apply to a choreography (its tracker is explored"
+                    " on a memory store)"
+                )
+        with _scratch_storage():
+            report = check(
+                choreography, instances=sagas, max_examples=max_examples, steps=steps, seed=seed
+            )
+        click.echo(report.format())
+        exit_with(0 if report.ok else 1)
     definition = load_definition(ref)
     run_async(lambda: _probe(store_url))
     invariants = [i for r in invariant_refs for i in _invariants(r)]

@@ -59,6 +59,12 @@ choreography = Choreography(
         expect("InventoryReserved", within=30),
         expect("PaymentProcessed", within=30, compensate="PaymentFailed"),
         expect("ShipmentCreated", within=30),
+        # Every event an instance waits for is expected, so a lost one is noticed
+        # (``saga-fsm check`` finds any that is not).
+        expect("OrderFulfilled", within=30),
+        expect("OrderFailed", within=30),
+        expect("InventoryReleased", within=30),
+        expect("PaymentRefunded", within=30),
     ),
 )
 

@@ -44,9 +44,23 @@ Scripted scenarios pin one path down:
 
 In pytest, ``TestOrder = saga_test_case(order, invariants=[...])`` is the whole test,
 and the plugin provides ``saga_clock`` and ``saga_store_memory``/``_sqlite``/``_postgres``.
+
+A choreography is checked the same way (``check(choreography)``,
+``saga_test_case(choreography)``, ``choreography_state_machine``): the real tracker
+follows events that are lost, duplicated, reordered and late (``EventFault``), with
+tracker restarts, and every instance must end completed, compensated or stuck naming
+the event it awaits (``ChoreographyOptions`` says what to explore).
 """
 
 from saga_fsm.testing import _requirements  # noqa: F401 (first: says what is missing)
+from saga_fsm.testing._choreo_coverage import ChoreographyCoverage
+from saga_fsm.testing._choreo_machine import (
+    ChoreographyOptions,
+    ChoreographyReport,
+    ChoreographyStateMachine,
+    choreography_state_machine,
+)
+from saga_fsm.testing._choreo_world import EventFault
 from saga_fsm.testing._coverage import TransitionCoverage
 from saga_fsm.testing._driver import CallDidNotReturn
 from saga_fsm.testing._explore import CheckReport, Counterexample, check
@@ -80,8 +94,13 @@ __all__ = [
     "BUILTIN_INVARIANTS",
     "CallDidNotReturn",
     "CheckReport",
+    "ChoreographyCoverage",
+    "ChoreographyOptions",
+    "ChoreographyReport",
+    "ChoreographyStateMachine",
     "Counterexample",
     "Directive",
+    "EventFault",
     "ExploreOptions",
     "Fault",
     "Invariant",
@@ -97,6 +116,7 @@ __all__ = [
     "assert_definitions_locked",
     "cancel",
     "check",
+    "choreography_state_machine",
     "compensation",
     "operator_retry",
     "saga_invariant",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import hypothesis
 from attrs import field, frozen
@@ -16,11 +16,15 @@ from hypothesis.reporting import with_reporter
 from hypothesis.stateful import run_state_machine_as_test
 
 from saga_fsm._definition import SagaDefinition
+from saga_fsm.choreography._definition import Choreography
 from saga_fsm.testing._coverage import TransitionCoverage
 from saga_fsm.testing._directed import DirectedResult, minimise, run_directed
 from saga_fsm.testing._invariants import InvariantViolation
 from saga_fsm.testing._machine import build_machine, machine_config
 from saga_fsm.testing._options import ExploreOptions, explore_options
+
+if TYPE_CHECKING:
+    from saga_fsm.testing._choreo_machine import ChoreographyOptions, ChoreographyReport
 
 DEFAULT_STEPS = 30
 
@@ -136,6 +140,7 @@ class CheckReport:
         raise error
 
 
+@overload
 def check(
     definition: SagaDefinition,
     options: ExploreOptions | None = None,
@@ -145,9 +150,36 @@ def check(
     seed: int | None = None,
     settings: hypothesis.settings | None = None,
     **keywords: Any,
-) -> CheckReport:
+) -> CheckReport: ...
+
+
+@overload
+def check(
+    definition: Choreography,
+    options: ChoreographyOptions | None = None,
+    *,
+    max_examples: int | None = None,
+    steps: int = DEFAULT_STEPS,
+    seed: int | None = None,
+    settings: hypothesis.settings | None = None,
+    **keywords: Any,
+) -> ChoreographyReport: ...
+
+
+def check(
+    definition: SagaDefinition | Choreography,
+    options: Any = None,
+    *,
+    max_examples: int | None = None,
+    steps: int = DEFAULT_STEPS,
+    seed: int | None = None,
+    settings: hypothesis.settings | None = None,
+    **keywords: Any,
+) -> CheckReport | ChoreographyReport:
     """Explore ``definition`` with hypothesis and report; never raises for a broken
-    property (see ``CheckReport.raise_for_failure``).
+    property (see ``CheckReport.raise_for_failure``). A ``Choreography`` is explored
+    with its events lost, duplicated, reordered and late, through the real tracker
+    (``ChoreographyOptions``, or its fields as keywords).
 
     ``max_examples`` defaults to the hypothesis profile's (100 by default);
     ``steps`` bounds the rules per example; ``seed`` makes the run reproducible (a
@@ -157,6 +189,18 @@ def check(
     ``options`` (an ``ExploreOptions``), or its fields as keywords, say what to
     explore: ``check(order, invariants=[...], setup=fresh_world)``.
     """
+    if isinstance(definition, Choreography):
+        from saga_fsm.testing._choreo_machine import check_choreography
+
+        return check_choreography(
+            definition,
+            options,
+            max_examples=max_examples,
+            steps=steps,
+            seed=seed,
+            settings=settings,
+            **keywords,
+        )
     chosen_options = explore_options(options, keywords)
     config = machine_config(definition, chosen_options)
     machine = build_machine(config)

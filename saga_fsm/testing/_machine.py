@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from attrs import define, field, frozen
 from hypothesis import strategies as st
@@ -201,7 +201,12 @@ class SagaStateMachine(RuleBasedStateMachine):
                 self.driver.close()
 
 
-def class_name(definition: SagaDefinition) -> str:
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+def class_name(definition: _Named) -> str:
     words = re.split(r"[^A-Za-z0-9]+", definition.name)
     return "".join(w[:1].upper() + w[1:] for w in words if w) or "Saga"
 

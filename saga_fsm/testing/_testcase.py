@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from saga_fsm._definition import SagaDefinition
+from saga_fsm.choreography._definition import Choreography
 from saga_fsm.stores import SnapshotStore
 from saga_fsm.testing._explore import DEFAULT_STEPS, check
 from saga_fsm.testing._fixtures import StoreFactory
 from saga_fsm.testing._machine import class_name
-from saga_fsm.testing._options import ExploreOptions, explore_options
+from saga_fsm.testing._options import explore_options
 
 if TYPE_CHECKING:
     import pytest
@@ -30,8 +31,8 @@ def _resolve_store(
 
 
 def saga_test_case(
-    definition: SagaDefinition,
-    options: ExploreOptions | None = None,
+    definition: SagaDefinition | Choreography,
+    options: Any = None,
     *,
     max_examples: int | None = None,
     steps: int = DEFAULT_STEPS,
@@ -47,8 +48,20 @@ def saga_test_case(
     plugin's fixtures), the name of a fixture of yours, a URL or a store. Coverage is
     listed in pytest's terminal summary; with ``min_coverage`` (0..1) too little of it
     fails the test. ``options`` (an ``ExploreOptions``), or its fields as keywords,
-    say what to explore.
+    say what to explore. A ``Choreography`` gets ``choreography_test_case``'s class.
     """
+    if isinstance(definition, Choreography):
+        from saga_fsm.testing._choreo_machine import choreography_test_case
+
+        return choreography_test_case(
+            definition,
+            options,
+            max_examples=max_examples,
+            steps=steps,
+            seed=seed,
+            min_coverage=min_coverage,
+            **keywords,
+        )
     chosen = explore_options(options, keywords)  # a bad option fails here, not in the test
     settings: dict[str, Any] = {"max_examples": max_examples, "steps": steps, "seed": seed}
 

@@ -27,15 +27,18 @@ import pytest
 if TYPE_CHECKING:
     from saga_fsm._clock import FakeClock
     from saga_fsm.stores import SnapshotStore
+    from saga_fsm.testing._choreo_machine import ChoreographyReport
     from saga_fsm.testing._explore import CheckReport
     from saga_fsm.testing._fixtures import StoreFactory
 
 DSN_VARIABLE = "SAGA_FSM_TEST_DSN"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-_REPORTS = pytest.StashKey[list[tuple[str, "CheckReport"]]]()
+_REPORTS = pytest.StashKey[list[tuple[str, "CheckReport | ChoreographyReport"]]]()
 
 
-def record_report(config: pytest.Config, nodeid: str, report: CheckReport) -> None:
+def record_report(
+    config: pytest.Config, nodeid: str, report: CheckReport | ChoreographyReport
+) -> None:
     """Keep a ``check`` report for the terminal summary."""
     config.stash.setdefault(_REPORTS, []).append((nodeid, report))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from saga_fsm import DefinitionError
 from saga_fsm.choreography import Choreography, Event, Move, expect, machine
@@ -46,6 +47,12 @@ def test_the_file_and_the_python_table_are_the_same_choreography() -> None:
 def test_json_loads_the_same(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     path.write_text(json.dumps(raw()))
+    assert load_choreography(str(path)) == order_choreography.choreography
+
+
+def test_yaml_loads_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw()))
     assert load_choreography(str(path)) == order_choreography.choreography
 
 

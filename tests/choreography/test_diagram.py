@@ -12,6 +12,7 @@ from saga_fsm.choreography._diagram import choreography_diagram, load_tracked_di
 from saga_fsm.examples.order_choreography import choreography
 from saga_fsm.stores import open_store
 from tests.choreography.test_tracker import ID, cli, follow, tracker
+from tests.diagrams._support import png_size
 
 REF = "saga_fsm.examples.order_choreography:choreography"
 
@@ -21,8 +22,8 @@ def test_every_row_is_an_edge_labelled_with_its_publisher_and_timer() -> None:
     assert "running_charging --> running_shipping : PaymentProcessed (payment) \u226430s" in text
     assert "running_charging --> compensating_PaymentFailed : PaymentFailed (payment)" in text
     assert (
-        "compensating_PaymentFailed --> compensated : InventoryReleased (inventory)"
-        "<br/>OrderFailed (orders)" in text
+        "compensating_PaymentFailed --> compensated : InventoryReleased (inventory) \u226430s"
+        "<br/>OrderFailed (orders) \u226430s" in text
     )
 
 
@@ -48,3 +49,17 @@ def test_an_instance_shows_its_path_and_where_it_is_stuck(tmp_path: Path) -> Non
     assert "stuck waiting for PaymentProcessed" in drawn.stdout
     whole = cli("diagram", REF, "--format", "mermaid", cwd=tmp_path)
     assert "PaymentProcessed (payment)" in whole.stdout
+
+
+def test_a_choreography_renders_as_png_and_svg(tmp_path: Path) -> None:
+    diagram = choreography_diagram(choreography)
+    svg = diagram.render("svg").decode()
+    assert svg.rstrip().endswith("</svg>")
+    for state in ("running:charging", "compensating:PaymentFailed", "compensated"):
+        assert f"<title>{state}</title>" in svg
+    assert "PaymentProcessed (payment)" in svg
+    width, height = png_size(diagram.render("png"))
+    assert width > 300 and height > 300
+    drawn = cli("diagram", REF, "-o", "order.png", cwd=tmp_path)
+    assert drawn.returncode == 0, drawn.stderr
+    assert png_size((tmp_path / "order.png").read_bytes())[0] > 300

@@ -180,6 +180,25 @@ def test_an_event_found_by_a_secondary_key_after_a_restart() -> None:
     asyncio.run(scenario())
 
 
+def test_a_duplicate_found_by_a_secondary_key_of_a_finished_instance_after_a_restart() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        t = tracker(store)
+        await follow(t, "OrderCreated", "InventoryReserved")
+        assert await deliver(t, event("PaymentProcessed", order_id="o1", payment_id="p1")) == "ack"
+        assert await deliver(t, event("ShipmentFailed", order_id="o1", payment_id="p1")) == "ack"
+        await follow(t, "InventoryReleased")
+        refunded = event("PaymentRefunded", payment_id="p1")
+        assert await deliver(t, refunded) == "ack"
+        assert (await store.load(ID)).state == "compensated"
+        restarted = tracker(store)
+        await restarted.load_index()
+        assert await deliver(restarted, refunded) == "ack"  # not held until dead-lettered
+        assert restarted.counts["duplicates"] == 1
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("publish", [False, True])
 def test_an_overdue_event_marks_the_instance_stuck_and_compensates_once_if_asked(
     publish: bool,
