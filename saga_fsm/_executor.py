@@ -8,7 +8,8 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -29,7 +30,10 @@ from saga_fsm._core import idempotency_key as key_of
 from saga_fsm._definition import SagaDefinition
 from saga_fsm._errors import (
     ConcurrencyConflict,
+    InvalidArgument,
     SagaError,
+    SagaLeased,
+    SagaNotFound,
     TransitionNotAllowed,
     UnknownDefinition,
 )
@@ -44,8 +48,11 @@ from saga_fsm._invoke import (
 )
 from saga_fsm._logging import bind_saga, bind_step, get_logger, unbind
 from saga_fsm._registry import Definitions, registry
-from saga_fsm._snapshot import Snapshot, replace
+from saga_fsm._remote import DEFAULT_REPLY_CHANNEL, remote_commands, reply_event, stale_reason
+from saga_fsm._snapshot import HistoryEntry, Snapshot, replace
+from saga_fsm.messaging._envelope import Message, check_channel
 from saga_fsm.observability._observer import NO_OBSERVER, Observer
+from saga_fsm.stores._outbox import OutboxMessage, OutboxStore
 from saga_fsm.stores._protocol import Lease, SagaStore
 
 log = get_logger("saga_fsm")
@@ -88,9 +95,12 @@ class SagaExecutor:
         worker_id: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         observer: Observer = NO_OBSERVER,
+        reply_channel: str = DEFAULT_REPLY_CHANNEL,
     ) -> None:
         seconds("lease_seconds", lease_seconds)
         self.store = store
+        self.reply_channel = check_channel(reply_channel)
+        self.reply_counts: Counter[str] = Counter()
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds = lease_seconds
@@ -133,9 +143,15 @@ class SagaExecutor:
         # instead of create + save. The row goes straight to "running" with its first
         # step marked running, which is what a separate start save would have stored.
         decision = decide(compiled, snapshot, Event.start(snapshot.created_at))
-        stored, created = await self.store.create(
-            decision.snapshot, decision.history, lease=self._lease()
-        )
+        outbox = remote_commands(compiled, decision.snapshot, decision.commands, self.reply_channel)
+        if outbox:
+            stored, created = await self.outbox_store().create(
+                decision.snapshot, decision.history, lease=self._lease(), outbox=outbox
+            )
+        else:
+            stored, created = await self.store.create(
+                decision.snapshot, decision.history, lease=self._lease()
+            )
         if not created:
             return await self.resume(stored.saga_id)
         self.observer.created(stored)
@@ -158,10 +174,13 @@ class SagaExecutor:
         self.observer.claimed(snapshot)
         return await self.drive(snapshot)
 
-    async def drive(self, snapshot: Snapshot, *, max_hold: float = float("inf")) -> Snapshot:
-        """Drive a saga whose lease this orchestrator holds. A retry back-off longer than
-        ``max_hold`` seconds is not waited out here: the wake-up time is stored, the
-        lease released, and whichever worker is free then picks the saga up."""
+    async def drive(
+        self, snapshot: Snapshot, *, max_hold: float = float("inf"), event: Event | None = None
+    ) -> Snapshot:
+        """Drive a saga whose lease this orchestrator holds, from ``event`` (a reply)
+        if given. A retry back-off longer than ``max_hold`` seconds is not waited out
+        here: the wake-up time is stored, the lease released, and whichever worker is
+        free then picks the saga up; so is a remote step's wait for its reply."""
         compiled = self.definitions.compiled_for(snapshot)
         self._leases.hold(snapshot.saga_id)
         context = bind_saga(
@@ -171,7 +190,9 @@ class SagaExecutor:
             traceparent=snapshot.traceparent,
         )
         try:
-            if snapshot.state == PENDING:
+            if event is not None:
+                snapshot, commands = await self._apply(compiled, snapshot, event, max_hold)
+            elif snapshot.state == PENDING:
                 snapshot, commands = await self._apply(
                     compiled, snapshot, Event.start(self.clock.now()), max_hold
                 )
@@ -200,7 +221,69 @@ class SagaExecutor:
                 with contextlib.suppress(SagaError):
                     await self.store.release(snapshot.saga_id, self.worker_id)
 
+    async def apply_reply(self, reply: Message) -> str:
+        """Apply a participant's reply to the saga it names and drive the saga on from
+        there. Returns what became of it: ``"applied"``; ``"stale"`` (an earlier
+        attempt's, a finished or unknown saga's: dropped, never applied); ``"busy"``
+        (a worker holds the saga's lease: deliver it again shortly). A payload that is
+        not a reply raises ``MessageDecodeError``."""
+        saga_id = reply.headers.saga_id
+        if saga_id is None or reply.headers.request_id is None:
+            return self._dropped(reply, "it names no saga or request")
+        if saga_id in self._leases.held:
+            return "busy"  # driven here right now: its lease would be taken from under it
+        try:
+            snapshot = await self.store.load(saga_id)
+        except SagaNotFound:
+            return self._dropped(reply, "no such saga")
+        why = stale_reason(snapshot, reply)
+        if why is not None:
+            return self._dropped(reply, why)
+        try:
+            snapshot = await self.store.acquire(
+                saga_id, self.worker_id, now=self.clock.now(), lease_seconds=self.lease_seconds
+            )
+        except SagaLeased:
+            return "busy"
+        why = stale_reason(snapshot, reply)
+        event = None if why is not None else reply_event(snapshot, reply, self.clock.now())
+        if event is None:
+            with contextlib.suppress(SagaError):
+                await self.store.release(saga_id, self.worker_id)
+            return self._dropped(reply, str(why))
+        self.reply_counts["applied"] += 1
+        self.observer.claimed(snapshot)
+        self.observer.attempt_finished(snapshot, event)
+        await self.drive(snapshot, event=event)
+        return "applied"
+
+    def _dropped(self, reply: Message, why: str) -> str:
+        self.reply_counts["stale"] += 1
+        log.info("reply %s for saga %s dropped: %s", reply.message_id, reply.headers.saga_id, why)
+        return "stale"
+
     # -- internals ------------------------------------------------------------------------
+    def outbox_store(self) -> OutboxStore:
+        if not isinstance(self.store, OutboxStore):
+            raise InvalidArgument(
+                f"{self.store!r} has no outbox: remote steps need a store with one"
+                " (memory, SQLite or PostgreSQL)"
+            )
+        return self.store
+
+    async def _save(
+        self,
+        snapshot: Snapshot,
+        history: Sequence[HistoryEntry],
+        expected_version: int,
+        outbox: Sequence[OutboxMessage],
+    ) -> Snapshot:
+        if outbox:
+            return await self.outbox_store().save(
+                snapshot, history, expected_version=expected_version, outbox=outbox
+            )
+        return await self.store.save(snapshot, history, expected_version=expected_version)
+
     def _lease_expiry(self) -> Any:
         return self.clock.now() + timedelta(seconds=self.lease_seconds)
 
@@ -221,10 +304,9 @@ class SagaExecutor:
             )
             # Written at the version the store gives it, so the store has no copy to make.
             decided = decision.snapshot.with_version(snapshot.version + 1)
+            outbox = remote_commands(compiled, decided, decision.commands, self.reply_channel)
             try:
-                saved = await self.store.save(
-                    decided, decision.history, expected_version=snapshot.version
-                )
+                saved = await self._save(decided, decision.history, snapshot.version, outbox)
                 if saved.due_at is None:
                     self._leases.forget(snapshot.saga_id)  # the store dropped the lease
                 self.observer.transitioned(snapshot, saved, decision.history)
@@ -263,6 +345,14 @@ class SagaExecutor:
                 return Event.retry_due(self.clock.now())
             if not isinstance(command, RunStep | RunCompensation):
                 continue
+            if command.request_id is not None:
+                # A remote call: its command is in the outbox. Its reply comes by message
+                # to any worker; until then nobody holds the saga, unless its deadline
+                # already passed, which is a timeout.
+                if command.deadline is not None and command.deadline <= self.clock.now():
+                    log.warning("saga %s: no reply from %s in time", snapshot.saga_id, command.step)
+                    return outcome_event(command, "timed_out", self.clock.now())
+                return None
             step = compiled.definition.steps[compiled.step_index[command.step]]
             fn, policy = callee(step, command)
             phase = "compensation" if isinstance(command, RunCompensation) else "step"
@@ -328,6 +418,11 @@ class _LeaseKeeper:
         if count > 1:
             self._held[saga_id] = count - 1
         return count > 0
+
+    @property
+    def held(self) -> set[str] | dict[str, int]:
+        """The sagas driven here right now."""
+        return self._held
 
     def forget(self, saga_id: str) -> None:
         """The lease was released by a write: stop renewing it now, not at ``drop``."""

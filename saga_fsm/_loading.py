@@ -77,6 +77,8 @@ class _StepSpec:
     timeout: float | None = None
     compensation_timeout: float | None = None
     read_only: bool = False
+    command: str | None = None
+    compensation_command: str | None = None
 
 
 @frozen
@@ -232,6 +234,8 @@ def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefin
                     timeout=step_spec.timeout,
                     compensation_timeout=step_spec.compensation_timeout,
                     read_only=step_spec.read_only,
+                    command=step_spec.command,
+                    compensation_command=step_spec.compensation_command,
                 )
             )
         except DefinitionError as err:

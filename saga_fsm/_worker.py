@@ -23,6 +23,7 @@ from saga_fsm._errors import InvalidArgument, SagaError, SnapshotDecodeError, St
 from saga_fsm._executor import SagaExecutor
 from saga_fsm._logging import get_logger
 from saga_fsm._snapshot import Snapshot
+from saga_fsm.messaging._protocol import Transport
 
 log = get_logger("saga_fsm.worker")
 
@@ -38,6 +39,11 @@ class Worker:
     ones release the lease, leaving the wake-up time in the store (a durable timer).
     When the store cannot be reached the worker backs off (doubling up to
     ``max_backoff`` seconds) and keeps trying: it never exits on an outage.
+
+    With a ``transport``, the worker also consumes the participants' replies to its
+    remote steps (on the executor's ``reply_channel``) and, unless ``relay`` is False,
+    runs an outbox relay publishing the commands of remote steps (``saga-fsm relay``
+    runs one alone).
 
     It logs (logger ``saga_fsm.worker``) a start line naming ``store_name`` (default:
     the store's repr, which never holds a password), the definitions it serves and its
@@ -55,6 +61,8 @@ class Worker:
         max_backoff: float = 5.0,
         summary_every: float = 10.0,
         store_name: str | None = None,
+        transport: Transport | None = None,
+        relay: bool = True,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument(f"concurrency must be at least 1, got {concurrency}")
@@ -69,6 +77,8 @@ class Worker:
         ):
             seconds(name, value)
         self.orchestrator = orchestrator
+        self.transport = transport
+        self.relay = relay
         self.summary_every = summary_every
         self.store_name = store_name if store_name is not None else repr(orchestrator.store)
         # Since the last summary: claimed, completed, compensated, failed.
@@ -104,6 +114,7 @@ class Worker:
             self.concurrency,
         )
         last_summary = time.monotonic()
+        messaging = self._messaging(stop)
         try:
             while not stop.is_set():
                 if time.monotonic() - last_summary >= self.summary_every:
@@ -151,8 +162,37 @@ class Worker:
                 await self._idle(stop)
         finally:
             await self._shutdown(grace)
+            for task in messaging:
+                # Given the stop signal too: they finish what they hold, then return
+                # (cancelled when the worker stopped for another reason).
+                if not stop.is_set():
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._summary()
         log.info("worker %s stopped", self.worker_id)
+
+    def _messaging(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        """The reply consumer and the relay, when the worker has a transport."""
+        if self.transport is None:
+            return []
+        from saga_fsm._replies import ReplyConsumer
+        from saga_fsm.messaging._relay import OutboxRelay
+
+        tasks = [
+            asyncio.create_task(
+                ReplyConsumer(self.orchestrator, self.transport, concurrency=self.concurrency).run(
+                    stop
+                )
+            )
+        ]
+        if self.relay:
+            store = self.orchestrator.outbox_store()
+            relay = OutboxRelay(
+                store, self.transport, self.worker_id, clock=self.orchestrator.clock
+            )
+            tasks.append(asyncio.create_task(relay.run(stop)))
+        return tasks
 
     def _summary(self) -> None:
         """One line of what happened since the last one; nothing when idle."""
