@@ -27,7 +27,8 @@ _STORE_FIELDS_OF_V1 = ("version", "lease_owner", "lease_expires_at")
 converter = make_converter(forbid_extra_keys=True)
 converter.register_unstructure_hook(datetime, datetime.isoformat)
 converter.register_structure_hook(datetime, lambda v, _: datetime.fromisoformat(v))
-# (Registered before Snapshot's hook, which is built with it.) A step record without a request id (a local step) encodes as before remote steps.
+# A step record without a request id (a local step) encodes as before remote steps
+# (registered before Snapshot's hook, which is built with it).
 converter.register_unstructure_hook(
     StepRecord,
     make_dict_unstructure_fn(StepRecord, converter, request_id=override(omit_if_default=True)),

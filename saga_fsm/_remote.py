@@ -75,7 +75,7 @@ def remote_commands(
 
 def awaited(snapshot: Snapshot) -> RunStep | RunCompensation | None:
     """The remote call the saga is waiting for, if it waits for one."""
-    status, step = split_state(snapshot.state)
+    step = split_state(snapshot.state)[1]
     if step is None:
         return None
     record = snapshot.step(step)

@@ -138,9 +138,10 @@ class Snapshot:
     @property
     def due_at(self) -> datetime | None:
         """When a worker without a lease on this saga should pick it up: at ``wake_at``
-        during a retry back-off or while a remote step waits for its reply, never once finished or parked, and otherwise now, ranked
-        by age (``created_at``), so that sagas already under way, such as those a dead
-        worker left behind, go before newer ones. Stores index it."""
+        during a retry back-off or while a remote step waits for its reply, never once
+        finished or parked, and otherwise now, ranked by age (``created_at``), so that
+        sagas already under way, such as those a dead worker left behind, go before
+        newer ones. Stores index it."""
         status, step = split_state(self.state)
         if status in TERMINAL_STATUSES:
             return None
