@@ -107,8 +107,9 @@ from saga_fsm.cli import (  # noqa: E402
     _inspect,
     _operate,
     _quarantine,
+    _relay,
     _run,
     _ui,
 )
 
-del _check, _demo, _diagram, _dlq, _inspect, _operate, _quarantine, _run, _ui
+del _check, _demo, _diagram, _dlq, _inspect, _operate, _quarantine, _relay, _run, _ui
