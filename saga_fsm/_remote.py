@@ -17,6 +17,7 @@ from saga_fsm._core import (
     Event,
     RunCompensation,
     RunStep,
+    idempotency_key,
     outcome_event,
 )
 from saga_fsm._flow import CompiledSaga
@@ -59,7 +60,9 @@ def remote_commands(
                 definition=snapshot.definition,
                 step=command.step,
                 attempt=command.attempt,
-                idempotency_key=command.idempotency_key,
+                # The step's key, for its compensation too: the participant files both
+                # under it, so that it can tell an undo from one that came first.
+                idempotency_key=idempotency_key(snapshot.saga_id, command.step),
                 request_id=command.request_id,
                 reply_channel=reply_channel,
                 correlation_id=snapshot.correlation_id,
