@@ -58,8 +58,10 @@ def inventory_reserve(command: Command) -> dict[str, Any]:
 
 
 def inventory_release(command: Command) -> None:
+    # Found by the step's idempotency key, not by the saga's data: when the reserve's
+    # reply was lost the saga never learnt the reservation id, yet it must be undone.
     tables.apply("inventory.release", command)
-    tables.reservations.pop(str(command.payload.get("reservation_id")), None)
+    tables.reservations.pop(f"res-{command.idempotency_key}", None)
 
 
 def payment_charge(command: Command) -> dict[str, Any]:
@@ -73,7 +75,7 @@ def payment_charge(command: Command) -> dict[str, Any]:
 
 def payment_refund(command: Command) -> None:
     tables.apply("payment.refund", command)
-    tables.charges.pop(str(command.payload.get("payment_id")), None)
+    tables.charges.pop(f"pay-{command.idempotency_key}", None)
 
 
 def shipping_ship(command: Command) -> dict[str, Any]:

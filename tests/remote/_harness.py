@@ -75,7 +75,12 @@ class Proxy:
 
 
 def replies_to(step: str) -> Callable[[Message], bool]:
-    return lambda m: m.kind is MessageKind.REPLY and m.headers.step == step
+    """Replies to the forward commands of ``step`` (not to its compensation's)."""
+    return lambda m: (
+        m.kind is MessageKind.REPLY
+        and m.headers.step == step
+        and ":compensate:" not in str(m.headers.request_id)
+    )
 
 
 @attrs.define(eq=False)
