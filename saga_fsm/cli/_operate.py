@@ -55,6 +55,7 @@ from saga_fsm.messaging import (
     check_channel,
     open_transport,
 )
+from saga_fsm.messaging._protocol import DEFAULT_ACK_WAIT
 from saga_fsm.observability._serve import MissingExtra, refresh_gauges, worker_observer
 from saga_fsm.stores import open_store
 from saga_fsm.stores.url import redact_url, url_scheme
@@ -203,6 +204,14 @@ def refuse_memory_store(store_url: str | None) -> None:
     help="The channel participants answer remote steps on.",
 )
 @click.option("--no-relay", is_flag=True, help="Leave the outbox to saga-fsm relay processes.")
+@click.option(
+    "--ack-wait",
+    type=FiniteFloat(min=0.1, max=MAX_LEASE_SECONDS),
+    default=DEFAULT_ACK_WAIT,
+    show_default=True,
+    help="Seconds a reply taken by a worker that died waits before another gets it"
+    " (database transports, NATS).",
+)
 def worker(
     refs: tuple[str, ...],
     store_url: str | None,
@@ -218,6 +227,7 @@ def worker(
     broker: str | None,
     reply_channel: str,
     no_relay: bool,
+    ack_wait: float,
 ) -> None:
     """Claim and run due sagas of the definitions REF... until SIGTERM or SIGINT, then
     exit 0.
@@ -256,7 +266,10 @@ def worker(
         while not stop.is_set():
             # The store may be down when the worker starts, too: wait for it, never exit.
             try:
-                async with open_store(url) as store, _maybe_transport(transport_url) as transport:
+                async with (
+                    open_store(url) as store,
+                    _maybe_transport(transport_url, ack_wait) as transport,
+                ):
                     orchestrator = Orchestrator(
                         store,
                         definitions,
@@ -295,11 +308,11 @@ def worker(
 
 
 @contextlib.asynccontextmanager
-async def _maybe_transport(url: str | None) -> AsyncIterator[Transport | None]:
+async def _maybe_transport(url: str | None, ack_wait: float) -> AsyncIterator[Transport | None]:
     if url is None:
         yield None
         return
-    async with open_transport(url) as transport:
+    async with open_transport(url, ack_wait=ack_wait) as transport:
         yield transport
 
 

@@ -33,15 +33,20 @@ class Tables:
     charges: dict[str, int] = field(factory=dict)
     shipments: dict[str, str] = field(factory=dict)
     applied: Counter[str] = field(factory=Counter)
+    order: list[str] = field(factory=list)
+    """``operation:key`` of every effect, in the order they were applied."""
 
     def apply(self, operation: str, command: Command) -> None:
-        self.applied[f"{operation}:{command.idempotency_key}"] += 1
+        effect = f"{operation}:{command.idempotency_key}"
+        self.applied[effect] += 1
+        self.order.append(effect)
 
     def clear(self) -> None:
         self.reservations.clear()
         self.charges.clear()
         self.shipments.clear()
         self.applied.clear()
+        self.order.clear()
 
 
 tables = Tables()
