@@ -101,6 +101,9 @@ class SagaExecutor:
         self.store = store
         self.reply_channel = check_channel(reply_channel)
         self.reply_counts: Counter[str] = Counter()
+        # Set whenever this executor wrote outbox rows: an in-process relay publishes
+        # them at once instead of at its next poll.
+        self.outbox_written = asyncio.Event()
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds = lease_seconds
@@ -148,6 +151,7 @@ class SagaExecutor:
             stored, created = await self.outbox_store().create(
                 decision.snapshot, decision.history, lease=self._lease(), outbox=outbox
             )
+            self.outbox_written.set()
         else:
             stored, created = await self.store.create(
                 decision.snapshot, decision.history, lease=self._lease()
@@ -279,9 +283,11 @@ class SagaExecutor:
         outbox: Sequence[OutboxMessage],
     ) -> Snapshot:
         if outbox:
-            return await self.outbox_store().save(
+            saved = await self.outbox_store().save(
                 snapshot, history, expected_version=expected_version, outbox=outbox
             )
+            self.outbox_written.set()
+            return saved
         return await self.store.save(snapshot, history, expected_version=expected_version)
 
     def _lease_expiry(self) -> Any:

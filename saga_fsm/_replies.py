@@ -20,8 +20,8 @@ from saga_fsm.messaging._protocol import Delivery, Subscription, Transport
 log = get_logger("saga_fsm.worker")
 
 _RECENT = 10_000  # reply ids remembered for deduplication
-_BUSY_TRIES = 40  # a saga another driver holds is tried again this often, here...
-_BUSY_PAUSE = 0.025  # ...this far apart (doubling up to 0.5 s) before the reply goes back
+_BUSY_TRIES = 60  # a saga another driver holds is tried again this often, here...
+_BUSY_PAUSE = 0.002  # ...this far apart (doubling up to 0.5 s) before the reply goes back
 _MAX_BACKOFF = 5.0
 
 

@@ -12,21 +12,37 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
 
 from saga_fsm._client import SagaClient
 from saga_fsm._executor import SagaExecutor
+from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm._worker import Worker
 from saga_fsm.cli._render import console, state_text
 from saga_fsm.examples import order_remote, order_services
 from saga_fsm.messaging import open_transport
+from saga_fsm.observability._observer import Observer
 from saga_fsm.participant import MemoryInbox
 from saga_fsm.stores import open_store
 from saga_fsm.stores.url import redact_url, url_scheme
 
-_POLL = 0.1
+
+class _Finished(Observer):
+    """Notes each saga's final state as the executor writes it: no polling the store."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, str] = {}
+        self.changed = asyncio.Event()
+
+    def transitioned(
+        self, before: Snapshot, after: Snapshot, history: Sequence[HistoryEntry]
+    ) -> None:
+        if after.is_terminal:
+            self.states[after.saga_id] = after.state
+            self.changed.set()
 
 
 def order(seed: int, n: int) -> dict[str, Any]:
@@ -56,7 +72,8 @@ async def run_remote_demo(
         open_store(store_url) as store,
         open_transport(broker or embedded_broker(store_url)) as transport,
     ):
-        executor = SagaExecutor(store, [definition])
+        finished = _Finished()
+        executor = SagaExecutor(store, [definition], observer=finished)
         worker = Worker(executor, concurrency=concurrency, poll_interval=0.05, transport=transport)
         serving = [
             asyncio.create_task(worker.run(stop, grace=5.0)),
@@ -74,14 +91,10 @@ async def run_remote_demo(
                 definition_ref="saga_fsm.examples.order_remote:definition",
             )
             waiting = {s.saga_id for s in started}
-            states: Counter[str] = Counter()
-            while waiting:
-                await asyncio.sleep(_POLL)
-                for saga_id in list(waiting):
-                    snapshot = await store.load(saga_id)
-                    if snapshot.is_terminal:
-                        states[snapshot.state] += 1
-                        waiting.discard(saga_id)
+            while not waiting <= finished.states.keys():
+                finished.changed.clear()
+                await finished.changed.wait()
+            states = Counter(finished.states[saga_id] for saga_id in waiting)
         finally:
             stop.set()
             await asyncio.gather(*serving)
