@@ -189,7 +189,11 @@ class Worker:
         if self.relay:
             store = self.orchestrator.outbox_store()
             relay = OutboxRelay(
-                store, self.transport, self.worker_id, clock=self.orchestrator.clock
+                store,
+                self.transport,
+                self.worker_id,
+                clock=self.orchestrator.clock,
+                wake=self.orchestrator.outbox_written,
             )
             tasks.append(asyncio.create_task(relay.run(stop)))
         return tasks
