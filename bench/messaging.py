@@ -188,10 +188,37 @@ async def saga_run(url: str, prefix: str, sagas: int, concurrency: int) -> dict[
         finally:
             stop.set()
             await asyncio.gather(*tasks)
+    await _forget(url, [f"{prefix}.{c}{n}" for c in ("do", "undo") for n in range(3)], prefix)
     line["sagas"] = line.pop("round_trips")
     line["sagas_per_s"] = line.pop("round_trips_per_s")
     line["cpu_ms_per_saga"] = line.pop("cpu_ms_per_round_trip")
     return line
+
+
+async def _forget(url: str, channels: list[str], prefix: str) -> None:
+    """Delete what the saga run left on a shared broker (its queues, its stream)."""
+    scheme = url.partition(":")[0].lower()
+    if scheme == "amqp":
+        import aio_pika
+
+        from saga_fsm.messaging.rabbitmq import dead_queue
+
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            for name in [*channels, f"{prefix}.replies"]:
+                for queue in (name, dead_queue(name)):
+                    await channel.queue_delete(queue)
+    elif scheme == "nats":
+        import nats
+
+        from saga_fsm.messaging.jetstream import stream_name
+
+        client = await nats.connect(url)
+        try:
+            await client.jetstream().delete_stream(stream_name(prefix))
+        finally:
+            await client.close()
 
 
 # -- floors: the raw client libraries ------------------------------------------------------
