@@ -127,7 +127,8 @@ class SagaExecutor:
         idempotency_key: str | None = None,
         definition_ref: str | None = None,
     ) -> Snapshot:
-        """Start an instance and drive it here until it is finished or parked."""
+        """Start an instance and drive it here until it is finished, parked, or waiting
+        for a remote step's reply (which a ``Worker`` with a transport applies)."""
         compiled = self.definitions.register(definition)
         snapshot = new_saga(
             self.definitions,

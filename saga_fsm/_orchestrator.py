@@ -52,7 +52,13 @@ class Orchestrator(SagaExecutor):
             observer=observer,
             reply_channel=reply_channel,
         )
-        self.client = SagaClient(store, self.definitions, clock=self.clock, observer=observer)
+        self.client = SagaClient(
+            store,
+            self.definitions,
+            clock=self.clock,
+            observer=observer,
+            reply_channel=reply_channel,
+        )
 
     def register(self, definition: SagaDefinition) -> CompiledSaga:
         return self.definitions.register(definition)

@@ -34,3 +34,11 @@ def test_a_bad_reply_channel_is_refused_before_anything_runs() -> None:
     )
     assert done.exit_code == 2
     assert "--reply-channel" in done.output
+
+
+def test_run_points_a_saga_with_remote_steps_at_start_and_worker() -> None:
+    done = CliRunner().invoke(
+        main, ["run", "saga_fsm.examples.order_remote:definition", "--store", "memory://"]
+    )
+    assert done.exit_code == 2
+    assert "has remote steps" in done.output and "saga-fsm worker" in done.output

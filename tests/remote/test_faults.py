@@ -215,3 +215,31 @@ def test_headers_name_the_saga_step_attempt_and_where_to_answer() -> None:
         assert command.payload == ORDER | {"order_id": "o-7"}
 
     scenario(lambda m: "deliver", body)
+
+
+def test_a_cancel_starts_a_remote_compensation_through_the_outbox() -> None:
+    def lose_forward(m: Message) -> Verdict:
+        return "drop" if replies_to("reserve_inventory")(m) else "deliver"
+
+    slow = RetryPolicy(max_attempts=3, initial_interval=60, max_interval=60)
+
+    async def body(run: Any, proxy: Proxy) -> None:
+        saga_id = await run.start(ORDER)
+        for _ in range(200):  # the reply is lost: the step times out, a retry waits
+            if (await run.store.load(saga_id)).step("reserve_inventory").status.value == (
+                "timed_out"
+            ):
+                break
+            await asyncio.sleep(0.02)
+        cancelled = await run.client.cancel(saga_id)
+        assert cancelled.state == "compensating:reserve_inventory"
+        [final] = await run.finished([saga_id])
+        assert final.state == "compensated"
+        sent = [m.channel for m in proxy.seen if m.kind is MessageKind.COMMAND]
+        assert sent == ["inventory.reserve", "inventory.release"]
+
+    scenario(lose_forward, body, saga(retry=slow))
+    assert sorted(k.split(":")[0] for k in order_services.tables.applied) == [
+        "inventory.release",
+        "inventory.reserve",
+    ]
