@@ -251,16 +251,23 @@ class SagaExecutor:
         except SagaLeased:
             return "busy"
         why = stale_reason(snapshot, reply)
-        event = None if why is not None else reply_event(snapshot, reply, self.clock.now())
+        try:
+            event = None if why is not None else reply_event(snapshot, reply, self.clock.now())
+        except SagaError:
+            await self._let_go(saga_id)  # not a reply: a poison message, not the saga's
+            raise
         if event is None:
-            with contextlib.suppress(SagaError):
-                await self.store.release(saga_id, self.worker_id)
+            await self._let_go(saga_id)
             return self._dropped(reply, str(why))
         self.reply_counts["applied"] += 1
         self.observer.claimed(snapshot)
         self.observer.attempt_finished(snapshot, event)
         await self.drive(snapshot, event=event)
         return "applied"
+
+    async def _let_go(self, saga_id: str) -> None:
+        with contextlib.suppress(SagaError):
+            await self.store.release(saga_id, self.worker_id)
 
     def _dropped(self, reply: Message, why: str) -> str:
         self.reply_counts["stale"] += 1

@@ -243,3 +243,32 @@ def test_a_cancel_starts_a_remote_compensation_through_the_outbox() -> None:
         "inventory.release",
         "inventory.reserve",
     ]
+
+
+def test_a_reply_that_is_not_one_goes_to_the_dead_letters_and_frees_the_saga() -> None:
+    def hold(m: Message) -> Verdict:
+        return "hold" if replies_to("reserve_inventory")(m) else "deliver"
+
+    async def body(run: Any, proxy: Proxy) -> None:
+        saga_id = await run.start(ORDER)
+        for _ in range(200):
+            if proxy.held:
+                break
+            await asyncio.sleep(0.02)
+        [real] = proxy.held
+        poison = attrs.evolve(real, payload={"outcome": "maybe"}, message_id="poison-1")
+        await proxy.inner.publish(poison)
+        dead = proxy.inner.dead_letters
+        for _ in range(200):
+            if await dead.list("saga_fsm.replies"):
+                break
+            await asyncio.sleep(0.02)
+        [letter] = await dead.list("saga_fsm.replies")
+        assert letter.message_id == "poison-1" and "not a reply" in letter.reason
+        assert await run.store.lease(saga_id) is None  # nobody holds the saga for it
+        proxy.decide = lambda m: "deliver"
+        await proxy.release()
+        [final] = await run.finished([saga_id])
+        assert final.state == "completed"
+
+    scenario(hold, body)
