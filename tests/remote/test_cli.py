@@ -42,3 +42,35 @@ def test_run_points_a_saga_with_remote_steps_at_start_and_worker() -> None:
     )
     assert done.exit_code == 2
     assert "has remote steps" in done.output and "saga-fsm worker" in done.output
+
+
+def test_check_explores_the_remote_example_with_its_participant() -> None:
+    done = CliRunner().invoke(
+        main,
+        [
+            "check",
+            "saga_fsm.examples.order_remote:definition",
+            "--participant",
+            "saga_fsm.examples.order_services:participant",
+            "--max-examples",
+            "10",
+            "--seed",
+            "1",
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    assert "every property holds" in done.output
+
+
+def test_check_refuses_a_participant_that_is_not_one() -> None:
+    done = CliRunner().invoke(
+        main,
+        [
+            "check",
+            "saga_fsm.examples.order_remote:definition",
+            "--participant",
+            "saga_fsm.examples.order_services:tables",
+        ],
+    )
+    assert done.exit_code == 2
+    assert "not a Participant" in done.output
