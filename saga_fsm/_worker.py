@@ -179,6 +179,13 @@ class Worker:
         from saga_fsm._replies import ReplyConsumer
         from saga_fsm.messaging._relay import OutboxRelay
 
+        log.info(
+            "worker %s: replies on %s over the %s transport%s",
+            self.worker_id,
+            self.orchestrator.reply_channel,
+            self.transport.name,
+            ", relaying the outbox" if self.relay else "",
+        )
         tasks = [
             asyncio.create_task(
                 ReplyConsumer(self.orchestrator, self.transport, concurrency=self.concurrency).run(
