@@ -59,6 +59,7 @@ log = get_logger("saga_fsm")
 
 _CONFLICT_RETRIES = 5
 DEFAULT_LEASE_SECONDS = 30.0
+_HAND_BACK_WAIT = 1.0  # seconds a reply waits for this process to hand its saga back
 
 
 class _LeaseLost(Exception):
@@ -104,6 +105,7 @@ class SagaExecutor:
         # Set whenever this executor wrote outbox rows: an in-process relay publishes
         # them at once instead of at its next poll.
         self.outbox_written = asyncio.Event()
+        self._leaving: dict[str, asyncio.Event] = {}
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds = lease_seconds
@@ -218,13 +220,21 @@ class SagaExecutor:
             return snapshot
         finally:
             unbind(context)
-            held = self._leases.drop(snapshot.saga_id)
-            if held:
-                # Interrupted (shutdown, store outage) or handed back to wait for a timer:
-                # let another worker take over as soon as the saga is due. (A write that
-                # finished the saga dropped the lease already: not held any more.)
-                with contextlib.suppress(SagaError):
-                    await self.store.release(snapshot.saga_id, self.worker_id)
+            saga_id = snapshot.saga_id
+            # A reply for this saga waits until the lease is given back (see apply_reply).
+            leaving = self._leaving.setdefault(saga_id, asyncio.Event())
+            try:
+                held = self._leases.drop(saga_id)
+                if held:
+                    # Interrupted (shutdown, store outage) or handed back to wait for a
+                    # timer or a reply: let another worker take over as soon as the saga
+                    # is due. (A write that finished the saga dropped the lease already.)
+                    with contextlib.suppress(SagaError):
+                        await self.store.release(saga_id, self.worker_id)
+            finally:
+                if saga_id not in self._leases.held:
+                    self._leaving.pop(saga_id, None)
+                    leaving.set()
 
     async def apply_reply(self, reply: Message) -> str:
         """Apply a participant's reply to the saga it names and drive the saga on from
@@ -235,8 +245,14 @@ class SagaExecutor:
         saga_id = reply.headers.saga_id
         if saga_id is None or reply.headers.request_id is None:
             return self._dropped(reply, "it names no saga or request")
-        if saga_id in self._leases.held:
-            return "busy"  # driven here right now: its lease would be taken from under it
+        if saga_id in self._leases.held or saga_id in self._leaving:
+            # Driven here right now (most often: it just sent the command this answers
+            # and is handing the saga back): wait for that, briefly.
+            leaving = self._leaving.setdefault(saga_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(leaving.wait(), _HAND_BACK_WAIT)
+            if saga_id in self._leases.held or saga_id in self._leaving:
+                return "busy"
         try:
             snapshot = await self.store.load(saga_id)
         except SagaNotFound:
