@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import click
 from rich.table import Table
 
 from saga_fsm._client import SagaClient
@@ -120,4 +121,13 @@ def remote_demo(store_url: str, broker: str | None, sagas: int, seed: int, concu
         f" {replies['duplicate']} duplicate; effects applied twice: {twice}"
     )
     console.print(f"{sagas} sagas in {elapsed:.2f}s ({sagas / elapsed:.0f} sagas/s)")
+    if url_scheme(store_url) != "memory":
+        # Plain text, never wrapped: these lines are meant to be pasted.
+        ref = "saga_fsm.examples.order_remote:definition"
+        click.echo(
+            "Try next:\n"
+            "  saga-fsm ls --definition order_fulfillment_remote\n"
+            f"  saga-fsm diagram {ref} -o remote.png\n"
+            f"  saga-fsm check {ref} --participant saga_fsm.examples.order_services:participant"
+        )
     return sum(n for state, n in states.items() if state not in ("completed", "compensated"))
