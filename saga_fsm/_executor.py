@@ -240,8 +240,9 @@ class SagaExecutor:
         """Apply a participant's reply to the saga it names and drive the saga on from
         there. Returns what became of it: ``"applied"``; ``"stale"`` (an earlier
         attempt's, a finished or unknown saga's: dropped, never applied); ``"busy"``
-        (a worker holds the saga's lease: deliver it again shortly). A payload that is
-        not a reply raises ``MessageDecodeError``."""
+        (a worker holds the saga's lease: deliver it again shortly); ``"foreign"`` (a
+        definition this executor does not serve: for another worker). A payload that
+        is not a reply raises ``MessageDecodeError``."""
         saga_id = reply.headers.saga_id
         if saga_id is None or reply.headers.request_id is None:
             return self._dropped(reply, "it names no saga or request")
@@ -260,6 +261,10 @@ class SagaExecutor:
         why = stale_reason(snapshot, reply)
         if why is not None:
             return self._dropped(reply, why)
+        try:
+            self.definitions.compiled_for(snapshot)
+        except UnknownDefinition:
+            return "foreign"  # a worker that serves its definition takes it
         try:
             snapshot = await self.store.acquire(
                 saga_id, self.worker_id, now=self.clock.now(), lease_seconds=self.lease_seconds

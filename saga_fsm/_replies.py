@@ -98,6 +98,10 @@ class ReplyConsumer:
                 log.warning("reply %s: %s; delivering it again", message.message_id, err)
                 await delivery.nack(1.0)
                 return
+            if outcome == "foreign":
+                counts["foreign"] += 1
+                await delivery.nack(0.1)
+                return
             if outcome != "busy":
                 break
             await asyncio.sleep(pause)

@@ -10,10 +10,14 @@ from typing import Any
 
 import attrs
 
+from saga_fsm._client import SagaClient
 from saga_fsm._definition import RetryPolicy, SagaDefinition, Step, StepKind
+from saga_fsm._executor import SagaExecutor
+from saga_fsm._worker import Worker
 from saga_fsm.examples import order_services
 from saga_fsm.messaging import Message, MessageKind
 from saga_fsm.messaging.memory import MemoryTransport
+from saga_fsm.participant import MemoryInbox
 from saga_fsm.stores import MemoryStore
 from tests.remote._harness import Proxy, Verdict, replies_to, running
 
@@ -272,3 +276,44 @@ def test_a_reply_that_is_not_one_goes_to_the_dead_letters_and_frees_the_saga() -
         assert final.state == "completed"
 
     scenario(hold, body)
+
+
+def test_workers_serving_other_definitions_share_one_reply_channel() -> None:
+    order_services.tables.clear()
+    reserve = saga()
+    ship = SagaDefinition(
+        "remote_shipping", [Step("ship", command="shipping.ship", kind=StepKind.PIVOT, timeout=5)]
+    )
+
+    async def go() -> None:
+        store, transport = MemoryStore(), MemoryTransport()
+        executors = [
+            SagaExecutor(store, [reserve], lease_seconds=5),
+            SagaExecutor(store, [ship], lease_seconds=5),
+        ]
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(Worker(e, transport=transport, poll_interval=0.02).run(stop))
+            for e in executors
+        ]
+        tasks.append(
+            asyncio.create_task(
+                order_services.participant.serve(transport, MemoryInbox(), stop=stop)
+            )
+        )
+        try:
+            client = SagaClient(store, [reserve, ship])
+            ids = [(await client.start(d, ORDER)).saga_id for d in (reserve, ship) * 4]
+            for _ in range(500):
+                finals = [await store.load(i) for i in ids]
+                if all(f.is_terminal for f in finals):
+                    break
+                await asyncio.sleep(0.02)
+            assert [f.state for f in finals] == ["completed"] * 8
+            # Each reply was applied by the worker serving its saga, once.
+            assert sum(e.reply_counts["applied"] for e in executors) == 4 * 3
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+    asyncio.run(go())
