@@ -206,7 +206,7 @@ async def _forget(url: str, channels: list[str], prefix: str) -> None:
         connection = await aio_pika.connect(url)
         async with connection:
             channel = await connection.channel()
-            for name in [*channels, f"{prefix}.replies"]:
+            for name in [*channels, f"{prefix}.replies.bench_remote"]:
                 for queue in (name, dead_queue(name)):
                     await channel.queue_delete(queue)
     elif scheme == "nats":

@@ -29,7 +29,15 @@ from saga_fsm.messaging._reply import Outcome, reply_from_payload
 from saga_fsm.stores._outbox import OutboxMessage
 
 DEFAULT_REPLY_CHANNEL = "saga_fsm.replies"
-"""Where participants answer unless a worker names another reply channel."""
+"""The base of the reply channels unless a worker names another (see ``reply_channel_for``)."""
+
+
+def reply_channel_for(base: str, definition: str) -> str:
+    """Where participants answer a definition's commands: ``base.<definition>`` (dots
+    in the name become ``_``), so that workers serving other definitions, competing on
+    their own channels, never take these replies."""
+    return f"{base}.{definition.replace('.', '_')}"
+
 
 _COMMAND_IDS = uuid.UUID("3b0f5d0e-8f5c-4c8e-9a55-0d6f2b7e4c19")
 
@@ -40,10 +48,12 @@ def command_id(request_id: str) -> str:
 
 
 def remote_commands(
-    compiled: CompiledSaga, snapshot: Snapshot, commands: tuple[Command, ...], reply_channel: str
+    compiled: CompiledSaga, snapshot: Snapshot, commands: tuple[Command, ...], reply_base: str
 ) -> list[OutboxMessage]:
-    """The outbox rows of a decision: one per remote step or compensation it starts."""
+    """The outbox rows of a decision: one per remote step or compensation it starts,
+    answered on ``reply_channel_for(reply_base, definition)``."""
     rows = []
+    reply_channel = reply_channel_for(reply_base, snapshot.definition)
     for command in commands:
         if not isinstance(command, RunStep | RunCompensation) or command.request_id is None:
             continue

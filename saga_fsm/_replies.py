@@ -14,6 +14,7 @@ from collections import OrderedDict
 from saga_fsm._errors import SagaError
 from saga_fsm._executor import SagaExecutor
 from saga_fsm._logging import get_logger
+from saga_fsm._remote import reply_channel_for
 from saga_fsm.messaging._errors import MessageDecodeError, TransportError
 from saga_fsm.messaging._protocol import Delivery, Subscription, Transport
 
@@ -26,7 +27,8 @@ _MAX_BACKOFF = 5.0
 
 
 class ReplyConsumer:
-    """Consumes ``executor.reply_channel`` on ``transport`` and applies each reply."""
+    """Consumes the executor's reply channels on ``transport`` (one per definition it
+    serves) and applies each reply."""
 
     def __init__(self, executor: SagaExecutor, transport: Transport, *, concurrency: int) -> None:
         self.executor = executor
@@ -34,17 +36,35 @@ class ReplyConsumer:
         self.concurrency = concurrency
         self._recent: OrderedDict[str, None] = OrderedDict()
 
+    def channels(self) -> list[str]:
+        """One reply channel per definition served (every version shares it)."""
+        base = self.executor.reply_channel
+        return sorted({reply_channel_for(base, name) for name, _ in self.executor.served})
+
     async def run(self, stop: asyncio.Event) -> None:
-        subscription: Subscription | None = None
         slots = asyncio.Semaphore(self.concurrency)
         running: set[asyncio.Task[None]] = set()
+        try:
+            await asyncio.gather(*(self._consume(c, stop, slots, running) for c in self.channels()))
+        finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _consume(
+        self,
+        channel: str,
+        stop: asyncio.Event,
+        slots: asyncio.Semaphore,
+        running: set[asyncio.Task[None]],
+    ) -> None:
+        subscription: Subscription | None = None
         backoff = 0.1
         try:
             while not stop.is_set():
                 try:
                     if subscription is None:
                         subscription = await self.transport.subscribe(
-                            self.executor.reply_channel, prefetch=self.concurrency
+                            channel, prefetch=self.concurrency
                         )
                     await slots.acquire()
                     try:
@@ -53,7 +73,7 @@ class ReplyConsumer:
                         slots.release()
                         raise
                 except TransportError as err:
-                    log.warning("replies: %s; again in %.1fs", err, backoff)
+                    log.warning("replies on %s: %s; again in %.1fs", channel, err, backoff)
                     await _wait(stop, backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF)
                     continue
@@ -65,8 +85,6 @@ class ReplyConsumer:
                 running.add(task)
                 task.add_done_callback(running.discard)
         finally:
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
             if subscription is not None:
                 with contextlib.suppress(SagaError):
                     await subscription.close()

@@ -41,7 +41,8 @@ class Worker:
     ``max_backoff`` seconds) and keeps trying: it never exits on an outage.
 
     With a ``transport``, the worker also consumes the participants' replies to its
-    remote steps (on the executor's ``reply_channel``) and, unless ``relay`` is False,
+    remote steps (on ``reply_channel.<definition>`` for each definition it serves) and,
+    unless ``relay`` is False,
     runs an outbox relay publishing the commands of remote steps (``saga-fsm relay``
     runs one alone).
 
@@ -179,20 +180,15 @@ class Worker:
         from saga_fsm._replies import ReplyConsumer
         from saga_fsm.messaging._relay import OutboxRelay
 
+        consumer = ReplyConsumer(self.orchestrator, self.transport, concurrency=self.concurrency)
         log.info(
             "worker %s: replies on %s over the %s transport%s",
             self.worker_id,
-            self.orchestrator.reply_channel,
+            ", ".join(consumer.channels()),
             self.transport.name,
             ", relaying the outbox" if self.relay else "",
         )
-        tasks = [
-            asyncio.create_task(
-                ReplyConsumer(self.orchestrator, self.transport, concurrency=self.concurrency).run(
-                    stop
-                )
-            )
-        ]
+        tasks = [asyncio.create_task(consumer.run(stop))]
         if self.relay:
             store = self.orchestrator.outbox_store()
             relay = OutboxRelay(

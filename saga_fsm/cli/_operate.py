@@ -201,7 +201,7 @@ def refuse_memory_store(store_url: str | None) -> None:
     "--reply-channel",
     default=DEFAULT_REPLY_CHANNEL,
     show_default=True,
-    help="The channel participants answer remote steps on.",
+    help="Participants answer remote steps on REPLY_CHANNEL.<definition>.",
 )
 @click.option("--no-relay", is_flag=True, help="Leave the outbox to saga-fsm relay processes.")
 @click.option(

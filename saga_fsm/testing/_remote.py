@@ -138,9 +138,10 @@ class Participants:
             )
             return command.reply(reply_to_payload(ReplyBody(outcome))), False, None
         before, errors = len(self.ran), len(self.raised)
+        channel = str(command.headers.reply_channel)
         # The broker stores an id once; a reply answered again from the inbox must show.
-        self.transport.broker.seen.pop(REPLY_CHANNEL, None)
-        replies = await self.transport.subscribe(REPLY_CHANNEL)
+        self.transport.broker.seen.pop(channel, None)
+        replies = await self.transport.subscribe(channel)
         try:
             settled = _Settled()
             await participant.handle(

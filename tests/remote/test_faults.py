@@ -212,7 +212,7 @@ def test_headers_name_the_saga_step_attempt_and_where_to_answer() -> None:
             "attempt": 1,
             "idempotency_key": f"{saga_id}:reserve_inventory",
             "request_id": f"{saga_id}:reserve_inventory:1",
-            "reply_channel": "saga_fsm.replies",
+            "reply_channel": "saga_fsm.replies.remote_order",
             "correlation_id": None,
             "traceparent": None,
         }
@@ -264,10 +264,10 @@ def test_a_reply_that_is_not_one_goes_to_the_dead_letters_and_frees_the_saga() -
         await proxy.inner.publish(poison)
         dead = proxy.inner.dead_letters
         for _ in range(200):
-            if await dead.list("saga_fsm.replies"):
+            if await dead.list("saga_fsm.replies.remote_order"):
                 break
             await asyncio.sleep(0.02)
-        [letter] = await dead.list("saga_fsm.replies")
+        [letter] = await dead.list("saga_fsm.replies.remote_order")
         assert letter.message_id == "poison-1" and "not a reply" in letter.reason
         assert await run.store.lease(saga_id) is None  # nobody holds the saga for it
         proxy.decide = lambda m: "deliver"

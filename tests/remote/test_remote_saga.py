@@ -47,7 +47,7 @@ def test_orders_end_completed_or_compensated_on_every_transport(
         "payment.charge",
         "payment.refund",
         "shipping.ship",
-        "replies",
+        "replies.order_fulfillment_remote",
     ):
         broker.channel(name)  # so that the broker's clean-up deletes them
     definition = order_remote.remote_definition(prefix)
