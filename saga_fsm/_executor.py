@@ -292,6 +292,7 @@ class SagaExecutor:
 
     def _dropped(self, reply: Message, why: str) -> str:
         self.reply_counts["stale"] += 1
+        self.observer.reply_dropped(reply, why)
         log.info("reply %s for saga %s dropped: %s", reply.message_id, reply.headers.saga_id, why)
         return "stale"
 

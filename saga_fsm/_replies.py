@@ -103,6 +103,7 @@ class ReplyConsumer:
         counts = self.executor.reply_counts
         if message.message_id in self._recent:
             counts["duplicate"] += 1
+            self.executor.observer.reply_dropped(message, "a duplicate")
             await delivery.ack()
             return
         pause = _BUSY_PAUSE

@@ -199,6 +199,39 @@ def test_replies_out_of_order_apply_only_the_current_attempt() -> None:
     assert held and max(order_services.tables.applied.values()) == 1
 
 
+def test_dropped_replies_are_counted_in_the_metrics() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from saga_fsm.observability.metrics import SagaMetrics
+
+    registry = CollectorRegistry()
+    metrics = SagaMetrics(registry)
+
+    async def go() -> None:
+        proxy = Proxy(
+            MemoryTransport(), lambda m: "twice" if m.kind is MessageKind.REPLY else "deliver"
+        )
+        store = MemoryStore()
+        executor = SagaExecutor(store, [saga()], observer=metrics)
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(Worker(executor, transport=proxy, poll_interval=0.02).run(stop)),
+            asyncio.create_task(order_services.participant.serve(proxy, MemoryInbox(), stop=stop)),
+        ]
+        try:
+            saga_id = (await SagaClient(store, [saga()]).start(saga(), ORDER)).saga_id
+            for _ in range(300):
+                if (await store.load(saga_id)).is_terminal and executor.reply_counts["stale"] == 2:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+    asyncio.run(go())
+    assert registry.get_sample_value("saga_fsm_stale_replies_total") == 2
+
+
 def test_headers_name_the_saga_step_attempt_and_where_to_answer() -> None:
     async def body(run: Any, proxy: Proxy) -> None:
         saga_id = await run.start(ORDER | {"order_id": "o-7"})
