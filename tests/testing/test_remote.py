@@ -101,3 +101,14 @@ def test_a_handler_that_crashes_is_reported() -> None:
     assert report.counterexample is not None
     assert report.counterexample.invariant == "actions_fail_only_on_purpose"
     assert "KeyError" in report.counterexample.reason
+
+
+def test_scenarios_script_remote_steps_too() -> None:
+    from saga_fsm.testing import scenario, step
+
+    result = (
+        scenario(reserve_only())
+        .when(step("reserve_inventory").times_out())
+        .expect(state="compensated", compensations=["reserve_inventory"])
+    )
+    assert result.run.endswith("reserve_inventory reply (attempt 1) dropped")
