@@ -10,7 +10,14 @@ table queue woken by NOTIFY) and ``transport`` (the same round trips through
 ``saga_fsm.messaging``: envelope, dead-letter checks, settlement). A round trip is: the
 client publishes a command, a responder in the same process receives it, publishes the
 reply and acks, the client receives the reply and acks. ``--concurrency`` round trips
-are in flight at once. Later: the saga path (3 remote steps) beside these.
+are in flight at once.
+
+Then ``saga`` (unless ``--sagas 0``): whole sagas of 3 remote steps, ``--concurrency`` in
+flight, through the executor, the outbox (written with each transition), the relay,
+the participant SDK (inbox included) and the reply consumer; the saga store is the
+transport's own database on PostgreSQL and SQLite, memory otherwise. Its
+``ratio_to_floor`` compares sagas/s with a third of the floor's round trips/s (a
+saga is three round trips).
 """
 
 from __future__ import annotations
@@ -116,6 +123,102 @@ async def transport_run(url: str, prefix: str, total: int, concurrency: int) -> 
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await transport.close()
+
+
+# -- whole sagas: 3 remote steps ----------------------------------------------------------
+
+
+async def saga_run(url: str, prefix: str, sagas: int, concurrency: int) -> dict[str, Any]:
+    from saga_fsm import SagaDefinition, SagaExecutor, Step, Worker
+    from saga_fsm.observability._observer import Observer
+    from saga_fsm.participant import MemoryInbox, Participant
+    from saga_fsm.stores import MemoryStore, open_store
+
+    definition = SagaDefinition(
+        "bench_remote",
+        [
+            Step(
+                f"step{n}",
+                command=f"{prefix}.do{n}",
+                compensation_command=f"{prefix}.undo{n}",
+                timeout=60,
+            )
+            for n in range(3)
+        ],
+    )
+    participant = Participant("bench")
+    for n in range(3):
+        participant.handles(f"{prefix}.do{n}")(lambda command: {"done": True})
+        participant.handles(f"{prefix}.undo{n}", compensates=f"{prefix}.do{n}")(lambda c: None)
+    done: dict[str, asyncio.Future[None]] = {}
+
+    class Finished(Observer):
+        def transitioned(self, before: Any, after: Any, history: Any) -> None:
+            future = done.pop(after.saga_id, None) if after.is_terminal else None
+            if future is not None:
+                future.set_result(None)
+
+    scheme = url.partition(":")[0].lower()
+    embedded = scheme in ("sqlite", "postgresql", "postgres")
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(url)) if embedded else MemoryStore()
+        transport = await connect_transport(url)
+        stack.push_async_callback(transport.close)
+        executor = SagaExecutor(
+            store, [definition], observer=Finished(), reply_channel=f"{prefix}.replies"
+        )
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(
+                Worker(executor, transport=transport, concurrency=concurrency).run(stop)
+            ),
+            asyncio.create_task(
+                participant.serve(transport, MemoryInbox(), stop=stop, concurrency=concurrency)
+            ),
+        ]
+
+        async def one() -> None:
+            saga_id = uuid.uuid4().hex
+            done[saga_id] = future = asyncio.get_running_loop().create_future()
+            await executor.run(definition, {"sku": "A-1"}, saga_id=saga_id)
+            await future
+
+        try:
+            line = await measure("saga", transport.name, one, sagas, concurrency)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+    await _forget(url, [f"{prefix}.{c}{n}" for c in ("do", "undo") for n in range(3)], prefix)
+    line["sagas"] = line.pop("round_trips")
+    line["sagas_per_s"] = line.pop("round_trips_per_s")
+    line["cpu_ms_per_saga"] = line.pop("cpu_ms_per_round_trip")
+    return line
+
+
+async def _forget(url: str, channels: list[str], prefix: str) -> None:
+    """Delete what the saga run left on a shared broker (its queues, its stream)."""
+    scheme = url.partition(":")[0].lower()
+    if scheme == "amqp":
+        import aio_pika
+
+        from saga_fsm.messaging.rabbitmq import dead_queue
+
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            for name in [*channels, f"{prefix}.replies.bench_remote"]:
+                for queue in (name, dead_queue(name)):
+                    await channel.queue_delete(queue)
+    elif scheme == "nats":
+        import nats
+
+        from saga_fsm.messaging.jetstream import stream_name
+
+        client = await nats.connect(url)
+        try:
+            await client.jetstream().delete_stream(stream_name(prefix))
+        finally:
+            await client.close()
 
 
 # -- floors: the raw client libraries ------------------------------------------------------
@@ -313,7 +416,7 @@ def schema_url(dsn: str, schema: str) -> str:
     return f"{dsn}{glue}options={quote(f'-csearch_path={schema}')}"
 
 
-async def bench(url: str, total: int, concurrency: int) -> None:
+async def bench(url: str, total: int, concurrency: int, sagas: int) -> None:
     scheme = url.partition(":")[0].lower()
     prefix = f"bench{secrets.token_hex(4)}"
     floor: dict[str, Any] | None = None
@@ -329,6 +432,13 @@ async def bench(url: str, total: int, concurrency: int) -> None:
     if floor is not None:
         line["ratio_to_floor"] = round(line["round_trips_per_s"] / floor["round_trips_per_s"], 3)
     _common.emit(**line)
+    if sagas:
+        whole = await saga_run(url, f"{prefix}s", sagas, concurrency)
+        if floor is not None:
+            whole["ratio_to_floor"] = round(
+                whole["sagas_per_s"] / (floor["round_trips_per_s"] / 3), 3
+            )
+        _common.emit(**whole)
 
 
 def main() -> None:
@@ -336,6 +446,7 @@ def main() -> None:
     parser.add_argument("--broker", required=True, metavar="URL")
     parser.add_argument("--round-trips", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--sagas", type=int, default=500, help="0: no saga workload")
     args = parser.parse_args()
     url = args.broker
     if url.partition(":")[0].lower() in ("postgresql", "postgres"):
@@ -344,12 +455,14 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         try:
-            asyncio.run(bench(schema_url(url, schema), args.round_trips, args.concurrency))
+            asyncio.run(
+                bench(schema_url(url, schema), args.round_trips, args.concurrency, args.sagas)
+            )
         finally:
             with psycopg.connect(url, autocommit=True) as admin:
                 admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
     else:
-        asyncio.run(bench(url, args.round_trips, args.concurrency))
+        asyncio.run(bench(url, args.round_trips, args.concurrency, args.sagas))
 
 
 if __name__ == "__main__":

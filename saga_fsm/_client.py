@@ -14,8 +14,10 @@ from saga_fsm._definition import SagaDefinition
 from saga_fsm._errors import ConcurrencyConflict, InvalidArgument
 from saga_fsm._fingerprint import fingerprint
 from saga_fsm._registry import Definitions, registry
+from saga_fsm._remote import DEFAULT_REPLY_CHANNEL, remote_commands
 from saga_fsm._snapshot import Snapshot, replace
 from saga_fsm.observability._observer import NO_OBSERVER, Observer
+from saga_fsm.stores._outbox import OutboxStore
 from saga_fsm.stores._protocol import SnapshotStore
 
 _CONFLICT_RETRIES = 5
@@ -77,8 +79,11 @@ class SagaClient:
         *,
         clock: Clock | None = None,
         observer: Observer = NO_OBSERVER,
+        reply_channel: str = DEFAULT_REPLY_CHANNEL,
     ) -> None:
         self.store = store
+        self.reply_channel = reply_channel
+        """Where participants answer a remote compensation an operator's request starts."""
         self.definitions = registry(definitions)
         self.clock: Clock = clock or SystemClock()
         self.observer = observer  # tracing, metrics, alerts: see saga_fsm.observability
@@ -162,11 +167,26 @@ class SagaClient:
         compiled = self.definitions.compiled_for(snapshot)
         for _ in range(_CONFLICT_RETRIES):
             decision = decide(compiled, snapshot, event)
+            # A cancel or retry may start a remote compensation: its command goes in the
+            # outbox with the transition, as a worker's would.
+            outbox = remote_commands(
+                compiled, decision.snapshot, decision.commands, self.reply_channel
+            )
             try:
                 # A save leaves the lease as it is: an operator does not drive.
-                saved = await self.store.save(
-                    decision.snapshot, decision.history, expected_version=snapshot.version
-                )
+                if outbox:
+                    if not isinstance(self.store, OutboxStore):
+                        raise InvalidArgument(f"{self.store!r} has no outbox for remote steps")
+                    saved = await self.store.save(
+                        decision.snapshot,
+                        decision.history,
+                        expected_version=snapshot.version,
+                        outbox=outbox,
+                    )
+                else:
+                    saved = await self.store.save(
+                        decision.snapshot, decision.history, expected_version=snapshot.version
+                    )
             except ConcurrencyConflict:
                 snapshot = await self.store.load(saga_id)
                 continue

@@ -27,6 +27,12 @@ _STORE_FIELDS_OF_V1 = ("version", "lease_owner", "lease_expires_at")
 converter = make_converter(forbid_extra_keys=True)
 converter.register_unstructure_hook(datetime, datetime.isoformat)
 converter.register_structure_hook(datetime, lambda v, _: datetime.fromisoformat(v))
+# A step record without a request id (a local step) encodes as before remote steps
+# (registered before Snapshot's hook, which is built with it).
+converter.register_unstructure_hook(
+    StepRecord,
+    make_dict_unstructure_fn(StepRecord, converter, request_id=override(omit_if_default=True)),
+)
 # ``Snapshot.version`` is the store's column, handed back with the snapshot: not encoded.
 # A snapshot without a trace context or a fingerprint encodes exactly as before those
 # fields existed (and those written before decode, as unpinned: see Snapshot).
@@ -111,6 +117,10 @@ def _fingerprint(value: str | None) -> str:
     return "" if value is None else f'"definition_fingerprint":{_STR(value)},'
 
 
+def _request_id(value: str | None) -> str:
+    return "" if value is None else f'"request_id":{_STR(value)},'
+
+
 def _error(error: ErrorInfo | None) -> str:
     if error is None:
         return "null"
@@ -144,7 +154,9 @@ def _step_text(r: StepRecord) -> str:
         f'{{"attempts":{int(r.attempts)},'
         f'"compensation_attempts":{int(r.compensation_attempts)},'
         f'"deadline":{_time(r.deadline)},"error":{_error(r.error)},'
-        f'"finished_at":{_time(r.finished_at)},"name":{_STR(r.name)},"result":{result},'
+        f'"finished_at":{_time(r.finished_at)},"name":{_STR(r.name)},'
+        f"{_request_id(r.request_id)}"
+        f'"result":{result},'
         f'"started_at":{_time(r.started_at)},"status":{_STR(r.status.value)}}}'
     )
 

@@ -90,6 +90,8 @@ class RunStep:
     attempt: int
     idempotency_key: str
     deadline: datetime | None
+    request_id: str | None = None
+    """Set for a remote step: its command is in the outbox, its reply names this id."""
 
 
 @frozen
@@ -98,6 +100,7 @@ class RunCompensation:
     attempt: int
     idempotency_key: str
     deadline: datetime | None
+    request_id: str | None = None
 
 
 @frozen
@@ -159,6 +162,12 @@ class Decision:
 
 def idempotency_key(saga_id: str, step: str, *, compensation: bool = False) -> str:
     return f"{saga_id}:{step}:compensate" if compensation else f"{saga_id}:{step}"
+
+
+def request_id(saga_id: str, step: str, attempt: int, *, compensation: bool = False) -> str:
+    """The id of one attempt of a remote step or compensation: derived, so a decision
+    made twice (a lost race, a replay) names the same request."""
+    return f"{idempotency_key(saga_id, step, compensation=compensation)}:{attempt}"
 
 
 def new_snapshot(
@@ -294,48 +303,54 @@ class _Scratch:
         step, record = self._step(row), self.steps[row]
         attempts_left = step.retry.allows_attempt(record.attempts)
         deadline = self._deadline(step.timeout)
+        saga_id, attempt = self.snapshot.saga_id, record.attempts + 1
+        request = None if step.command is None else request_id(saga_id, step.name, attempt)
         self._move(
             row,
             "run",
             attempts_left=attempts_left,
-            attempts=record.attempts + 1,
+            attempts=attempt,
             started_at=self.event.at,
             finished_at=None,
             deadline=deadline,
+            request_id=request,
         )
         self.wake_at = deadline
-        if step.action is None:
+        if not step.has_action:
             # "create pending / reject" shape: the forward work happened at start.
             self.auto_advance = True
             return
         self.commands.append(
-            RunStep(
-                step.name,
-                record.attempts + 1,
-                idempotency_key(self.snapshot.saga_id, step.name),
-                deadline,
-            )
+            RunStep(step.name, attempt, idempotency_key(saga_id, step.name), deadline, request)
         )
 
     def run_compensation(self, ev: EventData) -> None:
         row = self._row(_dest(ev))
         step, record = self._step(row), self.steps[row]
         attempt = record.compensation_attempts + 1
-        deadline = self._deadline(step.compensation_timeout)
+        deadline = self._deadline(step.remote_compensation_timeout)
+        saga_id = self.snapshot.saga_id
+        request = (
+            None
+            if step.compensation_command is None
+            else request_id(saga_id, step.name, attempt, compensation=True)
+        )
         self._move(
             row,
             "compensate",
             attempts_left=step.compensation_retry.allows_attempt(record.compensation_attempts),
             compensation_attempts=attempt,
             deadline=deadline,
+            request_id=request,
         )
         self.wake_at = deadline
         self.commands.append(
             RunCompensation(
                 step.name,
                 attempt,
-                idempotency_key(self.snapshot.saga_id, step.name, compensation=True),
+                idempotency_key(saga_id, step.name, compensation=True),
                 deadline,
+                request,
             )
         )
 
@@ -514,14 +529,15 @@ def outstanding(compiled: CompiledSaga | SagaDefinition, snapshot: Snapshot) -> 
         return (Finish(snapshot.state),) if snapshot.is_terminal else ()
     record = snapshot.steps[compiled.step_index[step]]
     if status is SagaStatus.RUNNING and record.status is StepStatus.RUNNING:
-        return (
-            RunStep(
-                step, record.attempts, idempotency_key(snapshot.saga_id, step), record.deadline
-            ),
-        )
+        key = idempotency_key(snapshot.saga_id, step)
+        return (RunStep(step, record.attempts, key, record.deadline, record.request_id),)
     if status is SagaStatus.COMPENSATING and record.status is StepStatus.COMPENSATING:
         key = idempotency_key(snapshot.saga_id, step, compensation=True)
-        return (RunCompensation(step, record.compensation_attempts, key, record.deadline),)
+        return (
+            RunCompensation(
+                step, record.compensation_attempts, key, record.deadline, record.request_id
+            ),
+        )
     if snapshot.wake_at is not None:
         return (ScheduleWake(snapshot.wake_at),)
     return ()

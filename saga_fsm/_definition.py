@@ -14,6 +14,8 @@ from attrs import Factory, field, frozen
 from saga_fsm._errors import DefinitionError
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+# The same rule as saga_fsm.messaging.check_channel (the core does not import messaging).
+_CHANNEL = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
 
 class StepKind(StrEnum):
@@ -138,6 +140,13 @@ class Step:
     A step may have no compensation only when it is ``read_only`` (nothing to undo), a
     pivot, or retriable. A step may have only a compensation (no action): the "create
     pending / reject" shape, where the forward work happened when the saga was started.
+
+    A remote step names a ``command`` channel instead of an ``action`` (and a
+    ``compensation_command`` instead of a ``compensation``): the command is sent through
+    the saga store's outbox and the saga waits, durably and with no lease held, for the
+    participant's reply until ``timeout`` (the compensation until
+    ``compensation_timeout``, else ``timeout``). A remote step needs a timeout: a reply
+    that never comes is a timeout, never a saga stuck for ever.
     """
 
     name: str
@@ -153,6 +162,8 @@ class Step:
     """The action and compensation are SQL in the saga store's own database: each runs
     inside the transaction that writes its outcome, so its writes commit exactly once,
     together with the transition, or not at all (see ``ctx.connection``)."""
+    command: str | None = None
+    compensation_command: str | None = None
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -182,16 +193,17 @@ class Step:
             )
         _positive("step", "timeout", self.timeout, allow_none=True)
         _positive("step", "compensation_timeout", self.compensation_timeout, allow_none=True)
-        if self.action is None and self.compensation is None:
+        self._validate_remote()
+        if not self.has_action and not self.compensable:
             raise DefinitionError("a step needs an action, a compensation, or both", field="action")
         if self.kind is StepKind.COMPENSABLE:
-            if self.compensation is None and not self.read_only:
+            if not self.compensable and not self.read_only:
                 raise DefinitionError(
                     "a compensable step needs a compensation (set read_only=True when there is"
                     " nothing to undo)",
                     field="compensation",
                 )
-            if self.compensation is not None and self.read_only:
+            if self.compensable and self.read_only:
                 raise DefinitionError(
                     "a read_only step has nothing to undo, yet has a compensation",
                     field="compensation",
@@ -211,17 +223,70 @@ class Step:
                 step=self.name,
                 field="retry",
             )
-        if self.kind is not StepKind.COMPENSABLE and self.compensation is not None:
+        if self.kind is not StepKind.COMPENSABLE and self.compensable:
+            which = "compensation" if self.compensation is not None else "compensation_command"
             raise DefinitionError(
-                f"a {self.kind.value} step is never compensated, so it cannot have a compensation",
-                field="compensation",
+                f"a {self.kind.value} step is never compensated, so it cannot have a {which}",
+                field=which,
             )
-        if self.kind is not StepKind.COMPENSABLE and self.action is None:
-            raise DefinitionError(f"a {self.kind.value} step needs an action", field="action")
+        if self.kind is not StepKind.COMPENSABLE and not self.has_action:
+            raise DefinitionError(
+                f"a {self.kind.value} step needs an action or a command", field="action"
+            )
+
+    def _validate_remote(self) -> None:
+        for local, remote in (("action", "command"), ("compensation", "compensation_command")):
+            channel = getattr(self, remote)
+            if channel is None:
+                continue
+            if getattr(self, local) is not None:
+                raise DefinitionError(
+                    f"a step is either local ({local}) or remote ({remote}), not both",
+                    field=remote,
+                )
+            if not isinstance(channel, str) or not _CHANNEL.match(channel) or len(channel) > 200:
+                raise DefinitionError(
+                    "must be a channel name: dot-separated tokens of letters, digits, '_'"
+                    f" and '-', got {channel!r}",
+                    field=remote,
+                )
+        if self.transactional and (self.command or self.compensation_command):
+            raise DefinitionError(
+                "a remote step cannot be transactional: its work commits in another service",
+                field="transactional",
+            )
+        if self.command is not None and self.timeout is None:
+            raise DefinitionError(
+                "a remote step needs a timeout: a reply that never comes must time out",
+                field="timeout",
+            )
+        if self.compensation_command is not None and self.remote_compensation_timeout is None:
+            raise DefinitionError(
+                "a remote compensation needs compensation_timeout (or timeout)",
+                field="compensation_timeout",
+            )
+
+    @property
+    def has_action(self) -> bool:
+        """Whether the step does something going forward (locally or remotely)."""
+        return self.action is not None or self.command is not None
 
     @property
     def compensable(self) -> bool:
-        return self.compensation is not None
+        return self.compensation is not None or self.compensation_command is not None
+
+    @property
+    def remote(self) -> bool:
+        """Whether any part of the step runs in another service."""
+        return self.command is not None or self.compensation_command is not None
+
+    @property
+    def remote_compensation_timeout(self) -> float | None:
+        """How long a compensation waits: ``compensation_timeout``, and for a remote
+        compensation ``timeout`` when that is not set (it must wait for something)."""
+        if self.compensation_timeout is not None or self.compensation_command is None:
+            return self.compensation_timeout
+        return self.timeout
 
 
 def _steps_tuple(steps: Iterable[Step]) -> tuple[Step, ...]:

@@ -8,7 +8,8 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +31,10 @@ from saga_fsm._core import idempotency_key as key_of
 from saga_fsm._definition import SagaDefinition
 from saga_fsm._errors import (
     ConcurrencyConflict,
+    InvalidArgument,
     SagaError,
+    SagaLeased,
+    SagaNotFound,
     TransitionNotAllowed,
     UnknownDefinition,
 )
@@ -45,15 +49,19 @@ from saga_fsm._invoke import (
 )
 from saga_fsm._logging import bind_saga, bind_step, get_logger, unbind
 from saga_fsm._registry import Definitions, registry
-from saga_fsm._snapshot import Snapshot, replace
+from saga_fsm._remote import DEFAULT_REPLY_CHANNEL, remote_commands, reply_event, stale_reason
+from saga_fsm._snapshot import HistoryEntry, Snapshot, replace
 from saga_fsm._transactional import Applied, require_transactions, transact
+from saga_fsm.messaging._envelope import Message, check_channel
 from saga_fsm.observability._observer import NO_OBSERVER, Observer
+from saga_fsm.stores._outbox import OutboxMessage, OutboxStore
 from saga_fsm.stores._protocol import Lease, SagaStore
 
 log = get_logger("saga_fsm")
 
 _CONFLICT_RETRIES = 5
 DEFAULT_LEASE_SECONDS = 30.0
+_HAND_BACK_WAIT = 1.0  # seconds a reply waits for this process to hand its saga back
 
 
 class _LeaseLost(Exception):
@@ -90,9 +98,16 @@ class SagaExecutor:
         worker_id: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         observer: Observer = NO_OBSERVER,
+        reply_channel: str = DEFAULT_REPLY_CHANNEL,
     ) -> None:
         seconds("lease_seconds", lease_seconds)
         self.store = store
+        self.reply_channel = check_channel(reply_channel)
+        self.reply_counts: Counter[str] = Counter()
+        # Set whenever this executor wrote outbox rows: an in-process relay publishes
+        # them at once instead of at its next poll.
+        self.outbox_written = asyncio.Event()
+        self._leaving: dict[str, asyncio.Event] = {}
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds = lease_seconds
@@ -124,7 +139,8 @@ class SagaExecutor:
         idempotency_key: str | None = None,
         definition_ref: str | None = None,
     ) -> Snapshot:
-        """Start an instance and drive it here until it is finished or parked.
+        """Start an instance and drive it here until it is finished, parked, or waiting
+        for a remote step's reply (which a ``Worker`` with a transport applies).
         ``definition`` may be a registered name: its newest version, or ``version``."""
         definition = chosen(self.definitions, definition, version)
         compiled = self.definitions.register(definition)
@@ -146,9 +162,16 @@ class SagaExecutor:
         # instead of create + save. The row goes straight to "running" with its first
         # step marked running, which is what a separate start save would have stored.
         decision = decide(compiled, snapshot, Event.start(snapshot.created_at))
-        stored, created = await self.store.create(
-            decision.snapshot, decision.history, lease=self._lease()
-        )
+        outbox = remote_commands(compiled, decision.snapshot, decision.commands, self.reply_channel)
+        if outbox:
+            stored, created = await self.outbox_store().create(
+                decision.snapshot, decision.history, lease=self._lease(), outbox=outbox
+            )
+            self.outbox_written.set()
+        else:
+            stored, created = await self.store.create(
+                decision.snapshot, decision.history, lease=self._lease()
+            )
         if not created:
             return await self.resume(stored.saga_id)
         self.observer.created(stored)
@@ -171,10 +194,13 @@ class SagaExecutor:
         self.observer.claimed(snapshot)
         return await self.drive(snapshot)
 
-    async def drive(self, snapshot: Snapshot, *, max_hold: float = float("inf")) -> Snapshot:
-        """Drive a saga whose lease this orchestrator holds. A retry back-off longer than
-        ``max_hold`` seconds is not waited out here: the wake-up time is stored, the
-        lease released, and whichever worker is free then picks the saga up."""
+    async def drive(
+        self, snapshot: Snapshot, *, max_hold: float = float("inf"), event: Event | None = None
+    ) -> Snapshot:
+        """Drive a saga whose lease this orchestrator holds, from ``event`` (a reply)
+        if given. A retry back-off longer than ``max_hold`` seconds is not waited out
+        here: the wake-up time is stored, the lease released, and whichever worker is
+        free then picks the saga up; so is a remote step's wait for its reply."""
         try:
             compiled = self.definitions.compiled_for(snapshot)
         except UnknownDefinition:
@@ -191,22 +217,24 @@ class SagaExecutor:
             traceparent=snapshot.traceparent,
         )
         try:
-            if snapshot.state == PENDING:
+            if event is not None:
+                snapshot, commands = await self._apply(compiled, snapshot, event, max_hold)
+            elif snapshot.state == PENDING:
                 snapshot, commands = await self._apply(
                     compiled, snapshot, Event.start(self.clock.now()), max_hold
                 )
             else:
                 commands = outstanding(compiled, snapshot)
             while True:
-                event = await self._act(compiled, snapshot, commands, max_hold)
-                if event is None:
+                outcome = await self._act(compiled, snapshot, commands, max_hold)
+                if outcome is None:
                     return snapshot
-                if isinstance(event, tuple):  # a transactional step saved its own outcome
-                    snapshot, commands = event
+                if isinstance(outcome, tuple):  # a transactional step saved its own outcome
+                    snapshot, commands = outcome
                     continue
-                if event.step is not None:
-                    self.observer.attempt_finished(snapshot, event)
-                snapshot, commands = await self._apply(compiled, snapshot, event, max_hold)
+                if outcome.step is not None:
+                    self.observer.attempt_finished(snapshot, outcome)
+                snapshot, commands = await self._apply(compiled, snapshot, outcome, max_hold)
         except _LeaseLost as lost:
             self.observer.lease_lost(lost.snapshot)
             owner = lost.lease.owner if lost.lease else None
@@ -215,13 +243,81 @@ class SagaExecutor:
             return snapshot
         finally:
             unbind(context)
-            held = self._leases.drop(snapshot.saga_id)
-            if held:
-                # Interrupted (shutdown, store outage) or handed back to wait for a timer:
-                # let another worker take over as soon as the saga is due. (A write that
-                # finished the saga dropped the lease already: not held any more.)
-                with contextlib.suppress(SagaError):
-                    await self.store.release(snapshot.saga_id, self.worker_id)
+            saga_id = snapshot.saga_id
+            # A reply for this saga waits until the lease is given back (see apply_reply).
+            leaving = self._leaving.setdefault(saga_id, asyncio.Event())
+            try:
+                held = self._leases.drop(saga_id)
+                if held:
+                    # Interrupted (shutdown, store outage) or handed back to wait for a
+                    # timer or a reply: let another worker take over as soon as the saga
+                    # is due. (A write that finished the saga dropped the lease already.)
+                    with contextlib.suppress(SagaError):
+                        await self.store.release(saga_id, self.worker_id)
+            finally:
+                if saga_id not in self._leases.held:
+                    self._leaving.pop(saga_id, None)
+                    leaving.set()
+
+    async def apply_reply(self, reply: Message) -> str:
+        """Apply a participant's reply to the saga it names and drive the saga on from
+        there. Returns what became of it: ``"applied"``; ``"stale"`` (an earlier
+        attempt's, a finished or unknown saga's: dropped, never applied); ``"busy"``
+        (a worker holds the saga's lease: deliver it again shortly); ``"foreign"`` (a
+        definition this executor does not serve: for another worker). A payload that
+        is not a reply raises ``MessageDecodeError``."""
+        saga_id = reply.headers.saga_id
+        if saga_id is None or reply.headers.request_id is None:
+            return self._dropped(reply, "it names no saga or request")
+        if saga_id in self._leases.held or saga_id in self._leaving:
+            # Driven here right now (most often: it just sent the command this answers
+            # and is handing the saga back): wait for that, briefly.
+            leaving = self._leaving.setdefault(saga_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(leaving.wait(), _HAND_BACK_WAIT)
+            if saga_id in self._leases.held or saga_id in self._leaving:
+                return "busy"
+        try:
+            snapshot = await self.store.load(saga_id)
+        except SagaNotFound:
+            return self._dropped(reply, "no such saga")
+        why = stale_reason(snapshot, reply)
+        if why is not None:
+            return self._dropped(reply, why)
+        try:
+            self.definitions.compiled_for(snapshot)
+        except UnknownDefinition:
+            return "foreign"  # a worker that serves its definition takes it
+        try:
+            snapshot = await self.store.acquire(
+                saga_id, self.worker_id, now=self.clock.now(), lease_seconds=self.lease_seconds
+            )
+        except SagaLeased:
+            return "busy"
+        why = stale_reason(snapshot, reply)
+        try:
+            event = None if why is not None else reply_event(snapshot, reply, self.clock.now())
+        except SagaError:
+            await self._let_go(saga_id)  # not a reply: a poison message, not the saga's
+            raise
+        if event is None:
+            await self._let_go(saga_id)
+            return self._dropped(reply, str(why))
+        self.reply_counts["applied"] += 1
+        self.observer.claimed(snapshot)
+        self.observer.attempt_finished(snapshot, event)
+        await self.drive(snapshot, event=event)
+        return "applied"
+
+    async def _let_go(self, saga_id: str) -> None:
+        with contextlib.suppress(SagaError):
+            await self.store.release(saga_id, self.worker_id)
+
+    def _dropped(self, reply: Message, why: str) -> str:
+        self.reply_counts["stale"] += 1
+        self.observer.reply_dropped(reply, why)
+        log.info("reply %s for saga %s dropped: %s", reply.message_id, reply.headers.saga_id, why)
+        return "stale"
 
     # -- internals ------------------------------------------------------------------------
     def _check(self, compiled: CompiledSaga) -> None:
@@ -229,6 +325,29 @@ class SagaExecutor:
         if key not in self._checked:
             require_transactions(self.store, compiled.definition)
             self._checked.add(key)
+
+    def outbox_store(self) -> OutboxStore:
+        if not isinstance(self.store, OutboxStore):
+            raise InvalidArgument(
+                f"{self.store!r} has no outbox: remote steps need a store with one"
+                " (memory, SQLite or PostgreSQL)"
+            )
+        return self.store
+
+    async def _save(
+        self,
+        snapshot: Snapshot,
+        history: Sequence[HistoryEntry],
+        expected_version: int,
+        outbox: Sequence[OutboxMessage],
+    ) -> Snapshot:
+        if outbox:
+            saved = await self.outbox_store().save(
+                snapshot, history, expected_version=expected_version, outbox=outbox
+            )
+            self.outbox_written.set()
+            return saved
+        return await self.store.save(snapshot, history, expected_version=expected_version)
 
     def _lease_expiry(self) -> Any:
         return self.clock.now() + timedelta(seconds=self.lease_seconds)
@@ -247,10 +366,9 @@ class SagaExecutor:
             release = self._releases(decision, max_hold)
             # Written at the version the store gives it, so the store has no copy to make.
             decided = decision.snapshot.with_version(snapshot.version + 1)
+            outbox = remote_commands(compiled, decided, decision.commands, self.reply_channel)
             try:
-                saved = await self.store.save(
-                    decided, decision.history, expected_version=snapshot.version
-                )
+                saved = await self._save(decided, decision.history, snapshot.version, outbox)
             except ConcurrencyConflict:
                 snapshot = await self._reload_if_ours(snapshot.saga_id)
                 try:
@@ -307,6 +425,14 @@ class SagaExecutor:
                 return Event.retry_due(self.clock.now())
             if not isinstance(command, RunStep | RunCompensation):
                 continue
+            if command.request_id is not None:
+                # A remote call: its command is in the outbox. Its reply comes by message
+                # to any worker; until then nobody holds the saga, unless its deadline
+                # already passed, which is a timeout.
+                if command.deadline is not None and command.deadline <= self.clock.now():
+                    log.warning("saga %s: no reply from %s in time", snapshot.saga_id, command.step)
+                    return outcome_event(command, "timed_out", self.clock.now())
+                return None
             step = compiled.definition.steps[compiled.step_index[command.step]]
             fn, policy = callee(step, command)
             phase = "compensation" if isinstance(command, RunCompensation) else "step"
@@ -374,6 +500,11 @@ class _LeaseKeeper:
         if count > 1:
             self._held[saga_id] = count - 1
         return count > 0
+
+    @property
+    def held(self) -> set[str] | dict[str, int]:
+        """The sagas driven here right now."""
+        return self._held
 
     def forget(self, saga_id: str) -> None:
         """The lease was released by a write: stop renewing it now, not at ``drop``."""

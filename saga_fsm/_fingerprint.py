@@ -40,6 +40,10 @@ def table_of(compiled: CompiledSaga) -> dict[str, Any]:
                 "compensable": step.compensable,
                 "read_only": step.read_only,
                 "type": type(step).__name__,
+                # Only when set, so the tables of local steps keep the fingerprints
+                # they had before remote and transactional steps existed.
+                **({"remote": True} if step.command or step.compensation_command else {}),
+                **({"transactional": True} if step.transactional else {}),
             }
             for step in compiled.definition.steps
         ],

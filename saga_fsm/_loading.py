@@ -78,6 +78,8 @@ class _StepSpec:
     compensation_timeout: float | None = None
     read_only: bool = False
     transactional: bool = False
+    command: str | None = None
+    compensation_command: str | None = None
 
 
 @frozen
@@ -234,6 +236,8 @@ def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefin
                     compensation_timeout=step_spec.compensation_timeout,
                     read_only=step_spec.read_only,
                     transactional=step_spec.transactional,
+                    command=step_spec.command,
+                    compensation_command=step_spec.compensation_command,
                 )
             )
         except DefinitionError as err:

@@ -14,6 +14,7 @@ from saga_fsm._definition import SagaDefinition
 from saga_fsm._executor import DEFAULT_LEASE_SECONDS, SagaExecutor, default_worker_id
 from saga_fsm._flow import CompiledSaga
 from saga_fsm._registry import Definitions
+from saga_fsm._remote import DEFAULT_REPLY_CHANNEL
 from saga_fsm._snapshot import Snapshot
 from saga_fsm.observability._observer import NO_OBSERVER, Observer
 from saga_fsm.stores._protocol import SagaStore
@@ -40,6 +41,7 @@ class Orchestrator(SagaExecutor):
         worker_id: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         observer: Observer = NO_OBSERVER,
+        reply_channel: str = DEFAULT_REPLY_CHANNEL,
     ) -> None:
         super().__init__(
             store,
@@ -48,8 +50,15 @@ class Orchestrator(SagaExecutor):
             worker_id=worker_id,
             lease_seconds=lease_seconds,
             observer=observer,
+            reply_channel=reply_channel,
         )
-        self.client = SagaClient(store, self.definitions, clock=self.clock, observer=observer)
+        self.client = SagaClient(
+            store,
+            self.definitions,
+            clock=self.clock,
+            observer=observer,
+            reply_channel=reply_channel,
+        )
 
     def register(self, definition: SagaDefinition) -> CompiledSaga:
         return self.definitions.register(definition)

@@ -73,6 +73,10 @@ class StepRecord:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     deadline: datetime | None = None
+    request_id: str | None = None
+    """The attempt of a remote step (or compensation) in flight: its command carries
+    it and its reply must name it, so a reply to an earlier attempt is known stale.
+    None for local steps."""
 
 
 def _records(values: Iterable[StepRecord]) -> tuple[StepRecord, ...]:
@@ -139,16 +143,21 @@ class Snapshot:
     @property
     def due_at(self) -> datetime | None:
         """When a worker without a lease on this saga should pick it up: at ``wake_at``
-        during a retry back-off, never once finished or parked, and otherwise now, ranked
-        by age (``created_at``), so that sagas already under way, such as those a dead
-        worker left behind, go before newer ones. Stores index it."""
+        during a retry back-off or while a remote step waits for its reply, never once
+        finished or parked, and otherwise now, ranked by age (``created_at``), so that
+        sagas already under way, such as those a dead worker left behind, go before
+        newer ones. Stores index it."""
         status, step = split_state(self.state)
         if status in TERMINAL_STATUSES:
             return None
-        if step is not None and self.step(step).status not in (
-            StepStatus.RUNNING,
-            StepStatus.COMPENSATING,
-        ):
+        if step is None:
+            return self.created_at
+        record = self.step(step)
+        if record.status not in (StepStatus.RUNNING, StepStatus.COMPENSATING):
+            return self.wake_at or self.created_at
+        if record.request_id is not None:
+            # Waiting for a participant's reply, which comes by message: a worker has
+            # nothing to do before the deadline, when the silence is a timeout.
             return self.wake_at or self.created_at
         return self.created_at
 

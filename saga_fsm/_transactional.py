@@ -29,7 +29,9 @@ from saga_fsm._definition import Action, RetryPolicy, SagaDefinition
 from saga_fsm._errors import ConcurrencyConflict, InvalidArgument, TransitionNotAllowed
 from saga_fsm._flow import CompiledSaga
 from saga_fsm._invoke import call_outcome, step_context
+from saga_fsm._remote import remote_commands
 from saga_fsm._snapshot import Snapshot
+from saga_fsm.stores._outbox import OutboxMessage
 from saga_fsm.stores._transact import ActionRaised, TransactionalStore, Write
 
 if TYPE_CHECKING:
@@ -110,6 +112,7 @@ async def transact(
     assert isinstance(store, TransactionalStore)  # require_transactions checked it
     clock = executor.clock
     decided: list[tuple[Event, Decision]] = []
+    sent: list[OutboxMessage] = []
 
     def write(result: Any) -> Write:
         # Checked before the commit: an action past its deadline commits nothing.
@@ -121,11 +124,11 @@ async def transact(
             raise Rolled(event)  # an invalid result: its writes go too
         decision = decide(compiled, snapshot, event)
         decided.append((event, decision))
-        return (
-            decision.snapshot.with_version(snapshot.version + 1),
-            decision.history,
-            (snapshot.version),
-        )
+        after = decision.snapshot.with_version(snapshot.version + 1)
+        # A remote step next: its command commits with this transition, as on any save.
+        outbox = remote_commands(compiled, after, decision.commands, executor.reply_channel)
+        sent.extend(outbox)
+        return after, decision.history, snapshot.version, outbox
 
     try:
         saved = await store.transact(calling(fn, step_context(snapshot, command)), write)
@@ -142,5 +145,7 @@ async def transact(
         current = await executor._reload_if_ours(snapshot.saga_id)
         return current, outstanding(compiled, current)
     event, decision = decided[-1]
+    if sent:
+        executor.outbox_written.set()
     executor.observer.attempt_finished(snapshot, event)
     return executor._saved(snapshot, decision, saved, executor._releases(decision, max_hold))

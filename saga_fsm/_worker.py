@@ -32,6 +32,7 @@ from saga_fsm._fingerprint import short
 from saga_fsm._logging import get_logger
 from saga_fsm._snapshot import Snapshot
 from saga_fsm._versions import find_unrunnable
+from saga_fsm.messaging._protocol import Transport
 
 log = get_logger("saga_fsm.worker")
 
@@ -51,6 +52,12 @@ class Worker:
     When the store cannot be reached the worker backs off (doubling up to
     ``max_backoff`` seconds) and keeps trying: it never exits on an outage.
 
+    With a ``transport``, the worker also consumes the participants' replies to its
+    remote steps (on ``reply_channel.<definition>`` for each definition it serves) and,
+    unless ``relay`` is False,
+    runs an outbox relay publishing the commands of remote steps (``saga-fsm relay``
+    runs one alone).
+
     It logs (logger ``saga_fsm.worker``) a start line naming ``store_name`` (default:
     the store's repr, which never holds a password), the definitions it serves and its
     concurrency; a summary every ``summary_every`` seconds while busy; each claim at
@@ -67,6 +74,8 @@ class Worker:
         max_backoff: float = 5.0,
         summary_every: float = 10.0,
         store_name: str | None = None,
+        transport: Transport | None = None,
+        relay: bool = True,
     ) -> None:
         if concurrency < 1:
             raise InvalidArgument(f"concurrency must be at least 1, got {concurrency}")
@@ -81,6 +90,8 @@ class Worker:
         ):
             seconds(name, value)
         self.orchestrator = orchestrator
+        self.transport = transport
+        self.relay = relay
         self.summary_every = summary_every
         self.store_name = store_name if store_name is not None else repr(orchestrator.store)
         # Since the last summary: claimed, completed, compensated, failed.
@@ -119,6 +130,7 @@ class Worker:
         # Beside the claims, not before them: a large store takes a while to look at.
         looking = asyncio.create_task(self._left_behind())
         last_summary = time.monotonic()
+        messaging = self._messaging(stop)
         try:
             while not stop.is_set():
                 if time.monotonic() - last_summary >= self.summary_every:
@@ -171,6 +183,13 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await looking
             await self._shutdown(grace)
+            for task in messaging:
+                # Given the stop signal too: they finish what they hold, then return
+                # (cancelled when the worker stopped for another reason).
+                if not stop.is_set():
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._summary()
         log.info("worker %s stopped", self.worker_id)
 
@@ -209,6 +228,34 @@ class Worker:
                 version,
                 table,
             )
+
+    def _messaging(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        """The reply consumer and the relay, when the worker has a transport."""
+        if self.transport is None:
+            return []
+        from saga_fsm._replies import ReplyConsumer
+        from saga_fsm.messaging._relay import OutboxRelay
+
+        consumer = ReplyConsumer(self.orchestrator, self.transport, concurrency=self.concurrency)
+        log.info(
+            "worker %s: replies on %s over the %s transport%s",
+            self.worker_id,
+            ", ".join(consumer.channels()),
+            self.transport.name,
+            ", relaying the outbox" if self.relay else "",
+        )
+        tasks = [asyncio.create_task(consumer.run(stop))]
+        if self.relay:
+            store = self.orchestrator.outbox_store()
+            relay = OutboxRelay(
+                store,
+                self.transport,
+                self.worker_id,
+                clock=self.orchestrator.clock,
+                wake=self.orchestrator.outbox_written,
+            )
+            tasks.append(asyncio.create_task(relay.run(stop)))
+        return tasks
 
     def _summary(self) -> None:
         """One line of what happened since the last one; nothing when idle."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from saga_fsm._errors import SagaError
 from saga_fsm._loading import load_definition, resolve_reference
 from saga_fsm.cli._app import UsageProblem, exit_with, main, parse_json_object, run_async
 from saga_fsm.cli._params import count
@@ -68,6 +69,18 @@ def _invariants(ref: str) -> list[Any]:
         if not callable(value):
             raise UsageProblem(f"--invariants: {ref!r} holds {value!r}, not an invariant")
     return found
+
+
+def _participant(ref: str) -> Any:
+    from saga_fsm.participant import Participant
+
+    try:
+        value = resolve_reference(ref)
+    except SagaError as err:
+        raise UsageProblem(f"--participant: {err}") from None
+    if not isinstance(value, Participant):
+        raise UsageProblem(f"--participant: {ref!r} holds {value!r}, not a Participant")
+    return value
 
 
 def _testing_check() -> Any:
@@ -121,6 +134,14 @@ def _testing_check() -> Any:
     metavar="URL",
     help="Where the sagas under test are persisted.",
 )
+@click.option(
+    "--participant",
+    "participant_refs",
+    multiple=True,
+    metavar="REF",
+    help="package.module:attribute of a Participant answering remote steps with its real"
+    " handlers (others are answered by an ideal participant). Repeatable.",
+)
 def check_command(
     ref: str,
     invariant_refs: tuple[str, ...],
@@ -131,6 +152,7 @@ def check_command(
     steps: int,
     sagas: int,
     store_url: str,
+    participant_refs: tuple[str, ...],
 ) -> None:
     """Explore every path of the saga REF and check its invariants.
 
@@ -169,9 +191,11 @@ def check_command(
     setup = resolve_reference(setup_ref) if setup_ref is not None else None
     if setup is not None and not callable(setup):
         raise UsageProblem(f"--setup: {setup_ref!r} is not callable")
+    participants = [_participant(r) for r in participant_refs]
     with _scratch_storage():
         report = check(
             definition,
+            participants=participants,
             invariants=invariants,
             data=payload,
             setup=setup,

@@ -14,7 +14,14 @@ from rich.table import Table
 
 from saga_fsm._orchestrator import Orchestrator
 from saga_fsm._snapshot import Snapshot, StepStatus
-from saga_fsm.cli._app import UsageProblem, main, resolve_store_url, run_async, store_option
+from saga_fsm.cli._app import (
+    UsageProblem,
+    exit_with,
+    main,
+    resolve_store_url,
+    run_async,
+    store_option,
+)
 from saga_fsm.cli._params import MAX_CONCURRENCY, FiniteFloat, count
 from saga_fsm.cli._render import console, state_text
 from saga_fsm.examples import order_fulfillment
@@ -136,7 +143,14 @@ def next_steps(tally: Tally, url: str, store_given: bool) -> str:
     is_flag=True,
     help="The order choreography instead: one process per service, a tracker following it.",
 )
-@click.option("--broker", default=None, help="With --choreography: amqp:// or nats:// URL.")
+@click.option(
+    "--remote",
+    is_flag=True,
+    help="Inventory, payment and shipping as a remote participant, by command and reply.",
+)
+@click.option(
+    "--broker", default=None, help="With --choreography or --remote: amqp:// or nats:// URL."
+)
 def demo(
     store_url: str | None,
     sagas: int,
@@ -144,14 +158,23 @@ def demo(
     seed: int,
     concurrency: int,
     choreography: bool,
+    remote: bool,
     broker: str | None,
 ) -> None:
     """Run N order-fulfilment sagas against fake services that fail at the given rate
-    (with --choreography: N orders through the order choreography's services)."""
+    (with --choreography: N orders through the order choreography's services; with
+    --remote: N orders through remote services, over the store's database or --broker)."""
     url = resolve_store_url(store_url)
+    if choreography and remote:
+        raise UsageProblem("choose one of --choreography and --remote")
+    if remote:
+        from saga_fsm.cli._remote_demo import remote_demo
+
+        exit_with(1 if remote_demo(url, broker, sagas, seed, concurrency) else 0)
+        return
     if choreography or broker is not None:
         if not choreography:
-            raise UsageProblem("--broker goes with --choreography")
+            raise UsageProblem("--broker goes with --choreography or --remote")
         from saga_fsm.cli._choreography import choreography_demo
 
         choreography_demo(url, broker, sagas, fail_rate, seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from saga_fsm._logging import configure as configure_logging
 from saga_fsm._logging import get_logger
 from saga_fsm._operator import Operated, OperatorCommand, operate
 from saga_fsm._orchestrator import DEFAULT_LEASE_SECONDS, Orchestrator
+from saga_fsm._remote import DEFAULT_REPLY_CHANNEL
 from saga_fsm._snapshot import SagaStatus, Snapshot
 from saga_fsm._worker import Worker
 from saga_fsm.cli._app import (
@@ -35,6 +37,7 @@ from saga_fsm.cli._app import (
     run_async,
     store_option,
 )
+from saga_fsm.cli._dlq import broker_url
 from saga_fsm.cli._ids import resolve_id
 from saga_fsm.cli._params import (
     MAX_CONCURRENCY,
@@ -44,6 +47,15 @@ from saga_fsm.cli._params import (
     count,
 )
 from saga_fsm.cli._render import console, state_text
+from saga_fsm.messaging import (
+    InvalidChannel,
+    InvalidTransportURL,
+    Transport,
+    TransportError,
+    check_channel,
+    open_transport,
+)
+from saga_fsm.messaging._protocol import DEFAULT_ACK_WAIT
 from saga_fsm.observability._serve import MissingExtra, refresh_gauges, worker_observer
 from saga_fsm.stores import open_store
 from saga_fsm.stores.url import redact_url, url_scheme
@@ -177,6 +189,29 @@ def refuse_memory_store(store_url: str | None) -> None:
     is_flag=True,
     help="OpenTelemetry spans through the configured tracer provider (extra: otel).",
 )
+@click.option(
+    "--broker",
+    "broker",
+    default=None,
+    metavar="URL",
+    help="Where remote steps' commands and replies travel: amqp://…, nats://…, sqlite:///…,"
+    " postgresql://… (default: $SAGA_FSM_BROKER, else the saga store itself).",
+)
+@click.option(
+    "--reply-channel",
+    default=DEFAULT_REPLY_CHANNEL,
+    show_default=True,
+    help="Participants answer remote steps on REPLY_CHANNEL.<definition>.",
+)
+@click.option("--no-relay", is_flag=True, help="Leave the outbox to saga-fsm relay processes.")
+@click.option(
+    "--ack-wait",
+    type=FiniteFloat(min=0.1, max=MAX_LEASE_SECONDS),
+    default=DEFAULT_ACK_WAIT,
+    show_default=True,
+    help="Seconds a reply taken by a worker that died waits before another gets it"
+    " (database transports, NATS).",
+)
 def worker(
     refs: tuple[str, ...],
     store_url: str | None,
@@ -189,6 +224,10 @@ def worker(
     log_format: str,
     metrics_port: int | None,
     tracing: bool,
+    broker: str | None,
+    reply_channel: str,
+    no_relay: bool,
+    ack_wait: float,
 ) -> None:
     """Claim and run due sagas of the definitions REF... until SIGTERM or SIGINT, then
     exit 0.
@@ -198,6 +237,10 @@ def worker(
     are left for workers that serve them (saga-fsm ls --unrunnable REF... lists those
     no REF serves). Logs a start line, a summary every 10 s while busy, and with -v
     each claim and step.
+
+    When a definition has remote steps (or --broker is given), the worker also consumes
+    their replies and relays the outbox's commands to the broker (--no-relay: leave
+    that to saga-fsm relay); with no broker, the saga store's database is the broker.
     """
     if not refs:
         raise UsageProblem(
@@ -207,6 +250,9 @@ def worker(
     definitions = [load_definition(ref) for ref in refs]
     configure_logging(verbose=verbose, log_format=log_format)
     url = resolve_store_url(store_url)
+    remote = broker is not None or any(s.remote for d in definitions for s in d.steps)
+    transport_url = broker_url(broker, url) if remote else None
+    check_channel_option(reply_channel)
     try:
         observer, metrics = worker_observer(metrics_port=metrics_port, tracing=tracing)
     except MissingExtra as err:
@@ -221,13 +267,17 @@ def worker(
         while not stop.is_set():
             # The store may be down when the worker starts, too: wait for it, never exit.
             try:
-                async with open_store(url) as store:
+                async with (
+                    open_store(url) as store,
+                    _maybe_transport(transport_url, ack_wait) as transport,
+                ):
                     orchestrator = Orchestrator(
                         store,
                         definitions,
                         worker_id=worker_id,
                         lease_seconds=lease_seconds,
                         observer=observer,
+                        reply_channel=reply_channel,
                     )
                     gauges = None
                     if metrics is not None:
@@ -240,20 +290,38 @@ def worker(
                             concurrency=concurrency,
                             poll_interval=poll_interval,
                             store_name=redact_url(url),
+                            transport=transport,
+                            relay=not no_relay,
                         ).run(stop, grace=grace)
                     finally:
                         if gauges is not None:
                             gauges.cancel()
                     return
-            except InvalidStoreURL:
+            except (InvalidStoreURL, InvalidTransportURL):
                 raise
-            except StoreError as err:
+            except (StoreError, TransportError) as err:
                 log.warning("worker: store unavailable (%s); retrying in %.1fs", err, backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
                 backoff = min(backoff * 2, 5.0)
 
     run_async(serve)
+
+
+@contextlib.asynccontextmanager
+async def _maybe_transport(url: str | None, ack_wait: float) -> AsyncIterator[Transport | None]:
+    if url is None:
+        yield None
+        return
+    async with open_transport(url, ack_wait=ack_wait) as transport:
+        yield transport
+
+
+def check_channel_option(channel: str) -> None:
+    try:
+        check_channel(channel)
+    except InvalidChannel as err:
+        raise UsageProblem(f"--reply-channel: {err.reason}") from None
 
 
 def _operate(saga_id: str, store_url: str | None, action: OperatorCommand, as_json: bool) -> None:

@@ -8,6 +8,7 @@ from saga_fsm._loading import load_definition
 from saga_fsm._orchestrator import Orchestrator
 from saga_fsm._snapshot import Snapshot
 from saga_fsm.cli._app import (
+    UsageProblem,
     definition_ref,
     echo_json,
     exit_with,
@@ -34,6 +35,13 @@ def run(ref: str, data: str, store_url: str | None, as_json: bool) -> None:
     """
     payload = parse_json_object(data, "--data")
     definition = load_definition(ref)
+    remote = [s.name for s in definition.steps if s.remote]
+    if remote:
+        # Its replies come to workers: this command would stop at the first remote step.
+        raise UsageProblem(
+            f"{definition.name} has remote steps ({', '.join(remote)}): start it with"
+            " saga-fsm start and run saga-fsm worker (try saga-fsm demo --remote)"
+        )
     url = resolve_store_url(store_url)
 
     async def go() -> Snapshot:

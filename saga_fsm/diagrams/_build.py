@@ -64,15 +64,21 @@ def _present(groups: Iterable[Sequence[str]], states: Iterable[str]) -> tuple[tu
 
 
 def _step_note(step: Step) -> str:
+    # A remote step shows the channel its command goes to: what runs elsewhere.
+    remote = "" if step.command is None else f"remote: {step.command}"
     if step.kind is StepKind.PIVOT:
-        return "pivot: only forward once it succeeds"
+        return _joined("pivot: only forward once it succeeds", remote)
     if step.kind is StepKind.RETRIABLE:
-        return "retriable: retried until it succeeds"
-    if step.action is None:
+        return _joined("retriable: retried until it succeeds", remote)
+    if not step.has_action:
         return "compensation only"
     if step.read_only:
-        return "read-only: nothing to undo"
-    return ""
+        return _joined("read-only: nothing to undo", remote)
+    return remote
+
+
+def _joined(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 _KIND_ROLE = {
@@ -95,6 +101,10 @@ def flow_scene(definition: SagaDefinition | CompiledSaga) -> Scene:
             step = steps[compiled.step_index[step_name]]
             if status == SagaStatus.RUNNING:
                 by_state[state] = (_KIND_ROLE[step.kind], _step_note(step))
+                continue
+            if step.compensation_command is not None:
+                role = _SAGA_ROLES[SagaStatus(status)]
+                by_state[state] = (role, f"remote: {step.compensation_command}")
                 continue
         by_state[state] = (_SAGA_ROLES[SagaStatus(status)], "")
     roles = {state: role for state, (role, _) in by_state.items()}

@@ -1,5 +1,6 @@
 """Messaging building blocks: the message envelope, the ``Transport`` Protocol and its
-transports (memory, SQLite, PostgreSQL, RabbitMQ, NATS JetStream), and dead letters.
+transports (memory, SQLite, PostgreSQL, RabbitMQ, NATS JetStream), dead letters, and
+the relay that publishes the saga store's outbox.
 
 Brokers' client libraries load only when a transport of theirs is opened, so importing
 this package stays light.
@@ -32,6 +33,7 @@ from saga_fsm.messaging._protocol import (
     Subscription,
     Transport,
 )
+from saga_fsm.messaging._relay import OutboxRelay
 from saga_fsm.messaging._reply import Outcome, ReplyBody, reply_from_payload, reply_to_payload
 from saga_fsm.messaging._url import connect_transport, open_transport
 
@@ -51,6 +53,7 @@ __all__ = [
     "MessageKind",
     "MessagingError",
     "Outcome",
+    "OutboxRelay",
     "ReplyBody",
     "Subscription",
     "Transport",

@@ -58,6 +58,10 @@ class Observer:
     def duplicate(self, participant: str, message: Message) -> None:
         """A participant answered a command it had seen before from its inbox."""
 
+    def reply_dropped(self, reply: Message, reason: str) -> None:
+        """A worker dropped a reply without applying it: stale (an earlier attempt's, a
+        finished saga's) or a duplicate."""
+
 
 NO_OBSERVER = Observer()
 
@@ -113,6 +117,10 @@ class Observers(Observer):
     def duplicate(self, participant: str, message: Message) -> None:
         for observer in self.observers:
             observer.duplicate(participant, message)
+
+    def reply_dropped(self, reply: Message, reason: str) -> None:
+        for observer in self.observers:
+            observer.reply_dropped(reply, reason)
 
 
 class ParkedAlert(Observer):

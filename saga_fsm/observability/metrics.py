@@ -139,7 +139,9 @@ class SagaMetrics(Observer):
             registry=r,
         )
         self.stale_replies = Counter(
-            "saga_fsm_stale_replies", "Replies to an earlier attempt, dropped.", registry=r
+            "saga_fsm_stale_replies",
+            "Replies dropped unapplied: an earlier attempt's, a finished saga's, a duplicate.",
+            registry=r,
         )
         self.outbox_backlog = Gauge(
             "saga_fsm_outbox_backlog", "Messages decided but not yet published.", registry=r
@@ -214,6 +216,9 @@ class SagaMetrics(Observer):
 
     def duplicate(self, participant: str, message: Message) -> None:
         self.inbox_duplicates.labels(participant, message.channel).inc()
+
+    def reply_dropped(self, reply: Message, reason: str) -> None:
+        self.stale_replies.inc()
 
     # -- what only the store knows --------------------------------------------------------
     async def refresh_from_store(self, store: SagaQueries, now: datetime) -> None:

@@ -1,9 +1,10 @@
 """Snapshot stores: ``SnapshotStore`` persists snapshots, ``WorkerLeases`` coordinates
 workers (``SagaStore`` is both), three implementations, opened by URL; ``SagaQueries``
-is the read side a console pages through."""
+is the read side a console pages through; ``OutboxStore`` the outbox of remote steps."""
 
 from typing import TYPE_CHECKING, Any
 
+from saga_fsm.stores._outbox import OutboxEntry, OutboxMessage, OutboxStore
 from saga_fsm.stores._protocol import (
     Lease,
     QuarantinedSaga,
@@ -40,6 +41,9 @@ __all__ = [
     "DEFAULT_STORE_URL",
     "Lease",
     "MemoryStore",
+    "OutboxEntry",
+    "OutboxMessage",
+    "OutboxStore",
     "PageKey",
     "PostgresStore",
     "QuarantinedSaga",

@@ -7,10 +7,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from saga_fsm._snapshot import HistoryEntry, Snapshot
+from saga_fsm.stores._outbox import OutboxMessage
 
-Write: TypeAlias = tuple[Snapshot, Sequence[HistoryEntry], int]
-"""A transition to save: the snapshot at its new version, its history rows, and the
-version the stored row must still have."""
+Write: TypeAlias = tuple[Snapshot, Sequence[HistoryEntry], int, Sequence[OutboxMessage]]
+"""A transition to save: the snapshot at its new version, its history rows, the
+version the stored row must still have, and the commands it sends (a remote step next)."""
 
 
 class ActionRaised(Exception):

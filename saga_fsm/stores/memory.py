@@ -27,6 +27,7 @@ from saga_fsm._errors import (
     SnapshotDecodeError,
 )
 from saga_fsm._snapshot import HistoryEntry, Snapshot
+from saga_fsm.stores._outbox import OutboxEntry, OutboxMessage, check_claim
 from saga_fsm.stores._protocol import (
     UNFINISHED_STATUSES,
     Lease,
@@ -49,6 +50,12 @@ from saga_fsm.stores._queries import (
     decoded_row,
     paged,
 )
+
+
+@define
+class _OutboxRow:
+    entry: OutboxEntry
+    lease: Lease | None = None
 
 
 @define
@@ -100,6 +107,8 @@ class MemoryStore:
         self._rows: dict[str, _Row] = {}
         self._history: dict[str, list[dict[str, object]]] = {}
         self._keys: dict[str, str] = {}
+        self._outbox: dict[int, _OutboxRow] = {}  # by seq, in insertion order
+        self._outbox_ids: set[str] = set()
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -141,13 +150,23 @@ class MemoryStore:
         history: Sequence[HistoryEntry] = (),
         *,
         lease: Lease | None = None,
+        outbox: Sequence[OutboxMessage] = (),
     ) -> tuple[Snapshot, bool]:
         existing = self._existing(snapshot)
         if existing is not None:
             return await self.load(existing), False
         stored = snapshot.with_version(1)
         self._insert(stored, history, lease)
+        self._enqueue(outbox)
         return stored, True
+
+    def _enqueue(self, outbox: Sequence[OutboxMessage]) -> None:
+        for message in outbox:
+            if message.message_id in self._outbox_ids:
+                continue  # the same command decided again: sent once
+            self._outbox_ids.add(message.message_id)
+            seq = len(self._outbox_ids)
+            self._outbox[seq] = _OutboxRow(OutboxEntry(seq, message))
 
     async def create_many(self, snapshots: Sequence[Snapshot]) -> builtins.list[Snapshot]:
         # create() only adds rows: putting the three maps back undoes a partial batch.
@@ -159,7 +178,12 @@ class MemoryStore:
             raise
 
     async def save(
-        self, snapshot: Snapshot, history: Sequence[HistoryEntry], *, expected_version: int
+        self,
+        snapshot: Snapshot,
+        history: Sequence[HistoryEntry],
+        *,
+        expected_version: int,
+        outbox: Sequence[OutboxMessage] = (),
     ) -> Snapshot:
         row = self._row(snapshot.saga_id)
         if row.version != expected_version:
@@ -168,7 +192,50 @@ class MemoryStore:
         new_row = _Row.of(stored, row)  # encodes first: a bad value changes nothing
         self._rows[stored.saga_id] = new_row
         self._history[stored.saga_id].extend(history_to_dict(h) for h in history)
+        self._enqueue(outbox)
         return stored
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    async def claim_outbox(
+        self, relay_id: str, *, now: datetime, lease_seconds: float, limit: int
+    ) -> builtins.list[OutboxEntry]:
+        check_claim(relay_id, lease_seconds, limit)
+        heads: dict[str, _OutboxRow] = {}
+        for row in self._outbox.values():
+            if row.entry.published_at is None:
+                heads.setdefault(row.entry.message.saga_id, row)
+        claimed = []
+        for row in sorted(heads.values(), key=lambda r: r.entry.seq):
+            if row.lease is not None and row.lease.live(now):
+                continue
+            row.lease = Lease(relay_id, now + timedelta(seconds=lease_seconds))
+            claimed.append(row.entry)
+            if len(claimed) == limit:
+                break
+        return claimed
+
+    async def mark_published(
+        self, seqs: Sequence[int], relay_id: str, *, now: datetime
+    ) -> builtins.list[int]:
+        marked = []
+        for seq in seqs:
+            row = self._outbox.get(seq)
+            if row is not None and row.lease is not None and row.lease.owner == relay_id:
+                row.entry = OutboxEntry(seq, row.entry.message, now)
+                row.lease = None
+                marked.append(seq)
+        return marked
+
+    async def outbox(
+        self, *, saga_id: str | None = None, unpublished: bool = False
+    ) -> builtins.list[OutboxEntry]:
+        return [
+            row.entry
+            for row in self._outbox.values()
+            if (saga_id is None or row.entry.message.saga_id == saga_id)
+            and not (unpublished and row.entry.published_at is not None)
+        ]
 
     async def load(self, saga_id: str) -> Snapshot:
         return self._row(saga_id).snapshot(saga_id)

@@ -58,6 +58,7 @@ from saga_fsm._errors import (
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
 from saga_fsm.stores._group import GroupCommit
+from saga_fsm.stores._outbox import OutboxEntry, OutboxMessage, check_claim
 from saga_fsm.stores._protocol import (
     LIVE_ELSEWHERE_SQL,
     LIVE_SQL,
@@ -111,6 +112,29 @@ _CREATE = "SELECT created, existing_id, existing_snapshot FROM saga_fsm_create_b
 _SAVE = "SELECT saved, found_version FROM saga_fsm_save_batch(%s)"
 
 _LOAD = "SELECT snapshot::text, version FROM saga_fsm_sagas WHERE saga_id = %s"
+_INSERT_OUTBOX = """
+INSERT INTO saga_fsm_outbox (saga_id, channel, message_id, body) VALUES (%s, %s, %s, %s)
+ON CONFLICT (message_id) DO NOTHING
+"""
+# The oldest unpublished row of each saga, unless a live relay holds it. Under READ
+# COMMITTED a row is the oldest only once every earlier one was seen published.
+_CLAIM_OUTBOX = """
+UPDATE saga_fsm_outbox SET lease_owner = %(relay)s, lease_expires_at = %(expires_at)s
+WHERE seq IN (
+    SELECT o.seq FROM saga_fsm_outbox o
+    WHERE o.published_at IS NULL
+      AND NOT (o.lease_owner IS NOT NULL AND o.lease_expires_at > %(now)s)
+      AND NOT EXISTS (
+        SELECT 1 FROM saga_fsm_outbox e
+        WHERE e.saga_id = o.saga_id AND e.published_at IS NULL AND e.seq < o.seq)
+    ORDER BY o.seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+RETURNING seq, saga_id, channel, message_id, body
+"""
+_MARK_PUBLISHED = """
+UPDATE saga_fsm_outbox SET published_at = %(now)s, lease_owner = NULL, lease_expires_at = NULL
+WHERE seq = ANY(%(seqs)s) AND lease_owner = %(relay)s AND published_at IS NULL
+RETURNING seq
+"""
 _LEASE_OF = "SELECT lease_owner, lease_expires_at FROM saga_fsm_sagas WHERE saga_id = %s"
 _BY_KEY = """
 SELECT saga_id, snapshot::text, request_fingerprint FROM saga_fsm_sagas
@@ -512,6 +536,7 @@ class PostgresStore:
         history: Sequence[HistoryEntry] = (),
         *,
         lease: Lease | None = None,
+        outbox: Sequence[OutboxMessage] = (),
     ) -> tuple[Snapshot, bool]:
         stored = snapshot.with_version(1)
         write = _create_json(stored, history, lease)
@@ -520,7 +545,10 @@ class PostgresStore:
         key = stored.saga_id if stored.idempotency_key is None else f"key:{stored.idempotency_key}"
         async with self._errors("create"):
             try:
-                created, existing_id, existing = await self._creates.submit(key, write)
+                if outbox:
+                    created, existing_id, existing = await self._with_outbox(_CREATE, write, outbox)
+                else:
+                    created, existing_id, existing = await self._creates.submit(key, write)
             except errors.UniqueViolation as err:
                 if err.diag.constraint_name != _PKEY:
                     raise
@@ -588,12 +616,20 @@ class PostgresStore:
         return found
 
     async def save(
-        self, snapshot: Snapshot, history: Sequence[HistoryEntry], *, expected_version: int
+        self,
+        snapshot: Snapshot,
+        history: Sequence[HistoryEntry],
+        *,
+        expected_version: int,
+        outbox: Sequence[OutboxMessage] = (),
     ) -> Snapshot:
         stored = snapshot.with_version(expected_version + 1)
         write = _write_json(stored, history, expected_version)
         async with self._errors("save"):
-            updated, before = await self._saves.submit(stored.saga_id, write)
+            if outbox:
+                updated, before = await self._with_outbox(_SAVE, write, outbox)
+            else:
+                updated, before = await self._saves.submit(stored.saga_id, write)
             if updated:
                 return stored
             if before is None:
@@ -615,17 +651,80 @@ class PostgresStore:
             result = call(conn)
             if inspect.isawaitable(result):
                 result = await result
-            stored, history, expected = write(result)
+            stored, history, expected, outbox = write(result)
             cur = conn.cursor(row_factory=tuple_row)
             await cur.execute(_SAVE, (_text(f"[{_write_json(stored, history, expected)}]"),))
             ((updated, before),) = await cur.fetchall()
             if updated:
+                if outbox:
+                    await cur.executemany(
+                        _INSERT_OUTBOX,
+                        [(m.saga_id, m.channel, m.message_id, m.body) for m in outbox],
+                    )
                 return stored
             # The transaction rolls the step's writes back on the way out.
             if before is None:
                 raise SagaNotFound(stored.saga_id)
             raise ConcurrencyConflict(stored.saga_id, expected, before)
         raise AssertionError("unreachable")  # mypy: the transaction returns or raises
+
+    async def _with_outbox(
+        self, query: LiteralString, write: str, outbox: Sequence[OutboxMessage]
+    ) -> tuple[Any, ...]:
+        """One create or save and its outbox rows in one transaction, outside the group
+        commit: the rows are written only if the write was (its first result column)."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=tuple_row)
+            await cur.execute(query, (_text(f"[{write}]"),))
+            row = await cur.fetchone()
+            assert row is not None  # one result row per write
+            if row[0]:
+                await cur.executemany(
+                    _INSERT_OUTBOX, [(m.saga_id, m.channel, m.message_id, m.body) for m in outbox]
+                )
+            return tuple(row)
+
+    # -- outbox -----------------------------------------------------------------------------
+    async def claim_outbox(
+        self, relay_id: str, *, now: datetime, lease_seconds: float, limit: int
+    ) -> builtins.list[OutboxEntry]:
+        check_claim(relay_id, lease_seconds, limit)
+        params = {
+            "relay": relay_id,
+            "now": _aware(now),
+            "expires_at": _aware(now + timedelta(seconds=lease_seconds)),
+            "limit": limit,
+        }
+        async with self._errors("claim_outbox"):
+            rows = await self._query(_CLAIM_OUTBOX, params)
+        return sorted(
+            (OutboxEntry(int(r[0]), OutboxMessage(r[1], r[2], r[3], r[4])) for r in rows),
+            key=lambda e: e.seq,
+        )
+
+    async def mark_published(
+        self, seqs: Sequence[int], relay_id: str, *, now: datetime
+    ) -> builtins.list[int]:
+        wanted = [int(seq) for seq in seqs]
+        if not wanted:
+            return []
+        params = {"now": _aware(now), "seqs": wanted, "relay": relay_id}
+        async with self._errors("mark_published"):
+            rows = await self._query(_MARK_PUBLISHED, params)
+        return sorted(int(r[0]) for r in rows)
+
+    async def outbox(
+        self, *, saga_id: str | None = None, unpublished: bool = False
+    ) -> builtins.list[OutboxEntry]:
+        async with self._errors("outbox"):
+            rows = await self._query(
+                "SELECT seq, saga_id, channel, message_id, body, published_at"
+                " FROM saga_fsm_outbox"
+                " WHERE (%(saga_id)s::text IS NULL OR saga_id = %(saga_id)s)"
+                " AND (NOT %(unpublished)s OR published_at IS NULL) ORDER BY seq",
+                {"saga_id": saga_id, "unpublished": unpublished},
+            )
+        return [OutboxEntry(int(r[0]), OutboxMessage(r[1], r[2], r[3], r[4]), r[5]) for r in rows]
 
     async def _batch(self, query: LiteralString, batch: Sequence[str]) -> list[tuple[Any, ...]]:
         """Group commit: the writes of several sagas as one statement (one row of results

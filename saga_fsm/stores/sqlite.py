@@ -47,6 +47,7 @@ from saga_fsm._errors import (
 )
 from saga_fsm._snapshot import HistoryEntry, Snapshot
 from saga_fsm.stores import migrations
+from saga_fsm.stores._outbox import OutboxEntry, OutboxMessage, check_claim
 from saga_fsm.stores._protocol import (
     LIVE_ELSEWHERE_SQL,
     LIVE_SQL,
@@ -141,6 +142,33 @@ WHERE saga_id = :saga_id AND NOT {live}
 RETURNING snapshot, version
 """.replace("{live}", LIVE_ELSEWHERE_SQL.format(now=":now", worker=":worker"))
 _LEASE_OF = "SELECT lease_owner, lease_expires_at FROM saga_fsm_sagas WHERE saga_id = ?"
+_INSERT_OUTBOX = """
+INSERT INTO saga_fsm_outbox (saga_id, channel, message_id, body) VALUES (?, ?, ?, ?)
+ON CONFLICT (message_id) DO NOTHING
+"""
+# The oldest unpublished row of each saga, unless a live relay holds it.
+_CLAIM_OUTBOX = """
+UPDATE saga_fsm_outbox SET lease_owner = :relay, lease_expires_at = :expires_at
+WHERE seq IN (
+    SELECT o.seq FROM saga_fsm_outbox o
+    WHERE o.published_at IS NULL
+      AND NOT (o.lease_owner IS NOT NULL AND o.lease_expires_at > :now)
+      AND NOT EXISTS (
+        SELECT 1 FROM saga_fsm_outbox e
+        WHERE e.saga_id = o.saga_id AND e.published_at IS NULL AND e.seq < o.seq)
+    ORDER BY o.seq LIMIT :limit)
+RETURNING seq, saga_id, channel, message_id, body
+"""
+_OUTBOX_COLUMNS = "seq, saga_id, channel, message_id, body, published_at"
+
+
+def _outbox_rows(outbox: Sequence[OutboxMessage]) -> list[tuple[str, str, str, str]]:
+    return [(m.saga_id, m.channel, m.message_id, m.body) for m in outbox]
+
+
+def _outbox_entry(row: Sequence[Any]) -> OutboxEntry:
+    published = None if len(row) < 6 or row[5] is None else _time(row[5])
+    return OutboxEntry(int(row[0]), OutboxMessage(row[1], row[2], row[3], row[4]), published)
 
 
 def utc_text(value: datetime | None) -> str | None:
@@ -347,7 +375,12 @@ class SqliteStore:
 
     # -- SnapshotStore ----------------------------------------------------------------------
     def _create_in(
-        self, conn: sqlite3.Connection, stored: Snapshot, row: dict[str, Any], history: list[Any]
+        self,
+        conn: sqlite3.Connection,
+        stored: Snapshot,
+        row: dict[str, Any],
+        history: list[Any],
+        outbox: Sequence[OutboxMessage] = (),
     ) -> tuple[Snapshot, bool]:
         key = stored.idempotency_key
         if key is not None:
@@ -367,6 +400,8 @@ class SqliteStore:
             raise ConcurrencyConflict(stored.saga_id, 0, actual)
         conn.execute(_INSERT, row)
         conn.executemany(_INSERT_HISTORY, history)
+        if outbox:
+            conn.executemany(_INSERT_OUTBOX, _outbox_rows(outbox))
         return stored, True
 
     async def create(
@@ -375,12 +410,15 @@ class SqliteStore:
         history: Sequence[HistoryEntry] = (),
         *,
         lease: Lease | None = None,
+        outbox: Sequence[OutboxMessage] = (),
     ) -> tuple[Snapshot, bool]:
         stored = snapshot.with_version(1)
         # Encode before the transaction: a value JSON cannot hold changes nothing.
         row = _new_row(stored, lease)
         rows = _history_rows(stored.saga_id, 1, history)
-        return await self._write("create", lambda conn: self._create_in(conn, stored, row, rows))
+        return await self._write(
+            "create", lambda conn: self._create_in(conn, stored, row, rows, outbox)
+        )
 
     async def create_many(self, snapshots: Sequence[Snapshot]) -> builtins.list[Snapshot]:
         stored = [snapshot.with_version(1) for snapshot in snapshots]
@@ -394,14 +432,19 @@ class SqliteStore:
         return await self._write("create_many", create_all)
 
     async def save(
-        self, snapshot: Snapshot, history: Sequence[HistoryEntry], *, expected_version: int
+        self,
+        snapshot: Snapshot,
+        history: Sequence[HistoryEntry],
+        *,
+        expected_version: int,
+        outbox: Sequence[OutboxMessage] = (),
     ) -> Snapshot:
         stored = snapshot.with_version(expected_version + 1)
         row = _columns(stored) | {"expected_version": expected_version}
         rows = _history_rows(stored.saga_id, stored.version, history)
 
         return await self._write(
-            "save", lambda conn: self._update_in(conn, stored, expected_version, row, rows)
+            "save", lambda conn: self._update_in(conn, stored, expected_version, row, rows, outbox)
         )
 
     def _update_in(
@@ -411,6 +454,7 @@ class SqliteStore:
         expected_version: int,
         row: dict[str, Any],
         history: list[Any],
+        outbox: Sequence[OutboxMessage] = (),
     ) -> Snapshot:
         if conn.execute(_UPDATE, row).rowcount != 1:
             actual = self._version(conn, stored.saga_id)
@@ -418,6 +462,8 @@ class SqliteStore:
                 raise SagaNotFound(stored.saga_id)
             raise ConcurrencyConflict(stored.saga_id, expected_version, actual)
         conn.executemany(_INSERT_HISTORY, history)
+        if outbox:
+            conn.executemany(_INSERT_OUTBOX, _outbox_rows(outbox))
         return stored
 
     async def transact(self, call: Callable[[Any], Any], write: Callable[[Any], Write]) -> Snapshot:
@@ -437,12 +483,62 @@ class SqliteStore:
                         retryable=False,
                     )
                 )
-            stored, history, expected = write(result)
+            stored, history, expected, outbox = write(result)
             row = _columns(stored) | {"expected_version": expected}
             rows = _history_rows(stored.saga_id, stored.version, history)
-            return self._update_in(conn, stored, expected, row, rows)
+            return self._update_in(conn, stored, expected, row, rows, outbox)
 
         return await self._write("transact", transaction)
+
+    # -- outbox -----------------------------------------------------------------------------
+    async def claim_outbox(
+        self, relay_id: str, *, now: datetime, lease_seconds: float, limit: int
+    ) -> builtins.list[OutboxEntry]:
+        check_claim(relay_id, lease_seconds, limit)
+        params = {
+            "relay": relay_id,
+            "now": utc_text(now),
+            "expires_at": utc_text(now + timedelta(seconds=lease_seconds)),
+            "limit": limit,
+        }
+
+        def claim(conn: sqlite3.Connection) -> builtins.list[OutboxEntry]:
+            rows = conn.execute(_CLAIM_OUTBOX, params).fetchall()
+            return sorted((_outbox_entry(r) for r in rows), key=lambda e: e.seq)
+
+        return await self._write("claim_outbox", claim)
+
+    async def mark_published(
+        self, seqs: Sequence[int], relay_id: str, *, now: datetime
+    ) -> builtins.list[int]:
+        wanted = [int(seq) for seq in seqs]
+        if not wanted:
+            return []
+
+        def mark(conn: sqlite3.Connection) -> builtins.list[int]:
+            marks = ",".join("?" * len(wanted))
+            rows = conn.execute(
+                "UPDATE saga_fsm_outbox SET published_at = ?, lease_owner = NULL,"
+                f" lease_expires_at = NULL WHERE seq IN ({marks}) AND lease_owner = ?"
+                " AND published_at IS NULL RETURNING seq",
+                (utc_text(now), *wanted, relay_id),
+            ).fetchall()
+            return sorted(int(r[0]) for r in rows)
+
+        return await self._write("mark_published", mark)
+
+    async def outbox(
+        self, *, saga_id: str | None = None, unpublished: bool = False
+    ) -> builtins.list[OutboxEntry]:
+        sql = f"SELECT {_OUTBOX_COLUMNS} FROM saga_fsm_outbox WHERE true"
+        params: list[Any] = []
+        if saga_id is not None:
+            sql += " AND saga_id = ?"
+            params.append(saga_id)
+        if unpublished:
+            sql += " AND published_at IS NULL"
+        rows = await self._read(sql + " ORDER BY seq", params)
+        return [_outbox_entry(r) for r in rows]
 
     async def load(self, saga_id: str) -> Snapshot:
         found = await self._read(

@@ -26,11 +26,11 @@ def _why_unreachable(compiled: CompiledSaga, row: TransitionRow, reached: set[st
     status, _, step_name = row.source.partition(":")
     if row.source not in reached:
         return f"state {row.source} is never entered"
-    if status == "running" and compiled.definition.step(step_name).action is None:
+    if status == "running" and not compiled.definition.step(step_name).has_action:
         return "the step has no action: it succeeds in the same decision that starts it"
     if row.trigger.endswith("_timed_out") and step_name:
         step = compiled.definition.step(step_name)
-        if row.trigger.startswith("compensation_") and step.compensation_timeout is None:
+        if row.trigger.startswith("compensation_") and step.remote_compensation_timeout is None:
             return "the compensation has no compensation_timeout"
         if row.trigger.startswith("step_") and step.timeout is None:
             return "the step has no timeout"

@@ -41,6 +41,8 @@ def moves_of(trace: Iterable[TraceEntry]) -> tuple[Move, ...]:
     """The moves that made a trace, to replay it."""
     moves: list[Move] = []
     for entry in trace:
+        if entry.late:
+            continue  # a delayed message arriving: part of the move that came before
         if entry.kind in ("cancel", "retry"):
             moves.append((entry.kind, Fault.OK))
         elif entry.is_call:

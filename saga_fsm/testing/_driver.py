@@ -36,8 +36,11 @@ from saga_fsm._definition import Action, RetryPolicy, SagaDefinition, Step
 from saga_fsm._errors import SagaError, TransitionNotAllowed
 from saga_fsm._flow import PENDING, compile_saga
 from saga_fsm._invoke import call_outcome, callee, invoke, result_problem, step_context
+from saga_fsm._remote import reply_event, stale_reason
 from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot
 from saga_fsm._transactional import Rolled, calling, require_transactions
+from saga_fsm.messaging import Message
+from saga_fsm.participant import Participant
 from saga_fsm.stores import SnapshotStore
 from saga_fsm.stores._transact import ActionRaised, TransactionalStore, Write
 from saga_fsm.testing._faults import ALL_FAULTS, REFUSED, REPLY_LOST, REQUEST_LOST, Fault
@@ -49,6 +52,7 @@ from saga_fsm.testing._invariants import (
     InvariantViolation,
 )
 from saga_fsm.testing._reachability import Move
+from saga_fsm.testing._remote import Participants, command_message, raised_of, refusal
 from saga_fsm.testing._trace import TraceEntry, TraceKind, render_path
 
 T = TypeVar("T")
@@ -86,6 +90,8 @@ class DriverConfig:
     call_timeout: float = 10.0
     finish_limit: int = 1000
     """Fault-free events a saga gets to finish at the end before it counts as stuck."""
+    participants: tuple[Participant, ...] = ()
+    """Who answers remote steps' commands (an ideal participant answers the rest)."""
 
 
 @define
@@ -102,6 +108,9 @@ class SagaRun:
     trace: list[TraceEntry] = field(factory=list)
     seen_keys: set[str] = field(factory=set)
     """Idempotency keys a participant was called with (or would have been, simulated)."""
+    late: list[tuple[str, Message]] = field(factory=list)
+    """Remote steps' delayed commands and replies, with the label of their call: they
+    arrive at the saga's next move."""
 
     @property
     def runnable(self) -> bool:
@@ -131,6 +140,7 @@ class Driver:
         first failure is the one reported."""
         self._touched: set[int] = set()
         self._hung = False
+        self.participants = Participants(config.participants)
         self._loop = asyncio.new_event_loop()
         self._stack = AsyncExitStack()
         try:
@@ -218,6 +228,12 @@ class Driver:
         self.run(self._advance(saga, fault))
 
     async def _advance(self, saga: SagaRun, fault: Fault) -> None:
+        late = saga.late  # what was delayed arrives after this move: it was overtaken
+        saga.late = []
+        await self._move(saga, fault)
+        await self._arrive_late(saga, late)
+
+    async def _move(self, saga: SagaRun, fault: Fault) -> None:
         snapshot = saga.decided
         if snapshot.state == PENDING:
             await self._apply(saga, Event.start(self._tick()), "start")
@@ -288,6 +304,9 @@ class Driver:
         self._touched.add(saga.number)
 
     async def _call(self, saga: SagaRun, command: RunStep | RunCompensation, fault: Fault) -> None:
+        if command.request_id is not None:
+            await self._remote(saga, command, fault)
+            return
         compensation = isinstance(command, RunCompensation)
         phase: TraceKind = "compensation" if compensation else "step"
         step = self.definition.step(command.step)
@@ -362,6 +381,7 @@ class Driver:
                 decided[-1].snapshot.with_version(before.version + 1),
                 decided[-1].history,
                 before.version,
+                (),  # remote commands travel by the driver's own wire (see _remote)
             )
 
         try:
@@ -379,6 +399,98 @@ class Driver:
         self._record(
             saga, TraceEntry(trace_kind(command), before.state, saga.decided.state, **trace)
         )
+
+    # -- remote steps (see saga_fsm.testing._remote for the faults on the wire) ------------
+    async def _remote(
+        self, saga: SagaRun, command: RunStep | RunCompensation, fault: Fault
+    ) -> None:
+        compensation = isinstance(command, RunCompensation)
+        phase: TraceKind = "compensation" if compensation else "step"
+        step = self.definition.step(command.step)
+        label = f"undo {step.name}" if compensation else step.name
+        state = saga.decided.state
+        at = self._tick()
+        trace: dict[str, Any] = {
+            "label": label,
+            "step": command.step,
+            "attempt": command.attempt,
+            "idempotency_key": command.idempotency_key,
+            "fault": fault,
+        }
+        if fault is Fault.CRASH_BEFORE:
+            self._record(saga, TraceEntry(phase, state, state, **trace))
+            return
+        assert command.deadline is not None  # a remote call always has one
+        if at >= command.deadline:
+            trace["deadline_passed"] = True
+            await self._apply(saga, outcome_event(command, "timed_out", at), phase, **trace)
+            return
+        message = command_message(self.compiled, saga.decided, command)
+        reply: Message | None = None
+        if fault is Fault.PERMANENT:
+            reply = refusal(message)
+        elif fault is Fault.LOST:
+            saga.late.append((label, message))
+        else:
+            saga.seen_keys.add(command.idempotency_key)
+            reply, trace["called"], crashed = await self.participants.deliver(message)
+            if reply is not None:
+                trace["returned"], trace["raised"] = raised_of(reply)
+            elif crashed is not None:
+                trace["raised"] = crashed
+        if fault is Fault.TIMEOUT and reply is not None:
+            saga.late.append((label, reply))
+        if reply is None or fault in (Fault.TRANSIENT, Fault.TIMEOUT, Fault.LOST):
+            self._wait_until(command.deadline)
+            event = outcome_event(command, "timed_out", self.clock.now())
+            await self._apply(saga, event, phase, **trace)
+            return
+        await self._apply(saga, reply_event(saga.decided, reply, at), phase, **trace)
+        if fault is Fault.CRASH_AFTER:
+            await self._arrive(saga, label, reply, phase)
+
+    async def _arrive_late(self, saga: SagaRun, late: list[tuple[str, Message]]) -> None:
+        for label, message in late:
+            phase: TraceKind = (
+                "step" if ":compensate:" not in str(message.headers.request_id) else "compensation"
+            )
+            if message.kind.value == "command":
+                reply, ran, crashed = await self.participants.deliver(message)
+                state = saga.decided.state
+                returned, raised = raised_of(reply) if reply is not None else (None, crashed)
+                self._record(
+                    saga,
+                    TraceEntry(
+                        phase,
+                        state,
+                        state,
+                        label=label,
+                        step=message.headers.step,
+                        attempt=message.headers.attempt,
+                        idempotency_key=message.headers.idempotency_key,
+                        fault=Fault.LOST,
+                        called=ran,
+                        returned=returned,
+                        raised=raised,
+                        late="command arrived late" + (", ran" if ran else ", not run"),
+                    ),
+                )
+                if reply is not None:
+                    await self._arrive(saga, label, reply, phase)
+            else:
+                await self._arrive(saga, label, message, phase)
+
+    async def _arrive(self, saga: SagaRun, label: str, reply: Message, phase: TraceKind) -> None:
+        """A reply arriving outside its own move: applied only if it is current, as a
+        worker does; a stale one must change nothing."""
+        state = saga.decided.state
+        why = stale_reason(saga.decided, reply)
+        note = f"reply (attempt {reply.headers.attempt}) "
+        if why is not None:
+            self._record(saga, TraceEntry("wake", state, state, label=label, late=note + "dropped"))
+            return
+        event = reply_event(saga.decided, reply, self._tick())
+        await self._apply(saga, event, "wake", label=label, late=note + "applied")
 
     async def _invoke(
         self, snapshot: Snapshot, command: RunStep | RunCompensation, fn: Action

@@ -223,6 +223,7 @@ def machine_config(definition: SagaDefinition, options: ExploreOptions) -> Machi
             simulate=options.simulate,
             faults=options.faults,
             builtin_invariants=options.builtin_invariants,
+            participants=options.participants,
         ),
         data=options.data,
         sagas=options.sagas,

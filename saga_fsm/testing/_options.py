@@ -10,6 +10,7 @@ import attrs
 from attrs import field, frozen
 
 from saga_fsm._errors import InvalidArgument, InvalidArgumentType
+from saga_fsm.participant import Participant
 from saga_fsm.stores import SnapshotStore
 from saga_fsm.testing._faults import Fault, normalise_faults
 from saga_fsm.testing._fixtures import DataSource, Setup, StoreFactory
@@ -34,7 +35,8 @@ class ExploreOptions:
     """What to explore and check. ``faults`` are the faults hypothesis may inject
     (all by default); ``sagas`` how many sagas may be live at once; ``simulate`` never
     calls the real functions; ``directed_paths`` takes a shortest path to every
-    reachable transition random exploration missed (``check`` and ``saga_test_case``)."""
+    reachable transition random exploration missed (``check`` and ``saga_test_case``);
+    ``participants`` answer remote steps (see ``saga_fsm.testing._remote``)."""
 
     invariants: tuple[Invariant, ...] = field(default=(), converter=_invariants)
     data: DataSource = None
@@ -46,6 +48,9 @@ class ExploreOptions:
     operator_retry: bool = True
     builtin_invariants: bool = True
     directed_paths: bool = True
+    participants: tuple[Participant, ...] = field(default=(), converter=tuple)
+    """Who answers remote steps' commands, with their real handlers and inbox; a
+    channel none of them handles is answered by an ideal participant."""
 
     def with_changes(self, changes: Mapping[str, Any]) -> ExploreOptions:
         """These options with ``changes`` (field name -> value) applied."""

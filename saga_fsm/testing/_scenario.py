@@ -198,11 +198,15 @@ class Scenario:
                 f"no step {directive.step!r} in {self.definition.name} (steps: {names})"
             )
         found = self.definition.step(directive.step)
-        if directive.phase == "compensation" and found.compensation is None:
+        if directive.phase == "compensation" and not found.compensable:
             raise InvalidArgument(f"step {directive.step!r} has no compensation")
-        if directive.phase == "step" and found.action is None:
+        if directive.phase == "step" and not found.has_action:
             raise InvalidArgument(f"step {directive.step!r} has no action to call")
-        timeout = found.compensation_timeout if directive.phase == "compensation" else found.timeout
+        timeout = (
+            found.remote_compensation_timeout
+            if directive.phase == "compensation"
+            else found.timeout
+        )
         if directive.fault is Fault.TIMEOUT and timeout is None:
             raise InvalidArgument(
                 f"{directive.describe()}: the {directive.phase} has no timeout, so it cannot"

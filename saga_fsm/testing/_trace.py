@@ -19,12 +19,14 @@ _AFTER_CALL = {
     Fault.TRANSIENT: "ran, reply lost",
     Fault.TIMEOUT: "timed out",
     Fault.CRASH_AFTER: "ran, then crash",
+    Fault.LOST: "delayed, timed out",
 }
 _AFTER_RAISE = {
     Fault.OK: "",
     Fault.TRANSIENT: ", reply lost",
     Fault.TIMEOUT: ", too late",
     Fault.CRASH_AFTER: ", then crash",
+    Fault.LOST: ", delayed",
 }
 
 
@@ -52,6 +54,9 @@ class TraceEntry:
     """For ``cancel``/``retry``: the engine refused it (the snapshot did not change)."""
     deadline_passed: bool = False
     """The command's deadline had passed before it ran: the engine saw a timeout."""
+    late: str = ""
+    """A remote step's delayed command or reply arriving at a later move: what became
+    of it (its own move did not make it, so it is not replayed as one)."""
 
     @property
     def is_call(self) -> bool:
@@ -59,6 +64,8 @@ class TraceEntry:
 
     def describe(self) -> str:
         """This entry in words, or "" for bookkeeping a reader does not need."""
+        if self.late:
+            return f"{self.label} {self.late}"
         if self.kind in ("start", "wake"):
             return ""
         if self.kind == "cancel":

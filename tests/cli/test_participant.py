@@ -34,7 +34,7 @@ from saga_fsm.messaging import (
 from tests.messaging._brokers import amqp_url, require
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE = "saga_fsm.examples.order_services"
+MODULE = "saga_fsm.examples.order_services_db"
 
 
 def participant(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -25,6 +25,8 @@ def test_the_round_trip_bench_runs_against_its_floor(broker: Broker) -> None:
             "20",
             "--concurrency",
             "4",
+            "--sagas",
+            "4",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -34,6 +36,10 @@ def test_the_round_trip_bench_runs_against_its_floor(broker: Broker) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     with_floor = broker.kind in ("postgresql", "amqp", "nats")
-    assert [line["engine"] for line in lines] == ["floor", "transport"][not with_floor :]
-    assert all(line["round_trips"] == 20 and line["round_trips_per_s"] > 0 for line in lines)
-    assert ("ratio_to_floor" in lines[-1]) == with_floor
+    engines = ["floor", "transport", "saga"][not with_floor :]
+    assert [line["engine"] for line in lines] == engines
+    *trips, sagas = lines
+    assert all(line["round_trips"] == 20 and line["round_trips_per_s"] > 0 for line in trips)
+    assert ("ratio_to_floor" in trips[-1]) == with_floor
+    assert sagas["sagas"] == 4 and sagas["sagas_per_s"] > 0
+    assert ("ratio_to_floor" in sagas) == with_floor

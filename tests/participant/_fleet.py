@@ -1,4 +1,4 @@
-"""The order services (saga_fsm.examples.order_services) as real ``saga-fsm participant``
+"""The order services (saga_fsm.examples.order_services_db) as real ``saga-fsm participant``
 processes, and a driver that plays the orchestrator by sending commands straight onto
 the transport and reading the replies.
 
@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import psycopg
 
-from saga_fsm.examples.order_services import PAYMENT_LIMIT, TABLES
+from saga_fsm.examples.order_services_db import PAYMENT_LIMIT, TABLES
 from saga_fsm.messaging import (
     Headers,
     Message,
@@ -48,7 +48,7 @@ def services_module(directory: Path, prefix: str) -> str:
     """A module in ``directory`` holding the three services on channels under ``prefix``."""
     name = f"order_services_{prefix}"
     (directory / f"{name}.py").write_text(
-        "from saga_fsm.examples.order_services import services\n\n"
+        "from saga_fsm.examples.order_services_db import services\n\n"
         f"_services = services({prefix!r})\n"
         "inventory = _services['inventory']\n"
         "payment = _services['payment']\n"

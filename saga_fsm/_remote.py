@@ -1,0 +1,142 @@
+"""Remote steps on the orchestrator's side: the command a transition puts in the outbox,
+and what a participant's reply means for the saga it names.
+
+Pure: no I/O. A command's message id is derived from its request id, so a command
+decided twice (or re-published by a relay) keeps one id and brokers that deduplicate
+by id can; a reply is applied only while its request is the one the snapshot waits for.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from saga_fsm._core import (
+    INVALID_RESULT,
+    Command,
+    Event,
+    RunCompensation,
+    RunStep,
+    idempotency_key,
+    outcome_event,
+)
+from saga_fsm._flow import CompiledSaga
+from saga_fsm._invoke import result_problem
+from saga_fsm._snapshot import ErrorInfo, Snapshot, StepStatus, split_state
+from saga_fsm.messaging._envelope import Headers, Message, MessageKind, message_to_json
+from saga_fsm.messaging._errors import MessageDecodeError
+from saga_fsm.messaging._reply import Outcome, reply_from_payload
+from saga_fsm.stores._outbox import OutboxMessage
+
+DEFAULT_REPLY_CHANNEL = "saga_fsm.replies"
+"""The base of the reply channels unless a worker names another (see ``reply_channel_for``)."""
+
+
+def reply_channel_for(base: str, definition: str) -> str:
+    """Where participants answer a definition's commands: ``base.<definition>`` (dots
+    in the name become ``_``), so that workers serving other definitions, competing on
+    their own channels, never take these replies."""
+    return f"{base}.{definition.replace('.', '_')}"
+
+
+_COMMAND_IDS = uuid.UUID("3b0f5d0e-8f5c-4c8e-9a55-0d6f2b7e4c19")
+
+
+def command_id(request_id: str) -> str:
+    """The message id of the command of request ``request_id``: the same every time."""
+    return uuid.uuid5(_COMMAND_IDS, request_id).hex
+
+
+def remote_commands(
+    compiled: CompiledSaga, snapshot: Snapshot, commands: tuple[Command, ...], reply_base: str
+) -> list[OutboxMessage]:
+    """The outbox rows of a decision: one per remote step or compensation it starts,
+    answered on ``reply_channel_for(reply_base, definition)``."""
+    rows = []
+    reply_channel = reply_channel_for(reply_base, snapshot.definition)
+    for command in commands:
+        if not isinstance(command, RunStep | RunCompensation) or command.request_id is None:
+            continue
+        step = compiled.definition.steps[compiled.step_index[command.step]]
+        compensating = isinstance(command, RunCompensation)
+        channel = step.compensation_command if compensating else step.command
+        assert channel is not None  # the core sets a request id only for remote calls
+        message = Message(
+            channel=channel,
+            kind=MessageKind.COMMAND,
+            payload=dict(snapshot.data),
+            headers=Headers(
+                saga_id=snapshot.saga_id,
+                definition=snapshot.definition,
+                step=command.step,
+                attempt=command.attempt,
+                # The step's key, for its compensation too: the participant files both
+                # under it, so that it can tell an undo from one that came first.
+                idempotency_key=idempotency_key(snapshot.saga_id, command.step),
+                request_id=command.request_id,
+                reply_channel=reply_channel,
+                correlation_id=snapshot.correlation_id,
+                traceparent=snapshot.traceparent,
+            ),
+            message_id=command_id(command.request_id),
+        )
+        rows.append(
+            OutboxMessage(snapshot.saga_id, channel, message.message_id, message_to_json(message))
+        )
+    return rows
+
+
+def awaited(snapshot: Snapshot) -> RunStep | RunCompensation | None:
+    """The remote call the saga is waiting for, if it waits for one."""
+    step = split_state(snapshot.state)[1]
+    if step is None:
+        return None
+    record = snapshot.step(step)
+    if record.request_id is None:
+        return None
+    if record.status is StepStatus.RUNNING:
+        return RunStep(step, record.attempts, "", record.deadline, record.request_id)
+    if record.status is StepStatus.COMPENSATING:
+        return RunCompensation(
+            step, record.compensation_attempts, "", record.deadline, record.request_id
+        )
+    return None
+
+
+def stale_reason(snapshot: Snapshot, reply: Message) -> str | None:
+    """Why ``reply`` does not answer what ``snapshot`` waits for (None: it does)."""
+    if snapshot.is_terminal:
+        return f"the saga is finished ({snapshot.state})"
+    waiting = awaited(snapshot)
+    if waiting is None:
+        return f"the saga waits for no reply ({snapshot.state})"
+    if reply.headers.request_id != waiting.request_id:
+        return (
+            f"answers request {reply.headers.request_id!r}, the saga waits for"
+            f" {waiting.request_id!r}"
+        )
+    return None
+
+
+def reply_event(snapshot: Snapshot, reply: Message, at: datetime) -> Event:
+    """The event a current reply stands for; ``MessageDecodeError`` for a payload that
+    is not a reply, or an outcome that does not fit the call (a poison message)."""
+    waiting = awaited(snapshot)
+    assert waiting is not None and stale_reason(snapshot, reply) is None
+    body = reply_from_payload(reply.payload, message_id=reply.message_id)
+    compensating = isinstance(waiting, RunCompensation)
+    if body.outcome is Outcome.COMPENSATED:
+        if not compensating:
+            raise MessageDecodeError(reply.message_id, "a compensation's answer to a step")
+        return outcome_event(waiting, "succeeded", at)
+    if body.outcome is Outcome.FAILED:
+        error = body.error or ErrorInfo("RemoteStepFailed", "no error given", retryable=True)
+        return outcome_event(waiting, "failed", at, error=error)
+    if compensating:
+        return outcome_event(waiting, "succeeded", at)
+    problem = result_problem(body.data)
+    if problem is not None:
+        # The participant acted, and its answer cannot be merged: like a local action's.
+        error = ErrorInfo(INVALID_RESULT, problem, retryable=False)
+        return outcome_event(waiting, "failed", at, error=error)
+    return outcome_event(waiting, "succeeded", at, result=body.data)
