@@ -366,3 +366,35 @@ def test_a_lost_version_race_rolls_the_step_back_and_runs_it_again(postgres_dsn:
     assert done.state == "completed"
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT saga_id, step FROM effects").fetchall() == [("r", "only")]
+
+
+def test_a_remote_step_after_a_transactional_one_has_its_command_in_the_outbox(
+    tmp_path: Path,
+) -> None:
+    """The transaction that commits a transactional step's outcome also writes the next
+    step's command, as any save does: the saga waits for a reply only to a command
+    that is on its way."""
+    from saga_fsm import SagaExecutor, Step
+
+    def record(ctx: StepContext) -> None:
+        ctx.connection.execute(
+            "INSERT INTO effects VALUES (?, ?, ?)", (ctx.saga_id, ctx.step, False)
+        )
+
+    definition = SagaDefinition(
+        "tx_then_remote",
+        (
+            Step("record", record, read_only=True, transactional=True),
+            Step("reserve", command="tx.inventory.reserve", timeout=30, read_only=True),
+        ),
+    )
+
+    async def go() -> tuple[Any, list[Any], list[Any]]:
+        async with sqlite_store(tmp_path) as (store, rows):
+            saga = await SagaExecutor(store, [definition]).run(definition, {})
+            return saga, await store.outbox(saga_id=saga.saga_id), rows()
+
+    saga, outbox, effects = asyncio.run(go())
+    assert saga.state == "running:reserve"
+    assert [entry.message.channel for entry in outbox] == ["tx.inventory.reserve"]
+    assert effects == [(saga.saga_id, "record", False)]
