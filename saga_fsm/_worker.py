@@ -253,6 +253,7 @@ class Worker:
                 self.worker_id,
                 clock=self.orchestrator.clock,
                 wake=self.orchestrator.outbox_written,
+                observer=self.orchestrator.observer,
             )
             tasks.append(asyncio.create_task(relay.run(stop)))
         return tasks

@@ -17,6 +17,7 @@ from saga_fsm.cli._dlq import broker_url
 from saga_fsm.cli._params import MAX_INTERVAL_SECONDS, MAX_LEASE_SECONDS, FiniteFloat
 from saga_fsm.messaging import InvalidTransportURL, TransportError, open_transport
 from saga_fsm.messaging._relay import DEFAULT_RELAY_LEASE, OutboxRelay
+from saga_fsm.observability._serve import MissingExtra, worker_observer
 from saga_fsm.stores import open_store
 from saga_fsm.stores._outbox import OutboxStore
 
@@ -46,6 +47,11 @@ log = get_logger("saga_fsm.relay")
     default=0.05,
     show_default=True,
 )
+@click.option(
+    "--tracing",
+    is_flag=True,
+    help="A PRODUCER span per published command, continuing its saga's trace (extra: otel).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG.")
 def relay(
     store_url: str | None,
@@ -53,6 +59,7 @@ def relay(
     relay_id: str | None,
     lease_seconds: float,
     poll_interval: float,
+    tracing: bool,
     verbose: bool,
 ) -> None:
     """Publish the commands remote steps wrote to the saga store's outbox, until SIGTERM
@@ -62,6 +69,10 @@ def relay(
     url = resolve_store_url(store_url)
     transport_url = broker_url(broker, url)
     name = relay_id or default_worker_id()
+    try:
+        observer, _metrics = worker_observer(metrics_port=None, tracing=tracing)
+    except MissingExtra as err:
+        raise UsageProblem(str(err)) from None
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -81,6 +92,7 @@ def relay(
                         name,
                         lease_seconds=lease_seconds,
                         poll_interval=poll_interval,
+                        observer=observer,
                     ).run(stop)
                     return
             except (InvalidStoreURL, InvalidTransportURL) as err:

@@ -19,6 +19,7 @@ from saga_fsm._errors import SagaError
 from saga_fsm.messaging._envelope import message_from_json
 from saga_fsm.messaging._errors import MessageDecodeError
 from saga_fsm.messaging._protocol import Transport
+from saga_fsm.observability._observer import NO_OBSERVER, Observer
 from saga_fsm.stores._outbox import OutboxEntry, OutboxStore
 
 log = logging.getLogger("saga_fsm.relay")
@@ -44,6 +45,7 @@ class OutboxRelay:
         poll_interval: float = 0.05,
         max_backoff: float = 5.0,
         wake: asyncio.Event | None = None,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         seconds("lease_seconds", lease_seconds)
         seconds("poll_interval", poll_interval)
@@ -57,6 +59,7 @@ class OutboxRelay:
         self.max_backoff = max_backoff
         self.counts: Counter[str] = Counter()
         self.wake = wake
+        self.observer = observer  # a PRODUCER span per publish, when tracing
         """Set by a writer in this process when it wrote rows: no need to wait a poll."""
 
     async def relay_once(self) -> int:
@@ -87,7 +90,8 @@ class OutboxRelay:
             self.counts["refused"] += 1
             log.error("outbox row %d of saga %s: %s", entry.seq, entry.message.saga_id, err)
             return False
-        await self.transport.publish(message)
+        with self.observer.publishing(message) as sent:
+            await self.transport.publish(sent)
         return True
 
     async def run(self, stop: asyncio.Event) -> None:

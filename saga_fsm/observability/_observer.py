@@ -55,6 +55,11 @@ class Observer:
         """Wraps a participant's handling of one delivered command."""
         return nullcontext()
 
+    def publishing(self, message: Message) -> AbstractContextManager[Message]:
+        """Wraps the relay's publish of one outbox message: yields the message to send
+        (the tracer's carries its PRODUCER span's ``traceparent``)."""
+        return nullcontext(message)
+
     def duplicate(self, participant: str, message: Message) -> None:
         """A participant answered a command it had seen before from its inbox."""
 
@@ -113,6 +118,13 @@ class Observers(Observer):
             for observer in self.observers:
                 stack.enter_context(observer.consuming(participant, message))
             yield
+
+    @contextmanager
+    def publishing(self, message: Message) -> Iterator[Message]:
+        with ExitStack() as stack:
+            for observer in self.observers:
+                message = stack.enter_context(observer.publishing(message))
+            yield message
 
     def duplicate(self, participant: str, message: Message) -> None:
         for observer in self.observers:

@@ -210,6 +210,20 @@ class SagaTracing(Observer):
         ) as span:
             yield span
 
+    @contextmanager
+    def publishing(self, message: Message) -> Iterator[Message]:
+        """The relay's publish of a command: a PRODUCER span, a child of the saga's
+        stored trace context, whose own ``traceparent`` the sent message carries."""
+        with self.tracer.start_as_current_span(
+            f"{message.channel} publish",
+            context=context_of(message.headers.traceparent),
+            kind=SpanKind.PRODUCER,
+            attributes=_publish_attributes(message),
+        ) as span:
+            traceparent, _tracestate = traceparent_of(span)
+            headers = attrs.evolve(message.headers, traceparent=traceparent)
+            yield attrs.evolve(message, headers=headers)
+
     # -- helpers --------------------------------------------------------------------------
     def _span(
         self,
@@ -257,12 +271,19 @@ async def publish(
     with tracer.start_as_current_span(
         f"{message.channel} publish",
         kind=SpanKind.PRODUCER,
-        attributes={
-            "messaging.operation": "publish",
-            "messaging.destination.name": message.channel,
-            "messaging.message.id": message.message_id,
-        },
+        attributes=_publish_attributes(message),
     ) as span:
         traceparent, _tracestate = traceparent_of(span)
         headers = attrs.evolve(message.headers, traceparent=traceparent)
         await transport.publish(attrs.evolve(message, headers=headers))
+
+
+def _publish_attributes(message: Message) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.operation": "publish",
+        "messaging.destination.name": message.channel,
+        "messaging.message.id": message.message_id,
+    }
+    if message.headers.saga_id is not None:
+        attributes["saga.id"] = message.headers.saga_id
+    return attributes

@@ -339,3 +339,59 @@ def test_a_saga_handed_back_to_the_store_leaves_nothing_behind() -> None:
     released = attrs.evolve(decision.snapshot, wake_at=datetime.now(UTC))
     tracing.transitioned(pending, released, decision.history)
     assert tracing._pending == {}
+
+
+def test_a_remote_step_is_published_by_the_relay_in_a_producer_span_of_the_saga() -> None:
+    """A remote step as workers run it: the command goes through the outbox, and the
+    relay's publish is a PRODUCER span of the saga's trace whose context the command
+    carries; the participant's CONSUMER span continues it; the reply completes the saga."""
+    from saga_fsm import SagaDefinition, SagaExecutor, Step, Worker
+
+    provider, exporter = in_memory_provider()
+    tracing = SagaTracing(provider)
+    transport = MemoryTransport()
+    inventory = Participant("inventory", observer=tracing)
+
+    @inventory.handles("inventory.reserve")
+    def handle(command: Command) -> Mapping[str, Any]:
+        return {"reservation": command.idempotency_key}
+
+    definition = SagaDefinition(
+        "remote_order", (Step("reserve", command="inventory.reserve", timeout=30, read_only=True),)
+    )
+
+    async def go() -> Any:
+        store = MemoryStore()
+        executor = SagaExecutor(store, [definition], observer=tracing, lease_seconds=5)
+        worker = Worker(executor, poll_interval=0.02, transport=transport)
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(worker.run(stop, grace=1.0)),
+            asyncio.create_task(inventory.serve(transport, MemoryInbox(), stop=stop)),
+        ]
+        try:
+            saga = await executor.run(definition, {})
+            for _ in range(400):
+                saga = await store.load(saga.saga_id)
+                if saga.is_terminal:
+                    return saga
+                await asyncio.sleep(0.025)
+            raise AssertionError(f"not finished: {saga.state}")
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+    final = asyncio.run(go())
+    assert final.state == "completed" and final.data["reservation"] == f"{final.saga_id}:reserve"
+    spans = exporter.get_finished_spans()
+    named = by_name(spans)
+    start = named["saga.start remote_order"][0]
+    (producer,) = named["inventory.reserve publish"]
+    (consumer,) = named["inventory.reserve process"]
+    assert len({s.context.trace_id for s in spans}) == 1
+    assert roots(spans) == [start]
+    assert producer.kind is SpanKind.PRODUCER and producer.parent is not None
+    assert producer.parent.span_id == start.context.span_id
+    assert producer.attributes is not None and producer.attributes["saga.id"] == final.saga_id
+    assert consumer.kind is SpanKind.CONSUMER and consumer.parent is not None
+    assert consumer.parent.span_id == producer.context.span_id
