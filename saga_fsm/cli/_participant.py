@@ -14,6 +14,8 @@ from saga_fsm.cli._app import UsageProblem, main, run_async
 from saga_fsm.cli._dlq import broker_url
 from saga_fsm.cli._params import MAX_CONCURRENCY, MAX_INTERVAL_SECONDS, FiniteFloat, count
 from saga_fsm.messaging._url import check_transport_url
+from saga_fsm.observability._observer import NO_OBSERVER, Observers
+from saga_fsm.observability._serve import MissingExtra, worker_observer
 from saga_fsm.participant._service import (
     INBOX_URLS,
     check_inbox_url,
@@ -87,6 +89,17 @@ def _check_sqlite(url: str, option: str) -> None:
     help="Seconds a command stays claimed by a consumer that may have died (the database"
     " transports, NATS).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics (extra: metrics).",
+)
+@click.option(
+    "--tracing",
+    is_flag=True,
+    help="A CONSUMER span per command, continuing the saga's trace (extra: otel).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 @click.option(
     "--log-format",
@@ -102,6 +115,8 @@ def participant(
     concurrency: int,
     max_deliveries: int,
     ack_wait: float,
+    metrics_port: int | None,
+    tracing: bool,
     verbose: bool,
     log_format: str,
 ) -> None:
@@ -119,6 +134,12 @@ def participant(
     _check_sqlite(broker, "--broker")
     _check_sqlite(inbox_url, "--inbox")
     configure_logging(verbose=verbose, log_format=log_format)
+    try:
+        observer, _metrics = worker_observer(metrics_port=metrics_port, tracing=tracing)
+    except MissingExtra as err:
+        raise UsageProblem(str(err)) from None
+    if observer is not NO_OBSERVER:
+        found.observer = Observers(found.observer, observer)
 
     async def serve() -> None:
         stop = asyncio.Event()

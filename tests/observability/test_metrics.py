@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -231,3 +232,35 @@ def test_taking_over_an_attempt_in_flight_counts_a_lease_takeover() -> None:
 
     asyncio.run(go())
     assert registry.get_sample_value("saga_fsm_lease_takeovers_total", {"definition": "order"}) == 1
+
+
+def test_a_participant_process_serves_its_metrics(tmp_path: Path) -> None:
+    """``saga-fsm participant --metrics-port``: a command delivered again (same
+    idempotency key) is answered from the inbox and counted as a duplicate."""
+    from tests.cli.test_participant import MODULE, ask, command, serving
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"sqlite:///{tmp_path}/broker.db"
+    cli = ["saga-fsm", "participant", f"{MODULE}:inventory", "--broker", url]
+    with serving([*cli, "--metrics-port", str(port), "--tracing"], tmp_path):
+
+        def reserve() -> Any:  # a new message each time, under the same idempotency key
+            return command("inventory.reserve", "o-1", {"order_id": "o-1"}, "replies")
+
+        first = asyncio.run(ask(url, [reserve()], "replies"))
+        again = asyncio.run(ask(url, [reserve()], "replies"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+    assert first == again
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    key = (
+        "saga_fsm_inbox_duplicates_total",
+        (("channel", "inventory.reserve"), ("participant", "inventory")),
+    )
+    assert samples[key] == 1.0
