@@ -1,5 +1,6 @@
-"""kill -9 of orchestrator workers and outbox relays, at random moments, on PostgreSQL
-(store and embedded transport in one database): every saga still ends completed or
+"""kill -9 of orchestrator workers and outbox relays, at random moments, with the saga
+store on PostgreSQL and the commands on its embedded transport, on RabbitMQ and on NATS
+JetStream: every saga still ends completed or
 compensated, and the participant never applies an effect twice, never undoes a step it
 did not do, never applies a step after its undo."""
 
@@ -12,8 +13,11 @@ import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from saga_fsm._client import SagaClient
 from saga_fsm._registry import registry
@@ -22,7 +26,8 @@ from saga_fsm.examples.order_remote import remote_definition
 from saga_fsm.messaging import open_transport
 from saga_fsm.participant import MemoryInbox
 from saga_fsm.stores import PostgresStore
-from tests.messaging._brokers import postgres_url
+from tests.messaging import _brokers
+from tests.messaging._brokers import Broker, postgres_url
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 20  # of each kind
@@ -50,15 +55,49 @@ def order(n: int) -> dict[str, Any]:
     }
 
 
-def test_workers_and_relays_killed_at_random_lose_nothing(postgres_dsn: str) -> None:
+CHANNELS = ("inventory.reserve", "inventory.release", "payment.charge", "payment.refund")
+CHANNELS += ("shipping.ship", "replies.order_fulfillment_remote")
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("amqp", marks=pytest.mark.broker),
+        pytest.param("nats", marks=pytest.mark.broker),
+    ]
+)
+def broker(request: pytest.FixtureRequest, postgres_dsn: str) -> Iterator[Broker]:
+    """Where the commands travel; the saga store is PostgreSQL in every case."""
+    if request.param == "postgresql":
+        url = postgres_url(postgres_dsn)
+    elif request.param == "amqp":
+        url = _brokers.amqp_url()
+        _brokers.require(url, "RabbitMQ", 5672)
+    else:
+        url = _brokers.nats_url()
+        _brokers.require(url, "NATS", 4222)
+    broker = Broker(request.param, url, prefix=f"k{secrets.token_hex(4)}")
+    for name in CHANNELS:
+        broker.channel(name)  # deleted from a shared broker afterwards
+    try:
+        yield broker
+    finally:
+        asyncio.run(broker.clean())
+
+
+def test_workers_and_relays_killed_at_random_lose_nothing(
+    postgres_dsn: str, broker: Broker
+) -> None:
     url = postgres_url(postgres_dsn)
-    prefix = f"k{secrets.token_hex(4)}"
+    prefix = broker.prefix
     definition = remote_definition(prefix, timeout=5.0)
     worker_args = [
         "worker",
         "tests.remote._kill_saga:definition",
         "--store",
         url,
+        "--broker",
+        broker.url,
         "--no-relay",
         "--lease-seconds",
         "1",
@@ -71,7 +110,7 @@ def test_workers_and_relays_killed_at_random_lose_nothing(postgres_dsn: str) -> 
         "--ack-wait",
         "1",
     ]
-    relay_args = ["relay", "--store", url, "--lease-seconds", "1"]
+    relay_args = ["relay", "--store", url, "--broker", broker.url, "--lease-seconds", "1"]
     order_services.tables.clear()
     rng = random.Random(7)
 
@@ -81,7 +120,7 @@ def test_workers_and_relays_killed_at_random_lose_nothing(postgres_dsn: str) -> 
         relays = [spawn(relay_args, prefix) for _ in range(2)]
         stop = asyncio.Event()
         try:
-            async with open_transport(url, ack_wait=5.0) as transport:
+            async with open_transport(broker.url, ack_wait=5.0) as transport:
                 participant = order_services.make_participant(prefix)
                 serving = asyncio.create_task(
                     participant.serve(transport, MemoryInbox(), stop=stop, concurrency=4)
