@@ -19,6 +19,7 @@ from saga_fsm.participant._service import (
     check_inbox_url,
     load_participant,
     run_participant,
+    under,
 )
 from saga_fsm.stores.url import redact_url, sqlite_path, url_scheme
 
@@ -87,6 +88,12 @@ def _check_sqlite(url: str, option: str) -> None:
     help="Seconds a command stays claimed by a consumer that may have died (the database"
     " transports, NATS).",
 )
+@click.option(
+    "--prefix",
+    default=None,
+    metavar="P",
+    help="Serve every channel under P (P.inventory.reserve): services sharing a broker.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 @click.option(
     "--log-format",
@@ -102,6 +109,7 @@ def participant(
     concurrency: int,
     max_deliveries: int,
     ack_wait: float,
+    prefix: str | None,
     verbose: bool,
     log_format: str,
 ) -> None:
@@ -112,6 +120,8 @@ def participant(
     unreachable the service logs, backs off and tries again.
     """
     found = load_participant(ref)
+    if prefix is not None:
+        found = under(found, prefix)
     broker = broker_url(url)
     check_transport_url(broker)
     inbox_url = _inbox_url(inbox, broker)
