@@ -202,6 +202,8 @@ def running(broker: str, prefix: str | None) -> Iterator[Services]:
             services.start()
             yield services
         finally:
+            # A second SIGTERM must not cut the stopping short.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             services.stop()
             signal.signal(signal.SIGTERM, previous)
 
