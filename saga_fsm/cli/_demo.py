@@ -146,10 +146,16 @@ def next_steps(tally: Tally, url: str, store_given: bool) -> str:
 @click.option(
     "--remote",
     is_flag=True,
-    help="Inventory, payment and shipping as a remote participant, by command and reply.",
+    help="Inventory, payment and shipping as three participant processes, by command and reply.",
 )
 @click.option(
     "--broker", default=None, help="With --choreography or --remote: amqp:// or nats:// URL."
+)
+@click.option(
+    "--prefix",
+    default=None,
+    metavar="P",
+    help="With --remote: every channel under P, apart from others on the same broker.",
 )
 def demo(
     store_url: str | None,
@@ -160,18 +166,22 @@ def demo(
     choreography: bool,
     remote: bool,
     broker: str | None,
+    prefix: str | None,
 ) -> None:
     """Run N order-fulfilment sagas against fake services that fail at the given rate
     (with --choreography: N orders through the order choreography's services; with
-    --remote: N orders through remote services, over the store's database or --broker)."""
+    --remote: N orders through three participant processes, over the store's database
+    or --broker)."""
     url = resolve_store_url(store_url)
     if choreography and remote:
         raise UsageProblem("choose one of --choreography and --remote")
     if remote:
         from saga_fsm.cli._remote_demo import remote_demo
 
-        exit_with(1 if remote_demo(url, broker, sagas, seed, concurrency) else 0)
+        exit_with(1 if remote_demo(url, broker, prefix, sagas, seed, concurrency) else 0)
         return
+    if prefix is not None:
+        raise UsageProblem("--prefix goes with --remote")
     if choreography or broker is not None:
         if not choreography:
             raise UsageProblem("--broker goes with --choreography or --remote")

@@ -21,6 +21,7 @@ from saga_fsm.participant._service import (
     check_inbox_url,
     load_participant,
     run_participant,
+    under,
 )
 from saga_fsm.stores.url import redact_url, sqlite_path, url_scheme
 
@@ -90,6 +91,12 @@ def _check_sqlite(url: str, option: str) -> None:
     " transports, NATS).",
 )
 @click.option(
+    "--prefix",
+    default=None,
+    metavar="P",
+    help="Serve every channel under P (P.inventory.reserve): services sharing a broker.",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(min=0, max=65535),
     default=None,
@@ -115,6 +122,7 @@ def participant(
     concurrency: int,
     max_deliveries: int,
     ack_wait: float,
+    prefix: str | None,
     metrics_port: int | None,
     tracing: bool,
     verbose: bool,
@@ -127,6 +135,8 @@ def participant(
     unreachable the service logs, backs off and tries again.
     """
     found = load_participant(ref)
+    if prefix is not None:
+        found = under(found, prefix)
     broker = broker_url(url)
     check_transport_url(broker)
     inbox_url = _inbox_url(inbox, broker)

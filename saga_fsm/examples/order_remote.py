@@ -1,6 +1,8 @@
 """Order fulfilment with remote participants: inventory, payment and shipping are
-services reached by command and reply (``saga_fsm.examples.order_services``); the
-confirmation is still a local step. Local and remote steps mix in one table.
+services reached by command and reply (as processes: ``saga_fsm.examples.order_services_db``,
+which ``saga-fsm demo --remote`` runs; in memory for ``check --participant``:
+``saga_fsm.examples.order_services``); the confirmation is still a local step. Local and
+remote steps mix in one table.
 
 reserve_inventory   compensable   inventory.reserve   undo: inventory.release
 process_payment     compensable   payment.charge      undo: payment.refund

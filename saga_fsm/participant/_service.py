@@ -11,7 +11,12 @@ from typing import Any
 
 from saga_fsm._errors import InvalidReference
 from saga_fsm._logging import get_logger
-from saga_fsm.messaging import InvalidTransportURL, TransportError, connect_transport
+from saga_fsm.messaging import (
+    InvalidTransportURL,
+    TransportError,
+    check_channel,
+    connect_transport,
+)
 from saga_fsm.participant._inbox import Inbox, MemoryInbox, PostgresInbox, SqliteInbox
 from saga_fsm.participant._participant import Participant
 from saga_fsm.stores.url import redact_url, url_scheme
@@ -53,6 +58,19 @@ def load_participant(ref: str) -> Participant:
             f" name one as {module_name}:attribute"
         )
     return next(iter(found.values()))
+
+
+def under(participant: Participant, prefix: str) -> Participant:
+    """A copy of ``participant`` with every channel under ``prefix`` (``P.inventory.reserve``):
+    services sharing a broker with others keep to their own channels."""
+    check_channel(prefix)
+    moved = Participant(
+        participant.name, retry_delay=participant.retry_delay, observer=participant.observer
+    )
+    for route in participant.routes.values():
+        compensates = f"{prefix}.{route.compensates}" if route.compensates else None
+        moved.handles(f"{prefix}.{route.channel}", compensates=compensates)(route.handler)
+    return moved
 
 
 def check_inbox_url(url: str) -> None:

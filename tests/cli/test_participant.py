@@ -59,6 +59,7 @@ def participant(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ([MODULE, "--broker", "memory://", "--inbox", "redis://u:hunter2@x/"], "invalid inbox"),
         ([MODULE, "--broker", "sqlite:///no/such/dir/m.db"], "directory no/such/dir does not"),
         ([MODULE, "--broker", "memory://", "--concurrency", "0"], "--concurrency"),
+        ([MODULE, "--broker", "memory://", "--prefix", "a b"], "invalid channel 'a b'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

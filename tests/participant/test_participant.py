@@ -350,3 +350,14 @@ def test_a_participant_outlives_its_database_connections_being_cut(postgres_dsn:
             assert calls == ["s1:reserve", "s2:reserve"]
 
     run(body())
+
+
+def test_under_a_prefix_every_channel_and_what_it_compensates_moves() -> None:
+    from saga_fsm.examples.order_services_db import participant, services
+    from saga_fsm.participant._service import under
+
+    moved = under(participant, "p1")
+    expected = services("p1")["order_services"]
+    assert moved.name == participant.name
+    assert moved.routes == expected.routes
+    assert set(participant.routes) == set(services()["order_services"].routes)  # left alone
