@@ -66,6 +66,7 @@ class Fleet:
     module: str
     directory: Path
     processes: dict[str, list[subprocess.Popen[bytes]]] = attrs.field(factory=dict)
+    logs: dict[int, Path] = attrs.field(factory=dict)
     kills: int = 0
     started: int = 0
 
@@ -95,6 +96,7 @@ class Fleet:
                 stderr=out,
             )
         self.processes.setdefault(service, []).append(process)
+        self.logs[process.pid] = log
         if wait:
             deadline = time.monotonic() + 60
             while b"consuming" not in log.read_bytes():
@@ -131,6 +133,13 @@ class Fleet:
         """SIGTERM every live process; their exit codes."""
         live = [p for ps in self.processes.values() for p in ps if p.poll() is None]
         for process in live:
+            # A replacement started a moment ago may not handle SIGTERM yet (it is still
+            # importing): stopping it then is the default action, not a clean exit.
+            deadline = time.monotonic() + 60
+            while b"consuming" not in self.logs[process.pid].read_bytes():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             process.send_signal(signal.SIGTERM)
         return [process.wait(timeout=30) for process in live]
 
