@@ -45,6 +45,8 @@ from saga_fsm.cli._params import (
     MAX_LEASE_SECONDS,
     FiniteFloat,
     count,
+    log_format_option,
+    metrics_port_option,
 )
 from saga_fsm.cli._render import console, state_text
 from saga_fsm.messaging import (
@@ -171,19 +173,8 @@ def refuse_memory_store(store_url: str | None) -> None:
     help="On SIGTERM/SIGINT, seconds to let in-flight steps finish.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log each claim and step.")
-@click.option(
-    "--log-format",
-    type=click.Choice(["human", "json"]),
-    default="human",
-    show_default=True,
-    help="Log lines for people, or one JSON object per line.",
-)
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(min=0, max=65535),
-    default=None,
-    help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics (extra: metrics).",
-)
+@log_format_option
+@metrics_port_option
 @click.option(
     "--tracing",
     is_flag=True,

@@ -46,3 +46,19 @@ def parse_duration(text: str, option: str = "--older-than") -> timedelta:
     if seconds > MAX_DURATION.total_seconds():
         raise click.BadParameter(f"{text!r} is longer than 36500d", param_hint=option)
     return timedelta(seconds=seconds)
+
+
+# Options that every long-running process (worker, participant) shares.
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["human", "json"]),
+    default="human",
+    show_default=True,
+    help="Log lines for people, or one JSON object per line.",
+)
+metrics_port_option = click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics (extra: metrics).",
+)

@@ -12,7 +12,14 @@ import click
 from saga_fsm._logging import configure as configure_logging
 from saga_fsm.cli._app import UsageProblem, main, run_async
 from saga_fsm.cli._dlq import broker_url
-from saga_fsm.cli._params import MAX_CONCURRENCY, MAX_INTERVAL_SECONDS, FiniteFloat, count
+from saga_fsm.cli._params import (
+    MAX_CONCURRENCY,
+    MAX_INTERVAL_SECONDS,
+    FiniteFloat,
+    count,
+    log_format_option,
+    metrics_port_option,
+)
 from saga_fsm.messaging._url import check_transport_url
 from saga_fsm.observability._observer import NO_OBSERVER, Observers
 from saga_fsm.observability._serve import MissingExtra, worker_observer
@@ -96,25 +103,14 @@ def _check_sqlite(url: str, option: str) -> None:
     metavar="P",
     help="Serve every channel under P (P.inventory.reserve): services sharing a broker.",
 )
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(min=0, max=65535),
-    default=None,
-    help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics (extra: metrics).",
-)
+@metrics_port_option
 @click.option(
     "--tracing",
     is_flag=True,
     help="A CONSUMER span per command, continuing the saga's trace (extra: otel).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
-@click.option(
-    "--log-format",
-    type=click.Choice(["human", "json"]),
-    default="human",
-    show_default=True,
-    help="Log lines for people, or one JSON object per line.",
-)
+@log_format_option
 def participant(
     ref: str,
     url: str | None,
