@@ -208,6 +208,9 @@ def running(broker: str, prefix: str | None) -> Iterator[Services]:
             signal.signal(signal.SIGTERM, previous)
 
 
+_START_BATCH = 200
+
+
 def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -245,12 +248,18 @@ async def run_sagas(
             serving = asyncio.create_task(worker.run(stop, grace=5.0))
             try:
                 client = SagaClient(store, executor.definitions, reply_channel=reply_channel)
-                started = await client.start_many(
-                    definition,
-                    [order(seed, n) for n in range(sagas)],
-                    definition_ref=None if prefix else "saga_fsm.examples.order_remote:definition",
-                )
-                waiting = {s.saga_id for s in started}
+                waiting: set[str] = set()
+                # In batches: a SIGTERM or Ctrl-C while many are being started ends the
+                # demo at the next batch, not after the last.
+                for first in range(0, sagas, _START_BATCH):
+                    started = await client.start_many(
+                        definition,
+                        [order(seed, n) for n in range(first, min(first + _START_BATCH, sagas))],
+                        definition_ref=None
+                        if prefix
+                        else "saga_fsm.examples.order_remote:definition",
+                    )
+                    waiting.update(s.saga_id for s in started)
                 while not waiting <= finished.states.keys():
                     finished.changed.clear()
                     services.check()

@@ -4,6 +4,7 @@ on the brokers, none left behind; and the CLI's refusals around it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -108,7 +109,14 @@ def test_sigterm_stops_the_demo_and_its_participants(tmp_path: Path) -> None:
         pids = participant_pids("".join(lines))
         assert [pid for pid in pids if alive(pid)] == pids
         running.send_signal(signal.SIGTERM)
-        _, err = running.communicate(timeout=60)
+        try:
+            _, err = running.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            running.kill()  # never a hang of the suite: a failure
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            raise
     assert running.returncode != 0
     assert "Traceback" not in err, err
     assert not [pid for pid in pids if alive(pid)]
