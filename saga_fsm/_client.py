@@ -159,7 +159,8 @@ class SagaClient:
         return await self._operator(saga_id, Event.cancel(self.clock.now()))
 
     async def retry(self, saga_id: str) -> Snapshot:
-        """Resume a saga parked in ``failed`` where it gave up, with a fresh attempt budget."""
+        """Resume a saga parked in ``failed`` where it gave up: a compensation with a fresh
+        attempt budget, a pivot that may have acted with one more attempt."""
         return await self._operator(saga_id, Event.retry(self.clock.now()))
 
     async def _operator(self, saga_id: str, event: Event) -> Snapshot:
