@@ -302,9 +302,7 @@ class _Scratch:
         row = self._row(_dest(ev))
         step, record = self._step(row), self.steps[row]
         # An operator's retry of a pivot parked with its attempts used up grants one more.
-        attempts_left = self.event.trigger == "retry" or step.retry.allows_attempt(
-            record.attempts
-        )
+        attempts_left = self.event.trigger == "retry" or step.retry.allows_attempt(record.attempts)
         deadline = self._deadline(step.timeout)
         saga_id, attempt = self.snapshot.saga_id, record.attempts + 1
         request = None if step.command is None else request_id(saga_id, step.name, attempt)
