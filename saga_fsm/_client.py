@@ -154,12 +154,15 @@ class SagaClient:
 
     async def cancel(self, saga_id: str) -> Snapshot:
         """Ask a saga to compensate. Refused (``TransitionNotAllowed``) past the pivot or
-        once finished. A step in flight finishes first; then its work is undone too.
+        once finished. A step in flight finishes first; then its work is undone too. At
+        the pivot, which may have acted, the cancel is recorded and the pivot's outcome
+        decides: refused, compensate; succeeded, forward; ambiguous to the end, parked.
         The lease is left as it is: whoever drives the saga carries on compensating."""
         return await self._operator(saga_id, Event.cancel(self.clock.now()))
 
     async def retry(self, saga_id: str) -> Snapshot:
-        """Resume a saga parked in ``failed`` where it gave up, with a fresh attempt budget."""
+        """Resume a saga parked in ``failed`` where it gave up: a compensation with a fresh
+        attempt budget, a pivot that may have acted with one more attempt."""
         return await self._operator(saga_id, Event.retry(self.clock.now()))
 
     async def _operator(self, saga_id: str, event: Event) -> Snapshot:

@@ -301,7 +301,8 @@ class _Scratch:
     def run_step(self, ev: EventData) -> None:
         row = self._row(_dest(ev))
         step, record = self._step(row), self.steps[row]
-        attempts_left = step.retry.allows_attempt(record.attempts)
+        # An operator's retry of a pivot parked with its attempts used up grants one more.
+        attempts_left = self.event.trigger == "retry" or step.retry.allows_attempt(record.attempts)
         deadline = self._deadline(step.timeout)
         saga_id, attempt = self.snapshot.saga_id, record.attempts + 1
         request = None if step.command is None else request_id(saga_id, step.name, attempt)
@@ -420,9 +421,13 @@ class _Scratch:
         self.commands.append(Finish(_dest(ev)))
 
     def resume_parked(self, ev: EventData) -> None:
-        row = self._row(_dest(ev))
+        dest = _dest(ev)
+        row = self._row(dest)
         self.steps[row] = replace(self.steps[row], compensation_attempts=0)
         self.parked_at = None
+        if split_state(dest)[0] is SagaStatus.RUNNING:
+            # A pivot run again: the saga is going forward, nothing has failed yet.
+            self.failure = None
 
     def request_cancel(self, _ev: EventData) -> None:
         self.cancel_requested = True

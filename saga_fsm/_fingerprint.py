@@ -19,17 +19,22 @@ from typing import Any
 
 from saga_fsm._definition import SagaDefinition
 from saga_fsm._flow import CompiledSaga, compile_saga
+from saga_fsm._snapshot import SagaStatus
 
 FINGERPRINT_FORMAT = 1
 """Part of the hashed text: a change to what is hashed is a new format, never a silent
 change of every fingerprint."""
 
 
-def table_of(compiled: CompiledSaga) -> dict[str, Any]:
+def _edges(compiled: CompiledSaga) -> set[tuple[str, str, str]]:
+    return {(row.trigger, row.source, row.dest or row.source) for row in compiled.rows}
+
+
+def table_of(
+    compiled: CompiledSaga, edges: set[tuple[str, str, str]] | None = None
+) -> dict[str, Any]:
     """The canonical description the fingerprint hashes (JSON values only)."""
-    transitions = sorted(
-        {(row.trigger, row.source, row.dest or row.source) for row in compiled.rows}
-    )
+    transitions = sorted(_edges(compiled) if edges is None else edges)
     return {
         "format": FINGERPRINT_FORMAT,
         "states": sorted(compiled.states),
@@ -51,11 +56,48 @@ def table_of(compiled: CompiledSaga) -> dict[str, Any]:
     }
 
 
+def _hash(table: dict[str, Any]) -> str:
+    text = json.dumps(table, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 @functools.cache
 def fingerprint(compiled: CompiledSaga) -> str:
     """The compiled table's fingerprint: 64 hex digits (computed once per table)."""
-    text = json.dumps(table_of(compiled), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
+    return _hash(table_of(compiled))
+
+
+def _before_the_pivot_parked(compiled: CompiledSaga) -> set[tuple[str, str, str]] | None:
+    """The edges this table had before a pivot that may have acted parked the saga
+    (it compensated the earlier steps then, and a cancel between its attempts did too),
+    or None when that did not change it."""
+    edges = _edges(compiled)
+    failed = SagaStatus.FAILED.value
+    for step in compiled.definition.steps:
+        here = f"{SagaStatus.RUNNING.value}:{step.name}"
+        parks = {(t, here, failed) for t in ("step_failed", "step_timed_out")}
+        if not parks <= edges:
+            continue
+        (undo,) = {d for t, s, d in edges if (t, s) == ("step_failed", here) and d != here} - {
+            failed
+        }
+        return (edges - parks - {("retry", failed, here)}) | {
+            ("step_timed_out", here, undo),
+            ("cancel", here, undo),
+        }
+    return None
+
+
+@functools.cache
+def accepted(compiled: CompiledSaga) -> tuple[str, ...]:
+    """The fingerprints a saga may be pinned to and run on this table: its own, and the
+    one the same definition had before a pivot that may have acted parked the saga. That
+    table had the same states and no snapshot this one cannot continue, so an upgrade
+    of saga_fsm does not strand the sagas in flight."""
+    older = _before_the_pivot_parked(compiled)
+    if older is None:
+        return (fingerprint(compiled),)
+    return (fingerprint(compiled), _hash(table_of(compiled, older)))
 
 
 def definition_fingerprint(definition: SagaDefinition) -> str:

@@ -76,6 +76,11 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
                     effects=["record_success", "begin_compensation", then(undo, compensation=True)],
                 )
             )
+        # A pivot that may have acted cannot be undone, nor can the steps before it be
+        # undone under it: an ambiguous last attempt parks the saga for an operator. A
+        # transactional pivot's failure is definite (its writes rolled back, and a deadline
+        # is checked before the commit), so it compensates like a refusal.
+        guarded_pivot = i == pivot and not step.transactional
         for trigger, record in (
             ("step_failed", "record_failure"),
             ("step_timed_out", "record_timeout"),
@@ -90,11 +95,13 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
                     here,
                     here,
                     conditions=["may_retry"],
-                    unless=["cancel_requested"],
+                    # A cancel does not cut a guarded pivot's retries short: its outcome
+                    # decides whether the earlier steps may be undone.
+                    unless=[] if guarded_pivot else ["cancel_requested"],
                     effects=[record, "schedule_retry"],
                 )
             )
-            if trigger == "step_failed" and step.compensable:
+            if trigger == "step_failed" and (step.compensable or guarded_pivot):
                 # A definite refusal: the participant did nothing, there is nothing of
                 # this step to undo.
                 undo = undo_from(i, inclusive=False)
@@ -107,6 +114,9 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
                         effects=[record, "begin_compensation", then(undo, compensation=True)],
                     )
                 )
+            if guarded_pivot:
+                rows.append(TransitionRow(trigger, here, FAILED, effects=[record, "park"]))
+                continue
             # Anything else (a timeout, a transient error the policy gave up on) may
             # have acted: this step's own compensation runs first.
             undo = undo_from(i, inclusive=True)
@@ -123,7 +133,23 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
                 "retry_due", here, here, conditions=["awaiting_retry"], effects=["run_step"]
             )
         )
-        if cancellable:
+        if guarded_pivot:
+            # Recorded, in flight or awaiting a retry alike: the pivot may have acted, so
+            # its outcome decides (refused: compensate; succeeded: forward, the cancel
+            # dropped; ambiguous to the end: parked).
+            rows.append(TransitionRow("cancel", here, None, effects=["request_cancel"]))
+            # An operator's retry of a pivot parked after an ambiguous outcome runs it
+            # again: one more attempt, same idempotency key.
+            rows.append(
+                TransitionRow(
+                    "retry",
+                    FAILED,
+                    here,
+                    conditions=["parked_here"],
+                    effects=["resume_parked", "run_step"],
+                )
+            )
+        elif cancellable:
             # Not in flight: its last attempt failed transiently or timed out and awaits
             # a retry, so it may have acted.
             undo = undo_from(i, inclusive=True)

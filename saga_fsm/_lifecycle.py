@@ -135,12 +135,16 @@ SAGA_LIFECYCLE: tuple[TransitionRow, ...] = (
         for row in (
             TransitionRow(trigger, _R, _R, conditions=["may_retry"], unless=["cancel_requested"]),
             TransitionRow(trigger, _R, _R, conditions=["past_pivot"]),
+            TransitionRow(trigger, _R, _R, conditions=["at_pivot", "may_retry"]),
             TransitionRow(trigger, _R, _C, unless=["past_pivot"]),
             TransitionRow(trigger, _R, _UNDONE, unless=["past_pivot"]),
+            # The pivot may have acted and cannot be undone: an operator decides.
+            TransitionRow(trigger, _R, _FAILED, conditions=["at_pivot"], unless=["refused"]),
         )
     ),
     TransitionRow("retry_due", _R, _R, conditions=["awaiting_retry"]),
     TransitionRow("cancel", _R, None, conditions=["in_flight"], unless=["past_pivot"]),
+    TransitionRow("cancel", _R, None, conditions=["at_pivot"]),
     TransitionRow("cancel", _R, _C, unless=["in_flight", "past_pivot"]),
     TransitionRow("cancel", _R, _UNDONE, unless=["in_flight", "past_pivot"]),
     TransitionRow("compensation_succeeded", _C, _C),
@@ -155,6 +159,7 @@ SAGA_LIFECYCLE: tuple[TransitionRow, ...] = (
     ),
     TransitionRow("retry_due", _C, _C, conditions=["awaiting_retry"]),
     TransitionRow("retry", _FAILED, _C, conditions=["parked_here"]),
+    TransitionRow("retry", _FAILED, _R, conditions=["parked_here", "at_pivot"]),
 )
 
 # -- step lifecycle -------------------------------------------------------------------------
@@ -165,6 +170,7 @@ STEP_LIFECYCLE: tuple[TransitionRow, ...] = (
     TransitionRow("run", _S.PENDING.value, _S.RUNNING.value),
     TransitionRow("run", _S.FAILED.value, _S.RUNNING.value, conditions=["attempts_left"]),
     TransitionRow("run", _S.TIMED_OUT.value, _S.RUNNING.value, conditions=["attempts_left"]),
+    # (An operator's retry of a parked pivot grants it one attempt.)
     TransitionRow("succeed", _S.RUNNING.value, _S.SUCCEEDED.value),
     TransitionRow("fail", _S.RUNNING.value, _S.FAILED.value),
     TransitionRow("time_out", _S.RUNNING.value, _S.TIMED_OUT.value),

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from saga_fsm._definition import SagaDefinition
 from saga_fsm._errors import SagaError, TableChanged, UnknownDefinition
-from saga_fsm._fingerprint import fingerprint
+from saga_fsm._fingerprint import accepted, fingerprint
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._snapshot import Snapshot
 
@@ -45,7 +45,7 @@ class Definitions:
     def claimable(self) -> tuple[tuple[str, int, str], ...]:
         """(name, version, fingerprint) of every registered definition: what a worker
         claims. A saga pinned to another table of the same (name, version) is left."""
-        return tuple((n, v, fingerprint(c)) for (n, v), c in self._compiled.items())
+        return tuple((n, v, table) for (n, v), c in self._compiled.items() for table in accepted(c))
 
     def get(self, name: str, version: int | None = None) -> SagaDefinition:
         """The definition registered as ``name`` ``version``; without a version, the
@@ -88,7 +88,7 @@ class Definitions:
                     f"saga {snapshot.saga_id} (unpinned) has the steps {steps}, not those of"
                     " the registered table: register the one it started with, or migrate it",
                 )
-        elif pinned != fingerprint(compiled):
+        elif pinned not in accepted(compiled):
             raise TableChanged(*key, snapshot.saga_id, pinned, fingerprint(compiled))
         return compiled
 

@@ -18,7 +18,7 @@ from saga_fsm._errors import (
     SagaError,
     UnknownDefinition,
 )
-from saga_fsm._fingerprint import fingerprint, short
+from saga_fsm._fingerprint import accepted, fingerprint, short
 from saga_fsm._flow import compile_saga
 from saga_fsm._registry import Definitions, registry
 from saga_fsm._snapshot import (
@@ -113,11 +113,16 @@ def changed_tables(
     definitions: Iterable[SagaDefinition], locked: Mapping[tuple[str, int], str]
 ) -> list[str]:
     """One line per released (locked) version whose table changed without a bump."""
+    compiled = {(d.name, d.version): compile_saga(d) for d in definitions}
     return [
         f"{name} version {version}: fingerprint {locked[(name, version)]} is now {table}"
         " (a released version changed: bump its version, or run with --update)"
-        for (name, version), table in sorted(lock_entries(definitions).items())
-        if (name, version) in locked and locked[(name, version)] != table
+        for (name, version), table in sorted(
+            lock_entries(compiled[k].definition for k in compiled).items()
+        )
+        if (name, version) in locked
+        # A table an upgrade of saga_fsm changed under the same definition still runs it.
+        and locked[(name, version)] not in accepted(compiled[(name, version)])
     ]
 
 

@@ -119,11 +119,17 @@ class Worker:
         backoff = self.poll_interval
         self._freed = asyncio.Event()  # bound to this run's event loop
         store, clock = self.orchestrator.store, self.orchestrator.clock
+        # Each table by its own fingerprint (listed first), not the older ones it accepts.
         served = self.orchestrator.claimable
+        tables: dict[tuple[str, int], str] = {}
+        for name, version, table in served:
+            tables.setdefault((name, version), table)
         log.info(
             "worker %s serving %s from %s, concurrency %d",
             self.worker_id,
-            ", ".join(f"{name} v{version} ({short(table)})" for name, version, table in served),
+            ", ".join(
+                f"{name} v{version} ({short(table)})" for (name, version), table in tables.items()
+            ),
             self.store_name,
             self.concurrency,
         )

@@ -19,6 +19,7 @@ from saga_fsm import (
     SagaBuilder,
     SagaDefinition,
     StepContext,
+    StepStatus,
 )
 from saga_fsm._errors import SagaLeased, StoreError
 from saga_fsm._fingerprint import definition_fingerprint
@@ -166,10 +167,13 @@ def test_finished_sagas_are_never_due_even_with_an_old_timer() -> None:
             "w1", now=clock.now(), lease_seconds=10, limit=1, definitions=SERVED
         )
         await orchestrator.drive(claimed, max_hold=1.0)  # waiting on a 30 s timer
+        # The pivot awaits a retry and may have acted: the cancel is recorded and its
+        # next attempt decides (it succeeds: forward, the cancel dropped).
         cancelled = await orchestrator.cancel(started.saga_id)
-        assert cancelled.state == "compensating:a"
+        assert cancelled.state == "running:b" and cancelled.cancel_requested
+        clock.advance(31)
         final = await orchestrator.resume(started.saga_id)
-        assert final.state == "compensated" and final.due_at is None and final.wake_at is None
+        assert final.state == "completed" and final.due_at is None and final.wake_at is None
         clock.advance(3600)
         assert (
             await store.claim_due(
@@ -573,3 +577,66 @@ def test_a_step_whose_deadline_passed_while_unwatched_times_out_on_takeover() ->
         (h.trigger, h.detail) for h in history
     ]
     assert final.is_terminal
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "postgres"])
+def test_a_pivot_timing_out_on_every_attempt_parks_and_an_operator_retry_completes(
+    store_kind: str, request: pytest.FixtureRequest
+) -> None:
+    # The pivot's effect may have landed with its reply lost: the reservation before it
+    # must stay, and the saga waits for an operator instead of compensating.
+    calls: list[str] = []
+    replying = asyncio.Event()
+
+    async def reserve(ctx: StepContext) -> None:
+        calls.append("reserve")
+
+    async def release(ctx: StepContext) -> None:
+        calls.append("release")
+
+    async def ship(ctx: StepContext) -> None:
+        calls.append(f"ship#{ctx.attempt}:{ctx.idempotency_key}")
+        await replying.wait()
+
+    policy = RetryPolicy(max_attempts=2, initial_interval=0.01, max_interval=0.01)
+    saga = (
+        SagaBuilder("pivot_park")
+        .step("reserve", reserve, compensation=release)
+        .pivot("ship", ship, retry=policy, timeout=0.05)
+        .build()
+    )
+
+    async def go() -> None:
+        if store_kind == "memory":
+            store: Any = MemoryStore()
+        else:
+            from saga_fsm.stores.postgres import PostgresStore
+
+            store = await PostgresStore.open(request.getfixturevalue("postgres_dsn"))
+        try:
+            started = await Orchestrator(store, [saga]).start(saga, {})
+            worker = Worker(Orchestrator(store, [saga], worker_id="w1"), poll_interval=0.01)
+            await serve_until_finished(worker, store)
+            parked = await store.load(started.saga_id)
+            assert parked.state == "failed" and parked.parked_at == "running:ship"
+            assert parked.failure is not None and parked.failure.type == "StepTimedOut"
+            assert calls == [
+                "reserve",
+                f"ship#1:{started.saga_id}:ship",
+                f"ship#2:{started.saga_id}:ship",
+            ]
+            assert parked.step("reserve").status is StepStatus.SUCCEEDED
+
+            replying.set()  # the participant answers now
+            await Orchestrator(store, [saga]).retry(started.saga_id)
+            worker = Worker(Orchestrator(store, [saga], worker_id="w2"), poll_interval=0.01)
+            await serve_until_finished(worker, store)
+            done = await store.load(started.saga_id)
+            assert done.state == "completed" and done.failure is None
+            assert calls[-1] == f"ship#3:{started.saga_id}:ship"
+            assert "release" not in calls
+        finally:
+            if store_kind == "postgres":
+                await store.close()
+
+    asyncio.run(go())

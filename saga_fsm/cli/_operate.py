@@ -352,5 +352,9 @@ def _operator_command(name: OperatorCommand, help_text: str) -> None:
 
 
 _operator_command("cancel", "Compensate a running saga (refused past the pivot or once finished).")
-_operator_command("retry", "Resume a saga parked in failed where it gave up, with fresh attempts.")
+_operator_command(
+    "retry",
+    "Resume a saga parked in failed where it gave up (a compensation: fresh attempts; a"
+    " pivot that may have acted: one more attempt).",
+)
 _operator_command("resume", "Take over a saga no live worker holds and run it to the end.")

@@ -68,7 +68,10 @@ STUCK_AFTER = timedelta(minutes=5)
 _HERE = Path(__file__).parent
 _CONFIRM = {
     "cancel": "Compensate this saga: undo the steps it completed, newest first.",
-    "retry": "Resume this parked saga where it gave up, with fresh attempts.",
+    "retry": (
+        "Resume this parked saga where it gave up (a compensation: fresh attempts;"
+        " a pivot that may have acted: one more attempt)."
+    ),
     "resume": "Take the saga over and run it to the end here (refused while a live worker"
     " holds it).",
     "unquarantine": "Let workers claim this saga again (refused while its stored snapshot"

@@ -261,6 +261,9 @@ def compensates_every_step_that_may_have_acted(ctx: InvariantContext) -> None:
         _require(done == expected, f"compensated {done}, expected {expected}")
     elif status is SagaStatus.COMPLETED:
         _require(not done, f"completed, yet compensated {done}")
+    elif status is SagaStatus.FAILED and (ctx.snapshot.parked_at or "").startswith("running:"):
+        # Parked at the pivot, which may have acted: nothing may be undone under it.
+        _require(not done, f"parked at {ctx.snapshot.parked_at!r}, yet compensated {done}")
     elif status is SagaStatus.FAILED and ctx.snapshot.parked_at:
         parked = ctx.snapshot.parked_at.partition(":")[2]
         _require(
@@ -305,18 +308,34 @@ def never_compensates_after_the_pivot(ctx: InvariantContext) -> None:
     _require(not undone, f"compensated {sorted(undone)}, at or after the pivot {pivot!r}")
 
 
-def fails_only_when_a_compensation_gives_up(ctx: InvariantContext) -> None:
-    """``failed`` means a compensation gave up: parked at ``compensating:<step>``, that
-    step ``compensation_failed``, and the cause recorded for the operator."""
+def fails_only_when_parked_for_an_operator(ctx: InvariantContext) -> None:
+    """``failed`` means the saga is parked for an operator, with the cause recorded:
+    either a compensation gave up (parked at ``compensating:<step>``, that step
+    ``compensation_failed``), or the pivot's last attempt may have acted (parked at
+    ``running:<pivot>``, the pivot ``failed`` or ``timed_out``, nothing compensated)."""
     snapshot = ctx.snapshot
     if snapshot.status is not SagaStatus.FAILED:
         return
     parked = snapshot.parked_at or ""
+    _require(snapshot.failure is not None, "failed without recording why (snapshot.failure)")
+    pivot_index = ctx.definition.pivot_index
+    pivot = None if pivot_index is None else ctx.definition.steps[pivot_index].name
+    if pivot is not None and parked == f"{SagaStatus.RUNNING.value}:{pivot}":
+        record = snapshot.step(pivot)
+        _require(
+            record.status in (StepStatus.FAILED, StepStatus.TIMED_OUT),
+            f"parked at the pivot {pivot!r}, but it is {record.status.value}",
+        )
+        _require(
+            not ctx.compensated,
+            f"parked at the pivot {pivot!r}, yet compensated {list(ctx.compensated)}",
+        )
+        return
     _require(
         parked.startswith(f"{SagaStatus.COMPENSATING.value}:"),
-        f"failed, but parked_at is {snapshot.parked_at!r}, not a compensating state",
+        f"failed, but parked_at is {snapshot.parked_at!r}, neither a compensating state"
+        " nor the pivot",
     )
-    _require(snapshot.failure is not None, "failed without recording why (snapshot.failure)")
     record = snapshot.step(parked.partition(":")[2])
     _require(
         record.status is StepStatus.COMPENSATION_FAILED,
@@ -349,8 +368,8 @@ def compensations_do_not_fail_on_their_own(ctx: InvariantContext) -> None:
             f"compensation {entry.label} of step {entry.step!r} returned {entry.returned!r}:"
             f" {entry.problem}",
         )
-    parked = (ctx.snapshot.parked_at or "").partition(":")[2]
-    if ctx.snapshot.status is SagaStatus.FAILED and parked:
+    state, _, parked = (ctx.snapshot.parked_at or "").partition(":")
+    if ctx.snapshot.status is SagaStatus.FAILED and state == SagaStatus.COMPENSATING.value:
         retried = [n for n, e in enumerate(ctx.trace) if e.kind == "retry" and not e.refused]
         since = retried[-1] if retried else 0
         attempts = [e for e in ctx.trace[since:] if e.kind == "compensation" and e.step == parked]
@@ -431,7 +450,7 @@ BUILTIN_INVARIANTS: tuple[Invariant, ...] = (
     ),
     Invariant(no_compensation_while_its_action_may_run, "no_compensation_while_its_action_may_run"),
     Invariant(never_compensates_after_the_pivot, "never_compensates_after_the_pivot"),
-    Invariant(fails_only_when_a_compensation_gives_up, "fails_only_when_a_compensation_gives_up"),
+    Invariant(fails_only_when_parked_for_an_operator, "fails_only_when_parked_for_an_operator"),
     Invariant(cancel_is_refused_only_when_it_must_be, "cancel_is_refused_only_when_it_must_be"),
     Invariant(ends_in_a_final_state, "ends_in_a_final_state", final_only=True),
 )

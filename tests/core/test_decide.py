@@ -221,8 +221,7 @@ def test_cancel_while_a_step_is_in_flight_waits_for_it_then_undoes_it() -> None:
 def test_cancel_while_waiting_for_a_retry_compensates_at_once() -> None:
     definition = three_step()
     s = started(definition)
-    s = decide(definition, s, result("step_succeeded", "reserve")).snapshot
-    s = decide(definition, s, result("step_failed", "charge", error=TRANSIENT)).snapshot
+    s = decide(definition, s, result("step_failed", "reserve", error=TRANSIENT)).snapshot
     d = decide(definition, s, Event.cancel(T0))
     assert d.snapshot.state == "compensating:reserve"
     assert d.snapshot.wake_at is None

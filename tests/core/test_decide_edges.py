@@ -48,12 +48,21 @@ def test_cancel_while_the_pivot_runs_is_overtaken_by_its_success() -> None:
 
 def test_cancel_then_a_transient_failure_compensates_without_retrying() -> None:
     definition = three_step()
-    s = decide(definition, start(definition), ev("step_succeeded", "reserve")).snapshot
-    s = decide(definition, s, Event.cancel(T0)).snapshot
-    d = decide(definition, s, ev("step_failed", "charge", error=TRANSIENT))
+    s = decide(definition, start(definition), Event.cancel(T0)).snapshot
+    d = decide(definition, s, ev("step_failed", "reserve", error=TRANSIENT))
     assert d.snapshot.state == "compensating:reserve"
     assert not any(isinstance(c, ScheduleWake) for c in d.commands)
     assert d.snapshot.failure is not None and d.snapshot.failure.type == "Cancelled"
+
+
+def test_cancel_then_a_transient_failure_of_the_pivot_retries_it() -> None:
+    # The pivot may have acted: its outcome, not the cancel, decides.
+    definition = three_step()
+    s = decide(definition, start(definition), ev("step_succeeded", "reserve")).snapshot
+    s = decide(definition, s, Event.cancel(T0)).snapshot
+    d = decide(definition, s, ev("step_failed", "charge", error=TRANSIENT))
+    assert d.snapshot.state == "running:charge"
+    assert any(isinstance(c, ScheduleWake) for c in d.commands)
 
 
 def test_a_saga_without_a_pivot_compensates_everything_that_succeeded() -> None:

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
+
+import pytest
 
 from saga_fsm import RetryPolicy, SagaBuilder, SagaDefinition, StepContext, definition_fingerprint
-from saga_fsm._fingerprint import table_of
+from saga_fsm._core import new_snapshot
+from saga_fsm._errors import TableChanged
+from saga_fsm._fingerprint import accepted, table_of
 from saga_fsm._flow import compile_saga
+from saga_fsm._registry import Definitions
 
 
 def _noop(ctx: StepContext) -> None:
@@ -39,8 +45,10 @@ def order(
     return builder.build()
 
 
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
 # Pinned: a change here strands every saga in flight after an upgrade of saga_fsm.
-PINNED = "52fc818a69de0fb6f3f305076b6262995935a71a12ffe1276586946ac760177b"
+PINNED = "a668b49bd7d09859afcbaddcccfcddff0e5114a0a91468ff9d37ac99c3c8d4d7"
 
 
 def test_the_fingerprint_of_a_table_is_pinned() -> None:
@@ -48,6 +56,27 @@ def test_the_fingerprint_of_a_table_is_pinned() -> None:
         "the fingerprint changed for an unchanged table: every pinned saga would be"
         " stranded; bump FINGERPRINT_FORMAT only with a way to read the old ones"
     )
+
+
+# The table before a pivot that may have acted parked the saga (it compensated then).
+BEFORE_THE_PIVOT_PARKED = "52fc818a69de0fb6f3f305076b6262995935a71a12ffe1276586946ac760177b"
+
+
+def test_sagas_pinned_before_the_pivot_parked_still_run_on_the_table() -> None:
+    compiled = compile_saga(order())
+    assert accepted(compiled) == (PINNED, BEFORE_THE_PIVOT_PARKED)
+    started = new_snapshot(order(), "s1", {}, T0, fingerprint=BEFORE_THE_PIVOT_PARKED)
+    known = Definitions([order()])
+    assert known.compiled_for(started) is compiled
+    assert ("order", 1, BEFORE_THE_PIVOT_PARKED) in known.claimable
+    other = new_snapshot(order(), "s2", {}, T0, fingerprint="0" * 64)
+    with pytest.raises(TableChanged):
+        known.compiled_for(other)
+    # A transactional pivot never parks: its table did not change, one fingerprint.
+    tx = (
+        SagaBuilder("tx").step("a", _noop, compensation=_noop).pivot("b", _noop, transactional=True)
+    )
+    assert len(accepted(compile_saga(tx.build()))) == 1
 
 
 def test_cosmetic_edits_keep_the_fingerprint() -> None:

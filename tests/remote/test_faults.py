@@ -350,3 +350,28 @@ def test_workers_serving_other_definitions_share_one_reply_channel() -> None:
             await asyncio.gather(*tasks)
 
     asyncio.run(go())
+
+
+def test_a_remote_pivot_whose_replies_never_come_parks_then_an_operator_retry_completes() -> None:
+    # The shipment was made, its replies lost: the reservation must stay.
+    losing = [True]
+
+    def lose_ship(m: Message) -> Verdict:
+        return "drop" if losing[0] and replies_to("ship")(m) else "deliver"
+
+    async def body(run: Any, proxy: Proxy) -> None:
+        [parked] = await run.finished([await run.start(ORDER)])
+        assert parked.state == "failed" and parked.parked_at == "running:ship"
+        assert parked.failure is not None and parked.failure.type == "StepTimedOut"
+        assert parked.step("reserve_inventory").status.value == "succeeded"
+        assert parked.step("ship").attempts == 3
+        losing[0] = False
+        await run.client.retry(parked.saga_id)
+        [final] = await run.finished([parked.saga_id])
+        assert final.state == "completed" and final.step("ship").attempts == 4
+
+    scenario(lose_ship, body)
+    applied = order_services.tables.applied
+    # Four commands, one shipment (the inbox answered the rest), nothing released.
+    assert sorted(k.split(":")[0] for k in applied) == ["inventory.reserve", "shipping.ship"]
+    assert set(applied.values()) == {1}

@@ -113,6 +113,15 @@ class ExamplePaths(RuleBasedStateMachine):
                 step is not None and definition.step(step).kind is StepKind.RETRIABLE
             )
 
+    @precondition(lambda self: bool(self._parked()))
+    @rule(data=st.data())
+    def operator_retry(self, data: st.DataObject) -> None:
+        saga_id = data.draw(st.sampled_from(self._parked()))
+        self._apply(saga_id, Event.retry(self._tick()))
+
+    def _parked(self) -> list[str]:
+        return sorted(k for k, s in self.sagas.items() if s.parked_at is not None)
+
     @precondition(lambda self: bool(self.sagas))
     @rule(data=st.data())
     def history_is_a_path_of_the_machine(self, data: st.DataObject) -> None:
@@ -194,8 +203,15 @@ class ExamplePaths(RuleBasedStateMachine):
         last = {step: kind for kind, step in self.effects[saga_id] if kind != "undo"}
         maybe = [s.name for s in definition.steps if last.get(s.name) in ("do", "maybe")]
         compensable_done = [s for s in maybe if definition.step(s).compensable]
-        if snapshot.state == "failed":
-            # Only a compensation that gave up parks a saga, with the cause recorded.
+        pivot = definition.steps[definition.pivot_index or 0].name
+        if snapshot.state == "failed" and snapshot.parked_at == f"running:{pivot}":
+            # A pivot whose last attempt may have acted: nothing was compensated.
+            assert snapshot.failure is not None and undone == []
+            assert last[pivot] == "maybe"
+            record = snapshot.step(pivot)
+            assert record.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
+        elif snapshot.state == "failed":
+            # Otherwise only a compensation that gave up parks a saga, with the cause.
             assert snapshot.parked_at is not None and snapshot.parked_at.startswith("compensating:")
             assert snapshot.failure is not None
             record = snapshot.step(snapshot.parked_at.partition(":")[2])

@@ -43,7 +43,7 @@ def test_saga_fsm_check_on_the_order_example_exits_0_with_full_coverage(tmp_path
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "transition coverage: 44/44 reachable transitions taken (100%)" in out
+    assert "transition coverage: 45/45 reachable transitions taken (100%)" in out
     assert "4 row(s) unreachable by construction" in out
     assert "result: every property holds" in out
     assert " paths (" in out.splitlines()[1]

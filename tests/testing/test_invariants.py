@@ -167,11 +167,11 @@ def test_failed_needs_a_parked_compensation_and_a_cause() -> None:
     assert ctx.state == "failed"
     unparked = evolve(ctx.snapshot, parked_at=None)
     assert "parked_at" in broken(
-        inv.fails_only_when_a_compensation_gives_up, evolve(ctx, snapshot=unparked)
+        inv.fails_only_when_parked_for_an_operator, evolve(ctx, snapshot=unparked)
     )
     silent = evolve(ctx.snapshot, failure=None)
     assert "without recording" in broken(
-        inv.fails_only_when_a_compensation_gives_up, evolve(ctx, snapshot=silent)
+        inv.fails_only_when_parked_for_an_operator, evolve(ctx, snapshot=silent)
     )
 
 
@@ -268,3 +268,13 @@ def test_the_context_helpers() -> None:
     assert ctx.compensated == ("pay", "reserve")
     assert ctx.calls("reserve") == 1 and ctx.calls("reserve", compensation=True) == 1
     assert ctx.finished and ctx.data == {} and "ship refused (permanent)" in ctx.path
+
+
+def test_a_pivot_that_may_have_acted_parks_with_nothing_compensated() -> None:
+    ctx = context(step("ship").fails(times=10))
+    assert ctx.state == "failed" and ctx.snapshot.parked_at == "running:ship"
+    assert [i.name for i in BUILTIN_INVARIANTS if i.violation(ctx)] == []
+    undo = entry("compensation_succeeded", "compensating:pay", "failed", "pay")
+    undone = evolve(ctx, history=(*ctx.history, undo))
+    assert "yet compensated" in broken(inv.fails_only_when_parked_for_an_operator, undone)
+    assert "yet compensated" in broken(inv.compensates_every_step_that_may_have_acted, undone)
