@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from attrs import Factory, field, frozen
 
@@ -164,6 +164,9 @@ class Step:
     together with the transition, or not at all (see ``ctx.connection``)."""
     command: str | None = None
     compensation_command: str | None = None
+
+    is_group: ClassVar[bool] = False
+    """A parallel group (``Parallel``, ``ForEach``): a row whose work is its branches."""
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -360,6 +363,14 @@ class SagaDefinition:
                     field="name",
                 )
             seen[step.name] = row
+            if step.is_group and pivot is not None:
+                raise DefinitionError(
+                    "a parallel group cannot come after the pivot: its branches are undone"
+                    " when one fails, and nothing after the pivot may be undone",
+                    row=row,
+                    step=step.name,
+                    field="kind",
+                )
             if step.kind is StepKind.PIVOT:
                 if pivot is not None:
                     raise DefinitionError(
