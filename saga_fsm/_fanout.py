@@ -1,0 +1,115 @@
+"""Running a parallel group's calls concurrently, for the executor.
+
+A decision at a group may start several calls at once (one per branch ready to go).
+They run as tasks; each outcome is applied as its own event, one at a time (the saga
+has one writer: this driver, holding its lease, saving at the optimistic version), and
+the calls that decision starts join the ones in flight. A branch's retry back-off is a
+timer task among them. The group is left, with no call in flight, by the decision that
+moves the saga past it; the executor's ordinary loop goes on from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from saga_fsm._core import Command, Event, Finish, RunCompensation, RunStep, ScheduleWake
+from saga_fsm._errors import TransitionNotAllowed
+from saga_fsm._flow import CompiledSaga
+from saga_fsm._snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from saga_fsm._executor import SagaExecutor
+    from saga_fsm._transactional import Applied
+
+
+async def fan_out(
+    executor: SagaExecutor,
+    compiled: CompiledSaga,
+    snapshot: Snapshot,
+    commands: tuple[Command, ...],
+    max_hold: float,
+) -> Event | Applied | None:
+    """Drive the group the saga is at until it is left (the saved snapshot and what
+    comes next, for the executor's loop), or handed back (None: a back-off longer than
+    ``max_hold`` with nothing in flight)."""
+    from saga_fsm._parallel import group_at
+
+    calls: dict[asyncio.Task[object], RunStep | RunCompensation] = {}
+    timer: asyncio.Task[None] | None = None
+    wake: datetime | None = None
+    clock = executor.clock
+
+    async def call(command: RunStep | RunCompensation, seen: Snapshot) -> object:
+        return await executor._act(compiled, seen, (command,), max_hold, branch=True)
+
+    try:
+        while True:
+            finished = False
+            scheduled: datetime | None = None
+            for command in commands:
+                if isinstance(command, Finish):
+                    finished = True
+                elif isinstance(command, ScheduleWake):
+                    scheduled = command.at
+                elif isinstance(command, RunStep | RunCompensation):
+                    task = asyncio.ensure_future(call(command, snapshot))
+                    calls[task] = command
+            if finished:
+                return None
+            # While calls run, a branch's back-off is the snapshot's wake-up time; with
+            # none in flight the group schedules it (the lease goes if it is far off).
+            wanted = snapshot.wake_at if calls else scheduled
+            if wanted != wake and timer is not None:
+                timer.cancel()
+                timer = None
+            wake = wanted
+            if wake is not None and timer is None:
+                delay = (wake - clock.now()).total_seconds()
+                if not calls and delay > max_hold:
+                    return snapshot, ()
+                timer = asyncio.ensure_future(clock.sleep(max(0.0, delay)))
+            if not calls and timer is None:
+                return snapshot, ()
+            waiting: set[asyncio.Future[object]] = set(calls)
+            if timer is not None:
+                waiting.add(timer)
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            commands = ()
+            events: list[Event] = []
+            for task in done:
+                if task is timer:
+                    timer, wake = None, None
+                    events.append(Event.retry_due(clock.now()))
+                    continue
+                command = calls.pop(task)  # type: ignore[arg-type]
+                outcome = task.result()
+                if outcome is None:
+                    continue
+                assert isinstance(outcome, Event), f"unexpected outcome of {command.step}"
+                executor.observer.attempt_finished(snapshot, outcome)
+                events.append(outcome)
+            # A timer's wake-up last: outcomes in hand may change what is due.
+            events.sort(key=lambda e: e.trigger == "retry_due")
+            for event in events:
+                try:
+                    snapshot, decided = await executor._apply(compiled, snapshot, event, max_hold)
+                except TransitionNotAllowed:
+                    if event.trigger != "retry_due":
+                        raise
+                    continue  # the branch it was for moved on meanwhile
+                commands = (*commands, *decided)
+                if group_at(compiled, snapshot.state) is None:
+                    for task in calls:
+                        task.cancel()  # pragma: no cover - the group leaves none behind
+                    return snapshot, commands
+    finally:
+        for task in calls:
+            task.cancel()
+        if timer is not None:
+            timer.cancel()
+        for task in list(calls):
+            with contextlib.suppress(BaseException):
+                await task
