@@ -35,9 +35,11 @@ from saga_fsm._core import (
 from saga_fsm._definition import Action, RetryPolicy, SagaDefinition, Step
 from saga_fsm._errors import SagaError, TransitionNotAllowed
 from saga_fsm._flow import PENDING, compile_saga
+from saga_fsm._groups import StepGroup
+from saga_fsm._parallel import branch_call, split_branch_name
 from saga_fsm._invoke import call_outcome, callee, invoke, result_problem, step_context
 from saga_fsm._remote import reply_event, stale_reason
-from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot
+from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot, replace
 from saga_fsm._transactional import Rolled, calling, require_transactions
 from saga_fsm.messaging import Message
 from saga_fsm.participant import Participant
@@ -104,7 +106,10 @@ class SagaRun:
     data: dict[str, Any]
     """The data it started with."""
     next: Command | None = None
-    """The command ``outstanding`` derives from ``decided``."""
+    """The command ``outstanding`` derives from ``decided`` (of several, while a parallel
+    group has calls in flight: the first, or the one ``Driver.choose`` picked)."""
+    options: tuple[Command, ...] = ()
+    """Every command ``outstanding`` derives from ``decided``."""
     trace: list[TraceEntry] = field(factory=list)
     seen_keys: set[str] = field(factory=set)
     """Idempotency keys a participant was called with (or would have been, simulated)."""
@@ -116,6 +121,17 @@ class SagaRun:
     def runnable(self) -> bool:
         """Its next thing is a call, around which a fault can be injected."""
         return isinstance(self.next, RunStep | RunCompensation)
+
+
+def step_named(definition: SagaDefinition, name: str) -> Step:
+    """The step a command names: a row of the table, or a branch step of a parallel
+    group (``group/branch/step``)."""
+    parts = split_branch_name(name)
+    if parts is not None:
+        group = definition.step(parts[0])
+        if isinstance(group, StepGroup):
+            return group.branch_step(parts[1], parts[2])
+    return definition.step(name)
 
 
 def _label(step: Step, compensation: bool) -> str:
@@ -209,7 +225,7 @@ class Driver:
             return (Fault.OK,)
         # A transactional step's effect commits with its outcome or not at all: no reply
         # is lost after the effect, and a crash leaves nothing (no ``crash_after``).
-        effect_only = self.definition.step(command.step).transactional
+        effect_only = step_named(self.definition, command.step).transactional
         return tuple(
             f
             for f in self.config.faults
@@ -247,7 +263,7 @@ class Driver:
         """One move of a planned path. A ``call`` first starts or wakes the saga if it
         must; a fault its next call cannot have (the path was planned for another
         call, because real code took another turn) is dropped."""
-        kind, fault = move
+        kind, fault = move[0], move[1]
         if kind == "cancel":
             self.cancel(saga)
         elif kind == "retry":
@@ -260,6 +276,8 @@ class Driver:
                 if saga.runnable or saga.decided.is_terminal:
                     break
                 self.advance(saga)
+            if len(move) > 2:  # which of a parallel group's calls in flight
+                self.choose(saga, move[2])
             if saga.runnable:
                 self.advance(saga, fault if fault in self.faults_for(saga) else Fault.OK)
 
@@ -295,8 +313,24 @@ class Driver:
     ) -> None:
         expected = saga.decided.version
         saga.decided = await self.store.save(snapshot, history, expected_version=expected)
+        self._outstanding(saga)
+
+    def _outstanding(self, saga: SagaRun) -> None:
         commands = outstanding(self.compiled, saga.decided)
+        saga.options = commands
         saga.next = commands[0] if commands else None
+
+    def calls(self, saga: SagaRun) -> list[str]:
+        """The steps of the calls the saga has outstanding (several while a parallel
+        group runs branches concurrently): which one comes back first is a choice."""
+        return [c.step for c in saga.options if isinstance(c, RunStep | RunCompensation)]
+
+    def choose(self, saga: SagaRun, step: str) -> None:
+        """Make the outstanding call of ``step`` the one that happens next."""
+        for command in saga.options:
+            if isinstance(command, RunStep | RunCompensation) and command.step == step:
+                saga.next = command
+                return
 
     def _record(self, saga: SagaRun, entry: TraceEntry) -> None:
         saga.trace.append(entry)
@@ -309,12 +343,14 @@ class Driver:
             return
         compensation = isinstance(command, RunCompensation)
         phase: TraceKind = "compensation" if compensation else "step"
-        step = self.definition.step(command.step)
+        step = step_named(self.definition, command.step)
         fn, policy = callee(step, command)
         state = saga.decided.state
         at = self._tick()
         trace: dict[str, Any] = {
-            "label": _label(step, compensation),
+            "label": _label(step, compensation)
+            if "/" not in command.step
+            else (f"undo {command.step}" if compensation else command.step),
             "step": command.step,
             "attempt": command.attempt,
             "idempotency_key": command.idempotency_key,
@@ -394,8 +430,7 @@ class Driver:
         except Rolled as rolled:
             await self._apply(saga, rolled.event, trace_kind(command), **trace)
             return
-        commands = outstanding(self.compiled, saga.decided)
-        saga.next = commands[0] if commands else None
+        self._outstanding(saga)
         self._record(
             saga, TraceEntry(trace_kind(command), before.state, saga.decided.state, **trace)
         )
@@ -406,7 +441,7 @@ class Driver:
     ) -> None:
         compensation = isinstance(command, RunCompensation)
         phase: TraceKind = "compensation" if compensation else "step"
-        step = self.definition.step(command.step)
+        step = step_named(self.definition, command.step)
         label = f"undo {step.name}" if compensation else step.name
         state = saga.decided.state
         at = self._tick()
@@ -496,6 +531,9 @@ class Driver:
         self, snapshot: Snapshot, command: RunStep | RunCompensation, fn: Action
     ) -> dict[str, Any]:
         """Call the real function as the orchestrator does; what it returned or raised."""
+        found = branch_call(self.compiled, snapshot, command.step)
+        if found is not None:  # a branch step sees its branch's data, as in production
+            snapshot = replace(snapshot, data=dict(found[1]))
         ctx = step_context(snapshot, command)
         try:
             async with asyncio.timeout(self.config.call_timeout) as limit:

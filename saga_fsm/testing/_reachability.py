@@ -12,10 +12,11 @@ a directed path to it.
 from __future__ import annotations
 
 import functools
+import json
 from collections import deque
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from attrs import frozen
 
@@ -34,15 +35,18 @@ from saga_fsm._definition import RetryPolicy, SagaDefinition
 from saga_fsm._errors import TransitionNotAllowed
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._lifecycle import TransitionRow
-from saga_fsm._snapshot import ErrorInfo, HistoryEntry, SagaStatus, Snapshot
+from saga_fsm._groups import ForEach, Parallel, StepGroup, branch_definition
+from saga_fsm._snapshot import ErrorInfo, HistoryEntry, SagaStatus, Snapshot, StepRecord
 from saga_fsm.testing._faults import REFUSED, REPLY_LOST, Fault
 
 MoveKind = Literal["tick", "call", "cancel", "retry"]
 Edge = tuple[str, str, str]
-Move = tuple[MoveKind, Fault]
+Move = tuple[MoveKind, Fault] | tuple[MoveKind, Fault, str]
 """One harness move: ``tick`` (start a pending saga, or wake one whose back-off is
 over), ``call`` (its next call, with the fault around it), ``cancel``, or ``retry``
-from ``failed``; the fault only matters for ``call``."""
+from ``failed``; the fault only matters for ``call``. A call of a parallel group's
+branch step names the step: several may be in flight, and which one ends first is
+part of the path."""
 
 _T0 = datetime(2000, 1, 1, tzinfo=UTC)
 _STATE_LIMIT = 50_000
@@ -109,7 +113,51 @@ def _abstract(compiled: CompiledSaga, snapshot: Snapshot) -> tuple[object, ...]:
         snapshot.wake_at is None,
         attempts,
         tuple(record.status for record in snapshot.steps),
+        *(_branches(compiled, row, r) for row, r in enumerate(snapshot.steps) if r.branches),
     )
+
+
+def _branches(compiled: CompiledSaga, row: int, record: StepRecord) -> tuple[object, ...]:
+    """A parallel group's branches, as the same abstraction of each branch's flow (the
+    branches of a ``ForEach`` run the same steps: their order does not matter)."""
+    group = compiled.definition.steps[row]
+    assert isinstance(group, StepGroup)
+    seen = []
+    for b in record.branches or ():
+        branch = compile_saga(branch_definition(group, b.key))
+        view = Snapshot(
+            saga_id="reachability",
+            definition=branch.definition.name,
+            definition_version=1,
+            state=b.state,
+            steps=b.steps,
+            data={},
+            created_at=_T0,
+            updated_at=_T0,
+            wake_at=b.wake_at,
+            cancel_requested=b.cancel_requested,
+            parked_at=b.parked_at,
+        )
+        seen.append((b.key if isinstance(group, Parallel) else "", b.held, _abstract(branch, view)))
+    return tuple(sorted(seen, key=repr)) if isinstance(group, ForEach) else tuple(seen)
+
+
+def _start_data(definition: SagaDefinition, data: str | None) -> dict[str, Any]:
+    if data is not None:
+        loaded: dict[str, Any] = json.loads(data)
+        return loaded
+    lists = {s.items: [None] for s in definition.steps if isinstance(s, ForEach)}
+    return lists
+
+
+def static_data(source: object) -> str | None:
+    """The harness's saga data as ``reachability`` takes it, when it is one mapping."""
+    if isinstance(source, Mapping):
+        try:
+            return json.dumps(dict(source), sort_keys=True)
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 def _moves(
@@ -139,18 +187,27 @@ def _moves(
             if Fault.TIMEOUT in faults and command.deadline is not None:
                 outcomes.append((Fault.TIMEOUT, "timed_out", None))
             for fault, outcome, error in outcomes:
-                yield ("call", fault), outcome_event(command, outcome, _T0, error=error)
+                event = outcome_event(command, outcome, _T0, error=error)
+                if "/" in command.step:
+                    yield ("call", fault, command.step), event
+                else:
+                    yield ("call", fault), event
 
 
 @functools.cache
 def reachability(
-    definition: SagaDefinition, faults: tuple[Fault, ...], operator_retry: bool = True
+    definition: SagaDefinition,
+    faults: tuple[Fault, ...],
+    operator_retry: bool = True,
+    data: str | None = None,
 ) -> Reachability:
     """Breadth-first search of the pure core (see the module docstring). Cached: the
-    same definition and faults always give the same answer."""
+    same definition and faults always give the same answer. ``data`` (JSON text) is
+    the saga data the harness starts with when it is one fixed mapping: it decides how
+    many branches a ``ForEach`` has. Unknown, each ``ForEach`` gets one item."""
     compiled = compile_saga(definition)
     edges = row_edges(compiled)
-    start = new_snapshot(definition, "reachability", {}, _T0)
+    start = new_snapshot(definition, "reachability", _start_data(definition, data), _T0)
     seen = {_abstract(compiled, start)}
     queue: deque[tuple[Snapshot, tuple[Move, ...]]] = deque([(start, ())])
     paths: dict[int, tuple[Move, ...]] = {}
