@@ -58,8 +58,8 @@ from saga_fsm._errors import (
 )
 from saga_fsm._executor import SagaExecutor
 from saga_fsm._fingerprint import definition_fingerprint
-from saga_fsm._groups import ForEach, Parallel
 from saga_fsm._flow import CompiledSaga, compile_saga
+from saga_fsm._groups import ForEach, Parallel
 from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._loading import load_definition, load_definition_file, resolve_reference
 from saga_fsm._orchestrator import Orchestrator, run_sync

@@ -29,7 +29,6 @@ from saga_fsm._core import (
 )
 from saga_fsm._core import idempotency_key as key_of
 from saga_fsm._definition import SagaDefinition, Step
-from saga_fsm._fanout import fan_out
 from saga_fsm._errors import (
     ConcurrencyConflict,
     InvalidArgument,
@@ -39,6 +38,7 @@ from saga_fsm._errors import (
     TransitionNotAllowed,
     UnknownDefinition,
 )
+from saga_fsm._fanout import fan_out
 from saga_fsm._flow import PENDING, CompiledSaga
 from saga_fsm._invoke import (
     STILL_RUNNING,
@@ -48,8 +48,8 @@ from saga_fsm._invoke import (
     settle_late_calls,
     step_context,
 )
-from saga_fsm._parallel import branch_call, group_at
 from saga_fsm._logging import bind_saga, bind_step, get_logger, unbind
+from saga_fsm._parallel import branch_call, group_at
 from saga_fsm._registry import Definitions, registry
 from saga_fsm._remote import DEFAULT_REPLY_CHANNEL, remote_commands, reply_event, stale_reason
 from saga_fsm._snapshot import HistoryEntry, Snapshot, replace

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from saga_fsm._core import Command, Event, Finish, RunCompensation, RunStep, ScheduleWake
 from saga_fsm._errors import TransitionNotAllowed
@@ -37,8 +37,8 @@ async def fan_out(
     ``max_hold`` with nothing in flight)."""
     from saga_fsm._parallel import group_at
 
-    calls: dict[asyncio.Task[object], RunStep | RunCompensation] = {}
-    timer: asyncio.Task[None] | None = None
+    calls: dict[asyncio.Future[Any], RunStep | RunCompensation] = {}
+    timer: asyncio.Future[Any] | None = None
     wake: datetime | None = None
     clock = executor.clock
 
@@ -55,8 +55,7 @@ async def fan_out(
                 elif isinstance(command, ScheduleWake):
                     scheduled = command.at
                 elif isinstance(command, RunStep | RunCompensation):
-                    task = asyncio.ensure_future(call(command, snapshot))
-                    calls[task] = command
+                    calls[asyncio.ensure_future(call(command, snapshot))] = command
             if finished:
                 return None
             # While calls run, a branch's back-off is the snapshot's wake-up time; with
@@ -73,19 +72,19 @@ async def fan_out(
                 timer = asyncio.ensure_future(clock.sleep(max(0.0, delay)))
             if not calls and timer is None:
                 return snapshot, ()
-            waiting: set[asyncio.Future[object]] = set(calls)
+            waiting: set[asyncio.Future[Any]] = set(calls)
             if timer is not None:
                 waiting.add(timer)
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             commands = ()
             events: list[Event] = []
-            for task in done:
-                if task is timer:
+            for finished_call in done:
+                if finished_call is timer:
                     timer, wake = None, None
                     events.append(Event.retry_due(clock.now()))
                     continue
-                command = calls.pop(task)  # type: ignore[arg-type]
-                outcome = task.result()
+                command = calls.pop(finished_call)
+                outcome = finished_call.result()
                 if outcome is None:
                     continue
                 assert isinstance(outcome, Event), f"unexpected outcome of {command.step}"
@@ -102,14 +101,12 @@ async def fan_out(
                     continue  # the branch it was for moved on meanwhile
                 commands = (*commands, *decided)
                 if group_at(compiled, snapshot.state) is None:
-                    for task in calls:
-                        task.cancel()  # pragma: no cover - the group leaves none behind
-                    return snapshot, commands
+                    return snapshot, commands  # (no call is left in flight by then)
     finally:
-        for task in calls:
-            task.cancel()
+        for pending in calls:
+            pending.cancel()
         if timer is not None:
             timer.cancel()
-        for task in list(calls):
+        for pending in list(calls):
             with contextlib.suppress(BaseException):
-                await task
+                await pending

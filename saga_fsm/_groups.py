@@ -136,7 +136,9 @@ class StepGroup(Step):
         seen: set[str] = set()
         for step in steps:
             if not isinstance(step, Step):
-                raise DefinitionError(f"branch {key!r}: must be a Step, got {step!r}", field="branches")
+                raise DefinitionError(
+                    f"branch {key!r}: must be a Step, got {step!r}", field="branches"
+                )
             full = f"{where}/{getattr(step, 'name', '?')}"
             if step.is_group:
                 raise DefinitionError(
@@ -244,8 +246,7 @@ class Parallel(StepGroup):
             )
         if not 1 <= join <= len(self.branches):
             raise DefinitionError(
-                f"must be between 1 and the number of branches ({len(self.branches)}),"
-                f" got {join}",
+                f"must be between 1 and the number of branches ({len(self.branches)}), got {join}",
                 field="join",
             )
 

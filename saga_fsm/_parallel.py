@@ -96,7 +96,7 @@ def _forward_in_flight(b: BranchRecord) -> bool:
 
 
 def _awaiting_retry(b: BranchRecord) -> bool:
-    status, step = split_state(b.state)
+    step = split_state(b.state)[1]
     if step is None or step == JOIN:
         return False
     return _record(b, step).status in (
@@ -272,9 +272,7 @@ class _Group:
     def outcome(self, trigger: Any, error: ErrorInfo | None = None, **extra: Any) -> Event:
         record = self.scratch.steps[self.row]
         attempt = (
-            record.compensation_attempts
-            if trigger.startswith("compensation")
-            else record.attempts
+            record.compensation_attempts if trigger.startswith("compensation") else record.attempts
         )
         return Event(trigger, self.at, step=self.group.name, attempt=attempt, error=error, **extra)
 
@@ -359,7 +357,9 @@ class _Group:
                     s.follow_ups.append(self.outcome("step_succeeded", result=self.result()))
             return
         limit = self.group.max_concurrency or len(self.branches)
-        active = sum(1 for b in self.branches if b.state.startswith("running:") and b.state != _AT_JOIN)
+        active = sum(
+            1 for b in self.branches if b.state.startswith("running:") and b.state != _AT_JOIN
+        )
         for n, b in enumerate(self.branches):
             if active >= limit:
                 break

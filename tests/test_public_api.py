@@ -14,6 +14,7 @@ from saga_fsm import testing
 
 EXPECTED = [
     "Action",
+    "BranchRecord",
     "CallbackError",
     "Clock",
     "Command",
@@ -28,6 +29,7 @@ EXPECTED = [
     "Event",
     "FakeClock",
     "Finish",
+    "ForEach",
     "HistoryEntry",
     "IdempotencyKeyReused",
     "InvalidArgument",
@@ -42,6 +44,7 @@ EXPECTED = [
     "NotQuarantined",
     "Observer",
     "Orchestrator",
+    "Parallel",
     "PostgresStore",
     "QuarantinedSaga",
     "RetryPolicy",

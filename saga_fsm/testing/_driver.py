@@ -36,8 +36,8 @@ from saga_fsm._definition import Action, RetryPolicy, SagaDefinition, Step
 from saga_fsm._errors import SagaError, TransitionNotAllowed
 from saga_fsm._flow import PENDING, compile_saga
 from saga_fsm._groups import StepGroup
-from saga_fsm._parallel import branch_call, split_branch_name
 from saga_fsm._invoke import call_outcome, callee, invoke, result_problem, step_context
+from saga_fsm._parallel import branch_call, split_branch_name
 from saga_fsm._remote import reply_event, stale_reason
 from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot, replace
 from saga_fsm._transactional import Rolled, calling, require_transactions

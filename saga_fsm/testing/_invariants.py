@@ -15,9 +15,9 @@ from attrs import fields, frozen
 
 from saga_fsm._codec import snapshot_from_json, snapshot_to_json
 from saga_fsm._definition import SagaDefinition, Step
-from saga_fsm._groups import StepGroup
 from saga_fsm._errors import InvalidArgumentType, SagaError, StepFailed
 from saga_fsm._flow import PENDING, compile_saga
+from saga_fsm._groups import StepGroup
 from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot, StepStatus
 from saga_fsm.testing._faults import Fault
 from saga_fsm.testing._reachability import edge_of_entry, row_edges
@@ -265,7 +265,7 @@ def _branch_steps_that_may_have_acted(ctx: InvariantContext) -> dict[str, list[s
     succeeded = set(_branch_events(ctx, "step_succeeded"))
     acted: dict[str, list[str]] = {}
     for name in sorted({*succeeded, *(n for n in last if "/" in n)}):
-        group, key, step_name = name.split("/")
+        group, key, _ = name.split("/")
         step = step_named(ctx.definition, name)
         call = last.get(name)
         ran = call is not None and not _refused(call, step.retry.non_retryable)
@@ -274,7 +274,9 @@ def _branch_steps_that_may_have_acted(ctx: InvariantContext) -> dict[str, list[s
             acted[f"{group}/{key}"].append(name)
     for branch, names in acted.items():
         group, key = branch.split("/")
-        order = [f"{branch}/{s.name}" for s in step_named_group(ctx.definition, group).steps_of(key)]
+        order = [
+            f"{branch}/{s.name}" for s in step_named_group(ctx.definition, group).steps_of(key)
+        ]
         names.sort(key=order.index)
     return acted
 
@@ -353,10 +355,8 @@ def _branches_compensate_what_may_have_acted(ctx: InvariantContext) -> None:
         )
         group = branch.partition("/")[0]
         record = ctx.snapshot.step(group)
-        settled = (
-            group in undone_groups
-            and ctx.snapshot.status is not SagaStatus.FAILED
-            or (record.status is StepStatus.SUCCEEDED and branch not in joined)
+        settled = (group in undone_groups and ctx.snapshot.status is not SagaStatus.FAILED) or (
+            record.status is StepStatus.SUCCEEDED and branch not in joined
         )
         if settled:
             _require(done == expected, f"branch {branch} compensated {done}, expected {expected}")

@@ -34,8 +34,8 @@ from saga_fsm._core import (
 from saga_fsm._definition import RetryPolicy, SagaDefinition
 from saga_fsm._errors import TransitionNotAllowed
 from saga_fsm._flow import CompiledSaga, compile_saga
-from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._groups import ForEach, Parallel, StepGroup, branch_definition
+from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._snapshot import ErrorInfo, HistoryEntry, SagaStatus, Snapshot, StepRecord
 from saga_fsm.testing._faults import REFUSED, REPLY_LOST, Fault
 
