@@ -39,26 +39,21 @@ def _branch_steps(steps: Iterable[Step]) -> tuple[Step, ...]:
     return tuple(steps) if not isinstance(steps, Step) else (steps,)
 
 
-def _branches(
-    value: Mapping[str, Iterable[Step]] | Iterable[tuple[str, Iterable[Step]]],
-) -> tuple[tuple[str, tuple[Step, ...]], ...]:
-    if not isinstance(value, Mapping | list | tuple):
-        raise DefinitionError(
-            f"must map branch names to lists of steps, got {value!r}", field="branches"
-        )
-    items = value.items() if isinstance(value, Mapping) else value
-    out = []
-    for item in items:
-        if not (isinstance(item, tuple) and len(item) == 2):
-            raise DefinitionError(
-                f"must map branch names to lists of steps, got {item!r}", field="branches"
-            )
-        key, steps = item
-        if isinstance(steps, str) or not isinstance(steps, Iterable):
-            raise DefinitionError(
-                f"branch {key!r} must be a list of steps, got {steps!r}", field="branches"
-            )
-        out.append((key, _branch_steps(steps)))
+def _branches(value: Any) -> Any:
+    """``{"a": [Step, ...], ...}`` (or its items) as a tuple of (name, steps) pairs,
+    hashable like the rest of a definition. Anything else is kept as given, for
+    validation to refuse with the group's name."""
+    if isinstance(value, Mapping):
+        value = list(value.items())
+    if not isinstance(value, list | tuple):
+        return value
+    out: list[Any] = []
+    for item in value:
+        if isinstance(item, tuple) and len(item) == 2:
+            key, steps = item
+            if isinstance(steps, Iterable) and not isinstance(steps, str | Step):
+                item = (key, tuple(steps))
+        out.append(item)
     return tuple(out)
 
 
@@ -219,15 +214,27 @@ class Parallel(StepGroup):
     that reached the join).
     """
 
-    branches: tuple[tuple[str, tuple[Step, ...]], ...] = field(kw_only=True, converter=_branches)
+    branches: tuple[tuple[str, tuple[Step, ...]], ...] = field(
+        kw_only=True, converter=_branches
+    )
     join: str | int = field(default="all", kw_only=True)
 
     def _validate(self) -> None:
         super()._validate()
+        if not isinstance(self.branches, tuple):
+            raise DefinitionError(
+                f"must map branch names to lists of steps, got {self.branches!r}",
+                field="branches",
+            )
         if not self.branches:
             raise DefinitionError("a parallel group needs at least one branch", field="branches")
         keys: set[str] = set()
-        for key, steps in self.branches:
+        for item in self.branches:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], tuple)):
+                raise DefinitionError(
+                    f"must map branch names to lists of steps, got {item!r}", field="branches"
+                )
+            key, steps = item
             if not isinstance(key, str) or not _KEY.match(key):
                 raise DefinitionError(
                     f"branch names are letters, digits, '_', '.' and '-', got {key!r}",
