@@ -214,9 +214,7 @@ class Parallel(StepGroup):
     that reached the join).
     """
 
-    branches: tuple[tuple[str, tuple[Step, ...]], ...] = field(
-        kw_only=True, converter=_branches
-    )
+    branches: tuple[tuple[str, tuple[Step, ...]], ...] = field(kw_only=True, converter=_branches)
     join: str | int = field(default="all", kw_only=True)
 
     def _validate(self) -> None:
