@@ -1,6 +1,7 @@
 """An order that reserves stock in three warehouses at once, books a courier for each
 parcel, then charges the card.
 
+plan_parcels     read-only   splits the order into parcels (data["parcels"])
 reserve_stock    Parallel: north, south, east at once (each reserve, undo: release)
 book_couriers    ForEach over data["parcels"], two at a time (undo: cancel_courier)
 charge_card      pivot       (once charged, only forward)
@@ -53,6 +54,14 @@ async def cancel_courier(ctx: StepContext) -> None:
     await services.call("cancel_courier", ctx, {}, may_fail_for_good=False)
 
 
+def plan_parcels(ctx: StepContext) -> dict[str, Any]:
+    # An order given its parcels keeps them; otherwise it ships in two.
+    parcels = ctx.data.get("parcels") or [
+        f"{ctx.data.get('order_id', 'order')}-{n}" for n in (1, 2)
+    ]
+    return {"parcels": list(parcels)}
+
+
 async def charge_card(ctx: StepContext) -> dict[str, Any]:
     return await services.call(
         "charge_card", ctx, {"charged": ctx.data.get("amount", 0)}, may_fail_for_good=True
@@ -81,6 +90,7 @@ definition = SagaDefinition(
     version=1,
     description="Reserve in three warehouses at once, book a courier per parcel, charge.",
     steps=(
+        Step("plan_parcels", plan_parcels, read_only=True, retry=FAST_RETRY),
         Parallel(
             "reserve_stock",
             branches={"north": _reserve(), "south": _reserve(), "east": _reserve()},

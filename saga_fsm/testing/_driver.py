@@ -267,6 +267,7 @@ class Driver:
         if kind == "cancel":
             self.cancel(saga)
         elif kind == "retry":
+            self._past_branches(saga)  # a group parks once its other branches are done
             self.operator_retry(saga)
         elif kind == "tick":
             if not saga.runnable:
@@ -277,9 +278,26 @@ class Driver:
                     break
                 self.advance(saga)
             if len(move) > 2:  # which of a parallel group's calls in flight
+                self._past_branches(saga, until=move[2])
                 self.choose(saga, move[2])
+            else:
+                self._past_branches(saga)
             if saga.runnable:
                 self.advance(saga, fault if fault in self.faults_for(saga) else Fault.OK)
+
+    def _past_branches(self, saga: SagaRun, until: str | None = None) -> None:
+        """A planned call finds other branch calls outstanding than the plan had (a
+        ``ForEach`` it was planned with fewer items for): they run cleanly first, so
+        the move's fault lands on the call it was planned for (``until``: that branch
+        step's call; None: the saga's own next step)."""
+        for _ in range(self.config.finish_limit):
+            if until is not None and until in self.calls(saga):
+                return
+            others = [c for c in self.calls(saga) if "/" in c and c != until]
+            if not others:
+                return
+            self.choose(saga, others[0])
+            self.advance(saga)
 
     def cancel(self, saga: SagaRun) -> None:
         self.run(self._operator(saga, Event.cancel(self._tick()), "cancel"))

@@ -296,6 +296,10 @@ def step_named(definition: SagaDefinition, name: str) -> Step:
 
 
 def _refused(entry: TraceEntry, non_retryable: tuple[type[BaseException], ...]) -> bool:
+    if entry.deadline_passed:
+        # Not called at all: the engine saw a timeout (a parallel branch's deadline can
+        # pass while another branch's call takes its time), whatever fault was planned.
+        return False
     if entry.fault is Fault.PERMANENT:
         return True
     if entry.fault not in (None, Fault.OK) or entry.deadline_passed:

@@ -143,15 +143,21 @@ def _branches(compiled: CompiledSaga, row: int, record: StepRecord) -> tuple[obj
 
 
 def _start_data(definition: SagaDefinition, data: str | None) -> dict[str, Any]:
-    if data is not None:
-        loaded: dict[str, Any] = json.loads(data)
-        return loaded
-    lists = {s.items: [None] for s in definition.steps if isinstance(s, ForEach)}
-    return lists
+    # A ForEach's list missing from the start data is taken to be made by an earlier
+    # step (decide runs no actions here): two items, so its branches and their
+    # interleavings are explored.
+    loaded: dict[str, Any] = json.loads(data) if data is not None else {}
+    for step in definition.steps:
+        if isinstance(step, ForEach) and step.items not in loaded:
+            loaded[step.items] = [None, None]
+    return loaded
 
 
 def static_data(source: object) -> str | None:
-    """The harness's saga data as ``reachability`` takes it, when it is one mapping."""
+    """The harness's saga data as ``reachability`` takes it, when it is one mapping
+    (none given: the empty one)."""
+    if source is None:
+        return "{}"
     if isinstance(source, Mapping):
         try:
             return json.dumps(dict(source), sort_keys=True)
@@ -204,7 +210,7 @@ def reachability(
     """Breadth-first search of the pure core (see the module docstring). Cached: the
     same definition and faults always give the same answer. ``data`` (JSON text) is
     the saga data the harness starts with when it is one fixed mapping: it decides how
-    many branches a ``ForEach`` has. Unknown, each ``ForEach`` gets one item."""
+    many branches a ``ForEach`` has (two items when its list is not there)."""
     compiled = compile_saga(definition)
     edges = row_edges(compiled)
     start = new_snapshot(definition, "reachability", _start_data(definition, data), _T0)
