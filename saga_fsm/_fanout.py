@@ -12,10 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from saga_fsm._core import Command, Event, Finish, RunCompensation, RunStep, ScheduleWake
+from saga_fsm._core import (
+    Command,
+    Event,
+    Finish,
+    RunCompensation,
+    RunStep,
+    ScheduleWake,
+    outstanding,
+)
 from saga_fsm._errors import TransitionNotAllowed
 from saga_fsm._flow import CompiledSaga
 from saga_fsm._snapshot import Snapshot
@@ -102,6 +111,7 @@ async def fan_out(
                 commands = (*commands, *decided)
                 if group_at(compiled, snapshot.state) is None:
                     return snapshot, commands  # (no call is left in flight by then)
+            commands = (*commands, *_missing(compiled, snapshot, calls.values(), commands))
     finally:
         for pending in calls:
             pending.cancel()
@@ -110,3 +120,21 @@ async def fan_out(
         for pending in list(calls):
             with contextlib.suppress(BaseException):
                 await pending
+
+
+def _missing(
+    compiled: CompiledSaga,
+    snapshot: Snapshot,
+    running: Iterable[RunStep | RunCompensation],
+    decided: Iterable[Command],
+) -> list[Command]:
+    """Calls the snapshot says are due that are neither running here nor just decided:
+    those an operator's write decided (a cancel saved between two of ours, which this
+    driver took in when its save lost the race)."""
+    calls = [c for c in (*running, *decided) if isinstance(c, RunStep | RunCompensation)]
+    known = {(type(c), c.step, c.attempt) for c in calls}
+    return [
+        c
+        for c in outstanding(compiled, snapshot)
+        if isinstance(c, RunStep | RunCompensation) and (type(c), c.step, c.attempt) not in known
+    ]

@@ -271,3 +271,38 @@ def test_a_long_branch_back_off_hands_the_saga_back_and_a_worker_finishes_it() -
         assert done.state == "completed" and flaky == {"g/a/r": 2}
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+def test_an_operator_cancel_during_the_group_undoes_it_once_its_calls_settle(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    calls = Calls(delay=0.01)
+    saga = order(calls)
+
+    async def go() -> None:
+        async with store_of(kind, request) as store:
+            calls.block = asyncio.Event()
+            executor = SagaExecutor(store, [saga])
+            running = asyncio.create_task(executor.run(saga, DATA))
+            for _ in range(500):
+                await asyncio.sleep(0.01)
+                listed = await store.list()
+                group = listed[0].step("reserve_all") if listed else None
+                if group is not None and group.branches and calls.running:
+                    if any(b.state == "running:slow" for b in group.branches):
+                        break
+            (saga_row,) = await store.list()
+            cancelled = await Orchestrator(store, [saga]).cancel(saga_row.saga_id)
+            assert cancelled.state == "running:reserve_all" and cancelled.cancel_requested
+            calls.block.set()  # south's slow step settles, then everything is undone
+            done = await asyncio.wait_for(running, 20)
+            # The driver took the cancel in when its next save lost the race to it.
+            assert done.state == "compensated"
+            assert done.failure is not None and done.failure.type == "Cancelled"
+            undone = [c.removeprefix("undo ") for c in calls.log if c.startswith("undo ")]
+            forward = [c for c in calls.log if not c.startswith(("undo ", "refused "))]
+            assert sorted(undone) == sorted(forward) and undone[-1] == "open"
+            assert not any("courier" in c for c in calls.log)
+
+    asyncio.run(go())
