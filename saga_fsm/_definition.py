@@ -502,6 +502,45 @@ class SagaBuilder:
         self._steps.append(step)
         return self
 
+    def parallel(
+        self,
+        name: str,
+        branches: Mapping[str, Iterable[Step]],
+        *,
+        join: str | int = "all",
+        max_concurrency: int | None = None,
+    ) -> SagaBuilder:
+        """A ``Parallel`` group: ``branches`` run concurrently (see saga_fsm.Parallel)."""
+        from saga_fsm._groups import Parallel
+
+        return self._add(
+            lambda: Parallel(name, branches=branches, join=join, max_concurrency=max_concurrency)
+        )
+
+    def for_each(
+        self,
+        name: str,
+        items: str,
+        steps: Iterable[Step],
+        *,
+        max_concurrency: int | None = None,
+    ) -> SagaBuilder:
+        """A ``ForEach`` group: ``steps`` once per item of ``data[items]``."""
+        from saga_fsm._groups import ForEach
+
+        return self._add(
+            lambda: ForEach(name, items=items, steps=steps, max_concurrency=max_concurrency)
+        )
+
+    def _add(self, make: Callable[[], Step]) -> SagaBuilder:
+        try:
+            self._steps.append(make())
+        except DefinitionError as err:
+            raise DefinitionError(
+                err.reason, row=len(self._steps), step=err.step, field=err.field
+            ) from None
+        return self
+
     def pivot(self, name: str, action: Action, **options: Any) -> SagaBuilder:
         return self.step(name, action, kind=StepKind.PIVOT, **options)
 

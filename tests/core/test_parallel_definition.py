@@ -167,7 +167,15 @@ def test_invalid_for_each_is_refused(options: dict[str, object], field: str, why
 
 
 def test_groups_fit_the_builder_too() -> None:
-    saga = SagaBuilder("b").step("first", act, compensation=undo).build()
-    with_group = SagaDefinition("b", [*saga.steps, group()])
-    assert [type(s).__name__ for s in with_group.steps] == ["Step", "Parallel"]
-    assert with_group.step("reserve_all").compensable
+    saga = (
+        SagaBuilder("b")
+        .step("first", act, compensation=undo)
+        .parallel("reserve_all", {"a": [comp("r")], "b": [comp("r")]}, max_concurrency=1)
+        .for_each("each", "items", [comp("hold")])
+        .pivot("charge", act)
+        .build()
+    )
+    assert [type(s).__name__ for s in saga.steps] == ["Step", "Parallel", "ForEach", "Step"]
+    with pytest.raises(DefinitionError) as raised:
+        SagaBuilder("b").step("first", act, compensation=undo).parallel("g", {}, join="any")
+    assert (raised.value.row, raised.value.step, raised.value.field) == (1, "g", "branches")
