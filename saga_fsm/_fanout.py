@@ -44,7 +44,7 @@ async def fan_out(
     """Drive the group the saga is at until it is left (the saved snapshot and what
     comes next, for the executor's loop), or handed back (None: a back-off longer than
     ``max_hold`` with nothing in flight)."""
-    from saga_fsm._parallel import group_at
+    from saga_fsm._parallel import group_at, waits_for_reply
 
     calls: dict[asyncio.Future[Any], RunStep | RunCompensation] = {}
     timer: asyncio.Future[Any] | None = None
@@ -64,12 +64,22 @@ async def fan_out(
                 elif isinstance(command, ScheduleWake):
                     scheduled = command.at
                 elif isinstance(command, RunStep | RunCompensation):
+                    if command.request_id is not None:
+                        continue  # a remote call: its command is in the outbox
                     calls[asyncio.ensure_future(call(command, snapshot))] = command
             if finished:
                 return None
             # While calls run, a branch's back-off is the snapshot's wake-up time; with
             # none in flight the group schedules it (the lease goes if it is far off).
             wanted = snapshot.wake_at if calls else scheduled
+            if (
+                not calls
+                and (wanted is None or wanted > clock.now())
+                and waits_for_reply(compiled, snapshot)
+            ):
+                # Only replies are awaited: nobody holds the saga until one comes (to
+                # any worker) or the earliest deadline, when it is due again.
+                return snapshot, ()
             if wanted != wake and timer is not None:
                 timer.cancel()
                 timer = None
@@ -136,5 +146,7 @@ def _missing(
     return [
         c
         for c in outstanding(compiled, snapshot)
-        if isinstance(c, RunStep | RunCompensation) and (type(c), c.step, c.attempt) not in known
+        if isinstance(c, RunStep | RunCompensation)
+        and c.request_id is None
+        and (type(c), c.step, c.attempt) not in known
     ]

@@ -153,13 +153,6 @@ class StepGroup(Step):
                     step=full,
                     field="kind",
                 )
-            if step.remote:
-                raise DefinitionError(
-                    "remote steps (command=) are not supported inside a group yet: use a"
-                    " local action that calls the service",
-                    step=full,
-                    field="command",
-                )
             if step.transactional:
                 raise DefinitionError(
                     "transactional steps are not supported inside a group",

@@ -116,9 +116,25 @@ def _compensating_now(b: BranchRecord) -> bool:
     )
 
 
+def _in_flight(b: BranchRecord) -> StepRecord | None:
+    """The record of the branch's call in flight (forward or compensation), if any."""
+    if not (_forward_in_flight(b) or _compensating_now(b)):
+        return None
+    step = split_state(b.state)[1]
+    assert step is not None
+    return _record(b, step)
+
+
 def _busy(b: BranchRecord) -> bool:
-    """A call of this branch is (or must be) running now."""
-    return _forward_in_flight(b) or _compensating_now(b)
+    """A local call of this branch is (or must be) running now: its driver runs it."""
+    record = _in_flight(b)
+    return record is not None and record.request_id is None
+
+
+def _waiting_remote(b: BranchRecord) -> bool:
+    """A remote call of this branch waits for its reply (until its deadline)."""
+    record = _in_flight(b)
+    return record is not None and record.request_id is not None
 
 
 def _left_forward(b: BranchRecord) -> bool:
@@ -193,10 +209,16 @@ class _Group:
 
     def absorb(self, n: int, decision: Decision) -> None:
         b, after = self.branches[n], decision.snapshot
+        steps = tuple(
+            r
+            if r.request_id is None
+            else replace(r, request_id=self.full_request(b.key, r.name, r.request_id))
+            for r in after.steps
+        )
         self.branches[n] = replace(
             b,
             state=after.state,
-            steps=after.steps,
+            steps=steps,
             data=after.data,
             wake_at=after.wake_at,
             cancel_requested=after.cancel_requested,
@@ -218,17 +240,10 @@ class _Group:
     def named(self, key: str, commands: Iterable[Command]) -> list[Command]:
         """Branch commands as the saga issues them: ``group/branch/step``, with keys of
         their own (per branch and per item); the join's and timers dropped."""
-        saga_id = self.scratch.snapshot.saga_id
-        out: list[Command] = []
-        for c in commands:
-            if isinstance(c, RunStep) and c.step != JOIN:
-                full = branch_name(self.group.name, key, c.step)
-                out.append(RunStep(full, c.attempt, idempotency_key(saga_id, full), c.deadline))
-            elif isinstance(c, RunCompensation):
-                full = branch_name(self.group.name, key, c.step)
-                ikey = idempotency_key(saga_id, full, compensation=True)
-                out.append(RunCompensation(full, c.attempt, ikey, c.deadline))
-        return out
+        return _named(self.scratch.snapshot.saga_id, self.group.name, key, commands)
+
+    def full_request(self, key: str, step: str, request: str) -> str:
+        return _full_request(self.scratch.snapshot.saga_id, self.group.name, key, step, request)
 
     # -- the group ------------------------------------------------------------------------
     def start(self) -> bool:
@@ -290,16 +305,34 @@ class _Group:
                 and b.wake_at <= event.at
                 and not (self.stopping() and not _left_forward(b))
             ]
-            if not due:
+            # A remote call whose reply did not come by its deadline has timed out.
+            late = [
+                n
+                for n, b in enumerate(self.branches)
+                if _waiting_remote(b) and b.wake_at is not None and b.wake_at <= event.at
+            ]
+            if not due and not late:
                 raise self.refuse("no branch is due")
             for n in due:
                 self.fire(n, Event.retry_due(event.at))
+            for n in late:
+                self.fire(n, self.timed_out(self.branches[n], event.at))
             return
         parts = split_branch_name(event.step or "")
         if parts is None or parts[0] != self.group.name:
             raise self.refuse(f"result for step {event.step!r}, not a step of this group")
         n = self.index(parts[1])
         self.fire(n, replace(event, step=parts[2]))
+
+    def timed_out(self, b: BranchRecord, at: datetime) -> Event:
+        step = split_state(b.state)[1]
+        assert step is not None
+        record = _record(b, step)
+        if record.status is StepStatus.COMPENSATING:
+            return Event(
+                "compensation_timed_out", at, step=step, attempt=record.compensation_attempts
+            )
+        return Event("step_timed_out", at, step=step, attempt=record.attempts)
 
     def stopping(self) -> bool:
         """No new branch step may start: a cancel, or too few branches left to join."""
@@ -434,7 +467,9 @@ class _Group:
         deadline = None if timeout is None else self.at + timedelta(seconds=timeout)
         steps = tuple(replace(r, deadline=deadline) if r is record else r for r in b.steps)
         self.branches[n] = replace(b, held=False, steps=steps, wake_at=deadline)
-        command = RunCompensation(step_name, record.compensation_attempts, "", deadline)
+        command = RunCompensation(
+            step_name, record.compensation_attempts, "", deadline, record.request_id
+        )
         self.fresh.setdefault(b.key, []).extend(self.named(b.key, [command]))
 
     def store(self) -> None:
@@ -442,13 +477,15 @@ class _Group:
         s.steps[self.row] = replace(s.steps[self.row], branches=tuple(self.branches))
         for b in self.branches:
             s.commands.extend(self.fresh.get(b.key, []))
+        stopping = self.stopping()
         timers = [
             b.wake_at
             for b in self.branches
             if b.wake_at is not None
-            and not _busy(b)
-            and _awaiting_retry(b)
-            and not (self.stopping() and not _left_forward(b))
+            and (
+                _waiting_remote(b)
+                or (_awaiting_retry(b) and not (stopping and not _left_forward(b)))
+            )
         ]
         s.wake_at = min(timers, default=None)
         if s.wake_at is not None and not any(_busy(b) for b in self.branches):
@@ -496,9 +533,9 @@ def group_outstanding(compiled: CompiledSaga, snapshot: Snapshot) -> tuple[Comma
     commands: list[Command] = []
     busy = False
     for b in record.branches or ():
-        if b.held or not _busy(b):
+        if b.held or _in_flight(b) is None:
             continue
-        busy = True
+        busy = busy or _busy(b)
         branch = compile_saga(branch_definition(group, b.key))
         view = Snapshot(
             saga_id=snapshot.saga_id,
@@ -511,19 +548,68 @@ def group_outstanding(compiled: CompiledSaga, snapshot: Snapshot) -> tuple[Comma
             updated_at=snapshot.updated_at,
             wake_at=b.wake_at,
         )
-        for c in outstanding(branch, view):
-            if isinstance(c, RunStep) and c.step != JOIN:
-                full = branch_name(group.name, b.key, c.step)
-                commands.append(
-                    RunStep(full, c.attempt, idempotency_key(snapshot.saga_id, full), c.deadline)
-                )
-            elif isinstance(c, RunCompensation):
-                full = branch_name(group.name, b.key, c.step)
-                key = idempotency_key(snapshot.saga_id, full, compensation=True)
-                commands.append(RunCompensation(full, c.attempt, key, c.deadline))
+        commands += _named(snapshot.saga_id, group.name, b.key, outstanding(branch, view))
     if not busy and snapshot.wake_at is not None:
         commands.append(ScheduleWake(snapshot.wake_at))
     return tuple(commands)
+
+
+def _full_request(saga_id: str, group: str, key: str, step: str, request: str) -> str:
+    """A branch step's request id as the saga issues it: derived from the step's full
+    name (``{saga}:group/branch/step:attempt``), so no two branches share one."""
+    full = f"{saga_id}:{branch_name(group, key, step)}"
+    if request.startswith(full + ":"):
+        return request
+    local = f"{saga_id}:{step}"
+    assert request.startswith(local + ":"), request
+    return full + request[len(local) :]
+
+
+def _named(saga_id: str, group: str, key: str, commands: Iterable[Command]) -> list[Command]:
+    """Branch commands as the saga issues them: ``group/branch/step``, with keys (and
+    request ids) of their own, per branch and per item; the join's and timers dropped."""
+    out: list[Command] = []
+    for c in commands:
+        if not isinstance(c, RunStep | RunCompensation) or c.step == JOIN:
+            continue
+        full = branch_name(group, key, c.step)
+        compensation = isinstance(c, RunCompensation)
+        ikey = idempotency_key(saga_id, full, compensation=compensation)
+        request = (
+            None
+            if c.request_id is None
+            else _full_request(saga_id, group, key, c.step, c.request_id)
+        )
+        kind = RunCompensation if compensation else RunStep
+        out.append(kind(full, c.attempt, ikey, c.deadline, request))
+    return out
+
+
+def waits_for_reply(compiled: CompiledSaga, snapshot: Snapshot) -> bool:
+    """Whether a saga at a group has a branch's remote call waiting for its reply."""
+    found = group_at(compiled, snapshot.state)
+    if found is None:
+        return False
+    return any(_waiting_remote(b) for b in snapshot.steps[found[0]].branches or ())
+
+
+def awaited_branch(snapshot: Snapshot, request: str | None) -> RunStep | RunCompensation | None:
+    """The branch call of a saga at a group that waits for the reply to ``request``."""
+    step = split_state(snapshot.state)[1]
+    if step is None or request is None:
+        return None
+    record = snapshot.step(step)
+    for b in record.branches or ():
+        current = _in_flight(b)
+        if current is None or b.held or current.request_id != request:
+            continue
+        full = branch_name(step, b.key, current.name)
+        if current.status is StepStatus.COMPENSATING:
+            return RunCompensation(
+                full, current.compensation_attempts, "", current.deadline, request
+            )
+        return RunStep(full, current.attempts, "", current.deadline, request)
+    return None
 
 
 def branch_call(

@@ -88,23 +88,6 @@ def test_the_fingerprint_covers_branches_and_join_but_not_concurrency() -> None:
             "a pivot may not sit inside a group",
         ),
         (
-            {
-                "branches": {
-                    "a": [
-                        Step(
-                            "r",
-                            command="inventory.reserve",
-                            compensation_command="inventory.release",
-                            timeout=1.0,
-                        )
-                    ]
-                }
-            },
-            "reserve_all/a/r",
-            "command",
-            "remote steps",
-        ),
-        (
             {"branches": {"a": [comp("r", transactional=True)]}},
             "reserve_all/a/r",
             "transactional",

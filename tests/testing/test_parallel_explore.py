@@ -162,3 +162,34 @@ def test_a_group_that_never_runs_a_held_compensation_is_caught(
     assert not report.ok
     assert report.counterexample is not None
     assert report.counterexample.invariant == "finishes_once_faults_stop"
+
+
+def test_remote_branch_steps_hold_every_property_under_wire_faults() -> None:
+    # Lost, late, duplicated and refused commands and replies in one branch while a
+    # local branch runs beside it (an ideal participant answers the channels).
+    quick = RetryPolicy(max_attempts=2, initial_interval=0.01, max_interval=0.01)
+    remote = SagaDefinition(
+        "remote_branches",
+        [
+            Parallel(
+                "g",
+                branches={
+                    "a": [
+                        Step(
+                            "r",
+                            command="inv.reserve",
+                            compensation_command="inv.release",
+                            timeout=5,
+                            retry=quick,
+                            compensation_retry=quick,
+                        )
+                    ],
+                    "b": [step("n")],
+                },
+            ),
+            Step("pay", act, kind="pivot"),
+        ],
+    )
+    report = check(remote, setup=fresh_ledger, max_examples=150, seed=2)
+    assert report.ok, report.format()
+    assert report.coverage.ratio == 1.0, report.format()
