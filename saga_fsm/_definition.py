@@ -411,10 +411,14 @@ class SagaDefinition:
         for hook, functions in self.callbacks:
             when, _, target = hook.partition("_") if isinstance(hook, str) else ("", "", "")
             kind, _, state = target.partition("_")
+            # A parallel group's branches move by the internal "branch_progress".
+            triggers = (
+                (*TRIGGERS, "branch_progress") if any(s.is_group for s in self.steps) else TRIGGERS
+            )
             known = (
                 hook in ("before_state_change", "after_state_change")
                 or (when == "on" and kind in ("enter", "exit") and state in states)
-                or (when in ("before", "after") and target in TRIGGERS)
+                or (when in ("before", "after") and target in triggers)
             )
             if not known:
                 raise DefinitionError(

@@ -162,3 +162,13 @@ def test_groups_fit_the_builder_too() -> None:
     with pytest.raises(DefinitionError) as raised:
         SagaBuilder("b").step("first", act, compensation=undo).parallel("g", {}, join="any")
     assert (raised.value.row, raised.value.step, raised.value.field) == (1, "g", "branches")
+
+
+def test_a_group_definition_may_hook_branch_progress_and_others_may_not() -> None:
+    seen: list[str] = []
+    saga = SagaDefinition(
+        "p", [group()], callbacks={"after_branch_progress": lambda ev: seen.append("moved")}
+    )
+    assert saga.callbacks
+    with pytest.raises(DefinitionError, match="unknown callback"):
+        SagaDefinition("p", [comp("a")], callbacks={"after_branch_progress": print})
