@@ -51,6 +51,7 @@ def test_mermaid_draws_branches_as_concurrent_regions() -> None:
 def _instance() -> tuple[str, str]:
     async def refuse_east(ctx: StepContext) -> dict[str, str]:
         if ctx.step == "reserve_stock/east/reserve":
+            await asyncio.sleep(0.1)  # north has joined by then
             raise StepFailed("east is empty", retryable=False)
         return {ctx.step.replace("/", "_"): "ok"}
 
