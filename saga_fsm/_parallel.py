@@ -23,6 +23,10 @@ Semantics:
   succeeds. A loser whose compensation gave up fails the group.
 * A branch whose compensation gave up ends ``failed``; once every branch is done the
   saga parks at ``compensating:<group>``. An operator's retry retries that branch.
+* Timers: the saga's ``wake_at`` is the earliest branch back-off or remote deadline;
+  ``retry_due`` wakes the branches due then (a remote call past its deadline times out).
+  Branch commands, events and keys name the step ``group/branch/step``; a remote branch
+  step's request id is derived from that name, so replies find their branch.
 """
 
 from __future__ import annotations
