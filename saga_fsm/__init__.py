@@ -32,6 +32,8 @@ from saga_fsm._definition import (
     Step,
     StepContext,
     StepKind,
+    WaitFor,
+    WaitOutcome,
 )
 from saga_fsm._errors import (
     CallbackError,
@@ -49,6 +51,7 @@ from saga_fsm._errors import (
     SagaError,
     SagaLeased,
     SagaNotFound,
+    SignalRefused,
     SnapshotDecodeError,
     StepFailed,
     StoreError,
@@ -134,6 +137,7 @@ __all__ = [
     "SagaStatus",
     "SagaStore",
     "ScheduleWake",
+    "SignalRefused",
     "Snapshot",
     "SnapshotDecodeError",
     "SnapshotStore",
@@ -151,6 +155,8 @@ __all__ = [
     "TransitionRow",
     "UnknownDefinition",
     "Unrunnable",
+    "WaitFor",
+    "WaitOutcome",
     "Worker",
     "WorkerLeases",
     "compile_saga",

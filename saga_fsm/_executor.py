@@ -26,6 +26,7 @@ from saga_fsm._core import (
     decide,
     outcome_event,
     outstanding,
+    waiting_for,
 )
 from saga_fsm._core import idempotency_key as key_of
 from saga_fsm._definition import SagaDefinition
@@ -285,9 +286,11 @@ class SagaExecutor:
         if why is not None:
             return self._dropped(reply, why)
         try:
-            self.definitions.compiled_for(snapshot)
+            compiled = self.definitions.compiled_for(snapshot)
         except UnknownDefinition:
             return "foreign"  # a worker that serves its definition takes it
+        if waiting_for(compiled, snapshot) is not None:
+            return self._dropped(reply, "the saga waits for a signal, not a reply")
         try:
             snapshot = await self.store.acquire(
                 saga_id, self.worker_id, now=self.clock.now(), lease_seconds=self.lease_seconds

@@ -20,6 +20,7 @@ from saga_fsm._core import (
     idempotency_key,
     outcome_event,
 )
+from saga_fsm._definition import WaitFor
 from saga_fsm._flow import CompiledSaga
 from saga_fsm._invoke import result_problem
 from saga_fsm._snapshot import ErrorInfo, Snapshot, StepStatus, split_state
@@ -58,6 +59,8 @@ def remote_commands(
         if not isinstance(command, RunStep | RunCompensation) or command.request_id is None:
             continue
         step = compiled.definition.steps[compiled.step_index[command.step]]
+        if isinstance(step, WaitFor):
+            continue  # a wait sends nothing: a signal ends it
         compensating = isinstance(command, RunCompensation)
         channel = step.compensation_command if compensating else step.command
         assert channel is not None  # the core sets a request id only for remote calls
