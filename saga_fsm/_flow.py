@@ -229,8 +229,10 @@ def _wait_rows(
     nothing, so a failure or a cancel compensates the steps before it, at once."""
     ahead = ["record_success", then(forward, compensation=False)]
     back = ["begin_compensation", then(undo, compensation=True)]
-    # ``when`` said no: the wait is skipped, in the decision that reached it.
-    rows = [TransitionRow("step_succeeded", here, forward, effects=ahead)]
+    rows = []
+    if step.when is not None:
+        # Its field said no: the wait is skipped, in the decision that reached it.
+        rows.append(TransitionRow("step_succeeded", here, forward, effects=ahead))
     outcomes = set(step.outcomes.values())
     if WaitOutcome.CONTINUE in outcomes:
         rows.append(
