@@ -66,6 +66,7 @@ from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._loading import load_definition, load_definition_file, resolve_reference
 from saga_fsm._orchestrator import Orchestrator, run_sync
 from saga_fsm._registry import Definitions
+from saga_fsm._remote import signal_message
 from saga_fsm._snapshot import (
     ErrorInfo,
     HistoryEntry,
@@ -173,6 +174,7 @@ __all__ = [
     "outstanding",
     "resolve_reference",
     "run_sync",
+    "signal_message",
 ]
 
 # Errors are raised to users under their public names (``saga_fsm.StepFailed``).

@@ -93,6 +93,7 @@ EXPECTED = [
     "outstanding",
     "resolve_reference",
     "run_sync",
+    "signal_message",
 ]
 
 
