@@ -234,3 +234,16 @@ def test_tables_without_waits_keep_their_fingerprints() -> None:
     # pins the fingerprints of tables without).
     rows = compile_saga(SagaDefinition("plain", [Step("a", noop, compensation=noop)])).rows
     assert "signal" not in {r.trigger for r in rows}
+
+
+def test_a_wait_s_events_are_part_of_its_fingerprint() -> None:
+    from saga_fsm import definition_fingerprint
+
+    base = definition_fingerprint(refund())
+    assert base == definition_fingerprint(refund(approval(timeout=5)))  # a timeout is not
+    for changed in (
+        approval(events={"ok": "continue", "rejected": "fail"}),
+        approval(on_timeout="continue"),
+        approval(when="big"),
+    ):
+        assert definition_fingerprint(refund(changed)) != base
