@@ -112,3 +112,27 @@ def test_the_signal_invariant_names_what_went_wrong(entry: TraceEntry, broken: s
     Context.definition = definition  # type: ignore[attr-defined]
     with pytest.raises(AssertionError, match=broken):
         signals_end_only_the_wait_in_progress(Context())  # type: ignore[arg-type]
+
+
+def test_scenarios_script_signals() -> None:
+    from saga_fsm.testing import scenario, signal, step
+
+    approved = (
+        scenario(refund, setup=ledger.reset)
+        .given(amount=800)
+        .when(signal("approved", {"approved_by": "maria"}), step("pay_refund").succeeds())
+        .expect(state="completed", data={"approved_by": "maria"})
+    )
+    assert "signal approved" in approved.run
+    scenario(refund, setup=ledger.reset).given(amount=800).when(signal("rejected")).expect(
+        state="compensated", compensations=["open_case"], failure="rejected"
+    )
+    # Nothing signalled: the wait's deadline passes.
+    scenario(refund, setup=ledger.reset).given(amount=800).expect(state="compensated")
+    # Below the threshold there is no wait: the signal is never applied.
+    with pytest.raises(AssertionError, match="never applied: signal\\('approved'\\)"):
+        scenario(refund, setup=ledger.reset).given(amount=80).when(signal("approved")).expect(
+            state="completed"
+        )
+    with pytest.raises(ValueError, match="waits for 'maybe'"):
+        scenario(refund).when(signal("maybe"))
