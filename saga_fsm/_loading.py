@@ -207,6 +207,17 @@ def _check_steps_shape(raw_steps: Any, source: str) -> None:
             )
 
 
+def _common(spec: _StepSpec) -> dict[str, Any]:
+    """The fields every kind of step takes as they are written."""
+    return {
+        "kind": spec.kind,
+        "timeout": spec.timeout,
+        "compensation_timeout": spec.compensation_timeout,
+        "read_only": spec.read_only,
+        "transactional": spec.transactional,
+    }
+
+
 def _wait(spec: _StepSpec) -> WaitFor:
     for name in ("action", "compensation", "command", "compensation_command"):
         if getattr(spec, name) is not None:
@@ -214,14 +225,10 @@ def _wait(spec: _StepSpec) -> WaitFor:
     assert spec.events is not None
     return WaitFor(
         spec.name,
-        kind=spec.kind,
-        timeout=spec.timeout,
-        compensation_timeout=spec.compensation_timeout,
-        read_only=spec.read_only,
-        transactional=spec.transactional,
         events=spec.events,
         on_timeout=spec.on_timeout or WaitOutcome.FAIL,
         when=spec.when,
+        **_common(spec),
     )
 
 
@@ -256,19 +263,15 @@ def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefin
                     step_spec.name,
                     _callable(step_spec.action, "action"),
                     _callable(step_spec.compensation, "compensation"),
-                    kind=step_spec.kind,
                     retry=_retry(step_spec.retry, raw_step.get("retry"), forward_default),
                     compensation_retry=_retry(
                         step_spec.compensation_retry,
                         raw_step.get("compensation_retry"),
                         DEFAULT_COMPENSATION_RETRY,
                     ),
-                    timeout=step_spec.timeout,
-                    compensation_timeout=step_spec.compensation_timeout,
-                    read_only=step_spec.read_only,
-                    transactional=step_spec.transactional,
                     command=step_spec.command,
                     compensation_command=step_spec.compensation_command,
+                    **_common(step_spec),
                 )
             )
         except DefinitionError as err:

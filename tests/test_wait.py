@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -30,6 +28,7 @@ from saga_fsm.stores import SagaStore
 from saga_fsm.stores import open_store as open_saga_store
 from saga_fsm.stores.postgres import PostgresStore
 from tests.cli.test_cli import saga_fsm
+from tests.readme import printed_output, python_example, readme_section, run_example
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = "saga_fsm.examples.refund_approval:definition"
@@ -162,24 +161,11 @@ def test_saga_fsm_signal_from_the_command_line(tmp_path: Path) -> None:
     assert late.returncode == 1 and "got 'approved' already" in late.stderr
 
 
-def readme_section() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    return text.split("## Waiting for an event (approvals)\n", 1)[1].split("\n## ", 1)[0]
-
-
 def test_the_readme_example_prints_what_it_says(tmp_path: Path) -> None:
-    [example] = re.findall(r"```python\n(.*?)```", readme_section(), re.S)
-    printed = re.findall(r"prints\n\n```\n(.*?)```", readme_section(), re.S)[0]
-    done = subprocess.run(
-        [sys.executable, "-c", example],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    section = readme_section("Waiting for an event (approvals)")
+    done = run_example(python_example(section), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout == printed
+    assert done.stdout == printed_output(section)
 
 
 def test_the_readme_commands_name_real_options() -> None:
@@ -187,7 +173,8 @@ def test_the_readme_commands_name_real_options() -> None:
 
     from saga_fsm.cli import main
 
-    commands = re.findall(r"saga-fsm (\w+)([^\n]*(?:\\\n[^\n]*)*)", readme_section())
+    section = readme_section("Waiting for an event (approvals)")
+    commands = re.findall(r"saga-fsm (\w+)([^\n]*(?:\\\n[^\n]*)*)", section)
     assert {c for c, _ in commands} >= {"start", "worker", "signal", "check"}
     for command, rest in commands:
         help_text = CliRunner().invoke(main, [command, "--help"]).output

@@ -143,7 +143,7 @@ def test_signals_that_cannot_be_taken_are_refused_with_the_reason() -> None:
         signal_event(compiled, snapshot, "maybe", {}, T0)
     assert (info.value.saga_id, info.value.signal, info.value.trigger) == ("s1", "maybe", "signal")
     pending = new_snapshot(definition, "s2", {}, T0)
-    with pytest.raises(SignalRefused, match="not waiting for an event .it is pending"):
+    with pytest.raises(SignalRefused, match=r"not waiting for an event .it is pending"):
         signal_event(compiled, pending, "approved", {}, T0)
     after = signal(definition, snapshot, "approved")
     # The same signal again is taken once; another one is refused, naming the first.
