@@ -180,3 +180,22 @@ def test_the_readme_commands_name_real_options() -> None:
         help_text = CliRunner().invoke(main, [command, "--help"]).output
         for flag in re.findall(r"--[a-z-]+", rest):
             assert flag in help_text, (command, flag)
+
+
+def test_saga_fsm_check_covers_every_reachable_row_of_the_refund_example(tmp_path: Path) -> None:
+    done = saga_fsm(
+        "check",
+        REF,
+        "--data",
+        '{"amount": 800}',
+        "--data",
+        '{"amount": 120}',
+        "--setup",
+        "saga_fsm.examples.refund_approval:ledger.reset",
+        "--seed",
+        "1",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "35/35 reachable transitions taken (100%)" in done.stdout
