@@ -57,6 +57,7 @@ EXPECTED = [
     "SagaStatus",
     "SagaStore",
     "ScheduleWake",
+    "SignalRefused",
     "Snapshot",
     "SnapshotDecodeError",
     "SnapshotStore",
@@ -74,6 +75,8 @@ EXPECTED = [
     "TransitionRow",
     "UnknownDefinition",
     "Unrunnable",
+    "WaitFor",
+    "WaitOutcome",
     "Worker",
     "WorkerLeases",
     "compile_saga",
@@ -90,6 +93,7 @@ EXPECTED = [
     "outstanding",
     "resolve_reference",
     "run_sync",
+    "signal_message",
 ]
 
 
