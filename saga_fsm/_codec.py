@@ -79,6 +79,7 @@ converter.register_unstructure_hook(
         converter,
         request_id=override(omit_if_default=True),
         branches=override(omit_if_default=True),
+        signal=override(omit_if_default=True),
     ),
 )
 # ``Snapshot.version`` is the store's column, handed back with the snapshot: not encoded.
@@ -175,6 +176,10 @@ def _branches(value: tuple[BranchRecord, ...] | None) -> str:
     return f'"branches":{_ENCODE([_branch_to_dict(b) for b in value])},'
 
 
+def _signal(value: str | None) -> str:
+    return "" if value is None else f'"signal":{_STR(value)},'
+
+
 def _error(error: ErrorInfo | None) -> str:
     if error is None:
         return "null"
@@ -212,6 +217,7 @@ def _step_text(r: StepRecord) -> str:
         f'"finished_at":{_time(r.finished_at)},"name":{_STR(r.name)},'
         f"{_request_id(r.request_id)}"
         f'"result":{result},'
+        f"{_signal(r.signal)}"
         f'"started_at":{_time(r.started_at)},"status":{_STR(r.status.value)}}}'
     )
 

@@ -27,6 +27,8 @@ from saga_fsm._definition import (
     SagaDefinition,
     Step,
     StepKind,
+    WaitFor,
+    WaitOutcome,
 )
 from saga_fsm._errors import DefinitionError, InvalidReference
 
@@ -80,6 +82,9 @@ class _StepSpec:
     transactional: bool = False
     command: str | None = None
     compensation_command: str | None = None
+    events: dict[str, str] | None = None
+    on_timeout: str | None = None
+    when: str | None = None
 
 
 @frozen
@@ -202,26 +207,53 @@ def _check_steps_shape(raw_steps: Any, source: str) -> None:
             )
 
 
+def _common(spec: _StepSpec) -> dict[str, Any]:
+    """The fields every kind of step takes as they are written."""
+    return {
+        "kind": spec.kind,
+        "timeout": spec.timeout,
+        "compensation_timeout": spec.compensation_timeout,
+        "read_only": spec.read_only,
+        "transactional": spec.transactional,
+    }
+
+
+def _wait(spec: _StepSpec) -> WaitFor:
+    for name in ("action", "compensation", "command", "compensation_command"):
+        if getattr(spec, name) is not None:
+            raise DefinitionError(f"a wait runs nothing, so it has no {name}", field=name)
+    assert spec.events is not None
+    return WaitFor(
+        spec.name,
+        events=spec.events,
+        on_timeout=spec.on_timeout or WaitOutcome.FAIL,
+        when=spec.when,
+        **_common(spec),
+    )
+
+
 def build_step(step_spec: _StepSpec, raw_step: Any) -> Step:
-    """The step a file's step table describes (its references resolved)."""
+    """The step a file's step table describes (its references resolved): a wait, or a
+    local or remote step."""
+    if step_spec.events is not None:
+        return _wait(step_spec)
+    for name in ("on_timeout", "when"):
+        if getattr(step_spec, name) is not None:
+            raise DefinitionError(f"only a wait (a step with events) has {name}", field=name)
     forward_default = UNLIMITED_RETRY if step_spec.kind is StepKind.RETRIABLE else DEFAULT_RETRY
     return Step(
         step_spec.name,
         _callable(step_spec.action, "action"),
         _callable(step_spec.compensation, "compensation"),
-        kind=step_spec.kind,
         retry=_retry(step_spec.retry, raw_step.get("retry"), forward_default),
         compensation_retry=_retry(
             step_spec.compensation_retry,
             raw_step.get("compensation_retry"),
             DEFAULT_COMPENSATION_RETRY,
         ),
-        timeout=step_spec.timeout,
-        compensation_timeout=step_spec.compensation_timeout,
-        read_only=step_spec.read_only,
-        transactional=step_spec.transactional,
         command=step_spec.command,
         compensation_command=step_spec.compensation_command,
+        **_common(step_spec),
     )
 
 
@@ -234,7 +266,7 @@ def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefin
     raw_steps: Any = raw.get("steps")
     _check_steps_shape(raw_steps, source)
     # Parallel groups (a table with ``branches`` or ``for_each``) are read on their own
-    # (see saga_fsm._group_loading); the plain rows through the converter.
+    # (see saga_fsm._group_loading); the other rows through the converter.
     from saga_fsm._group_loading import is_group_table, load_group
 
     rows = list(raw_steps) if isinstance(raw_steps, list | tuple) else []

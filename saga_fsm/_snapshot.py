@@ -76,7 +76,9 @@ class StepRecord:
     request_id: str | None = None
     """The attempt of a remote step (or compensation) in flight: its command carries
     it and its reply must name it, so a reply to an earlier attempt is known stale.
-    None for local steps."""
+    None for local steps. A wait's attempt has one too: nothing runs while it waits."""
+    signal: str | None = None
+    """The event that ended a wait (``WaitFor``); its data is ``result``."""
     branches: tuple[BranchRecord, ...] | None = None
     """A parallel group's branches (``Parallel``, ``ForEach``): each one's own progress.
     None for every other step. Encoded only when set."""

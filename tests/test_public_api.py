@@ -60,6 +60,7 @@ EXPECTED = [
     "SagaStatus",
     "SagaStore",
     "ScheduleWake",
+    "SignalRefused",
     "Snapshot",
     "SnapshotDecodeError",
     "SnapshotStore",
@@ -77,6 +78,8 @@ EXPECTED = [
     "TransitionRow",
     "UnknownDefinition",
     "Unrunnable",
+    "WaitFor",
+    "WaitOutcome",
     "Worker",
     "WorkerLeases",
     "compile_saga",
@@ -93,6 +96,7 @@ EXPECTED = [
     "outstanding",
     "resolve_reference",
     "run_sync",
+    "signal_message",
 ]
 
 

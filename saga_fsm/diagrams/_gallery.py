@@ -39,9 +39,16 @@ def _parallel_order() -> Diagram:
     return definition_diagram(parallel_order.definition)
 
 
+def _refund_approval() -> Diagram:
+    from saga_fsm.examples import refund_approval
+
+    return definition_diagram(refund_approval.definition)
+
+
 GALLERY: dict[str, Callable[[], Diagram]] = {
     "order_fulfillment": _order_fulfillment,
     "parallel_order": _parallel_order,
+    "refund_approval": _refund_approval,
     "travel_booking": _travel_booking,
     "saga_lifecycle": lambda: lifecycle_diagram("saga"),
     "step_lifecycle": lambda: lifecycle_diagram("step"),

@@ -47,6 +47,10 @@ def moves_of(trace: Iterable[TraceEntry]) -> tuple[Move, ...]:
             moves.append((entry.kind, Fault.OK))
         elif entry.is_call and entry.step is not None and "/" in entry.step:
             moves.append(("call", entry.fault or Fault.OK, entry.step))  # a branch's call
+        elif entry.kind == "signal":
+            moves.append((f"signal:{entry.label}", Fault.OK))
+        elif entry.kind == "deadline":
+            moves.append(("call", Fault.OK))
         elif entry.is_call:
             moves.append(("call", entry.fault or Fault.OK))
         else:

@@ -31,9 +31,10 @@ from saga_fsm._core import (
     new_snapshot,
     outcome_event,
     outstanding,
+    signal_event,
 )
-from saga_fsm._definition import Action, RetryPolicy, SagaDefinition, Step
-from saga_fsm._errors import SagaError, TransitionNotAllowed
+from saga_fsm._definition import Action, RetryPolicy, SagaDefinition, Step, WaitFor
+from saga_fsm._errors import SagaError, SignalRefused, TransitionNotAllowed
 from saga_fsm._flow import PENDING, compile_saga
 from saga_fsm._groups import StepGroup
 from saga_fsm._invoke import call_outcome, callee, invoke, result_problem, step_context
@@ -221,7 +222,8 @@ class Driver:
         participant has seen the call's idempotency key (once it acted on a key, an
         idempotent participant answers that key as it did, it cannot refuse it)."""
         command = saga.next
-        if not isinstance(command, RunStep | RunCompensation):
+        if not isinstance(command, RunStep | RunCompensation) or self._waits(command):
+            # A wait calls nothing: what ends it is a signal or its deadline.
             return (Fault.OK,)
         # A transactional step's effect commits with its outcome or not at all: no reply
         # is lost after the effect, and a crash leaves nothing (no ``crash_after``).
@@ -264,7 +266,9 @@ class Driver:
         must; a fault its next call cannot have (the path was planned for another
         call, because real code took another turn) is dropped."""
         kind, fault = move[0], move[1]
-        if kind == "cancel":
+        if kind.startswith("signal:"):
+            self.signal(saga, kind.partition(":")[2], {})
+        elif kind == "cancel":
             self.cancel(saga)
         elif kind == "retry":
             self._past_branches(saga)  # a group parks once its other branches are done
@@ -355,7 +359,36 @@ class Driver:
         self.timeline.append((saga.number, entry))
         self._touched.add(saga.number)
 
+    def _waits(self, command: RunStep | RunCompensation) -> bool:
+        return isinstance(command, RunStep) and isinstance(
+            step_named(self.definition, command.step), WaitFor
+        )
+
+    def signal(self, saga: SagaRun, name: str, data: dict[str, Any]) -> None:
+        """Deliver a signal as ``SagaClient.signal`` does, whatever the saga is doing."""
+        self.run(self._signal(saga, name, data))
+
+    async def _signal(self, saga: SagaRun, name: str, data: dict[str, Any]) -> None:
+        state = saga.decided.state
+        trace: dict[str, Any] = {"label": name, "step": saga.decided.current_step}
+        try:
+            event = signal_event(self.compiled, saga.decided, name, data, self._tick())
+        except SignalRefused:
+            self._record(saga, TraceEntry("signal", state, state, refused=True, **trace))
+            return
+        if event is None:
+            self._record(saga, TraceEntry("signal", state, state, repeated=True, **trace))
+            return
+        await self._apply(saga, event, "signal", **trace)
+
     async def _call(self, saga: SagaRun, command: RunStep | RunCompensation, fault: Fault) -> None:
+        if self._waits(command):
+            # Nothing came: time passes until the wait's deadline.
+            assert command.deadline is not None  # a wait always has one
+            self._wait_until(command.deadline)
+            event = outcome_event(command, "timed_out", self.clock.now())
+            await self._apply(saga, event, "deadline", step=command.step)
+            return
         if command.request_id is not None:
             await self._remote(saga, command, fault)
             return

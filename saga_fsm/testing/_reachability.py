@@ -12,11 +12,12 @@ a directed path to it.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from collections import deque
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from attrs import frozen
 
@@ -30,8 +31,9 @@ from saga_fsm._core import (
     new_snapshot,
     outcome_event,
     outstanding,
+    signal_event,
 )
-from saga_fsm._definition import RetryPolicy, SagaDefinition
+from saga_fsm._definition import RetryPolicy, SagaDefinition, WaitFor
 from saga_fsm._errors import TransitionNotAllowed
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._groups import ForEach, Parallel, StepGroup, branch_definition
@@ -39,14 +41,14 @@ from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._snapshot import ErrorInfo, HistoryEntry, SagaStatus, Snapshot, StepRecord
 from saga_fsm.testing._faults import REFUSED, REPLY_LOST, Fault
 
-MoveKind = Literal["tick", "call", "cancel", "retry"]
+MoveKind = str
 Edge = tuple[str, str, str]
 Move = tuple[MoveKind, Fault] | tuple[MoveKind, Fault, str]
 """One harness move: ``tick`` (start a pending saga, or wake one whose back-off is
-over), ``call`` (its next call, with the fault around it), ``cancel``, or ``retry``
-from ``failed``; the fault only matters for ``call``. A call of a parallel group's
-branch step names the step: several may be in flight, and which one ends first is
-part of the path."""
+over), ``call`` (its next call, with the fault around it; for a wait, its deadline
+passing), ``cancel``, ``retry`` from ``failed``, or ``signal:<event>``; the fault
+only matters for ``call``. A call of a parallel group's branch step names the step:
+several may be in flight, and which one ends first is part of the path."""
 
 _T0 = datetime(2000, 1, 1, tzinfo=UTC)
 _STATE_LIMIT = 50_000
@@ -108,6 +110,7 @@ def _abstract(compiled: CompiledSaga, snapshot: Snapshot) -> tuple[object, ...]:
         )
     return (
         snapshot.state,
+        tuple(snapshot.data.get(key) for key in _when_fields(compiled.definition)),
         snapshot.cancel_requested,
         snapshot.parked_at,
         snapshot.wake_at is None,
@@ -138,7 +141,8 @@ def _branches(compiled: CompiledSaga, row: int, record: StepRecord) -> tuple[obj
             cancel_requested=b.cancel_requested,
             parked_at=b.parked_at,
         )
-        seen.append((b.key if isinstance(group, Parallel) else "", b.held, _abstract(branch, view)))
+        key = b.key if isinstance(group, Parallel) else ""
+        seen.append((key, b.held, _abstract(branch, view)))
     return tuple(sorted(seen, key=repr)) if isinstance(group, ForEach) else tuple(seen)
 
 
@@ -166,6 +170,24 @@ def static_data(source: object) -> str | None:
     return None
 
 
+@functools.cache
+def _when_fields(definition: SagaDefinition) -> tuple[str, ...]:
+    """The data fields waits are skipped by: the one part of the data guards read."""
+    fields = (s.when for s in definition.steps if isinstance(s, WaitFor) and s.when)
+    return tuple(dict.fromkeys(fields))
+
+
+def _starts(definition: SagaDefinition, data: str | None = None) -> list[Snapshot]:
+    """A pending saga for each combination of the ``when`` fields (each wait both
+    skipped and kept); one when there are none. ``data``: see ``reachability``."""
+    names = _when_fields(definition)
+    base = _start_data(definition, data)
+    return [
+        new_snapshot(definition, "reachability", base | dict(zip(names, values, strict=True)), _T0)
+        for values in itertools.product((True, False), repeat=len(names))
+    ]
+
+
 def _moves(
     compiled: CompiledSaga, snapshot: Snapshot, faults: tuple[Fault, ...], operator_retry: bool
 ) -> Iterator[tuple[Move, Event]]:
@@ -181,6 +203,16 @@ def _moves(
     for command in outstanding(compiled, snapshot):
         if isinstance(command, ScheduleWake):
             yield ("tick", Fault.OK), Event.retry_due(_T0)
+        elif (
+            isinstance(command, RunStep)
+            and "/" not in command.step
+            and isinstance(wait := compiled.definition.step(command.step), WaitFor)
+        ):
+            yield ("call", Fault.OK), outcome_event(command, "timed_out", _T0)
+            for name in wait.outcomes:
+                event = signal_event(compiled, snapshot, name, {}, _T0)
+                assert event is not None  # a wait in progress takes its events
+                yield (f"signal:{name}", Fault.OK), event
         elif isinstance(command, RunStep | RunCompensation):
             outcomes: list[tuple[Fault, Outcome, ErrorInfo | None]] = [
                 (Fault.OK, "succeeded", None)
@@ -213,24 +245,28 @@ def reachability(
     many branches a ``ForEach`` has (two items when its list is not there)."""
     compiled = compile_saga(definition)
     edges = row_edges(compiled)
-    start = new_snapshot(definition, "reachability", _start_data(definition, data), _T0)
-    seen = {_abstract(compiled, start)}
-    queue: deque[tuple[Snapshot, tuple[Move, ...]]] = deque([(start, ())])
+    seen: set[tuple[object, ...]] = set()
     paths: dict[int, tuple[Move, ...]] = {}
-    while queue:
-        snapshot, path = queue.popleft()
-        for move, event in _moves(compiled, snapshot, faults, operator_retry):
-            try:
-                decision = decide(compiled, snapshot, event)
-            except TransitionNotAllowed:
-                continue
-            for entry in decision.history:
-                for row in edges.get(edge_of_entry(entry), ()):
-                    paths.setdefault(row, (*path, move))
-            key = _abstract(compiled, decision.snapshot)
-            if key not in seen:
-                if len(seen) >= _STATE_LIMIT:
-                    return Reachability(frozenset(range(len(compiled.rows))), paths, exact=False)
-                seen.add(key)
-                queue.append((decision.snapshot, (*path, move)))
+    # One search per start, waits kept first: a row reachable either way gets the path
+    # of data that does not skip waits, which is what directed paths replay with.
+    for start in _starts(definition, data):
+        seen.add(_abstract(compiled, start))
+        queue: deque[tuple[Snapshot, tuple[Move, ...]]] = deque([(start, ())])
+        while queue:
+            snapshot, path = queue.popleft()
+            for move, event in _moves(compiled, snapshot, faults, operator_retry):
+                try:
+                    decision = decide(compiled, snapshot, event)
+                except TransitionNotAllowed:
+                    continue
+                for entry in decision.history:
+                    for row in edges.get(edge_of_entry(entry), ()):
+                        paths.setdefault(row, (*path, move))
+                key = _abstract(compiled, decision.snapshot)
+                if key not in seen:
+                    if len(seen) >= _STATE_LIMIT:
+                        every = frozenset(range(len(compiled.rows)))
+                        return Reachability(every, paths, exact=False)
+                    seen.add(key)
+                    queue.append((decision.snapshot, (*path, move)))
     return Reachability(frozenset(paths), paths)
