@@ -172,3 +172,14 @@ def test_a_group_definition_may_hook_branch_progress_and_others_may_not() -> Non
     assert saga.callbacks
     with pytest.raises(DefinitionError, match="unknown callback"):
         SagaDefinition("p", [comp("a")], callbacks={"after_branch_progress": print})
+
+
+def test_a_wait_inside_a_group_is_refused() -> None:
+    from datetime import timedelta
+
+    from saga_fsm import WaitFor
+
+    wait = WaitFor("approval", events={"approved": "continue"}, timeout=timedelta(hours=1))
+    with pytest.raises(DefinitionError, match="a wait may not sit inside a group") as raised:
+        group(branches={"a": [wait]})
+    assert raised.value.step == "reserve_all/a/approval"
