@@ -60,7 +60,8 @@ def remote_commands(
         step = compiled.definition.steps[compiled.step_index[command.step]]
         compensating = isinstance(command, RunCompensation)
         channel = step.compensation_command if compensating else step.command
-        assert channel is not None  # the core sets a request id only for remote calls
+        if channel is None:
+            continue  # a child saga step: its request is the child saga, not a message
         message = Message(
             channel=channel,
             kind=MessageKind.COMMAND,

@@ -127,6 +127,10 @@ class Snapshot:
     it only ever runs on that table. None in snapshots written before fingerprints
     existed: those run on whatever table is registered under their (name, version).
     Encoded only when set."""
+    parent_id: str | None = None
+    """The saga that started this one as a child (``ChildSaga``). Encoded only when set."""
+    parent_step: str | None = None
+    """The parent's step this saga is the work of. Encoded only when set."""
 
     @property
     def status(self) -> SagaStatus:
