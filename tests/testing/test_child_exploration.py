@@ -1,0 +1,60 @@
+"""The harness explores a parent with a child saga step: the child runs its real actions
+under the same invariants, its failure and its compensation are injected, and every
+reachable row of the parent's table is taken."""
+
+from __future__ import annotations
+
+from saga_fsm._flow import compile_saga
+from saga_fsm.examples import order_shipment
+from saga_fsm.testing import check
+from saga_fsm.testing._driver import Driver, DriverConfig
+from saga_fsm.testing._faults import ALL_FAULTS, Fault
+from saga_fsm.testing._reachability import edge_of_row, reachability
+
+
+def test_the_child_step_rows_the_harness_can_reach() -> None:
+    compiled = compile_saga(order_shipment.definition)
+    found = reachability(order_shipment.definition, ALL_FAULTS)
+    reached = {edge_of_row(compiled.rows[i]) for i in found.rows}
+    assert ("child_pending", "running:ship", "running:ship") in reached
+    assert ("child_pending", "compensating:ship", "compensating:ship") in reached
+    assert ("step_failed", "running:ship", "compensating:reserve_inventory") in reached
+    assert ("compensation_succeeded", "compensating:ship", "compensating:reserve_inventory") in (
+        reached
+    )
+    # A child step is never retried, timed out or parked: it ends as its child does.
+    assert not {e for e in reached if e[1].endswith(":ship") and "timed_out" in e[0]}
+    assert ("retry_due", "running:ship", "running:ship") not in reached
+
+
+def test_check_covers_every_reachable_transition_of_the_parent() -> None:
+    report = check(order_shipment.definition, max_examples=60, seed=7)
+    assert report.ok, report.format()
+    assert report.coverage.ratio == 1.0 and not report.coverage.missed, report.format()
+
+
+def test_several_parents_at_once_hold_every_property() -> None:
+    report = check(order_shipment.definition, max_examples=40, seed=11, sagas=3)
+    assert report.ok, report.format()
+
+
+def test_a_crash_after_the_child_finished_is_caught_up_on_the_next_call() -> None:
+    driver = Driver(DriverConfig(order_shipment.definition))
+    try:
+        saga = driver.create({"order_id": 1, "address": "Main St"})
+        driver.advance(saga)  # start
+        driver.advance(saga)  # reserve_inventory
+        driver.advance(saga, Fault.CRASH_AFTER)  # the child finished; the parent never heard
+        (child,) = driver.children.values()
+        assert child.decided.state == "completed" and saga.decided.state == "running:ship"
+        driver.advance(saga)  # the parent's next call finds it finished
+        assert saga.decided.state == "running:process_payment"
+        assert "tracking_number" in saga.decided.data
+        driver.advance(saga, Fault.PERMANENT)  # the pivot refuses: the child is undone
+        for _ in range(10):
+            driver.advance(saga)
+        assert saga.decided.state == "compensated" and child.decided.state == "compensated"
+        assert len(driver.children) == 1
+        driver.check(final=True)
+    finally:
+        driver.close()
