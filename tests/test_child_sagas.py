@@ -346,3 +346,41 @@ def test_a_pivot_child_may_be_any_definition() -> None:
         assert (await executor.run(parent, {})).state == "completed"
 
     asyncio.run(scenario())
+
+
+def test_workers_run_parents_and_children_started_elsewhere(
+    store_factory: Callable[[], Any],
+) -> None:
+    """A client starts parents; two workers (serving the parent, and with it the child)
+    run them and their children to the end: one child each."""
+    from saga_fsm import SagaClient, Worker
+
+    world = World()
+    world.refuse.add("charge")
+    parent, _ = definitions(world)
+
+    async def scenario(store: SagaStore) -> None:
+        client = SagaClient(store, [parent])
+        for n in range(6):
+            await client.start(parent, {"order_id": n}, saga_id=f"w-{n}")
+        stop = asyncio.Event()
+        workers = [
+            Worker(Orchestrator(store, [parent], worker_id=f"w{k}"), poll_interval=0.01)
+            for k in (1, 2)
+        ]
+        tasks = [asyncio.create_task(w.run(stop, grace=1)) for w in workers]
+        try:
+            for _ in range(500):
+                if await store.count(unfinished=True) == 0 and await store.count() == 12:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        for n in range(6):
+            assert (await store.load(f"w-{n}")).state == "compensated"
+            (child,) = await store.list(parent=f"w-{n}")
+            assert not isinstance(child, Exception) and child.state == "compensated"
+        assert world.ran("book") == world.ran("undo book") == 6
+
+    run(store_factory, scenario)
