@@ -76,7 +76,8 @@ class StepRecord:
     request_id: str | None = None
     """The attempt of a remote step (or compensation) in flight: its command carries
     it and its reply must name it, so a reply to an earlier attempt is known stale.
-    None for local steps."""
+    For a child saga step, the attempt whose child the saga waits for. None for local
+    steps."""
 
 
 def _records(values: Iterable[StepRecord]) -> tuple[StepRecord, ...]:
@@ -161,7 +162,8 @@ class Snapshot:
             return self.wake_at or self.created_at
         if record.request_id is not None:
             # Waiting for a participant's reply, which comes by message: a worker has
-            # nothing to do before the deadline, when the silence is a timeout.
+            # nothing to do before the deadline, when the silence is a timeout. (Or for
+            # a child saga, whose end is applied when it comes: due at the next look.)
             return self.wake_at or self.created_at
         return self.created_at
 
