@@ -41,3 +41,18 @@ def test_ls_parent_lists_a_sagas_children(tmp_path: Path) -> None:
     # An unknown parent is bad input, said on one line.
     unknown = saga_fsm("ls", "--parent", "nope", "--store", store, cwd=tmp_path)
     assert unknown.returncode != 0 and "nope" in unknown.stderr
+    # The parent's instance diagram names its child on the step; the child is drawn beside.
+    drawn = saga_fsm(
+        "diagram",
+        "saga_fsm.examples.order_shipment:definition",
+        "--instance",
+        "order-1",
+        "--store",
+        store,
+        "-o",
+        "order.dot",
+        cwd=tmp_path,
+    )
+    assert drawn.returncode == 0, drawn.stderr
+    assert "child order-1:ship:1: completed" in (tmp_path / "order.dot").read_text()
+    assert "shipment v1" in (tmp_path / "order.order-1_ship_1.dot").read_text()
