@@ -19,6 +19,7 @@ import cattrs
 from attrs import frozen
 from cattrs.v import format_exception
 
+from saga_fsm._child import DEFAULT_CHECK_EVERY, ChildSaga
 from saga_fsm._definition import (
     DEFAULT_COMPENSATION_RETRY,
     DEFAULT_RETRY,
@@ -80,6 +81,12 @@ class _StepSpec:
     transactional: bool = False
     command: str | None = None
     compensation_command: str | None = None
+    child: str | None = None
+    """A child saga step: the child definition, by reference (``pkg.module:attr``) or
+    by the name of one registered where the saga runs."""
+    input: tuple[str, ...] | None = None
+    output: tuple[str, ...] | None = None
+    check_every: float | None = None
 
 
 @frozen
@@ -88,6 +95,7 @@ class _SagaSpec:
     steps: tuple[_StepSpec, ...]
     version: int = 1
     description: str = ""
+    reversible: bool = False
 
 
 def _strict(kind: type, accepts: tuple[type, ...]) -> Any:
@@ -202,6 +210,36 @@ def _check_steps_shape(raw_steps: Any, source: str) -> None:
             )
 
 
+def _child_step(spec: _StepSpec, raw_step: Any, forward_default: RetryPolicy) -> ChildSaga:
+    """A ``child = ...`` row: a ``ChildSaga`` (a reference is loaded, a name kept)."""
+    assert spec.child is not None
+    for name in ("action", "compensation", "command", "compensation_command"):
+        if getattr(spec, name) is not None:
+            raise DefinitionError(
+                f"a child saga step runs its child definition: it takes no {name}", field=name
+            )
+    child: SagaDefinition | str = spec.child
+    if ":" in spec.child:
+        child = _resolve_field(spec.child, "child")
+        if not isinstance(child, SagaDefinition):
+            raise InvalidReference(
+                f"{spec.child!r} is {type(child).__name__}, not a SagaDefinition", field="child"
+            )
+    return ChildSaga(
+        spec.name,
+        kind=spec.kind,
+        retry=_retry(spec.retry, raw_step.get("retry"), forward_default),
+        definition=child,
+        input=spec.input,
+        output=spec.output,
+        check_every=DEFAULT_CHECK_EVERY if spec.check_every is None else spec.check_every,
+        timeout=spec.timeout,
+        compensation_timeout=spec.compensation_timeout,
+        read_only=spec.read_only,
+        transactional=spec.transactional,
+    )
+
+
 def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefinition:
     """Build a definition from parsed file content. Errors name the step row and field."""
     if not isinstance(raw, dict):
@@ -215,11 +253,14 @@ def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefin
     except cattrs.BaseValidationError as err:
         messages = cattrs.transform_error(err, format_exception=_format_exception)
         raise _field_error(messages[0], source, raw_steps) from None
-    steps = []
+    steps: list[Step] = []
     for row, step_spec in enumerate(spec.steps):
         raw_step = raw_steps[row]
         forward_default = UNLIMITED_RETRY if step_spec.kind is StepKind.RETRIABLE else DEFAULT_RETRY
         try:
+            if step_spec.child is not None:
+                steps.append(_child_step(step_spec, raw_step, forward_default))
+                continue
             steps.append(
                 Step(
                     step_spec.name,
@@ -247,7 +288,11 @@ def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefin
             ) from None
     try:
         return SagaDefinition(
-            spec.name, tuple(steps), version=spec.version, description=spec.description
+            spec.name,
+            tuple(steps),
+            version=spec.version,
+            description=spec.description,
+            reversible=spec.reversible,
         )
     except DefinitionError as err:
         raise DefinitionError(

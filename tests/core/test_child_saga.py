@@ -185,3 +185,50 @@ def test_the_example_tables_are_valid() -> None:
     compiled = compile_saga(order_shipment.definition)
     assert compiled.child_steps == frozenset({"ship"})
     assert order_shipment.shipment.reversible
+
+
+# -- files --------------------------------------------------------------------------------
+def test_a_child_step_in_a_definition_file() -> None:
+    from saga_fsm._loading import definition_from_mapping
+
+    raw = {
+        "name": "from_file",
+        "steps": [
+            {
+                "name": "reserve",
+                "action": "saga_fsm.examples.order_shipment:reserve_inventory",
+                "compensation": "saga_fsm.examples.order_shipment:release_inventory",
+            },
+            {
+                "name": "ship",
+                "child": "saga_fsm.examples.order_shipment:shipment",
+                "input": ["order_id"],
+                "output": ["tracking_number"],
+                "check_every": 2.5,
+            },
+            {"name": "later", "child": "some_other_saga", "kind": "pivot"},
+        ],
+    }
+    loaded = definition_from_mapping(raw)
+    ship, later = loaded.steps[1], loaded.steps[2]
+    assert isinstance(ship, ChildSaga) and ship.definition is order_shipment.shipment
+    assert (ship.input, ship.output, ship.check_every) == (
+        ("order_id",),
+        ("tracking_number",),
+        2.5,
+    )
+    assert isinstance(later, ChildSaga) and later.definition == "some_other_saga"
+    assert definition_from_mapping(
+        {"name": "r", "reversible": True, "steps": raw["steps"][:1]}
+    ).reversible
+
+    bad = {**raw, "steps": [{**raw["steps"][1], "action": "x.y:z"}]}
+    with pytest.raises(DefinitionError) as err:
+        definition_from_mapping(bad, source="f.toml")
+    assert (err.value.row, err.value.step, err.value.field) == (0, "ship", "action")
+    plain = {
+        **raw,
+        "steps": [{"name": "ship", "child": "saga_fsm.examples.order_fulfillment:definition"}],
+    }
+    with pytest.raises(DefinitionError, match="pivot 'create_shipment' cannot be undone"):
+        definition_from_mapping(plain)
