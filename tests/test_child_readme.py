@@ -29,3 +29,15 @@ def test_the_example_prints_what_the_readme_says(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == printed
+
+
+def test_the_file_snippet_loads() -> None:
+    import tomllib
+
+    from saga_fsm import ChildSaga
+    from saga_fsm._loading import definition_from_mapping
+
+    [snippet] = re.findall(r"```toml\n(.*?)```", section(), re.S)
+    steps = tomllib.loads(snippet)["steps"]
+    loaded = definition_from_mapping({"name": "readme", "steps": steps})
+    assert isinstance(loaded.steps[0], ChildSaga)
