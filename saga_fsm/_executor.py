@@ -207,8 +207,11 @@ class SagaExecutor:
         A saga that waits for its child saga is handed back first; then the child is
         driven here (when no other worker has it), and a finished child's outcome is
         applied to its parent, which goes on here: the parent's snapshot is returned."""
-        driven = await self._drive(snapshot, max_hold=max_hold, event=event)
-        wait = self._child_waits.pop(driven.saga_id, None)
+        try:
+            driven = await self._drive(snapshot, max_hold=max_hold, event=event)
+        finally:
+            # Only this drive's: a wait left by a drive that raised is never acted on later.
+            wait = self._child_waits.pop(snapshot.saga_id, None)
         if wait is not None and wait.child is not None:
             await self.drive(wait.child, max_hold=max_hold, event=wait.child_event)
             with contextlib.suppress(SagaError):
