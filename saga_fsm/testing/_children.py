@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from saga_fsm._child import ChildSaga, child_id
 from saga_fsm._core import Event, RunCompensation, RunStep, new_snapshot, outcome_event
 from saga_fsm._definition import SagaDefinition
-from saga_fsm._errors import TransitionNotAllowed
+from saga_fsm._errors import InvalidArgument, TransitionNotAllowed
 from saga_fsm._flow import COMPLETED, compile_saga
 from saga_fsm._nesting import BAD_CHILD_INPUT, parent_event, waited_child
 from saga_fsm._snapshot import ErrorInfo, SagaStatus, replace
@@ -45,15 +45,24 @@ def child_faults(
     return tuple(f for f in configured if f in wanted)
 
 
+def require_child_definitions(definition: SagaDefinition) -> None:
+    """The harness creates children from their definitions: a child named only by its
+    name (resolved by a worker's registry) cannot be explored; say so at once."""
+    for step in definition.steps:
+        if isinstance(step, ChildSaga):
+            if not isinstance(step.definition, SagaDefinition):
+                raise InvalidArgument(
+                    f"step {step.name!r} names its child saga {step.definition!r}: give"
+                    " the SagaDefinition itself to explore it"
+                )
+            require_child_definitions(step.definition)
+
+
 async def _create(
     driver: Driver, parent: SagaRun, step: ChildSaga, saga_id: str
 ) -> SagaRun | ErrorInfo:
     child = step.definition
-    if not isinstance(child, SagaDefinition):
-        raise TypeError(
-            f"step {step.name!r} names its child {child!r}: give the harness the"
-            " SagaDefinition itself"
-        )
+    assert isinstance(child, SagaDefinition)  # see require_child_definitions
     try:
         data = step.child_data(parent.decided.data)
     except Exception as err:

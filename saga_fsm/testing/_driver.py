@@ -43,7 +43,12 @@ from saga_fsm.messaging import Message
 from saga_fsm.participant import Participant
 from saga_fsm.stores import SnapshotStore
 from saga_fsm.stores._transact import ActionRaised, TransactionalStore, Write
-from saga_fsm.testing._children import cancel_child, child_faults, children_call
+from saga_fsm.testing._children import (
+    cancel_child,
+    child_faults,
+    children_call,
+    require_child_definitions,
+)
 from saga_fsm.testing._faults import ALL_FAULTS, REFUSED, REPLY_LOST, REQUEST_LOST, Fault
 from saga_fsm.testing._fixtures import Setup, StoreFactory, enter_setup, fresh_memory
 from saga_fsm.testing._invariants import (
@@ -135,6 +140,7 @@ class Driver:
         self.config = config
         self.definition = config.definition
         self.compiled = compile_saga(config.definition)
+        require_child_definitions(config.definition)
         self.clock = FakeClock()
         self.sagas: list[SagaRun] = []
         self.timeline: list[tuple[int, TraceEntry]] = []

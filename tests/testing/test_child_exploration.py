@@ -88,3 +88,20 @@ def test_saga_fsm_check_on_the_child_saga_example_exits_0_with_full_coverage(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "reachable transitions taken (100%)" in done.stdout, done.stdout
     assert "every property holds" in done.stdout
+
+
+def test_a_child_named_only_by_name_cannot_be_explored() -> None:
+    import pytest
+
+    from saga_fsm import ChildSaga, SagaDefinition, Step, StepKind
+    from saga_fsm._errors import InvalidArgument
+
+    def noop(_ctx: object) -> None:
+        return None
+
+    by_name = SagaDefinition(
+        "by_name",
+        [Step("a", noop, noop), ChildSaga("kid", definition="elsewhere", kind=StepKind.PIVOT)],
+    )
+    with pytest.raises(InvalidArgument, match="give the SagaDefinition itself"):
+        Driver(DriverConfig(by_name))
