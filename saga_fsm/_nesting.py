@@ -120,6 +120,9 @@ async def _take(executor: SagaExecutor, child: Snapshot) -> Snapshot | None:
     its definition is not served here (a worker that serves it will)."""
     if child.is_terminal and child.state != COMPLETED:
         return None
+    due = child.due_at
+    if due is not None and due > executor.clock.now():
+        return None  # waiting out a back-off or a reply: whoever is free then runs it
     try:
         executor.definitions.compiled_for(child)
         return await executor.store.acquire(
