@@ -384,3 +384,33 @@ def test_workers_run_parents_and_children_started_elsewhere(
         assert world.ran("book") == world.ran("undo book") == 6
 
     run(store_factory, scenario)
+
+
+def test_grandchildren_are_started_and_undone_down_the_tree() -> None:
+    world = World()
+    world.refuse.add("charge")
+    grandchild = SagaDefinition(
+        "label", [Step("print", world.action("print"), world.undo("print"))], reversible=True
+    )
+    child = SagaDefinition(
+        "ship",
+        [
+            Step("book", world.action("book"), world.undo("book")),
+            ChildSaga("label", definition=grandchild),
+        ],
+        reversible=True,
+    )
+    parent = SagaDefinition(
+        "order",
+        [ChildSaga("ship", definition=child), Step("charge", world.action("charge"), _noop)],
+    )
+
+    async def scenario() -> None:
+        store = MemoryStore()
+        done = await SagaExecutor(store, [parent], clock=FakeClock()).run(parent, {}, saga_id="g")
+        assert done.state == "compensated"
+        assert (await store.load("g:ship:1")).state == "compensated"
+        assert (await store.load("g:ship:1:label:1")).state == "compensated"
+        assert [c for c, _ in world.calls] == ["book", "print", "charge", "undo print", "undo book"]
+
+    asyncio.run(scenario())
