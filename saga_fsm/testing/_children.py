@@ -6,8 +6,10 @@ The faults around a child step's call mean what they can mean for a child:
 ``ok``            the child runs to its end (fault-free) and the parent learns how it ended
 ``permanent``     the child's first call is refused: it compensates itself, the step fails
                   for good (only before the child exists or while it can still cancel)
-``transient``     the parent looks while the child is under way (started, or its
-                  compensation begun) and waits on (``child_pending``)
+``transient``     the parent looks while the child is under way and waits on
+                  (``child_pending``); the child moved one step meanwhile, its call (if it
+                  made one) failing transiently: it may retry, compensate itself, or park
+``ok``'s end      a child parked for an operator is retried, as an operator would
 ``crash_before``  nothing: the parent's running write stands, no child yet (or no further)
 ``crash_after``   the child runs to its end, the process dies before the parent hears of
                   it: the parent's next call finds it finished
@@ -80,15 +82,27 @@ async def _create(
 
 
 async def _finish(driver: Driver, child: SagaRun, first: Fault = Fault.OK) -> None:
-    """Drive the child to a final state with no fault but ``first`` on its first call."""
+    """Drive the child to a final state with no fault but ``first`` (a refusal) on its
+    next call; a child parked for an operator is retried, as an operator would."""
     fault = first
     for _ in range(driver.config.finish_limit):
+        if child.decided.status is SagaStatus.FAILED:
+            await driver._operator(child, Event.retry(driver._tick()), "retry")
         if child.decided.is_terminal:
             return
         called = child.runnable
         await driver._move(child, fault if fault in driver.faults_for(child) else Fault.OK)
         if called:
             fault = Fault.OK
+
+
+async def _nudge(driver: Driver, child: SagaRun) -> None:
+    """One move of the child, its call (if that is next) failing transiently: a child
+    under way when its parent looks, which may retry, compensate itself, or park."""
+    if child.decided.is_terminal:
+        return
+    transient = Fault.TRANSIENT in driver.faults_for(child)
+    await driver._move(child, Fault.TRANSIENT if transient and child.runnable else Fault.OK)
 
 
 async def children_call(
@@ -124,15 +138,21 @@ async def children_call(
             if fault is Fault.TRANSIENT:
                 await driver._move(child, Fault.OK)  # started, not finished
             else:
-                await _finish(driver, child, Fault.PERMANENT if fault is Fault.PERMANENT else fault)
+                await _finish(
+                    driver, child, Fault.PERMANENT if fault is Fault.PERMANENT else Fault.OK
+                )
         else:
             if fault is Fault.PERMANENT and not child.decided.is_terminal:
                 await driver._operator(child, Event.cancel(driver._tick()), "cancel")
-            if fault is not Fault.TRANSIENT:
+            if fault is Fault.TRANSIENT:
+                await _nudge(driver, child)
+            else:
                 await _finish(driver, child)
     elif child is not None:
         if child.decided.state == COMPLETED:
             await driver._apply(child, Event("compensate", driver._tick()), "compensation")
+        elif fault is Fault.TRANSIENT:
+            await _nudge(driver, child)
         if fault is not Fault.TRANSIENT:
             await _finish(driver, child)
     at = driver._tick()
