@@ -3,13 +3,13 @@ or cancels its child, and the child runs its real actions through the same drive
 
 The faults around a child step's call mean what they can mean for a child:
 
-``ok``            the child runs to its end (fault-free) and the parent learns how it ended
+``ok``            the child runs to its end (fault-free; parked, it is retried as an
+                  operator would) and the parent learns how it ended
 ``permanent``     the child's first call is refused: it compensates itself, the step fails
                   for good (only before the child exists or while it can still cancel)
 ``transient``     the parent looks while the child is under way and waits on
                   (``child_pending``); the child moved one step meanwhile, its call (if it
                   made one) failing transiently: it may retry, compensate itself, or park
-``ok``'s end      a child parked for an operator is retried, as an operator would
 ``crash_before``  nothing: the parent's running write stands, no child yet (or no further)
 ``crash_after``   the child runs to its end, the process dies before the parent hears of
                   it: the parent's next call finds it finished
