@@ -247,6 +247,7 @@ async def act_on_child(
             return event
         if parent.cancel_requested:
             await cancel_child(_client(executor), compiled, parent)
+            child = await _load(executor, saga_id) or child  # compensating now: due
         return ChildWait(pending, await _take(executor, child))
     if child is None:
         # The crash came before the child was created: nothing was started, nothing to undo.
@@ -260,6 +261,7 @@ async def act_on_child(
     if child.status in (SagaStatus.PENDING, SagaStatus.RUNNING) and not child.cancel_requested:
         with contextlib.suppress(TransitionNotAllowed, SagaError):
             await _client(executor).cancel(child.saga_id)
+        child = await _load(executor, saga_id) or child
     return ChildWait(pending, await _take(executor, child))
 
 

@@ -414,3 +414,43 @@ def test_grandchildren_are_started_and_undone_down_the_tree() -> None:
         assert [c for c, _ in world.calls] == ["book", "print", "charge", "undo print", "undo book"]
 
     asyncio.run(scenario())
+
+
+def test_a_parents_look_carries_a_cancel_to_its_child(store_factory: Callable[[], Any]) -> None:
+    """The cancel was written on the parent, and the process died before it reached
+    the child: the parent's next look cancels the child and sees it through."""
+    from saga_fsm._core import Event as CoreEvent
+    from saga_fsm._core import decide
+
+    world = World()
+    world.transient["book"] = 1
+    parent, _ = definitions(world)
+
+    async def scenario(store: SagaStore) -> None:
+        clock = FakeClock()
+        orchestrator = Orchestrator(store, [parent], clock=clock)
+        await orchestrator.start(parent, {"order_id": 1}, saga_id="o-7")
+        leased = await store.acquire(
+            "o-7", orchestrator.worker_id, now=clock.now(), lease_seconds=30
+        )
+        await orchestrator.drive(leased, max_hold=1.0)
+        waiting = await store.load("o-7")
+        cancelled = decide(parent, waiting, CoreEvent.cancel(clock.now()))
+        await store.save(cancelled.snapshot, cancelled.history, expected_version=waiting.version)
+        assert (await store.load("o-7:ship:1")).cancel_requested is False
+        clock.advance(31)
+        claimed = await store.claim_due(
+            orchestrator.worker_id,
+            now=clock.now(),
+            lease_seconds=30,
+            limit=10,
+            definitions=orchestrator.claimable,
+        )
+        assert [s.saga_id for s in claimed] == ["o-7"]
+        assert not isinstance(claimed[0], Exception)
+        done = await orchestrator.drive(claimed[0], max_hold=1.0)
+        assert done.state == "compensated"
+        assert (await store.load("o-7:ship:1")).state == "compensated"
+        assert world.ran("label") == 0 and world.ran("undo book") == 1
+
+    run(store_factory, scenario)
