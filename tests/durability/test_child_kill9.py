@@ -59,7 +59,7 @@ def test_kill_9_while_parents_wait_for_children(postgres_dsn: str, tmp_path: Pat
     rng = random.Random(20261130)
     total = 60
     rows: list[dict[str, object]] = [
-        {"n": n, "delay": 0.08, "fail_at": rng.choice([None, None, "label", "charge"])}
+        {"n": n, "delay": 0.15, "fail_at": rng.choice([None, None, "label", "charge"])}
         for n in range(total)
     ]
     asyncio.run(_start(postgres_dsn, rows))
@@ -83,12 +83,19 @@ def test_kill_9_while_parents_wait_for_children(postgres_dsn: str, tmp_path: Pat
 
     for _ in range(3):
         spawn()
-    kills = 0
+    kills = holding = 0
     started = time.monotonic()
     try:
+        # The killing starts once children are under way.
+        children_started = "SELECT 1 FROM saga_fsm_sagas WHERE snapshot ? 'parent_id'"
+        while not query(postgres_dsn, children_started):
+            time.sleep(0.05)
         while kills < 10:
-            time.sleep(rng.uniform(0.2, 0.6))
-            pool.kill9(rng.choice(pool.alive()))
+            time.sleep(rng.uniform(0.3, 0.8))
+            alive = pool.alive()
+            holders = [name for name in alive if pool.held_by(postgres_dsn, name)]
+            holding += bool(holders)
+            pool.kill9(rng.choice(holders or alive))
             kills += 1
             spawn()
         unfinished_at_last_kill = _unfinished(postgres_dsn)
@@ -100,6 +107,7 @@ def test_kill_9_while_parents_wait_for_children(postgres_dsn: str, tmp_path: Pat
         codes = pool.stop_all()
     assert all(code == 0 for code in codes.values()), codes
     assert unfinished_at_last_kill > 0, "everything finished before the last kill"
+    assert holding >= 5, f"only {holding} kills caught a worker holding sagas"
 
     sagas = {
         saga_id: (state, parent)
@@ -145,7 +153,8 @@ def test_kill_9_while_parents_wait_for_children(postgres_dsn: str, tmp_path: Pat
     )
     ((all_calls, distinct_calls),) = calls
     print(
-        f"\nchild sagas under kill -9: {total} parents, {len(children)} children, {kills} kills,"
+        f"\nchild sagas under kill -9: {total} parents, {len(children)} children, {kills} kills"
+        f" ({holding} of a worker holding sagas),"
         f" {unfinished_at_last_kill} unfinished at the last kill, all finished in"
         f" {elapsed:.1f}s; {all_calls - distinct_calls} calls re-run after a kill"
     )
