@@ -33,6 +33,8 @@ from saga_fsm._definition import (
     Step,
     StepContext,
     StepKind,
+    WaitFor,
+    WaitOutcome,
 )
 from saga_fsm._errors import (
     CallbackError,
@@ -50,6 +52,7 @@ from saga_fsm._errors import (
     SagaError,
     SagaLeased,
     SagaNotFound,
+    SignalRefused,
     SnapshotDecodeError,
     StepFailed,
     StoreError,
@@ -64,6 +67,7 @@ from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._loading import load_definition, load_definition_file, resolve_reference
 from saga_fsm._orchestrator import Orchestrator, run_sync
 from saga_fsm._registry import Definitions
+from saga_fsm._remote import signal_message
 from saga_fsm._snapshot import (
     ErrorInfo,
     HistoryEntry,
@@ -136,6 +140,7 @@ __all__ = [
     "SagaStatus",
     "SagaStore",
     "ScheduleWake",
+    "SignalRefused",
     "Snapshot",
     "SnapshotDecodeError",
     "SnapshotStore",
@@ -153,6 +158,8 @@ __all__ = [
     "TransitionRow",
     "UnknownDefinition",
     "Unrunnable",
+    "WaitFor",
+    "WaitOutcome",
     "Worker",
     "WorkerLeases",
     "compile_saga",
@@ -169,6 +176,7 @@ __all__ = [
     "outstanding",
     "resolve_reference",
     "run_sync",
+    "signal_message",
 ]
 
 # Errors are raised to users under their public names (``saga_fsm.StepFailed``).

@@ -4,15 +4,16 @@ writes snapshots and never drives a saga: workers (``SagaExecutor``) do."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from saga_fsm._clock import Clock, SystemClock
 from saga_fsm._codec import data_problem
-from saga_fsm._core import Event, decide, new_snapshot
+from saga_fsm._core import Event, decide, new_snapshot, signal_event
 from saga_fsm._definition import SagaDefinition
 from saga_fsm._errors import ConcurrencyConflict, InvalidArgument
 from saga_fsm._fingerprint import fingerprint
+from saga_fsm._flow import CompiledSaga
 from saga_fsm._registry import Definitions, registry
 from saga_fsm._remote import DEFAULT_REPLY_CHANNEL, remote_commands
 from saga_fsm._snapshot import Snapshot, replace
@@ -165,11 +166,34 @@ class SagaClient:
         attempt budget, a pivot that may have acted with one more attempt."""
         return await self._operator(saga_id, Event.retry(self.clock.now()))
 
-    async def _operator(self, saga_id: str, event: Event) -> Snapshot:
+    async def signal(
+        self, saga_id: str, signal: str, data: Mapping[str, Any] | None = None
+    ) -> Snapshot:
+        """Deliver the event ``signal`` (with ``data``, merged into the saga data when
+        the wait continues) to a saga waiting at a ``WaitFor`` step. Refused with the
+        reason (``SignalRefused``, nothing changed) when the saga is not waiting or waits
+        for other events; the same signal again, once it was taken, returns the saga as
+        it is. A worker carries the saga on from there."""
+        payload = dict(data or {})
+        problem = data_problem(payload, "data")
+        if problem is not None:
+            raise problem
+
+        def event_for(snapshot: Snapshot, compiled: CompiledSaga) -> Event | None:
+            return signal_event(compiled, snapshot, signal, payload, self.clock.now())
+
+        return await self._operator(saga_id, event_for)
+
+    async def _operator(
+        self, saga_id: str, event: Event | Callable[[Snapshot, CompiledSaga], Event | None]
+    ) -> Snapshot:
         snapshot = await self.store.load(saga_id)
         compiled = self.definitions.compiled_for(snapshot)
         for _ in range(_CONFLICT_RETRIES):
-            decision = decide(compiled, snapshot, event)
+            this = event if isinstance(event, Event) else event(snapshot, compiled)
+            if this is None:
+                return snapshot
+            decision = decide(compiled, snapshot, this)
             # A cancel or retry may start a remote compensation: its command goes in the
             # outbox with the transition, as a worker's would.
             outbox = remote_commands(
@@ -194,7 +218,7 @@ class SagaClient:
                 snapshot = await self.store.load(saga_id)
                 continue
             self.observer.transitioned(snapshot, saved, decision.history)
-            if event.trigger == "cancel" and compiled.child_steps:
+            if this.trigger == "cancel" and compiled.child_steps:
                 from saga_fsm._nesting import cancel_child  # it builds on this module
 
                 await cancel_child(self, compiled, saved)

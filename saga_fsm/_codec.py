@@ -31,7 +31,12 @@ converter.register_structure_hook(datetime, lambda v, _: datetime.fromisoformat(
 # (registered before Snapshot's hook, which is built with it).
 converter.register_unstructure_hook(
     StepRecord,
-    make_dict_unstructure_fn(StepRecord, converter, request_id=override(omit_if_default=True)),
+    make_dict_unstructure_fn(
+        StepRecord,
+        converter,
+        request_id=override(omit_if_default=True),
+        signal=override(omit_if_default=True),
+    ),
 )
 # ``Snapshot.version`` is the store's column, handed back with the snapshot: not encoded.
 # A snapshot without a trace context or a fingerprint encodes exactly as before those
@@ -131,6 +136,10 @@ def _request_id(value: str | None) -> str:
     return "" if value is None else f'"request_id":{_STR(value)},'
 
 
+def _signal(value: str | None) -> str:
+    return "" if value is None else f'"signal":{_STR(value)},'
+
+
 def _error(error: ErrorInfo | None) -> str:
     if error is None:
         return "null"
@@ -167,6 +176,7 @@ def _step_text(r: StepRecord) -> str:
         f'"finished_at":{_time(r.finished_at)},"name":{_STR(r.name)},'
         f"{_request_id(r.request_id)}"
         f'"result":{result},'
+        f"{_signal(r.signal)}"
         f'"started_at":{_time(r.started_at)},"status":{_STR(r.status.value)}}}'
     )
 

@@ -15,8 +15,8 @@ from attrs import field, frozen
 from transitions.core import EventData
 
 from saga_fsm._child import ChildSaga
-from saga_fsm._definition import RetryPolicy, SagaDefinition, Step
-from saga_fsm._errors import TransitionNotAllowed
+from saga_fsm._definition import RetryPolicy, SagaDefinition, Step, WaitFor, WaitOutcome
+from saga_fsm._errors import SignalRefused, TransitionNotAllowed
 from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
 from saga_fsm._lifecycle import fire, step_transition
 from saga_fsm._snapshot import (
@@ -41,6 +41,7 @@ Trigger = Literal[
     "compensation_failed",
     "compensation_timed_out",
     "retry",
+    "signal",
     "child_pending",
     "compensate",
 ]
@@ -69,6 +70,8 @@ class Event:
     attempt: int | None = None
     result: Mapping[str, Any] | None = None
     error: ErrorInfo | None = None
+    signal: str | None = None
+    """For a ``signal``: the event's name (its data is ``result``)."""
 
     @classmethod
     def start(cls, at: datetime) -> Event:
@@ -301,6 +304,11 @@ class _Scratch:
             StepStatus.COMPENSATION_FAILED,
         )
 
+    def signal_continues(self, ev: EventData) -> bool:
+        step = self._step(self._row(_source(ev)))
+        assert isinstance(step, WaitFor)
+        return step.outcomes[self.event.signal or ""] is WaitOutcome.CONTINUE
+
     def parked_here(self, ev: EventData) -> bool:
         return self.parked_at == _dest(ev)
 
@@ -313,6 +321,12 @@ class _Scratch:
         deadline = self._deadline(step.timeout)
         saga_id, attempt = self.snapshot.saga_id, record.attempts + 1
         request = None if step.command is None else request_id(saga_id, step.name, attempt)
+        waits = isinstance(step, WaitFor) and step.waits(self._data())
+        if waits:
+            # Waiting, like a remote step for its reply: the id names this wait.
+            request = request_id(saga_id, step.name, attempt)
+        elif isinstance(step, WaitFor):
+            deadline = None
         if isinstance(step, ChildSaga):
             # The child is this attempt's request (its saga id derives from it), and the
             # parent waits for it unheld, looking again every check_every seconds.
@@ -330,7 +344,7 @@ class _Scratch:
         self.wake_at = deadline
         if isinstance(step, ChildSaga):
             self.wake_at = self.event.at + timedelta(seconds=step.check_every)
-        if not step.has_action:
+        if not step.has_action or (isinstance(step, WaitFor) and not waits):
             # "create pending / reject" shape: the forward work happened at start.
             self.auto_advance = True
             return
@@ -383,6 +397,26 @@ class _Scratch:
             row, "succeed", result=result, error=None, finished_at=self.event.at, deadline=None
         )
         self.wake_at = None
+
+    def record_signal(self, ev: EventData) -> None:
+        """The event a wait got, kept on its record (a second identical signal is then
+        known as such); a continuing event's data is merged like a step's result."""
+        row = self._row(_source(ev))
+        step = self._step(row)
+        assert isinstance(step, WaitFor) and self.event.signal is not None
+        data = dict(self.event.result) if self.event.result else None
+        if step.outcomes[self.event.signal] is WaitOutcome.CONTINUE:
+            self.record_success(ev)
+        else:
+            error = ErrorInfo("SignalFailed", f"{self.event.signal!r} at {step.name}", False)
+            self._record_end(ev, "fail", error)
+        self.steps[row] = replace(self.steps[row], result=data, signal=self.event.signal)
+
+    def end_wait(self, ev: EventData) -> None:
+        self._record_end(ev, "fail", _CANCELLED)
+
+    def _data(self) -> dict[str, Any]:
+        return self.data if self.data is not None else self.snapshot.data
 
     def _record_end(self, ev: EventData, trigger: str, error: ErrorInfo | None) -> None:
         self._move(
@@ -479,7 +513,10 @@ class _Scratch:
 
 
 def _check_result_event(scratch: _Scratch, event: Event) -> str | None:
-    """Why a step/compensation result event does not belong to the step in flight."""
+    """Why a step/compensation result event (or a signal) does not belong to the step
+    in flight."""
+    if event.trigger == "signal":
+        return signal_problem(scratch.compiled, scratch.snapshot, event.signal, event.step)
     if event.trigger not in _FORWARD_RESULTS and event.trigger not in _COMPENSATION_RESULTS:
         return None
     step = split_state(scratch.state)[1]
@@ -496,6 +533,56 @@ def _check_result_event(scratch: _Scratch, event: Event) -> str | None:
             f" (step is {record.status.value}, attempt {attempt})"
         )
     return None
+
+
+def waiting_for(compiled: CompiledSaga, snapshot: Snapshot) -> WaitFor | None:
+    """The wait the saga is in, if it waits for an event."""
+    status, name = split_state(snapshot.state)
+    if status is not SagaStatus.RUNNING or name is None:
+        return None
+    step = compiled.definition.steps[compiled.step_index[name]]
+    if not isinstance(step, WaitFor) or snapshot.step(name).status is not StepStatus.RUNNING:
+        return None
+    return step
+
+
+def signal_problem(
+    compiled: CompiledSaga, snapshot: Snapshot, signal: str | None, step: str | None = None
+) -> str | None:
+    """Why ``signal`` cannot end the saga's wait now (None: it can)."""
+    wait = waiting_for(compiled, snapshot)
+    if wait is None:
+        return f"the saga is not waiting for an event (it is {snapshot.state})"
+    if step is not None and step != wait.name:
+        return f"the signal is for {step!r}, but the saga waits at {wait.name!r}"
+    if signal not in wait.outcomes:
+        expected = ", ".join(repr(name) for name in wait.outcomes)
+        return f"{wait.name!r} waits for {expected}, not {signal!r}"
+    return None
+
+
+def signal_event(
+    compiled: CompiledSaga,
+    snapshot: Snapshot,
+    signal: str,
+    data: Mapping[str, Any],
+    at: datetime,
+) -> Event | None:
+    """The event that delivers ``signal`` (with ``data``) to the saga's wait; None when
+    a wait of this saga already took this very signal (a duplicate changes nothing).
+    ``SignalRefused`` says why any other signal cannot be taken now."""
+    why = signal_problem(compiled, snapshot, signal)
+    taken = [r for r in snapshot.steps if r.signal is not None]
+    if why is None:
+        step = split_state(snapshot.state)[1]
+        assert step is not None
+        attempt = snapshot.step(step).attempts
+        return Event("signal", at, step, attempt, dict(data) or None, signal=signal)
+    if any(r.signal == signal and (r.result or {}) == dict(data) for r in taken):
+        return None
+    if taken and waiting_for(compiled, snapshot) is None:
+        why += f"; {taken[-1].name!r} got {taken[-1].signal!r} already"
+    raise SignalRefused(snapshot.saga_id, snapshot.state, signal, why)
 
 
 def _fire(scratch: _Scratch, event: Event) -> HistoryEntry:
@@ -519,6 +606,8 @@ def _fire(scratch: _Scratch, event: Event) -> HistoryEntry:
         detail["attempt"] = event.attempt
     if event.error is not None:
         detail["error"] = str(event.error)
+    if event.signal is not None:
+        detail["signal"] = event.signal
     return HistoryEntry(source, scratch.state, event.trigger, event.at, detail)
 
 

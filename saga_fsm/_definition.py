@@ -6,6 +6,7 @@ import hashlib
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any, TypeAlias
 
@@ -49,6 +50,11 @@ class StepContext:
 
 ActionResult: TypeAlias = Mapping[str, Any] | None
 Action: TypeAlias = Callable[[StepContext], ActionResult | Awaitable[ActionResult]]
+
+
+def _seconds(value: Any) -> Any:
+    """A timeout as seconds: a ``timedelta`` is converted, anything else checked as given."""
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 def _positive(owner: str, name: str, value: float | None, *, allow_none: bool) -> None:
@@ -155,8 +161,9 @@ class Step:
     kind: StepKind = field(default=StepKind.COMPENSABLE, converter=StepKind)
     retry: RetryPolicy = field(default=Factory(_default_retry, takes_self=True))
     compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
-    timeout: float | None = None
-    compensation_timeout: float | None = None
+    timeout: float | None = field(default=None, converter=_seconds)
+    """Seconds (or a ``timedelta``) an attempt may take."""
+    compensation_timeout: float | None = field(default=None, converter=_seconds)
     read_only: bool = False
     transactional: bool = False
     """The action and compensation are SQL in the saga store's own database: each runs
@@ -174,12 +181,7 @@ class Step:
             raise DefinitionError(err.reason, step=self.name, field=err.field) from None
 
     def _validate(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise DefinitionError(
-                f"must start with a letter or '_' and hold only letters, digits, '_', '.', '-';"
-                f" got {self.name!r}",
-                field="name",
-            )
+        _check_name(self.name)
         for name in ("action", "compensation"):
             value = getattr(self, name)
             if value is not None and not callable(value):
@@ -293,6 +295,121 @@ class Step:
         return self.timeout
 
 
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DefinitionError(
+            f"must start with a letter or '_' and hold only letters, digits, '_', '.', '-';"
+            f" got {name!r}",
+            field="name",
+        )
+
+
+class WaitOutcome(StrEnum):
+    """What a wait does with an event (or with its timeout)."""
+
+    CONTINUE = "continue"
+    """The wait is over: the saga goes on to its next step (the event's data merged)."""
+    FAIL = "fail"
+    """The saga fails here: the steps before the wait are compensated."""
+
+
+def _wait_events(
+    value: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> tuple[tuple[str, str], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple((name, outcome) for name, outcome in items)
+
+
+@frozen
+class WaitFor(Step):
+    """A step that waits for a named external event: a manager's approval, a payment
+    provider's webhook. Nothing runs and no lease is held while it waits; its deadline
+    (``timeout``, required) is stored like a remote step's.
+
+    ``events`` maps each event the wait accepts to what it does: ``"continue"`` (the
+    event's data is merged into the saga data) or ``"fail"`` (the steps before the wait
+    are compensated; a definite end, nothing of the wait to undo). ``on_timeout`` does
+    the same for silence until the deadline. ``when`` names a boolean field of the saga
+    data (given at start or set by an earlier step's result): the wait is skipped when
+    that field is ``false``, and happens otherwise, a missing field included, so that a
+    typo never skips an approval. (A field, not a function, so the table stays data and
+    ``saga_fsm.testing`` can explore both ways.)
+    Events arrive through ``SagaClient.signal`` / ``saga-fsm signal``; an unknown event,
+    or one for a saga that is not waiting, is refused, and the same signal twice is
+    accepted once.
+
+    A wait after the pivot cannot fail the saga: each of its outcomes must be
+    ``"continue"``.
+    """
+
+    events: tuple[tuple[str, str], ...] = field(default=(), kw_only=True, converter=_wait_events)
+    on_timeout: str = field(default=WaitOutcome.FAIL, kw_only=True)
+    when: str | None = field(default=None, kw_only=True)
+
+    def _validate(self) -> None:
+        _check_name(self.name)
+        for name in ("action", "compensation", "command", "compensation_command"):
+            if getattr(self, name) is not None:
+                raise DefinitionError(f"a wait runs nothing, so it has no {name}", field=name)
+        if self.kind is not StepKind.COMPENSABLE:
+            raise DefinitionError(
+                "a wait has no kind: it does nothing to undo, and is never the pivot",
+                field="kind",
+            )
+        if self.read_only or self.transactional:
+            which = "read_only" if self.read_only else "transactional"
+            raise DefinitionError(f"a wait cannot be {which}", field=which)
+        _positive("a wait's timeout", "timeout", self.timeout, allow_none=False)
+        if self.compensation_timeout is not None:
+            raise DefinitionError("a wait has nothing to compensate", field="compensation_timeout")
+        if not self.events:
+            raise DefinitionError(
+                "a wait needs at least one event, e.g. events={'approved': 'continue'}",
+                field="events",
+            )
+        for name, outcome in self.events:
+            try:
+                _check_name(name)
+            except DefinitionError:
+                raise DefinitionError(
+                    f"event names follow the step-name rule; got {name!r}", field="events"
+                ) from None
+            if outcome not in set(WaitOutcome):
+                raise DefinitionError(
+                    f"event {name!r}: must be 'continue' or 'fail', got {outcome!r}",
+                    field="events",
+                )
+        if len({name for name, _ in self.events}) != len(self.events):
+            raise DefinitionError("an event is listed twice", field="events")
+        if self.on_timeout not in set(WaitOutcome):
+            raise DefinitionError(
+                f"must be 'continue' or 'fail', got {self.on_timeout!r}", field="on_timeout"
+            )
+        if self.when is not None and (
+            not isinstance(self.when, str) or not re.fullmatch(r"[A-Za-z_]\w*", self.when)
+        ):
+            raise DefinitionError(
+                f"must name a field of the saga data, got {self.when!r}", field="when"
+            )
+
+    @property
+    def has_action(self) -> bool:
+        return True
+
+    @property
+    def outcomes(self) -> dict[str, WaitOutcome]:
+        return {name: WaitOutcome(outcome) for name, outcome in self.events}
+
+    @property
+    def can_fail(self) -> bool:
+        """Whether an event or the timeout ends the saga's forward path."""
+        return WaitOutcome.FAIL in {*self.outcomes.values(), WaitOutcome(self.on_timeout)}
+
+    def waits(self, data: Mapping[str, Any]) -> bool:
+        """Whether the saga waits here, given its data: unless ``data[when]`` is false."""
+        return self.when is None or data.get(self.when) is not False
+
+
 def _steps_tuple(steps: Iterable[Step]) -> tuple[Step, ...]:
     return tuple(steps)
 
@@ -311,6 +428,7 @@ TRIGGERS: tuple[str, ...] = (
     "compensation_failed",
     "compensation_timed_out",
     "retry",
+    "signal",
     "child_pending",
     "compensate",
 )
@@ -391,6 +509,15 @@ class SagaDefinition:
                     step=step.name,
                     field="kind",
                 )
+            elif isinstance(step, WaitFor) and pivot is not None:
+                if step.can_fail:
+                    raise DefinitionError(
+                        "a wait after the pivot cannot fail the saga: every event and"
+                        " on_timeout must be 'continue'",
+                        row=row,
+                        step=step.name,
+                        field="events",
+                    )
             elif step.kind is StepKind.COMPENSABLE and pivot is not None:
                 raise DefinitionError(
                     "steps after the pivot can never be compensated: make them retriable",

@@ -70,6 +70,15 @@ class TransitionNotAllowed(SagaError):
         super().__init__(f"{msg}: {reason}" if reason else msg)
 
 
+class SignalRefused(TransitionNotAllowed):
+    """A signal that cannot end the saga's wait: the saga is not waiting, waits for other
+    events, or already got another one. Nothing was changed."""
+
+    def __init__(self, saga_id: str, state: str, signal: str, reason: str) -> None:
+        self.signal = signal
+        super().__init__(saga_id, state, "signal", reason)
+
+
 class StepFailed(SagaError):
     """Raised by an action (or recorded by the engine) when a step fails.
 

@@ -26,6 +26,8 @@ from saga_fsm._core import (
     decide,
     outcome_event,
     outstanding,
+    signal_event,
+    waiting_for,
 )
 from saga_fsm._core import idempotency_key as key_of
 from saga_fsm._definition import SagaDefinition
@@ -35,6 +37,7 @@ from saga_fsm._errors import (
     SagaError,
     SagaLeased,
     SagaNotFound,
+    SignalRefused,
     TransitionNotAllowed,
     UnknownDefinition,
 )
@@ -50,10 +53,16 @@ from saga_fsm._invoke import (
 from saga_fsm._logging import bind_saga, bind_step, get_logger, unbind
 from saga_fsm._nesting import ChildWait, act_on_child, check_children, notify_parent
 from saga_fsm._registry import Definitions, registry
-from saga_fsm._remote import DEFAULT_REPLY_CHANNEL, remote_commands, reply_event, stale_reason
+from saga_fsm._remote import (
+    DEFAULT_REPLY_CHANNEL,
+    remote_commands,
+    reply_event,
+    signal_of,
+    stale_reason,
+)
 from saga_fsm._snapshot import HistoryEntry, Snapshot, replace
 from saga_fsm._transactional import Applied, require_transactions, transact
-from saga_fsm.messaging._envelope import Message, check_channel
+from saga_fsm.messaging._envelope import Message, MessageKind, check_channel
 from saga_fsm.observability._observer import NO_OBSERVER, Observer
 from saga_fsm.stores._outbox import OutboxMessage, OutboxStore
 from saga_fsm.stores._protocol import Lease, SagaStore
@@ -280,14 +289,17 @@ class SagaExecutor:
                     leaving.set()
 
     async def apply_reply(self, reply: Message) -> str:
-        """Apply a participant's reply to the saga it names and drive the saga on from
-        there. Returns what became of it: ``"applied"``; ``"stale"`` (an earlier
-        attempt's, a finished or unknown saga's: dropped, never applied); ``"busy"``
-        (a worker holds the saga's lease: deliver it again shortly); ``"foreign"`` (a
-        definition this executor does not serve: for another worker). A payload that
-        is not a reply raises ``MessageDecodeError``."""
+        """Apply a participant's reply (or a signal message, see ``signal_message``) to
+        the saga it names and drive the saga on from there. Returns what became of it:
+        ``"applied"``; ``"stale"`` (an earlier attempt's, a finished or unknown saga's,
+        a signal taken before: dropped, never applied); ``"refused"`` (a signal the saga
+        cannot take: ``SignalRefused`` says why); ``"busy"`` (a worker holds the saga's
+        lease: deliver it again shortly); ``"foreign"`` (a definition this executor does
+        not serve: for another worker). A payload that is not a reply (or not a signal)
+        raises ``MessageDecodeError``."""
+        signal = signal_of(reply) if reply.kind is MessageKind.EVENT else None
         saga_id = reply.headers.saga_id
-        if saga_id is None or reply.headers.request_id is None:
+        if saga_id is None or (signal is None and reply.headers.request_id is None):
             return self._dropped(reply, "it names no saga or request")
         if saga_id in self._leases.held or saga_id in self._leaving:
             # Driven here right now (most often: it just sent the command this answers
@@ -301,22 +313,31 @@ class SagaExecutor:
             snapshot = await self.store.load(saga_id)
         except SagaNotFound:
             return self._dropped(reply, "no such saga")
-        why = stale_reason(snapshot, reply)
+        why = None if signal is not None else stale_reason(snapshot, reply)
         if why is not None:
             return self._dropped(reply, why)
         try:
-            self.definitions.compiled_for(snapshot)
+            compiled = self.definitions.compiled_for(snapshot)
         except UnknownDefinition:
             return "foreign"  # a worker that serves its definition takes it
+        if signal is None and waiting_for(compiled, snapshot) is not None:
+            return self._dropped(reply, "the saga waits for a signal, not a reply")
         try:
             snapshot = await self.store.acquire(
                 saga_id, self.worker_id, now=self.clock.now(), lease_seconds=self.lease_seconds
             )
         except SagaLeased:
             return "busy"
-        why = stale_reason(snapshot, reply)
         try:
-            event = None if why is not None else reply_event(snapshot, reply, self.clock.now())
+            if signal is not None:
+                event = signal_event(compiled, snapshot, *signal, self.clock.now())
+                why = None if event is not None else "a signal taken before"
+            else:
+                why = stale_reason(snapshot, reply)
+                event = None if why is not None else reply_event(snapshot, reply, self.clock.now())
+        except SignalRefused:
+            await self._let_go(saga_id)
+            raise
         except SagaError:
             await self._let_go(saga_id)  # not a reply: a poison message, not the saga's
             raise
@@ -325,7 +346,8 @@ class SagaExecutor:
             return self._dropped(reply, str(why))
         self.reply_counts["applied"] += 1
         self.observer.claimed(snapshot)
-        self.observer.attempt_finished(snapshot, event)
+        if signal is None:
+            self.observer.attempt_finished(snapshot, event)
         await self.drive(snapshot, event=event)
         return "applied"
 

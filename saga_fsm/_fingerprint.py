@@ -2,7 +2,8 @@
 
 It covers what an instance's snapshot depends on: the states, the transitions (trigger,
 source, destination) and each step's name, kind, whether it is compensable or read-only
-and its class (a step type of its own is a different table). It leaves out what may
+and its class (a step type of its own is a different table), and for a wait its events,
+what they and its timeout do, and the field that skips it. It leaves out what may
 change under a running instance without stranding it: source text, the identity of
 actions and compensations, descriptions, retry policies and timeouts, and the engine's
 own names for guards and effects (an upgrade of saga_fsm that renames one must not
@@ -17,7 +18,7 @@ import hashlib
 import json
 from typing import Any
 
-from saga_fsm._definition import SagaDefinition
+from saga_fsm._definition import SagaDefinition, Step, WaitFor
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._snapshot import SagaStatus
 
@@ -49,11 +50,20 @@ def table_of(
                 # they had before remote and transactional steps existed.
                 **({"remote": True} if step.command or step.compensation_command else {}),
                 **({"transactional": True} if step.transactional else {}),
+                **_wait_table(step),
             }
             for step in compiled.definition.steps
         ],
         "transitions": [list(t) for t in transitions],
     }
+
+
+def _wait_table(step: Step) -> dict[str, Any]:
+    """What a wait waits for is part of its table: a saga waiting for ``approved``
+    must not be handed to a table that waits for ``ok``."""
+    if not isinstance(step, WaitFor):
+        return {}
+    return {"events": dict(step.events), "on_timeout": str(step.on_timeout), "when": step.when}
 
 
 def _hash(table: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from attrs import frozen
 from transitions import Machine
 
 from saga_fsm._child import ChildSaga
-from saga_fsm._definition import SagaDefinition
+from saga_fsm._definition import SagaDefinition, WaitFor, WaitOutcome
 from saga_fsm._lifecycle import TransitionRow, build_machine
 from saga_fsm._snapshot import SagaStatus
 
@@ -58,6 +58,11 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
         cancellable = pivot is None or i <= pivot
         before_pivot = pivot is None or i < pivot
         forward = running(names[i + 1]) if i + 1 < len(steps) else COMPLETED
+        if isinstance(step, WaitFor):
+            rows.extend(
+                _wait_rows(step, here, forward, undo_from(i, inclusive=False), then, before_pivot)
+            )
+            continue
         rows.append(
             TransitionRow(
                 "step_succeeded",
@@ -247,6 +252,47 @@ def _child_rows(
                 undo,
                 effects=["begin_undo", then(undo, compensation=True)],
             )
+        )
+    return rows
+
+
+def _wait_rows(
+    step: WaitFor,
+    here: str,
+    forward: str,
+    undo: str,
+    then: Callable[..., str],
+    cancellable: bool,
+) -> list[TransitionRow]:
+    """A wait: an event or the deadline ends it, as ``events``/``on_timeout`` say. It did
+    nothing, so a failure or a cancel compensates the steps before it, at once."""
+    ahead = ["record_success", then(forward, compensation=False)]
+    back = ["begin_compensation", then(undo, compensation=True)]
+    rows = []
+    if step.when is not None:
+        # Its field said no: the wait is skipped, in the decision that reached it.
+        rows.append(TransitionRow("step_succeeded", here, forward, effects=ahead))
+    outcomes = set(step.outcomes.values())
+    if WaitOutcome.CONTINUE in outcomes:
+        rows.append(
+            TransitionRow(
+                "signal",
+                here,
+                forward,
+                conditions=["signal_continues"],
+                effects=["record_signal", *ahead[1:]],
+            )
+        )
+    if WaitOutcome.FAIL in outcomes:
+        rows.append(TransitionRow("signal", here, undo, effects=["record_signal", *back]))
+    if step.on_timeout == WaitOutcome.CONTINUE:
+        rows.append(TransitionRow("step_timed_out", here, forward, effects=ahead))
+    else:
+        rows.append(TransitionRow("step_timed_out", here, undo, effects=["record_timeout", *back]))
+    if cancellable:
+        # Nothing in flight to wait for: a cancel compensates at once.
+        rows.append(
+            TransitionRow("cancel", here, undo, effects=["request_cancel", "end_wait", *back])
         )
     return rows
 

@@ -28,6 +28,8 @@ from saga_fsm._definition import (
     SagaDefinition,
     Step,
     StepKind,
+    WaitFor,
+    WaitOutcome,
 )
 from saga_fsm._errors import DefinitionError, InvalidReference
 
@@ -87,6 +89,9 @@ class _StepSpec:
     input: tuple[str, ...] | None = None
     output: tuple[str, ...] | None = None
     check_every: float | None = None
+    events: dict[str, str] | None = None
+    on_timeout: str | None = None
+    when: str | None = None
 
 
 @frozen
@@ -227,16 +232,37 @@ def _child_step(spec: _StepSpec, raw_step: Any, forward_default: RetryPolicy) ->
             )
     return ChildSaga(
         spec.name,
-        kind=spec.kind,
         retry=_retry(spec.retry, raw_step.get("retry"), forward_default),
         definition=child,
         input=spec.input,
         output=spec.output,
         check_every=DEFAULT_CHECK_EVERY if spec.check_every is None else spec.check_every,
-        timeout=spec.timeout,
-        compensation_timeout=spec.compensation_timeout,
-        read_only=spec.read_only,
-        transactional=spec.transactional,
+        **_common(spec),
+    )
+
+
+def _common(spec: _StepSpec) -> dict[str, Any]:
+    """The fields every kind of step takes as they are written."""
+    return {
+        "kind": spec.kind,
+        "timeout": spec.timeout,
+        "compensation_timeout": spec.compensation_timeout,
+        "read_only": spec.read_only,
+        "transactional": spec.transactional,
+    }
+
+
+def _wait(spec: _StepSpec) -> WaitFor:
+    for name in ("action", "compensation", "command", "compensation_command"):
+        if getattr(spec, name) is not None:
+            raise DefinitionError(f"a wait runs nothing, so it has no {name}", field=name)
+    assert spec.events is not None
+    return WaitFor(
+        spec.name,
+        events=spec.events,
+        on_timeout=spec.on_timeout or WaitOutcome.FAIL,
+        when=spec.when,
+        **_common(spec),
     )
 
 
@@ -258,6 +284,14 @@ def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefin
         raw_step = raw_steps[row]
         forward_default = UNLIMITED_RETRY if step_spec.kind is StepKind.RETRIABLE else DEFAULT_RETRY
         try:
+            if step_spec.events is not None:
+                steps.append(_wait(step_spec))
+                continue
+            for name in ("on_timeout", "when"):
+                if getattr(step_spec, name) is not None:
+                    raise DefinitionError(
+                        f"only a wait (a step with events) has {name}", field=name
+                    )
             if step_spec.child is not None:
                 steps.append(_child_step(step_spec, raw_step, forward_default))
                 continue
@@ -266,19 +300,15 @@ def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefin
                     step_spec.name,
                     _callable(step_spec.action, "action"),
                     _callable(step_spec.compensation, "compensation"),
-                    kind=step_spec.kind,
                     retry=_retry(step_spec.retry, raw_step.get("retry"), forward_default),
                     compensation_retry=_retry(
                         step_spec.compensation_retry,
                         raw_step.get("compensation_retry"),
                         DEFAULT_COMPENSATION_RETRY,
                     ),
-                    timeout=step_spec.timeout,
-                    compensation_timeout=step_spec.compensation_timeout,
-                    read_only=step_spec.read_only,
-                    transactional=step_spec.transactional,
                     command=step_spec.command,
                     compensation_command=step_spec.compensation_command,
+                    **_common(step_spec),
                 )
             )
         except DefinitionError as err:

@@ -3,8 +3,8 @@ them: one function, so both are refused the same way and drive the saga the same
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Literal, get_args
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, get_args
 
 from attrs import frozen
 
@@ -40,7 +40,6 @@ async def operate(
     ``resume`` of a saga a live worker runs) and change nothing."""
     if command not in OPERATOR_COMMANDS:
         raise InvalidArgument(f"unknown operator command {command!r}: one of {OPERATOR_COMMANDS}")
-    orchestrator = Orchestrator(store, definitions)
     snapshot = await store.load(saga_id)
     if command == "resume" and snapshot.is_terminal:
         why = (
@@ -49,18 +48,45 @@ async def operate(
             else "finished, there is nothing to resume"
         )
         raise TransitionNotAllowed(saga_id, snapshot.state, "resume", why)
-    if (snapshot.definition, snapshot.definition_version) not in orchestrator.served:
-        orchestrator.register(recorded_definition(snapshot))
+    orchestrator = _orchestrator_for(store, snapshot, definitions)
     if command == "cancel":
         await orchestrator.cancel(saga_id)
     elif command == "retry":
         await orchestrator.retry(saga_id)
+    return await _carry_on(orchestrator, saga_id, resuming=command == "resume")
+
+
+async def deliver_signal(
+    store: SagaStore,
+    saga_id: str,
+    signal: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    definitions: Iterable[SagaDefinition] = (),
+) -> Operated:
+    """``SagaClient.signal``, then drive the saga here unless a live worker holds it
+    (as ``operate`` does). Refusals raise ``SignalRefused`` and change nothing."""
+    orchestrator = _orchestrator_for(store, await store.load(saga_id), definitions)
+    await orchestrator.signal(saga_id, signal, data)
+    return await _carry_on(orchestrator, saga_id, resuming=False)
+
+
+def _orchestrator_for(
+    store: SagaStore, snapshot: Snapshot, definitions: Iterable[SagaDefinition]
+) -> Orchestrator:
+    orchestrator = Orchestrator(store, definitions)
+    if (snapshot.definition, snapshot.definition_version) not in orchestrator.served:
+        orchestrator.register(recorded_definition(snapshot))
+    return orchestrator
+
+
+async def _carry_on(orchestrator: Orchestrator, saga_id: str, *, resuming: bool) -> Operated:
     try:
         return Operated(await orchestrator.resume(saga_id))
     except SagaLeased as leased:
-        if command == "resume":
+        if resuming:
             raise
-        return Operated(await store.load(saga_id), leased)
+        return Operated(await orchestrator.store.load(saga_id), leased)
 
 
 def recorded_definition(snapshot: Snapshot) -> SagaDefinition:

@@ -114,6 +114,13 @@ class Orchestrator(SagaExecutor):
         """``SagaClient.retry``."""
         return await self.client.retry(saga_id)
 
+    async def signal(
+        self, saga_id: str, signal: str, data: Mapping[str, Any] | None = None
+    ) -> Snapshot:
+        """``SagaClient.signal``: ends the saga's wait; ``resume`` (or a worker) carries
+        the saga on."""
+        return await self.client.signal(saga_id, signal, data)
+
 
 def run_sync(
     definition: SagaDefinition,

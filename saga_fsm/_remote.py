@@ -9,8 +9,11 @@ by id can; a reply is applied only while its request is the one the snapshot wai
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
+from saga_fsm._codec import dumps
 from saga_fsm._core import (
     INVALID_RESULT,
     Command,
@@ -20,6 +23,7 @@ from saga_fsm._core import (
     idempotency_key,
     outcome_event,
 )
+from saga_fsm._definition import WaitFor
 from saga_fsm._flow import CompiledSaga
 from saga_fsm._invoke import result_problem
 from saga_fsm._snapshot import ErrorInfo, Snapshot, StepStatus, split_state
@@ -58,6 +62,8 @@ def remote_commands(
         if not isinstance(command, RunStep | RunCompensation) or command.request_id is None:
             continue
         step = compiled.definition.steps[compiled.step_index[command.step]]
+        if isinstance(step, WaitFor):
+            continue  # a wait sends nothing: a signal ends it
         compensating = isinstance(command, RunCompensation)
         channel = step.compensation_command if compensating else step.command
         if channel is None:
@@ -85,6 +91,45 @@ def remote_commands(
             OutboxMessage(snapshot.saga_id, channel, message.message_id, message_to_json(message))
         )
     return rows
+
+
+_SIGNAL_IDS = uuid.UUID("0f0a8e63-3f59-4f0c-8d8e-2b7f1f7e6a24")
+
+
+def signal_message(
+    saga_id: str,
+    definition: str,
+    signal: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    reply_base: str = DEFAULT_REPLY_CHANNEL,
+    message_id: str | None = None,
+) -> Message:
+    """A signal as a message: published on the definition's reply channel, a worker
+    serving the definition (``saga-fsm worker --broker``) delivers it as
+    ``SagaClient.signal`` would. Without ``message_id``, the id is derived from the
+    saga, the event and its data, so the same signal published twice is one message."""
+    payload = {"signal": signal, "data": dict(data or {})}
+    if message_id is None:
+        message_id = uuid.uuid5(_SIGNAL_IDS, dumps([saga_id, payload])).hex
+    return Message(
+        channel=reply_channel_for(reply_base, definition),
+        kind=MessageKind.EVENT,
+        payload=payload,
+        headers=Headers(saga_id=saga_id, definition=definition),
+        message_id=message_id,
+    )
+
+
+def signal_of(message: Message) -> tuple[str, dict[str, Any]]:
+    """The event name and data a signal message carries; ``MessageDecodeError`` for
+    anything else (a poison message)."""
+    name, data = message.payload.get("signal"), message.payload.get("data", {})
+    if not isinstance(name, str) or not isinstance(data, dict):
+        raise MessageDecodeError(
+            message.message_id, 'a signal is {"signal": "<event>", "data": {...}}'
+        )
+    return name, data
 
 
 def awaited(snapshot: Snapshot) -> RunStep | RunCompensation | None:

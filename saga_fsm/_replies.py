@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 
-from saga_fsm._errors import SagaError
+from saga_fsm._errors import SagaError, SignalRefused
 from saga_fsm._executor import SagaExecutor
 from saga_fsm._logging import get_logger
 from saga_fsm._remote import reply_channel_for
@@ -112,6 +112,11 @@ class ReplyConsumer:
                 outcome = await self.executor.apply_reply(message)
             except MessageDecodeError as err:
                 await delivery.dead_letter(f"not a reply: {err.reason}")
+                return
+            except SignalRefused as refused:
+                # Kept where an operator sees it: the sender meant something by it.
+                counts["refused"] += 1
+                await delivery.dead_letter(f"signal refused: {refused.reason}")
                 return
             except SagaError as err:
                 log.warning("reply %s: %s; delivering it again", message.message_id, err)

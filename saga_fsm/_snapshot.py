@@ -76,8 +76,10 @@ class StepRecord:
     request_id: str | None = None
     """The attempt of a remote step (or compensation) in flight: its command carries
     it and its reply must name it, so a reply to an earlier attempt is known stale.
-    For a child saga step, the attempt whose child the saga waits for. None for local
-    steps."""
+    None for local steps. A wait's attempt has one too: nothing runs while it waits; so
+    has a child saga step's attempt, whose child the saga waits for."""
+    signal: str | None = None
+    """The event that ended a wait (``WaitFor``); its data is ``result``."""
 
 
 def _records(values: Iterable[StepRecord]) -> tuple[StepRecord, ...]:

@@ -58,6 +58,7 @@ EXPECTED = [
     "SagaStatus",
     "SagaStore",
     "ScheduleWake",
+    "SignalRefused",
     "Snapshot",
     "SnapshotDecodeError",
     "SnapshotStore",
@@ -75,6 +76,8 @@ EXPECTED = [
     "TransitionRow",
     "UnknownDefinition",
     "Unrunnable",
+    "WaitFor",
+    "WaitOutcome",
     "Worker",
     "WorkerLeases",
     "compile_saga",
@@ -91,6 +94,7 @@ EXPECTED = [
     "outstanding",
     "resolve_reference",
     "run_sync",
+    "signal_message",
 ]
 
 

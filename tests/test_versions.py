@@ -39,6 +39,7 @@ from saga_fsm import (
 )
 from saga_fsm.testing import assert_definitions_locked
 from tests import versioned_sagas
+from tests.readme import ROOT, printed_output, python_example, readme_section, run_example
 from tests.versioned_sagas import RAN, order_v1, order_v1_edited, order_v2
 
 V1, V1_EDITED, V2 = (definition_fingerprint(d) for d in (order_v1, order_v1_edited, order_v2))
@@ -478,22 +479,10 @@ def test_two_workers_with_different_versions_share_a_postgres_store(postgres_dsn
 
 
 def test_the_readme_example_runs_and_prints_what_it_says(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[1]
-    text = (root / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Versioned definitions\n", 1)[1].split("\n## ", 1)[0]
-    (example,) = re.findall(r"```python\n(.*?)```", section, re.S)
-    printed = re.search(r"\nprints\n\n```\n(.*?)```", section, re.S)
-    assert printed is not None
-    done = subprocess.run(
-        [sys.executable, "-c", example],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(root)},
-    )
+    section = readme_section("Versioned definitions")
+    done = run_example(python_example(section), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout == printed.group(1)
+    assert done.stdout == printed_output(section)
     # The shell session, command by command.
     session = re.findall(r"^\$ (saga-fsm .*)\n((?:(?!\$ ).*\n)*?)(?=\$ |```)", section, re.M)
     assert len(session) == 2
@@ -504,6 +493,6 @@ def test_the_readme_example_runs_and_prints_what_it_says(tmp_path: Path) -> None
             capture_output=True,
             text=True,
             timeout=60,
-            env={**os.environ, "PYTHONPATH": str(root)},
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert (ran.returncode, ran.stdout) == (0, output), ran.stderr

@@ -104,7 +104,14 @@ def _testing_check() -> Any:
 )
 @click.option("--max-examples", type=count(), default=100, show_default=True)
 @click.option("--seed", type=int, default=None, help="Replay a run (default: random, printed).")
-@click.option("--data", default=None, metavar="JSON", help="Initial saga data, a JSON object.")
+@click.option(
+    "--data",
+    "data_items",
+    multiple=True,
+    metavar="JSON",
+    help="Initial saga data, a JSON object. Repeatable: each saga starts with one of them"
+    " (say, an amount below and one above an approval threshold).",
+)
 @click.option(
     "--setup",
     "setup_ref",
@@ -147,7 +154,7 @@ def check_command(
     invariant_refs: tuple[str, ...],
     max_examples: int,
     seed: int | None,
-    data: str | None,
+    data_items: tuple[str, ...],
     setup_ref: str | None,
     steps: int,
     sagas: int,
@@ -168,7 +175,7 @@ def check_command(
     if choreography is not None:
         given = {
             "--invariants": bool(invariant_refs),
-            "--data": data is not None,
+            "--data": bool(data_items),
             "--setup": setup_ref is not None,
             "--store": store_url != "memory://",
         }
@@ -187,7 +194,12 @@ def check_command(
     definition = load_definition(ref)
     run_async(lambda: _probe(store_url))
     invariants = [i for r in invariant_refs for i in _invariants(r)]
-    payload = parse_json_object(data, "--data") if data is not None else None
+    payloads = [parse_json_object(item, "--data") for item in data_items]
+    payload: Any = payloads[0] if len(payloads) == 1 else None
+    if len(payloads) > 1:
+        from hypothesis import strategies as st
+
+        payload = st.sampled_from(payloads)
     setup = resolve_reference(setup_ref) if setup_ref is not None else None
     if setup is not None and not callable(setup):
         raise UsageProblem(f"--setup: {setup_ref!r} is not callable")

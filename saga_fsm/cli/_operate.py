@@ -1,11 +1,12 @@
-"""``start``, ``worker``, ``cancel``, ``retry``, ``resume``: running sagas durably."""
+"""``start``, ``worker``, ``cancel``, ``retry``, ``resume``, ``signal``: running sagas
+durably."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from saga_fsm._errors import (
 from saga_fsm._loading import load_definition
 from saga_fsm._logging import configure as configure_logging
 from saga_fsm._logging import get_logger
-from saga_fsm._operator import Operated, OperatorCommand, operate
+from saga_fsm._operator import Operated, OperatorCommand, deliver_signal, operate
 from saga_fsm._orchestrator import DEFAULT_LEASE_SECONDS, Orchestrator
 from saga_fsm._remote import DEFAULT_REPLY_CHANNEL
 from saga_fsm._snapshot import SagaStatus, Snapshot
@@ -324,6 +325,10 @@ def _operate(saga_id: str, store_url: str | None, action: OperatorCommand, as_js
         async with open_store(resolve_store_url(store_url), create=False) as store:
             return await operate(store, await resolve_id(store, saga_id), action)
 
+    _report(go, as_json)
+
+
+def _report(go: Callable[[], Awaitable[Operated]], as_json: bool) -> None:
     try:
         operated = run_async(go)
     except (TransitionNotAllowed, SagaLeased) as refused:
@@ -358,3 +363,25 @@ _operator_command(
     " pivot that may have acted: one more attempt).",
 )
 _operator_command("resume", "Take over a saga no live worker holds and run it to the end.")
+
+
+@main.command("signal")
+@click.argument("saga_id", metavar="ID")
+@click.argument("event")
+@click.option("--data", default=None, metavar="JSON", help="The event's data, a JSON object.")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def signal_command(
+    saga_id: str, event: str, data: str | None, store_url: str | None, as_json: bool
+) -> None:
+    """Deliver EVENT to a saga waiting at a WaitFor step, then carry it on here unless a
+    live worker holds it. Refused (exit 1, nothing changed) for an event the wait does
+    not list or a saga that is not waiting; the same signal again changes nothing. ID
+    may be any unique prefix."""
+    payload = parse_json_object(data, "--data") if data is not None else {}
+
+    async def go() -> Operated:
+        async with open_store(resolve_store_url(store_url), create=False) as store:
+            return await deliver_signal(store, await resolve_id(store, saga_id), event, payload)
+
+    _report(go, as_json)

@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
+from attrs import evolve
 from transitions import Machine
 
 from saga_fsm._child import ChildSaga
-from saga_fsm._definition import SagaDefinition, Step, StepKind
+from saga_fsm._definition import SagaDefinition, Step, StepKind, WaitFor, WaitOutcome
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._lifecycle import SAGA_LIFECYCLE_MACHINE, STEP_LIFECYCLE_MACHINE
 from saga_fsm._snapshot import SagaStatus, StepStatus
@@ -65,6 +66,8 @@ def _present(groups: Iterable[Sequence[str]], states: Iterable[str]) -> tuple[tu
 
 
 def _step_note(step: Step) -> str:
+    if isinstance(step, WaitFor):
+        return _wait_note(step)
     # A remote step shows the channel its command goes to: what runs elsewhere; a child
     # saga step, the definition it starts.
     remote = "" if step.command is None else f"remote: {step.command}"
@@ -79,6 +82,27 @@ def _step_note(step: Step) -> str:
     if step.read_only:
         return _joined("read-only: nothing to undo", remote)
     return remote
+
+
+def _wait_note(step: WaitFor) -> str:
+    assert step.timeout is not None  # a wait always has one
+    hours = step.timeout / 3600
+    after = f"{hours:g} h" if hours >= 1 else f"{step.timeout:g} s"
+    skipped = f"; skipped when {step.when} is false" if step.when else ""
+    return f"waits for an event; after {after}: {step.on_timeout}{skipped}"
+
+
+def _signal_label(step: WaitFor, line: str) -> str:
+    """``signal [signal_continues] / record_signal`` -> ``signal approved``: the events
+    each signal edge stands for, from the wait's own table."""
+    if line == "step_succeeded":
+        return f"skipped: {step.when} is false"
+    if not line.startswith("signal"):
+        return line
+    outcome = WaitOutcome.CONTINUE if "signal_continues" in line else WaitOutcome.FAIL
+    names = ", ".join(n for n, o in step.outcomes.items() if o is outcome)
+    effects = [e for e in line.partition(" / ")[2].split(", ") if e and e != "record_signal"]
+    return f"signal {names}" + (f" / {', '.join(effects)}" if effects else "")
 
 
 def _joined(*notes: str) -> str:
@@ -130,11 +154,20 @@ def flow_scene(definition: SagaDefinition | CompiledSaga) -> Scene:
         nodes=tuple(
             SceneNode(state, state, role, note) for state, (role, note) in by_state.items()
         ),
-        edges=_scene_edges(machine, roles),
+        edges=tuple(_wait_edge(compiled, edge) for edge in _scene_edges(machine, roles)),
         ranks=_present(ranks, machine.states),
         chain=_present([[pending, *running, done]], machine.states)[0],
         initial=machine.initial,
     )
+
+
+def _wait_edge(compiled: CompiledSaga, edge: SceneEdge) -> SceneEdge:
+    name = edge.source.partition(":")[2]
+    step = compiled.definition.steps[compiled.step_index[name]] if name else None
+    if not isinstance(step, WaitFor):
+        return edge
+    label = "\n".join(_signal_label(step, line) for line in edge.label.split("\n"))
+    return evolve(edge, label=label)
 
 
 def lifecycle_scene(which: Lifecycle) -> Scene:

@@ -33,8 +33,15 @@ def _travel_booking() -> Diagram:
     return definition_diagram(travel_booking.definition)
 
 
+def _refund_approval() -> Diagram:
+    from saga_fsm.examples import refund_approval
+
+    return definition_diagram(refund_approval.definition)
+
+
 GALLERY: dict[str, Callable[[], Diagram]] = {
     "order_fulfillment": _order_fulfillment,
+    "refund_approval": _refund_approval,
     "travel_booking": _travel_booking,
     "saga_lifecycle": lambda: lifecycle_diagram("saga"),
     "step_lifecycle": lambda: lifecycle_diagram("step"),

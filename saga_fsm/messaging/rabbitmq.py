@@ -356,6 +356,31 @@ class RabbitTransport:
                 return False
         return True
 
+    async def _ensure_queue(self, channel: str) -> None:
+        """Declare the channel's queue unless it exists, on an AMQP channel of its own: a
+        quorum queue whose Ra server does not answer in time closes the channel it is
+        declared on with INTERNAL_ERROR, which must never be the publisher's. Tried again
+        with back-off, like a subscribe."""
+        import aiormq
+
+        backoff = _MIN_BACKOFF
+        for attempt in range(1, _SUBSCRIBE_TRIES + 1):
+            try:
+                with _errors(self.where, f"declare {channel}"):
+                    if not await self._exists(channel):
+                        async with self.connection.channel() as amqp_channel:
+                            await self.declare(amqp_channel, channel)
+                self._declared.add(channel)
+                return
+            except TransportError as err:
+                # Other arguments than the queue was declared with: no wait will fix it.
+                mismatch = isinstance(err.__cause__, aiormq.exceptions.ChannelPreconditionFailed)
+                if mismatch or attempt == _SUBSCRIBE_TRIES:
+                    raise
+                log.warning("%s; declaring again in %.1fs", err, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+
     async def send(
         self, queue: str, body: bytes, message_id: str | None, headers: dict[str, Any]
     ) -> None:
@@ -395,10 +420,7 @@ class RabbitTransport:
     async def publish(self, message: Message) -> None:
         if message.channel not in self._declared:
             # A message routed to no queue would be dropped: the queue must exist first.
-            with _errors(self.where, f"declare {message.channel}"):
-                if not await self._exists(message.channel):
-                    await self.declare(self._publisher, message.channel)
-                self._declared.add(message.channel)
+            await self._ensure_queue(message.channel)
         body = message_to_json(message).encode()
         await self.send(message.channel, body, message.message_id, {})
 

@@ -85,6 +85,7 @@ from saga_fsm.testing._scenario import (
     compensation,
     operator_retry,
     scenario,
+    signal,
     step,
 )
 from saga_fsm.testing._testcase import saga_test_case
@@ -123,6 +124,7 @@ __all__ = [
     "saga_state_machine",
     "saga_test_case",
     "scenario",
+    "signal",
     "step",
 ]
 

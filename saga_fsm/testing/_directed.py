@@ -45,6 +45,10 @@ def moves_of(trace: Iterable[TraceEntry]) -> tuple[Move, ...]:
             continue  # a delayed message arriving: part of the move that came before
         if entry.kind in ("cancel", "retry"):
             moves.append((entry.kind, Fault.OK))
+        elif entry.kind == "signal":
+            moves.append((f"signal:{entry.label}", Fault.OK))
+        elif entry.kind == "deadline":
+            moves.append(("call", Fault.OK))
         elif entry.is_call:
             moves.append(("call", entry.fault or Fault.OK))
         else:

@@ -31,9 +31,10 @@ from saga_fsm._core import (
     new_snapshot,
     outcome_event,
     outstanding,
+    signal_event,
 )
-from saga_fsm._definition import Action, RetryPolicy, SagaDefinition, Step
-from saga_fsm._errors import SagaError, TransitionNotAllowed
+from saga_fsm._definition import Action, RetryPolicy, SagaDefinition, Step, WaitFor
+from saga_fsm._errors import SagaError, SignalRefused, TransitionNotAllowed
 from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
 from saga_fsm._invoke import call_outcome, callee, invoke, result_problem, step_context
 from saga_fsm._remote import reply_event, stale_reason
@@ -219,12 +220,13 @@ class Driver:
         participant has seen the call's idempotency key (once it acted on a key, an
         idempotent participant answers that key as it did, it cannot refuse it)."""
         command = saga.next
-        if not isinstance(command, RunStep | RunCompensation):
+        if not isinstance(command, RunStep | RunCompensation) or self._waits(saga, command):
+            # A wait calls nothing: what ends it is a signal or its deadline.
             return (Fault.OK,)
-        # A transactional step's effect commits with its outcome or not at all: no reply
-        # is lost after the effect, and a crash leaves nothing (no ``crash_after``).
         if command.step in self._table(saga).child_steps:
             return child_faults(self.config.faults, command)
+        # A transactional step's effect commits with its outcome or not at all: no reply
+        # is lost after the effect, and a crash leaves nothing (no ``crash_after``).
         effect_only = self._table(saga).definition.step(command.step).transactional
         return tuple(
             f
@@ -264,7 +266,9 @@ class Driver:
         must; a fault its next call cannot have (the path was planned for another
         call, because real code took another turn) is dropped."""
         kind, fault = move
-        if kind == "cancel":
+        if kind.startswith("signal:"):
+            self.signal(saga, kind.partition(":")[2], {})
+        elif kind == "cancel":
             self.cancel(saga)
         elif kind == "retry":
             self.operator_retry(saga)
@@ -320,9 +324,38 @@ class Driver:
         self.timeline.append((saga.number, entry))
         self._touched.add(saga.number)
 
+    def _waits(self, saga: SagaRun, command: RunStep | RunCompensation) -> bool:
+        return isinstance(command, RunStep) and isinstance(
+            self._table(saga).definition.step(command.step), WaitFor
+        )
+
+    def signal(self, saga: SagaRun, name: str, data: dict[str, Any]) -> None:
+        """Deliver a signal as ``SagaClient.signal`` does, whatever the saga is doing."""
+        self.run(self._signal(saga, name, data))
+
+    async def _signal(self, saga: SagaRun, name: str, data: dict[str, Any]) -> None:
+        state = saga.decided.state
+        trace: dict[str, Any] = {"label": name, "step": saga.decided.current_step}
+        try:
+            event = signal_event(self._table(saga), saga.decided, name, data, self._tick())
+        except SignalRefused:
+            self._record(saga, TraceEntry("signal", state, state, refused=True, **trace))
+            return
+        if event is None:
+            self._record(saga, TraceEntry("signal", state, state, repeated=True, **trace))
+            return
+        await self._apply(saga, event, "signal", **trace)
+
     async def _call(self, saga: SagaRun, command: RunStep | RunCompensation, fault: Fault) -> None:
         if command.step in self._table(saga).child_steps:
             await children_call(self, saga, command, fault)
+            return
+        if self._waits(saga, command):
+            # Nothing came: time passes until the wait's deadline.
+            assert command.deadline is not None  # a wait always has one
+            self._wait_until(command.deadline)
+            event = outcome_event(command, "timed_out", self.clock.now())
+            await self._apply(saga, event, "deadline", step=command.step)
             return
         if command.request_id is not None:
             await self._remote(saga, command, fault)

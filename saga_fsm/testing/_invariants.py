@@ -14,7 +14,7 @@ from typing import Any, overload
 from attrs import fields, frozen
 
 from saga_fsm._codec import snapshot_from_json, snapshot_to_json
-from saga_fsm._definition import SagaDefinition
+from saga_fsm._definition import SagaDefinition, WaitFor
 from saga_fsm._errors import InvalidArgumentType, SagaError, StepFailed
 from saga_fsm._flow import PENDING, compile_saga
 from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot, StepStatus
@@ -439,6 +439,34 @@ def cancel_is_refused_only_when_it_must_be(ctx: InvariantContext) -> None:
         _require(status != SagaStatus.PENDING.value, "cancel was refused while pending")
 
 
+def signals_end_only_the_wait_in_progress(ctx: InvariantContext) -> None:
+    """A signal is taken only by a wait in progress that lists it, and one such wait
+    never refuses; a refused or repeated signal changes nothing."""
+    waits = {s.name: s for s in ctx.definition.steps if isinstance(s, WaitFor)}
+    for entry in ctx.trace:
+        if entry.kind != "signal":
+            continue
+        status, _, step = entry.state_before.partition(":")
+        wait = waits.get(step) if status == SagaStatus.RUNNING.value else None
+        listed = wait is not None and entry.label in wait.outcomes
+        if entry.refused or entry.repeated:
+            _require(
+                entry.state_after == entry.state_before,
+                f"signal {entry.label!r} was refused, yet the saga moved"
+                f" {entry.state_before!r} -> {entry.state_after!r}",
+            )
+            _require(
+                not (entry.refused and listed),
+                f"signal {entry.label!r} was refused while {step} waited for it",
+            )
+        else:
+            _require(
+                listed,
+                f"signal {entry.label!r} was taken at {entry.state_before!r}, which does not"
+                " wait for it",
+            )
+
+
 BUILTIN_INVARIANTS: tuple[Invariant, ...] = (
     Invariant(history_is_a_path_of_the_machine, "history_is_a_path_of_the_machine"),
     Invariant(snapshots_round_trip, "snapshots_round_trip"),
@@ -452,6 +480,7 @@ BUILTIN_INVARIANTS: tuple[Invariant, ...] = (
     Invariant(never_compensates_after_the_pivot, "never_compensates_after_the_pivot"),
     Invariant(fails_only_when_parked_for_an_operator, "fails_only_when_parked_for_an_operator"),
     Invariant(cancel_is_refused_only_when_it_must_be, "cancel_is_refused_only_when_it_must_be"),
+    Invariant(signals_end_only_the_wait_in_progress, "signals_end_only_the_wait_in_progress"),
     Invariant(ends_in_a_final_state, "ends_in_a_final_state", final_only=True),
 )
 """Checked for every saga before the user's invariants, in this order."""

@@ -21,7 +21,7 @@ from attrs import define, field, frozen
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from saga_fsm._definition import SagaDefinition
+from saga_fsm._definition import SagaDefinition, WaitFor
 from saga_fsm._errors import InvalidArgumentType
 from saga_fsm.testing._coverage import TransitionCoverage
 from saga_fsm.testing._driver import Driver, DriverConfig, SagaRun, render_interleaving
@@ -32,6 +32,8 @@ from saga_fsm.testing._reachability import Edge, edge_of_entry
 from saga_fsm.testing._trace import render_path
 
 _CRASHES = (Fault.CRASH_BEFORE, Fault.CRASH_AFTER)
+UNKNOWN_SIGNAL = "saga_fsm_testing_unknown_event"
+_SIGNAL_DATA: tuple[dict[str, str], ...] = ({}, {"signalled_by": "saga_fsm.testing"})
 
 
 @frozen
@@ -174,6 +176,29 @@ class SagaStateMachine(RuleBasedStateMachine):
         with self._guard():
             self._top_up(data)
             self.driver.cancel(self._pick(data, self.driver.live()))
+
+    @precondition(lambda self: bool(self.signals))
+    @rule(data=st.data())
+    def signal(self, data: st.DataObject) -> None:
+        """Someone signals a saga, whatever it is doing: before, during or after its
+        wait, an event it waits for or not, the same one again."""
+        with self._guard():
+            self._top_up(data)
+            saga = self._pick(data, self.driver.sagas)
+            name = data.draw(st.sampled_from(self.signals), label="event")
+            payload = data.draw(st.sampled_from(_SIGNAL_DATA), label="event data")
+            self.driver.signal(saga, name, dict(payload))
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """Every event the definition's waits list, and one none of them does."""
+        names = [
+            name
+            for step in self.config.driver.definition.steps
+            if isinstance(step, WaitFor)
+            for name in step.outcomes
+        ]
+        return (*dict.fromkeys(names), UNKNOWN_SIGNAL) if names else ()
 
     @precondition(lambda self: self.config.operator_retry and bool(self.driver.parked()))
     @rule(data=st.data())

@@ -12,10 +12,10 @@ a directed path to it.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import deque
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Literal
 
 from attrs import frozen
 
@@ -29,20 +29,22 @@ from saga_fsm._core import (
     new_snapshot,
     outcome_event,
     outstanding,
+    signal_event,
 )
-from saga_fsm._definition import RetryPolicy, SagaDefinition
+from saga_fsm._definition import RetryPolicy, SagaDefinition, WaitFor
 from saga_fsm._errors import TransitionNotAllowed
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._snapshot import ErrorInfo, HistoryEntry, SagaStatus, Snapshot
 from saga_fsm.testing._faults import CHILD_REFUSED, REFUSED, REPLY_LOST, Fault
 
-MoveKind = Literal["tick", "call", "cancel", "retry"]
+MoveKind = str
 Edge = tuple[str, str, str]
 Move = tuple[MoveKind, Fault]
 """One harness move: ``tick`` (start a pending saga, or wake one whose back-off is
-over), ``call`` (its next call, with the fault around it), ``cancel``, or ``retry``
-from ``failed``; the fault only matters for ``call``."""
+over), ``call`` (its next call, with the fault around it; for a wait, its deadline
+passing), ``cancel``, ``retry`` from ``failed``, or ``signal:<event>``; the fault
+only matters for ``call``."""
 
 _T0 = datetime(2000, 1, 1, tzinfo=UTC)
 _STATE_LIMIT = 50_000
@@ -104,12 +106,30 @@ def _abstract(compiled: CompiledSaga, snapshot: Snapshot) -> tuple[object, ...]:
         )
     return (
         snapshot.state,
+        tuple(snapshot.data.get(key) for key in _when_fields(compiled.definition)),
         snapshot.cancel_requested,
         snapshot.parked_at,
         snapshot.wake_at is None,
         attempts,
         tuple(record.status for record in snapshot.steps),
     )
+
+
+@functools.cache
+def _when_fields(definition: SagaDefinition) -> tuple[str, ...]:
+    """The data fields waits are skipped by: the one part of the data guards read."""
+    fields = (s.when for s in definition.steps if isinstance(s, WaitFor) and s.when)
+    return tuple(dict.fromkeys(fields))
+
+
+def _starts(definition: SagaDefinition) -> list[Snapshot]:
+    """A pending saga for each combination of the ``when`` fields (each wait both
+    skipped and kept); one when there are none."""
+    names = _when_fields(definition)
+    return [
+        new_snapshot(definition, "reachability", dict(zip(names, values, strict=True)), _T0)
+        for values in itertools.product((True, False), repeat=len(names))
+    ]
 
 
 def _moves(
@@ -131,6 +151,14 @@ def _moves(
             command.step in compiled.child_steps
         ):
             yield from _child_moves(command, faults)
+        elif isinstance(command, RunStep) and isinstance(
+            wait := compiled.definition.step(command.step), WaitFor
+        ):
+            yield ("call", Fault.OK), outcome_event(command, "timed_out", _T0)
+            for name in wait.outcomes:
+                event = signal_event(compiled, snapshot, name, {}, _T0)
+                assert event is not None  # a wait in progress takes its events
+                yield (f"signal:{name}", Fault.OK), event
         elif isinstance(command, RunStep | RunCompensation):
             outcomes: list[tuple[Fault, Outcome, ErrorInfo | None]] = [
                 (Fault.OK, "succeeded", None)
@@ -167,24 +195,28 @@ def reachability(
     same definition and faults always give the same answer."""
     compiled = compile_saga(definition)
     edges = row_edges(compiled)
-    start = new_snapshot(definition, "reachability", {}, _T0)
-    seen = {_abstract(compiled, start)}
-    queue: deque[tuple[Snapshot, tuple[Move, ...]]] = deque([(start, ())])
+    seen: set[tuple[object, ...]] = set()
     paths: dict[int, tuple[Move, ...]] = {}
-    while queue:
-        snapshot, path = queue.popleft()
-        for move, event in _moves(compiled, snapshot, faults, operator_retry):
-            try:
-                decision = decide(compiled, snapshot, event)
-            except TransitionNotAllowed:
-                continue
-            for entry in decision.history:
-                for row in edges.get(edge_of_entry(entry), ()):
-                    paths.setdefault(row, (*path, move))
-            key = _abstract(compiled, decision.snapshot)
-            if key not in seen:
-                if len(seen) >= _STATE_LIMIT:
-                    return Reachability(frozenset(range(len(compiled.rows))), paths, exact=False)
-                seen.add(key)
-                queue.append((decision.snapshot, (*path, move)))
+    # One search per start, waits kept first: a row reachable either way gets the path
+    # of data that does not skip waits, which is what directed paths replay with.
+    for start in _starts(definition):
+        seen.add(_abstract(compiled, start))
+        queue: deque[tuple[Snapshot, tuple[Move, ...]]] = deque([(start, ())])
+        while queue:
+            snapshot, path = queue.popleft()
+            for move, event in _moves(compiled, snapshot, faults, operator_retry):
+                try:
+                    decision = decide(compiled, snapshot, event)
+                except TransitionNotAllowed:
+                    continue
+                for entry in decision.history:
+                    for row in edges.get(edge_of_entry(entry), ()):
+                        paths.setdefault(row, (*path, move))
+                key = _abstract(compiled, decision.snapshot)
+                if key not in seen:
+                    if len(seen) >= _STATE_LIMIT:
+                        every = frozenset(range(len(compiled.rows)))
+                        return Reachability(every, paths, exact=False)
+                    seen.add(key)
+                    queue.append((decision.snapshot, (*path, move)))
     return Reachability(frozenset(paths), paths)

@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 from attrs import evolve, field, frozen
 
-from saga_fsm._core import RunCompensation, RunStep
-from saga_fsm._definition import SagaDefinition
+from saga_fsm._core import RunCompensation, RunStep, waiting_for
+from saga_fsm._definition import SagaDefinition, WaitFor
 from saga_fsm._errors import InvalidArgument, InvalidArgumentType, SagaError
 from saga_fsm._flow import PENDING
 from saga_fsm._snapshot import HistoryEntry, Snapshot
@@ -49,13 +49,19 @@ class Directive:
     """One line of a script: what happens to the next call of a step (or its
     compensation), or an operator's cancel or retry."""
 
-    kind: Literal["call", "cancel", "retry"]
+    kind: Literal["call", "cancel", "retry", "signal"]
     phase: Phase = "step"
     step: str = ""
+    """For ``signal``: the event's name."""
     fault: Fault = Fault.OK
     times: int = 1
+    data: Mapping[str, Any] = field(factory=dict)
+    """For ``signal``: the event's data."""
 
     def describe(self) -> str:
+        if self.kind == "signal":
+            data = f", {dict(self.data)!r}" if self.data else ""
+            return f"signal({self.step!r}{data})"
         if self.kind != "call":
             return "cancel()" if self.kind == "cancel" else "operator_retry()"
         who = f"compensation({self.step!r})" if self.phase == "compensation" else repr(self.step)
@@ -115,6 +121,14 @@ def cancel() -> Directive:
 def operator_retry() -> Directive:
     """An operator retries the saga parked in ``failed`` at this point of the script."""
     return Directive("retry")
+
+
+def signal(event: str, data: Mapping[str, Any] | None = None) -> Directive:
+    """The event ``event`` (with ``data``) arrives once the saga waits for it (until
+    then the saga runs on; a wait that lists other events meanwhile times out)."""
+    if not isinstance(event, str) or not event:
+        raise InvalidArgument(f"signal() takes an event name, got {event!r}")
+    return Directive("signal", step=event, data=dict(data or {}))
 
 
 def _states(history: Iterable[HistoryEntry]) -> list[str]:
@@ -187,9 +201,19 @@ class Scenario:
     def _validate(self, directive: Directive) -> None:
         if not isinstance(directive, Directive):
             raise InvalidArgumentType(
-                f"when() takes step(...)/compensation(...) outcomes, cancel() or"
-                f" operator_retry(), got {directive!r}"
+                f"when() takes step(...)/compensation(...) outcomes, signal(...), cancel()"
+                f" or operator_retry(), got {directive!r}"
             )
+        if directive.kind == "signal":
+            events = {
+                e for s in self.definition.steps if isinstance(s, WaitFor) for e in s.outcomes
+            }
+            if directive.step not in events:
+                raise InvalidArgument(
+                    f"no wait of {self.definition.name} waits for {directive.step!r}"
+                    f" (events: {sorted(events)})"
+                )
+            return
         if directive.kind != "call":
             return
         names = [s.name for s in self.definition.steps]
@@ -321,6 +345,18 @@ def _apply(driver: Driver, saga: SagaRun, directive: Directive) -> bool:
         driver.cancel(saga)
     elif directive.kind == "retry":
         driver.operator_retry(saga)
+    elif directive.kind == "signal":
+        for _ in range(_LIMIT):
+            if saga.decided.is_terminal:
+                return False
+            wait = waiting_for(driver.compiled, saga.decided)
+            if wait is not None and directive.step in wait.outcomes:
+                driver.signal(saga, directive.step, dict(directive.data))
+                break
+            driver.advance(saga)
+            driver.check(final=False)
+        else:
+            return False
     else:
         for _ in range(directive.times):
             for _ in range(_LIMIT):

@@ -12,7 +12,9 @@ from attrs import field, frozen
 
 from saga_fsm.testing._faults import Fault
 
-TraceKind = Literal["start", "step", "compensation", "wake", "cancel", "retry"]
+TraceKind = Literal[
+    "start", "step", "compensation", "wake", "cancel", "retry", "signal", "deadline"
+]
 
 _AFTER_CALL = {
     Fault.OK: "ok",
@@ -57,6 +59,8 @@ class TraceEntry:
     late: str = ""
     """A remote step's delayed command or reply arriving at a later move: what became
     of it (its own move did not make it, so it is not replayed as one)."""
+    repeated: bool = False
+    """For ``signal``: a wait took this very signal before, so it changed nothing."""
 
     @property
     def is_call(self) -> bool:
@@ -72,6 +76,11 @@ class TraceEntry:
             return self._describe_cancel()
         if self.kind == "retry":
             return "operator retry (refused)" if self.refused else "operator retry"
+        if self.kind == "signal":
+            note = " (refused)" if self.refused else " (again: no change)" if self.repeated else ""
+            return f"signal {self.label}{note}"
+        if self.kind == "deadline":
+            return f"{self.step}: no event by the deadline"
         return self._describe_call()
 
     def _describe_cancel(self) -> str:

@@ -221,3 +221,19 @@ def test_lifecycle_diagrams_read_the_generic_machines(which: str) -> None:
         labels = [label_lines(edge(dot, s, "running")) for s in ("failed", "timed_out")]
         assert ["run [attempts_left]"] in labels
     assert lifecycle_diagram(which).to_mermaid().startswith("---\n")  # type: ignore[arg-type]
+
+
+def test_a_wait_shows_its_events_its_deadline_and_what_skips_it() -> None:
+    from saga_fsm.examples import refund_approval
+
+    dot = definition_diagram(refund_approval.definition).to_dot()
+    waiting = node(dot, "running:manager_approval")["label"]
+    assert "(waits for an event; after 48 h: fail; skipped when needs_approval is false)" in waiting
+    assert "signal approved" in label_lines(
+        edge(dot, "running:manager_approval", "running:pay_refund")
+    )
+    undo = label_lines(edge(dot, "running:manager_approval", "compensating:open_case"))
+    assert "signal rejected / compensate" in undo
+    assert "skipped: needs_approval is false" in label_lines(
+        edge(dot, "running:manager_approval", "running:pay_refund")
+    )

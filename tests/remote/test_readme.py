@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.readme import printed_output, python_example, readme_section, run_example
 
 
 def section() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    return text.split("## Remote steps\n", 1)[1].split("\n## ", 1)[0]
+    return readme_section("Remote steps")
 
 
 def test_the_example_prints_what_the_readme_says(tmp_path: Path) -> None:
-    [example] = re.findall(r"```python\n(.*?)```", section(), re.S)
-    printed = re.findall(r"prints\n\n```\n(.*?)```", section(), re.S)[0]
-    done = subprocess.run(
-        [sys.executable, "-c", example],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    done = run_example(python_example(section()), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout == printed
+    assert done.stdout == printed_output(section())
 
 
 def test_the_demo_commands_name_real_options() -> None:
