@@ -10,6 +10,7 @@ import click
 
 from saga_fsm._codec import converter
 from saga_fsm.cli._app import echo_json, main, run_async
+from saga_fsm.cli._params import broker_option as named_broker_option
 from saga_fsm.messaging import DeadLetter, DeadLetters, open_transport
 from saga_fsm.stores.url import store_url_from_env
 
@@ -56,14 +57,7 @@ def _settle(
     return lambda dead: settle_dead_letter(dead, command, channel, message_id)
 
 
-broker_option = click.option(
-    "--broker",
-    "url",
-    default=None,
-    metavar="URL",
-    help="sqlite:///…, postgresql://…, amqp://…, nats://… (default: $SAGA_FSM_BROKER,"
-    " else the saga store).",
-)
+broker_option = named_broker_option("url")
 
 
 @main.group("dlq")

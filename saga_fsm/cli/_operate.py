@@ -45,6 +45,7 @@ from saga_fsm.cli._params import (
     MAX_INTERVAL_SECONDS,
     MAX_LEASE_SECONDS,
     FiniteFloat,
+    broker_option,
     count,
     log_format_option,
     metrics_port_option,
@@ -181,14 +182,7 @@ def refuse_memory_store(store_url: str | None) -> None:
     is_flag=True,
     help="OpenTelemetry spans through the configured tracer provider (extra: otel).",
 )
-@click.option(
-    "--broker",
-    "broker",
-    default=None,
-    metavar="URL",
-    help="Where remote steps' commands and replies travel: amqp://…, nats://…, sqlite:///…,"
-    " postgresql://… (default: $SAGA_FSM_BROKER, else the saga store itself).",
-)
+@broker_option("broker")
 @click.option(
     "--reply-channel",
     default=DEFAULT_REPLY_CHANNEL,

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -62,3 +63,18 @@ metrics_port_option = click.option(
     default=None,
     help="Serve Prometheus metrics on http://0.0.0.0:PORT/metrics (extra: metrics).",
 )
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def broker_option(dest: str) -> Callable[[_F], _F]:
+    """``--broker URL`` (stored as ``dest``): one option, one help text, wherever a
+    command talks to a transport."""
+    return click.option(
+        "--broker",
+        dest,
+        default=None,
+        metavar="URL",
+        help="Where messages travel: amqp://…, nats://…, sqlite:///…, postgresql://…"
+        " (default: $SAGA_FSM_BROKER, else the saga store itself).",
+    )

@@ -16,6 +16,7 @@ from saga_fsm.cli._params import (
     MAX_CONCURRENCY,
     MAX_INTERVAL_SECONDS,
     FiniteFloat,
+    broker_option,
     count,
     log_format_option,
     metrics_port_option,
@@ -60,14 +61,7 @@ def _check_sqlite(url: str, option: str) -> None:
 
 @main.command("participant")
 @click.argument("ref", metavar="MODULE[:ATTR]")
-@click.option(
-    "--broker",
-    "url",
-    default=None,
-    metavar="URL",
-    help="sqlite:///…, postgresql://…, amqp://…, nats://… (default: $SAGA_FSM_BROKER,"
-    " else the saga store).",
-)
+@broker_option("url")
 @click.option(
     "--inbox",
     default=None,

@@ -14,7 +14,12 @@ from saga_fsm._logging import configure as configure_logging
 from saga_fsm._logging import get_logger
 from saga_fsm.cli._app import UsageProblem, main, resolve_store_url, run_async, store_option
 from saga_fsm.cli._dlq import broker_url
-from saga_fsm.cli._params import MAX_INTERVAL_SECONDS, MAX_LEASE_SECONDS, FiniteFloat
+from saga_fsm.cli._params import (
+    MAX_INTERVAL_SECONDS,
+    MAX_LEASE_SECONDS,
+    FiniteFloat,
+    broker_option,
+)
 from saga_fsm.messaging import InvalidTransportURL, TransportError, open_transport
 from saga_fsm.messaging._relay import DEFAULT_RELAY_LEASE, OutboxRelay
 from saga_fsm.observability._serve import MissingExtra, worker_observer
@@ -26,13 +31,7 @@ log = get_logger("saga_fsm.relay")
 
 @main.command("relay")
 @store_option
-@click.option(
-    "--broker",
-    default=None,
-    metavar="URL",
-    help="amqp://…, nats://…, sqlite:///…, postgresql://… (default: $SAGA_FSM_BROKER,"
-    " else the saga store itself).",
-)
+@broker_option("broker")
 @click.option("--id", "relay_id", default=None, help="Relay name (default: host:pid:random).")
 @click.option(
     "--lease-seconds",
