@@ -8,6 +8,7 @@ persisted as a snapshot (memory, SQLite or PostgreSQL) before the next side effe
 
 from typing import TYPE_CHECKING, Any
 
+from saga_fsm._child import ChildSaga
 from saga_fsm._client import SagaClient
 from saga_fsm._clock import Clock, FakeClock, SystemClock
 from saga_fsm._core import (
@@ -96,6 +97,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Action",
     "CallbackError",
+    "ChildSaga",
     "Clock",
     "Command",
     "CompiledSaga",

@@ -15,6 +15,7 @@ from saga_fsm import testing
 EXPECTED = [
     "Action",
     "CallbackError",
+    "ChildSaga",
     "Clock",
     "Command",
     "CompiledSaga",
