@@ -8,6 +8,7 @@ persisted as a snapshot (memory, SQLite or PostgreSQL) before the next side effe
 
 from typing import TYPE_CHECKING, Any
 
+from saga_fsm._child import ChildSaga
 from saga_fsm._client import SagaClient
 from saga_fsm._clock import Clock, FakeClock, SystemClock
 from saga_fsm._core import (
@@ -99,6 +100,7 @@ __all__ = [
     "Action",
     "BranchRecord",
     "CallbackError",
+    "ChildSaga",
     "Clock",
     "Command",
     "CompiledSaga",

@@ -218,5 +218,9 @@ class SagaClient:
                 snapshot = await self.store.load(saga_id)
                 continue
             self.observer.transitioned(snapshot, saved, decision.history)
+            if this.trigger == "cancel" and compiled.child_steps:
+                from saga_fsm._nesting import cancel_child  # it builds on this module
+
+                await cancel_child(self, compiled, saved)
             return saved
         raise ConcurrencyConflict(saga_id, snapshot.version, None)

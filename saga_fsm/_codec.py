@@ -93,6 +93,8 @@ converter.register_unstructure_hook(
         version=override(omit=True),
         traceparent=override(omit_if_default=True),
         definition_fingerprint=override(omit_if_default=True),
+        parent_id=override(omit_if_default=True),
+        parent_step=override(omit_if_default=True),
     ),
 )
 converter.register_structure_hook(
@@ -164,6 +166,14 @@ def _traceparent(value: str | None) -> str:
 
 def _fingerprint(value: str | None) -> str:
     return "" if value is None else f'"definition_fingerprint":{_STR(value)},'
+
+
+def _parent(s: Snapshot) -> str:
+    if s.parent_id is None and s.parent_step is None:
+        return ""
+    return ("" if s.parent_id is None else f'"parent_id":{_STR(s.parent_id)},') + (
+        "" if s.parent_step is None else f'"parent_step":{_STR(s.parent_step)},'
+    )
 
 
 def _request_id(value: str | None) -> str:
@@ -238,6 +248,7 @@ def _snapshot_text(s: Snapshot) -> str:
         f'"definition_ref":{_str(s.definition_ref)},'
         f'"definition_version":{int(s.definition_version)},"failure":{_error(s.failure)},'
         f'"idempotency_key":{_str(s.idempotency_key)},'
+        f"{_parent(s)}"
         f'"parked_at":{_str(s.parked_at)},"saga_id":{_STR(s.saga_id)},'
         f'"schema_version":{SCHEMA_VERSION},"state":{_STR(s.state)},"steps":[{steps}],'
         f"{_traceparent(s.traceparent)}"

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from attrs import field, frozen
 from transitions.core import EventData
 
+from saga_fsm._child import ChildSaga
 from saga_fsm._definition import RetryPolicy, SagaDefinition, Step, WaitFor, WaitOutcome
 from saga_fsm._errors import SignalRefused, TransitionNotAllowed
 from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
@@ -41,6 +42,8 @@ Trigger = Literal[
     "compensation_timed_out",
     "retry",
     "signal",
+    "child_pending",
+    "compensate",
 ]
 Outcome = Literal["succeeded", "failed", "timed_out"]
 _OUTCOMES: dict[tuple[bool, Outcome], Trigger] = {
@@ -109,6 +112,9 @@ class RunCompensation:
 @frozen
 class ScheduleWake:
     at: datetime
+    hand_back: bool = False
+    """Whatever the wait: the saga waits for something other than time (a child saga),
+    and nobody holds it meanwhile."""
 
 
 @frozen
@@ -201,6 +207,7 @@ def new_snapshot(
 
 _TIMEOUT = ErrorInfo("StepTimedOut", "deadline passed", retryable=True)
 _CANCELLED = ErrorInfo("Cancelled", "cancel requested", retryable=False)
+_UNDONE = ErrorInfo("Compensated", "compensated after it completed", retryable=False)
 
 
 def _source(ev: EventData) -> str:
@@ -329,6 +336,10 @@ class _Scratch:
             request = request_id(saga_id, step.name, attempt)
         elif isinstance(step, WaitFor):
             deadline = None
+        if isinstance(step, ChildSaga):
+            # The child is this attempt's request (its saga id derives from it), and the
+            # parent waits for it unheld, looking again every check_every seconds.
+            request = request_id(saga_id, step.name, attempt)
         self._move(
             row,
             "run",
@@ -340,6 +351,8 @@ class _Scratch:
             request_id=request,
         )
         self.wake_at = deadline
+        if isinstance(step, ChildSaga):
+            self.wake_at = self.event.at + timedelta(seconds=step.check_every)
         if not step.has_action or (isinstance(step, WaitFor) and not waits):
             # "create pending / reject" shape: the forward work happened at start.
             self.auto_advance = True
@@ -364,6 +377,8 @@ class _Scratch:
             if step.compensation_command is None
             else request_id(saga_id, step.name, attempt, compensation=True)
         )
+        if isinstance(step, ChildSaga):
+            request = request_id(saga_id, step.name, attempt, compensation=True)
         self._move(
             row,
             "compensate",
@@ -373,6 +388,8 @@ class _Scratch:
             request_id=request,
         )
         self.wake_at = deadline
+        if isinstance(step, ChildSaga):
+            self.wake_at = self.event.at + timedelta(seconds=step.check_every)
         self.commands.append(
             RunCompensation(
                 step.name,
@@ -476,6 +493,17 @@ class _Scratch:
         if split_state(dest)[0] is SagaStatus.RUNNING:
             # A pivot run again: the saga is going forward, nothing has failed yet.
             self.failure = None
+
+    def schedule_check(self, ev: EventData) -> None:
+        """The child saga is still running: look again later, holding nothing meanwhile."""
+        step = self._step(self._row(_source(ev)))
+        assert isinstance(step, ChildSaga)
+        self.wake_at = self.event.at + timedelta(seconds=step.check_every)
+        self.commands.append(ScheduleWake(self.wake_at, hand_back=True))
+
+    def begin_undo(self, _ev: EventData) -> None:
+        """A completed (reversible) saga is compensated as a whole: its parent is."""
+        self.failure = _UNDONE
 
     def branch_progress(self, _ev: EventData) -> None:
         """A parallel group's branches moved (see saga_fsm._parallel)."""

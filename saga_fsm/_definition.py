@@ -271,6 +271,10 @@ class Step:
                 field="compensation_timeout",
             )
 
+    def check_row(self, row: int, definition: SagaDefinition) -> None:
+        """What only the table can tell about this row (a step type of its own may have
+        something to say): raises ``DefinitionError``."""
+
     @property
     def has_action(self) -> bool:
         """Whether the step does something going forward (locally or remotely)."""
@@ -428,8 +432,11 @@ TRIGGERS: tuple[str, ...] = (
     "compensation_timed_out",
     "retry",
     "signal",
+    "child_pending",
+    "compensate",
 )
-"""Every trigger of a saga's Machine."""
+"""Every trigger of a saga's Machine (the last two only in tables that use child sagas:
+see ``saga_fsm.ChildSaga`` and ``SagaDefinition.reversible``)."""
 
 
 def _callbacks(
@@ -458,6 +465,11 @@ class SagaDefinition:
     ``after_state_change``, ``before_<trigger>``, ``after_<trigger>``. Each gets the
     ``EventData``, may only record (its return is ignored), and an exception in it is a
     ``CallbackError``."""
+    reversible: bool = False
+    """A completed instance can still be compensated as a whole (its own compensations,
+    last step first), as a parent saga's compensation does to a completed child
+    (``ChildSaga``). Only a table that says so has the ``compensate`` transition out of
+    ``completed``: a saga with a pivot cannot be reversible."""
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -481,6 +493,7 @@ class SagaDefinition:
                     field="name",
                 )
             seen[step.name] = row
+            step.check_row(row, self)
             if step.is_group and pivot is not None:
                 raise DefinitionError(
                     "a parallel group cannot come after the pivot: its branches are undone"
@@ -524,6 +537,18 @@ class SagaDefinition:
                     field="kind",
                 )
 
+        if not isinstance(self.reversible, bool):
+            raise DefinitionError(
+                f"must be true or false, got {self.reversible!r}", field="reversible"
+            )
+        if self.reversible and pivot is not None:
+            raise DefinitionError(
+                "a reversible saga is compensated after it completed, but its pivot can"
+                " never be undone",
+                row=pivot,
+                step=self.steps[pivot].name,
+                field="reversible",
+            )
         self._check_callbacks()
 
     def _check_callbacks(self) -> None:

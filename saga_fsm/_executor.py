@@ -52,6 +52,7 @@ from saga_fsm._invoke import (
     step_context,
 )
 from saga_fsm._logging import bind_saga, bind_step, get_logger, unbind
+from saga_fsm._nesting import ChildWait, act_on_child, check_children, notify_parent
 from saga_fsm._parallel import branch_call, group_at
 from saga_fsm._registry import Definitions, registry
 from saga_fsm._remote import (
@@ -126,6 +127,7 @@ class SagaExecutor:
         self.observer = observer  # tracing, metrics, alerts: see saga_fsm.observability
         self._checked: set[tuple[str, int]] = set()  # definitions this store can run
         self._leases = _LeaseKeeper(self)
+        self._child_waits: dict[str, ChildWait] = {}  # parents handed back for a child
 
     @property
     def served(self) -> tuple[tuple[str, int], ...]:
@@ -211,7 +213,25 @@ class SagaExecutor:
         """Drive a saga whose lease this orchestrator holds, from ``event`` (a reply)
         if given. A retry back-off longer than ``max_hold`` seconds is not waited out
         here: the wake-up time is stored, the lease released, and whichever worker is
-        free then picks the saga up; so is a remote step's wait for its reply."""
+        free then picks the saga up; so is a remote step's wait for its reply.
+
+        A saga that waits for its child saga is handed back first; then the child is
+        driven here (when no other worker has it), and a finished child's outcome is
+        applied to its parent, which goes on here: the parent's snapshot is returned."""
+        try:
+            driven = await self._drive(snapshot, max_hold=max_hold, event=event)
+        finally:
+            # Only this drive's: a wait left by a drive that raised is never acted on later.
+            wait = self._child_waits.pop(snapshot.saga_id, None)
+        if wait is not None and wait.child is not None:
+            await self.drive(wait.child, max_hold=max_hold, event=wait.child_event)
+            with contextlib.suppress(SagaError):
+                driven = await self.store.load(driven.saga_id)
+        if driven.parent_id is not None and driven.is_terminal:
+            await notify_parent(self, driven, max_hold)
+        return driven
+
+    async def _drive(self, snapshot: Snapshot, *, max_hold: float, event: Event | None) -> Snapshot:
         try:
             compiled = self.definitions.compiled_for(snapshot)
         except UnknownDefinition:
@@ -348,6 +368,7 @@ class SagaExecutor:
         key = (compiled.definition.name, compiled.definition.version)
         if key not in self._checked:
             require_transactions(self.store, compiled.definition)
+            check_children(self.definitions, compiled.definition)
             self._checked.add(key)
 
     def outbox_store(self) -> OutboxStore:
@@ -423,7 +444,8 @@ class SagaExecutor:
     def _releases(self, decision: Decision, max_hold: float) -> bool:
         """Whether the lease goes with this decision: finished, or a long back-off."""
         return decision.snapshot.is_terminal or any(
-            isinstance(c, ScheduleWake) and (c.at - self.clock.now()).total_seconds() > max_hold
+            isinstance(c, ScheduleWake)
+            and (c.hand_back or (c.at - self.clock.now()).total_seconds() > max_hold)
             for c in decision.commands
         )
 
@@ -457,6 +479,12 @@ class SagaExecutor:
                 return Event.retry_due(self.clock.now())
             if not isinstance(command, RunStep | RunCompensation):
                 continue
+            if compiled.child_steps and command.step in compiled.child_steps:
+                waits = await act_on_child(self, compiled, snapshot, command)
+                if isinstance(waits, ChildWait):
+                    self._child_waits[snapshot.saga_id] = waits
+                    return waits.event  # None: handed back as it is
+                return waits
             if command.request_id is not None:
                 # A remote call: its command is in the outbox. Its reply comes by message
                 # to any worker; until then nobody holds the saga, unless its deadline

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from attrs import frozen
 from transitions import Machine
 
+from saga_fsm._child import ChildSaga
 from saga_fsm._definition import SagaDefinition, WaitFor, WaitOutcome
 from saga_fsm._lifecycle import TransitionRow, build_machine
 from saga_fsm._snapshot import SagaStatus
@@ -232,7 +233,45 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
                 effects=["resume_parked", "run_compensation"],
             )
         )
+    rows.extend(_child_rows(definition, undo_from, then))
     return tuple(rows)
+
+
+def _child_rows(
+    definition: SagaDefinition,
+    undo_from: Callable[..., str],
+    then: Callable[..., str],
+) -> list[TransitionRow]:
+    """Rows only tables with child sagas have: a parent that looked at its child and
+    found it still running waits on (``child_pending``); a reversible saga is
+    compensated after it completed (``compensate``, what its parent's compensation fires)."""
+    rows = []
+    for step in definition.steps:
+        if not isinstance(step, ChildSaga):
+            continue
+        here = running(step.name)
+        rows.append(
+            TransitionRow(
+                "child_pending", here, None, conditions=["in_flight"], effects=["schedule_check"]
+            )
+        )
+        if step.compensable:
+            rows.append(
+                TransitionRow(
+                    "child_pending", compensating(step.name), None, effects=["schedule_check"]
+                )
+            )
+    if definition.reversible:
+        undo = undo_from(len(definition.steps) - 1, inclusive=True)
+        rows.append(
+            TransitionRow(
+                "compensate",
+                COMPLETED,
+                undo,
+                effects=["begin_undo", then(undo, compensation=True)],
+            )
+        )
+    return rows
 
 
 def _wait_rows(
@@ -294,6 +333,8 @@ class CompiledSaga:
     rows: tuple[TransitionRow, ...]
     machine: Machine
     step_index: dict[str, int]
+    child_steps: frozenset[str] = frozenset()
+    """The steps that are child sagas (``ChildSaga``)."""
 
     @property
     def triggers(self) -> tuple[str, ...]:
@@ -314,4 +355,5 @@ def compile_saga(definition: SagaDefinition) -> CompiledSaga:
         rows=rows,
         machine=machine,
         step_index={s.name: i for i, s in enumerate(definition.steps)},
+        child_steps=frozenset(s.name for s in definition.steps if isinstance(s, ChildSaga)),
     )

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from attrs import field, frozen
 
+from saga_fsm._child import ChildSaga
 from saga_fsm._definition import SagaDefinition, Step, StepContext, StepKind, WaitFor
 from saga_fsm._errors import DefinitionError
 from saga_fsm._lifecycle import TransitionRow
@@ -138,6 +139,12 @@ class StepGroup(Step):
             if step.is_group:
                 raise DefinitionError(
                     "groups do not nest: a branch holds plain steps", step=full, field="branches"
+                )
+            if isinstance(step, ChildSaga):
+                raise DefinitionError(
+                    "a child saga may not sit inside a group: put it before or after the group",
+                    step=full,
+                    field="definition",
                 )
             if isinstance(step, WaitFor):
                 raise DefinitionError(

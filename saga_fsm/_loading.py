@@ -19,6 +19,7 @@ import cattrs
 from attrs import frozen
 from cattrs.v import format_exception
 
+from saga_fsm._child import DEFAULT_CHECK_EVERY, ChildSaga
 from saga_fsm._definition import (
     DEFAULT_COMPENSATION_RETRY,
     DEFAULT_RETRY,
@@ -82,6 +83,12 @@ class _StepSpec:
     transactional: bool = False
     command: str | None = None
     compensation_command: str | None = None
+    child: str | None = None
+    """A child saga step: the child definition, by reference (``pkg.module:attr``) or
+    by the name of one registered where the saga runs."""
+    input: tuple[str, ...] | None = None
+    output: tuple[str, ...] | None = None
+    check_every: float | None = None
     events: dict[str, str] | None = None
     on_timeout: str | None = None
     when: str | None = None
@@ -93,6 +100,7 @@ class _SagaSpec:
     steps: tuple[_StepSpec, ...]
     version: int = 1
     description: str = ""
+    reversible: bool = False
 
 
 def _strict(kind: type, accepts: tuple[type, ...]) -> Any:
@@ -207,6 +215,32 @@ def _check_steps_shape(raw_steps: Any, source: str) -> None:
             )
 
 
+def _child_step(spec: _StepSpec, raw_step: Any, forward_default: RetryPolicy) -> ChildSaga:
+    """A ``child = ...`` row: a ``ChildSaga`` (a reference is loaded, a name kept)."""
+    assert spec.child is not None
+    for name in ("action", "compensation", "command", "compensation_command"):
+        if getattr(spec, name) is not None:
+            raise DefinitionError(
+                f"a child saga step runs its child definition: it takes no {name}", field=name
+            )
+    child: SagaDefinition | str = spec.child
+    if ":" in spec.child:
+        child = _resolve_field(spec.child, "child")
+        if not isinstance(child, SagaDefinition):
+            raise InvalidReference(
+                f"{spec.child!r} is {type(child).__name__}, not a SagaDefinition", field="child"
+            )
+    return ChildSaga(
+        spec.name,
+        retry=_retry(spec.retry, raw_step.get("retry"), forward_default),
+        definition=child,
+        input=spec.input,
+        output=spec.output,
+        check_every=DEFAULT_CHECK_EVERY if spec.check_every is None else spec.check_every,
+        **_common(spec),
+    )
+
+
 def _common(spec: _StepSpec) -> dict[str, Any]:
     """The fields every kind of step takes as they are written."""
     return {
@@ -233,14 +267,16 @@ def _wait(spec: _StepSpec) -> WaitFor:
 
 
 def build_step(step_spec: _StepSpec, raw_step: Any) -> Step:
-    """The step a file's step table describes (its references resolved): a wait, or a
-    local or remote step."""
+    """The step a file's step table describes (its references resolved): a wait, a
+    child saga step, or a local or remote step."""
     if step_spec.events is not None:
         return _wait(step_spec)
     for name in ("on_timeout", "when"):
         if getattr(step_spec, name) is not None:
             raise DefinitionError(f"only a wait (a step with events) has {name}", field=name)
     forward_default = UNLIMITED_RETRY if step_spec.kind is StepKind.RETRIABLE else DEFAULT_RETRY
+    if step_spec.child is not None:
+        return _child_step(step_spec, raw_step, forward_default)
     return Step(
         step_spec.name,
         _callable(step_spec.action, "action"),
@@ -303,7 +339,11 @@ def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefin
             ) from None
     try:
         return SagaDefinition(
-            spec.name, tuple(steps), version=spec.version, description=spec.description
+            spec.name,
+            tuple(steps),
+            version=spec.version,
+            description=spec.description,
+            reversible=spec.reversible,
         )
     except DefinitionError as err:
         raise DefinitionError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from saga_fsm._child import ChildSaga
 from saga_fsm._definition import SagaDefinition
 from saga_fsm._errors import SagaError, TableChanged, UnknownDefinition
 from saga_fsm._fingerprint import accepted, fingerprint
@@ -34,6 +35,10 @@ class Definitions:
             )
         compiled = compile_saga(definition)
         self._compiled[key] = compiled
+        for step in definition.steps:
+            # A worker that serves a parent serves the children it starts by definition.
+            if isinstance(step, ChildSaga) and isinstance(step.definition, SagaDefinition):
+                self.register(step.definition)
         return compiled
 
     @property

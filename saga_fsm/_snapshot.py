@@ -76,7 +76,8 @@ class StepRecord:
     request_id: str | None = None
     """The attempt of a remote step (or compensation) in flight: its command carries
     it and its reply must name it, so a reply to an earlier attempt is known stale.
-    None for local steps. A wait's attempt has one too: nothing runs while it waits."""
+    None for local steps. A wait's attempt has one too: nothing runs while it waits; so
+    has a child saga step's attempt, whose child the saga waits for."""
     signal: str | None = None
     """The event that ended a wait (``WaitFor``); its data is ``result``."""
     branches: tuple[BranchRecord, ...] | None = None
@@ -154,6 +155,10 @@ class Snapshot:
     it only ever runs on that table. None in snapshots written before fingerprints
     existed: those run on whatever table is registered under their (name, version).
     Encoded only when set."""
+    parent_id: str | None = None
+    """The saga that started this one as a child (``ChildSaga``). Encoded only when set."""
+    parent_step: str | None = None
+    """The parent's step this saga is the work of. Encoded only when set."""
 
     @property
     def status(self) -> SagaStatus:
@@ -190,7 +195,8 @@ class Snapshot:
             return self.wake_at or self.created_at
         if record.request_id is not None:
             # Waiting for a participant's reply, which comes by message: a worker has
-            # nothing to do before the deadline, when the silence is a timeout.
+            # nothing to do before the deadline, when the silence is a timeout. (Or for
+            # a child saga, whose end is applied when it comes: due at the next look.)
             return self.wake_at or self.created_at
         return self.created_at
 

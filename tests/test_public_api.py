@@ -16,6 +16,7 @@ EXPECTED = [
     "Action",
     "BranchRecord",
     "CallbackError",
+    "ChildSaga",
     "Clock",
     "Command",
     "CompiledSaga",

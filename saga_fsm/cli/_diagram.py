@@ -13,6 +13,7 @@ from saga_fsm.diagrams import (
     FORMATS,
     Diagram,
     DiagramError,
+    InstanceDiagram,
     definition_diagram,
     format_for_path,
     lifecycle_diagram,
@@ -137,3 +138,16 @@ def diagram(
         return
     chosen.save(output, fmt)
     click.echo(f"wrote {output} ({fmt})", err=True)
+    if isinstance(chosen, InstanceDiagram):
+        _save_children(chosen, output, fmt)
+
+
+def _save_children(drawn: InstanceDiagram, output: Path, fmt: str) -> None:
+    """Each child saga's diagram beside its parent's: ``order.svg`` draws its child
+    ``order-1:ship:1`` as ``order.order-1_ship_1.svg`` (and its children likewise)."""
+    for child in drawn.children:
+        name = (child.saga_id or "child").replace(":", "_").replace("/", "_")
+        path = output.with_name(f"{output.stem}.{name}{output.suffix}")
+        child.save(path, fmt)
+        click.echo(f"wrote {path} ({fmt}): child saga {child.saga_id}", err=True)
+        _save_children(child, output, fmt)

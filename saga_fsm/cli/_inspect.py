@@ -47,6 +47,9 @@ def summary(snapshot: Snapshot) -> dict[str, object]:
         "updated_at": snapshot.updated_at.isoformat(),
         "version": snapshot.version,
         "wake_at": snapshot.wake_at.isoformat() if snapshot.wake_at else None,
+        # Only for child sagas, so the JSON of every other saga stays as it was.
+        **({"parent_id": snapshot.parent_id} if snapshot.parent_id else {}),
+        **({"parent_step": snapshot.parent_step} if snapshot.parent_step else {}),
     }
 
 
@@ -71,6 +74,12 @@ def check_state(state: str) -> None:
 @store_option
 @click.option("--state", default=None, help="A status (running) or a whole state (running:charge).")
 @click.option("--definition", default=None, help="Only sagas of this definition name.")
+@click.option(
+    "--parent",
+    default=None,
+    metavar="ID",
+    help="Only the child sagas this saga started (its id, or a unique start of it).",
+)
 @click.option(
     "--limit",
     type=count(),
@@ -102,6 +111,7 @@ def list_sagas(
     store_url: str | None,
     state: str | None,
     definition: str | None,
+    parent: str | None,
     limit: int,
     stuck: bool,
     older_than: str,
@@ -119,13 +129,13 @@ def list_sagas(
             raise UsageProblem(
                 "--unrunnable takes the definitions: saga-fsm ls --unrunnable REF..."
             )
-        if quarantined or state is not None or stuck:
-            raise UsageProblem("--unrunnable takes no --quarantined, --state or --stuck")
+        if quarantined or state is not None or stuck or parent is not None:
+            raise UsageProblem("--unrunnable takes no --quarantined, --state, --stuck or --parent")
         list_unrunnable(resolve_store_url(store_url), refs, definition, as_json)
         return
     if quarantined:
-        if state is not None or definition is not None or stuck:
-            raise UsageProblem("--quarantined takes no --state, --definition or --stuck")
+        if state is not None or definition is not None or stuck or parent is not None:
+            raise UsageProblem("--quarantined takes no --state, --definition, --stuck or --parent")
         list_quarantined(resolve_store_url(store_url), limit, as_json)
         return
     if not stuck and ctx.get_parameter_source("older_than") is not ParameterSource.DEFAULT:
@@ -136,15 +146,21 @@ def list_sagas(
 
     async def fetch() -> tuple[list[Snapshot | SnapshotDecodeError], int, dict[str, str]]:
         async with open_store(resolve_store_url(store_url), create=False) as store:
+            parent_id = None if parent is None else await resolve_id(store, parent)
             # A saga parked in failed waits for an operator on purpose: it is not stuck.
             total = await store.count(
-                state=state, definition=definition, updated_before=cutoff, unfinished=stuck
+                state=state,
+                definition=definition,
+                updated_before=cutoff,
+                unfinished=stuck,
+                parent=parent_id,
             )
             newest = await store.list(
                 state=state,
                 definition=definition,
                 updated_before=cutoff,
                 unfinished=stuck,
+                parent=parent_id,
                 limit=limit,
                 newest_first=True,
             )

@@ -49,6 +49,8 @@ def print_snapshot(snapshot: Snapshot, lease: Lease | None = None) -> None:
         console.print(f"leased by {lease.owner} until {lease.expires_at.isoformat()}")
     if snapshot.correlation_id:
         console.print(f"correlation id: {snapshot.correlation_id}")
+    if snapshot.parent_id:
+        console.print(f"child of: {snapshot.parent_id} (step {snapshot.parent_step})")
     if snapshot.definition_fingerprint:
         console.print(f"table: {snapshot.definition_fingerprint[:12]}")
     if snapshot.failure:

@@ -210,7 +210,9 @@ class Console:
         lease = await self.store.lease(saga_id)  # the store's columns, beside the snapshot
         quarantine = await self.queries.quarantine_of(saga_id)
         svg, diagram_error = self._diagram(snapshot, history) if snapshot else (None, None)
+        children = await self._children(snapshot) if snapshot else []
         return {
+            "children": children,
             "saga_id": saga_id,
             "snapshot": snapshot,
             "lease": lease,
@@ -226,6 +228,17 @@ class Console:
             "quarantine": quarantine,
             "commands": self._commands(snapshot, quarantine),
         }
+
+    async def _children(self, snapshot: Snapshot) -> list[Snapshot]:
+        """The child sagas it started: only looked for when its table has child steps."""
+        try:
+            compiled = Definitions(self.definitions).compiled_for(snapshot)
+        except SagaError:
+            return []
+        if not compiled.child_steps:
+            return []
+        found = await self.store.list(parent=snapshot.saga_id)
+        return [child for child in found if isinstance(child, Snapshot)]
 
     def _diagram(
         self, snapshot: Snapshot, history: Sequence[HistoryEntry]

@@ -10,6 +10,7 @@ from typing import Literal
 from attrs import evolve
 from transitions import Machine
 
+from saga_fsm._child import ChildSaga
 from saga_fsm._definition import SagaDefinition, Step, StepKind, WaitFor, WaitOutcome
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._lifecycle import SAGA_LIFECYCLE_MACHINE, STEP_LIFECYCLE_MACHINE
@@ -70,8 +71,11 @@ def _step_note(step: Step) -> str:
         return "parallel group: branches beside"
     if isinstance(step, WaitFor):
         return _wait_note(step)
-    # A remote step shows the channel its command goes to: what runs elsewhere.
+    # A remote step shows the channel its command goes to: what runs elsewhere; a child
+    # saga step, the definition it starts.
     remote = "" if step.command is None else f"remote: {step.command}"
+    if isinstance(step, ChildSaga):
+        remote = f"child saga: {step.child_name}"
     if step.kind is StepKind.PIVOT:
         return _joined("pivot: only forward once it succeeds", remote)
     if step.kind is StepKind.RETRIABLE:

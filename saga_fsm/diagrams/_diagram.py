@@ -9,11 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import attrs
 from attrs import frozen
 
+from saga_fsm._child import ChildSaga
 from saga_fsm._definition import SagaDefinition
+from saga_fsm._errors import SnapshotDecodeError
 from saga_fsm._flow import CompiledSaga, compile_saga
-from saga_fsm._snapshot import HistoryEntry, Snapshot
+from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot
 from saga_fsm.diagrams._build import Lifecycle, flow_scene, lifecycle_scene
 from saga_fsm.diagrams._dot import to_dot
 from saga_fsm.diagrams._errors import DiagramError, RendererNotFound
@@ -112,6 +115,9 @@ class InstanceDiagram(Diagram):
     saga_id: str | None = None
     state: str | None = None
     history: tuple[HistoryEntry, ...] = ()
+    children: tuple[InstanceDiagram, ...] = ()
+    """The instance diagrams of the child sagas it started (``ChildSaga``), each named
+    on the step that started it."""
 
 
 def definition_diagram(definition: SagaDefinition | CompiledSaga) -> Diagram:
@@ -166,6 +172,30 @@ def snapshot_diagram(
 async def load_instance_diagram(
     store: SnapshotStore, saga_id: str, definition: SagaDefinition | CompiledSaga
 ) -> InstanceDiagram:
-    """Read one instance's snapshot and history from ``store`` and draw its path."""
+    """Read one instance's snapshot and history from ``store`` and draw its path, with
+    the child sagas it started: each named (id and state) on the step that started it,
+    and drawn as a diagram of its own in ``children``."""
     snapshot = await store.load(saga_id)
-    return snapshot_diagram(definition, snapshot, await store.history(saga_id))
+    drawn = snapshot_diagram(definition, snapshot, await store.history(saga_id))
+    compiled = definition if isinstance(definition, CompiledSaga) else compile_saga(definition)
+    if not compiled.child_steps:
+        return drawn
+    notes: dict[str, list[str]] = {}
+    children = []
+    for child in await store.list(parent=saga_id):
+        if isinstance(child, SnapshotDecodeError) or child.parent_step is None:
+            continue
+        step = compiled.definition.steps[compiled.step_index[child.parent_step]]
+        assert isinstance(step, ChildSaga)
+        notes.setdefault(child.parent_step, []).append(f"child {child.saga_id}: {child.state}")
+        if isinstance(step.definition, SagaDefinition):
+            children.append(await load_instance_diagram(store, child.saga_id, step.definition))
+    nodes = tuple(
+        attrs.evolve(node, note="; ".join([node.note, *notes[name]]).strip("; "))
+        if (name := node.id.partition(":")[2]) in notes
+        and node.id.startswith(SagaStatus.RUNNING.value)
+        else node
+        for node in drawn.scene.nodes
+    )
+    scene = attrs.evolve(drawn.scene, nodes=nodes)
+    return attrs.evolve(drawn, scene=scene, children=tuple(children))

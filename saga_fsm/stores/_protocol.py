@@ -121,6 +121,7 @@ class SnapshotStore(Protocol):
         updated_before: datetime | None = None,
         unfinished: bool = False,
         newest_first: bool = False,
+        parent: str | None = None,
     ) -> list[Snapshot | SnapshotDecodeError]:
         """Snapshots, oldest first (``newest_first``: the other way round, so ``limit``
         keeps the newest); a row that cannot be decoded is returned as its
@@ -128,7 +129,8 @@ class SnapshotStore(Protocol):
         state (``running:charge``) or a status (``running`` matches every
         ``running:*``); ``updated_before`` keeps those whose last transition is older;
         ``unfinished`` keeps only ``UNFINISHED_STATUSES``, filtered by the store on its
-        state index: finished sagas, however many, are never read nor decoded."""
+        state index: finished sagas, however many, are never read nor decoded.
+        ``parent`` keeps the child sagas of that saga (``Snapshot.parent_id``)."""
         ...
 
     async def find_ids(self, prefix: str, limit: int) -> builtins.list[str]:
@@ -143,6 +145,7 @@ class SnapshotStore(Protocol):
         definition: str | None = None,
         updated_before: datetime | None = None,
         unfinished: bool = False,
+        parent: str | None = None,
     ) -> int:
         """How many sagas ``list`` with the same filters and no limit would return,
         without decoding any."""

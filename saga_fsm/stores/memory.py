@@ -76,6 +76,7 @@ class _Row:
     fingerprint: str | None = None
     quarantine: QuarantinedSaga | None = None
     pinned: str | None = None  # the snapshot's definition_fingerprint
+    parent: str | None = None  # the snapshot's parent_id
 
     @classmethod
     def of(cls, snapshot: Snapshot, was: _Row | None = None, lease: Lease | None = None) -> _Row:
@@ -94,6 +95,7 @@ class _Row:
             was.fingerprint if was else None,
             was.quarantine if was else None,
             snapshot.definition_fingerprint,
+            snapshot.parent_id,
         )
 
     def snapshot(self, saga_id: str) -> Snapshot:
@@ -254,6 +256,7 @@ class MemoryStore:
         updated_before: datetime | None = None,
         unfinished: bool = False,
         newest_first: bool = False,
+        parent: str | None = None,
     ) -> list[Snapshot | SnapshotDecodeError]:
         check_limit(limit)
         rows = sorted(
@@ -264,6 +267,7 @@ class MemoryStore:
                 and (definition is None or row.definition == definition)
                 and (updated_before is None or row.updated_at < updated_before)
                 and not (unfinished and row.state.partition(":")[0] not in UNFINISHED_STATUSES)
+                and (parent is None or row.parent == parent)
             ),
             key=lambda item: (item[0], item[1]),
             reverse=newest_first,
@@ -436,6 +440,7 @@ class MemoryStore:
         definition: str | None = None,
         updated_before: datetime | None = None,
         unfinished: bool = False,
+        parent: str | None = None,
     ) -> int:
         return sum(
             1
@@ -444,6 +449,7 @@ class MemoryStore:
             and (definition is None or row.definition == definition)
             and (updated_before is None or row.updated_at < updated_before)
             and not (unfinished and row.state.partition(":")[0] not in UNFINISHED_STATUSES)
+            and (parent is None or row.parent == parent)
         )
 
     def discard(self, saga_id: str) -> None:

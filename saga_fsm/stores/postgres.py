@@ -250,7 +250,11 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 def _filters(
-    state: str | None, definition: str | None, updated_before: datetime | None, unfinished: bool
+    state: str | None,
+    definition: str | None,
+    updated_before: datetime | None,
+    unfinished: bool,
+    parent: str | None = None,
 ) -> tuple[LiteralString, dict[str, Any]]:
     """``list``'s and ``count``'s WHERE conditions (after ``WHERE true``)."""
     where: LiteralString = ""
@@ -269,6 +273,10 @@ def _filters(
         params["updated_before"] = _aware(updated_before)
     if unfinished:
         where += _UNFINISHED
+    if parent is not None:
+        # Child sagas: by the parent named in the snapshot (no index: an operator's look).
+        where += " AND snapshot->>'parent_id' = %(parent)s"
+        params["parent"] = parent
     return where, params
 
 
@@ -758,9 +766,10 @@ class PostgresStore:
         updated_before: datetime | None = None,
         unfinished: bool = False,
         newest_first: bool = False,
+        parent: str | None = None,
     ) -> list[Snapshot | SnapshotDecodeError]:
         check_limit(limit)
-        where, params = _filters(state, definition, updated_before, unfinished)
+        where, params = _filters(state, definition, updated_before, unfinished, parent)
         tail = _LIST_TAIL_NEWEST if newest_first else _LIST_TAIL
         async with self._errors("list"):
             rows = await self._query(_LIST_HEAD + where + tail, params | {"limit": limit})
@@ -937,8 +946,9 @@ class PostgresStore:
         definition: str | None = None,
         updated_before: datetime | None = None,
         unfinished: bool = False,
+        parent: str | None = None,
     ) -> int:
-        where, params = _filters(state, definition, updated_before, unfinished)
+        where, params = _filters(state, definition, updated_before, unfinished, parent)
         async with self._errors("count"):
             ((found,),) = await self._query(
                 "SELECT count(*) FROM saga_fsm_sagas WHERE true" + where, params

@@ -247,7 +247,11 @@ def _status_range(state: str | None) -> tuple[str | None, str | None]:
 
 
 def _filters(
-    state: str | None, definition: str | None, updated_before: datetime | None, unfinished: bool
+    state: str | None,
+    definition: str | None,
+    updated_before: datetime | None,
+    unfinished: bool,
+    parent: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The WHERE conditions (to append to ``WHERE true``) and parameters of a listing;
     each only when given, so that SQLite picks the index that fits."""
@@ -265,6 +269,12 @@ def _filters(
         params["updated_before"] = utc_text(updated_before)
     if unfinished:
         where += _UNFINISHED
+    if parent is not None:
+        # Child sagas: a few per parent, found by the id they start with (the primary
+        # key's range), then by the parent named in the snapshot.
+        where += " AND saga_id >= :parent_lo AND saga_id < :parent_hi"
+        where += " AND json_extract(snapshot, '$.parent_id') = :parent"
+        params |= {"parent": parent, "parent_lo": parent + ":", "parent_hi": parent + ";"}
     return where, params
 
 
@@ -573,9 +583,10 @@ class SqliteStore:
         updated_before: datetime | None = None,
         unfinished: bool = False,
         newest_first: bool = False,
+        parent: str | None = None,
     ) -> list[Snapshot | SnapshotDecodeError]:
         check_limit(limit)
-        where, params = _filters(state, definition, updated_before, unfinished)
+        where, params = _filters(state, definition, updated_before, unfinished, parent)
         order = " ORDER BY created_at DESC, saga_id DESC" if newest_first else _OLDEST_FIRST
         rows = await self._read(
             _LIST_HEAD + where + order + " LIMIT :limit",
@@ -792,8 +803,9 @@ class SqliteStore:
         definition: str | None = None,
         updated_before: datetime | None = None,
         unfinished: bool = False,
+        parent: str | None = None,
     ) -> int:
-        where, params = _filters(state, definition, updated_before, unfinished)
+        where, params = _filters(state, definition, updated_before, unfinished, parent)
         ((found,),) = await self._read(
             "SELECT count(*) FROM saga_fsm_sagas WHERE true" + where, params
         )

@@ -26,6 +26,13 @@ def _why_unreachable(compiled: CompiledSaga, row: TransitionRow, reached: set[st
     status, _, step_name = row.source.partition(":")
     if row.source not in reached:
         return f"state {row.source} is never entered"
+    if step_name and step_name in compiled.child_steps and row.trigger != "cancel":
+        return (
+            "a child saga step ends as its child does (completed, or compensated for good):"
+            " never retried, timed out or parked"
+        )
+    if step_name and step_name in compiled.child_steps:
+        return "a child saga step is in flight until its child ends"
     if status == "running" and not compiled.definition.step(step_name).has_action:
         return "the step has no action: it succeeds in the same decision that starts it"
     if row.trigger.endswith("_timed_out") and step_name:

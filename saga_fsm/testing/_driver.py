@@ -35,7 +35,7 @@ from saga_fsm._core import (
 )
 from saga_fsm._definition import Action, RetryPolicy, SagaDefinition, Step, WaitFor
 from saga_fsm._errors import SagaError, SignalRefused, TransitionNotAllowed
-from saga_fsm._flow import PENDING, compile_saga
+from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
 from saga_fsm._groups import StepGroup
 from saga_fsm._invoke import call_outcome, callee, invoke, result_problem, step_context
 from saga_fsm._parallel import branch_call, split_branch_name
@@ -46,6 +46,12 @@ from saga_fsm.messaging import Message
 from saga_fsm.participant import Participant
 from saga_fsm.stores import SnapshotStore
 from saga_fsm.stores._transact import ActionRaised, TransactionalStore, Write
+from saga_fsm.testing._children import (
+    cancel_child,
+    child_faults,
+    children_call,
+    require_child_definitions,
+)
 from saga_fsm.testing._faults import ALL_FAULTS, REFUSED, REPLY_LOST, REQUEST_LOST, Fault
 from saga_fsm.testing._fixtures import Setup, StoreFactory, enter_setup, fresh_memory
 from saga_fsm.testing._invariants import (
@@ -117,6 +123,8 @@ class SagaRun:
     late: list[tuple[str, Message]] = field(factory=list)
     """Remote steps' delayed commands and replies, with the label of their call: they
     arrive at the saga's next move."""
+    compiled: CompiledSaga | None = None
+    """The table it runs on: a child saga's own; None for the definition under test."""
 
     @property
     def runnable(self) -> bool:
@@ -149,6 +157,7 @@ class Driver:
         self.config = config
         self.definition = config.definition
         self.compiled = compile_saga(config.definition)
+        require_child_definitions(config.definition)
         self.clock = FakeClock()
         self.sagas: list[SagaRun] = []
         self.timeline: list[tuple[int, TraceEntry]] = []
@@ -156,6 +165,8 @@ class Driver:
         """Set once anything failed: the end-of-run checks are then skipped, so the
         first failure is the one reported."""
         self._touched: set[int] = set()
+        self.children: dict[str, SagaRun] = {}
+        """Child sagas (``ChildSaga`` steps) by id: driven by their parent's calls."""
         self._hung = False
         self.participants = Participants(config.participants)
         self._loop = asyncio.new_event_loop()
@@ -173,6 +184,9 @@ class Driver:
             raise
 
     # -- plumbing -------------------------------------------------------------------------
+    def _table(self, saga: SagaRun) -> CompiledSaga:
+        return self.compiled if saga.compiled is None else saga.compiled
+
     def run(self, awaitable: Awaitable[T]) -> T:
         async def wrapped() -> T:
             return await awaitable
@@ -222,12 +236,14 @@ class Driver:
         participant has seen the call's idempotency key (once it acted on a key, an
         idempotent participant answers that key as it did, it cannot refuse it)."""
         command = saga.next
-        if not isinstance(command, RunStep | RunCompensation) or self._waits(command):
+        if not isinstance(command, RunStep | RunCompensation) or self._waits(saga, command):
             # A wait calls nothing: what ends it is a signal or its deadline.
             return (Fault.OK,)
+        if command.step in self._table(saga).child_steps:
+            return child_faults(self.config.faults, command)
         # A transactional step's effect commits with its outcome or not at all: no reply
         # is lost after the effect, and a crash leaves nothing (no ``crash_after``).
-        effect_only = step_named(self.definition, command.step).transactional
+        effect_only = step_named(self._table(saga).definition, command.step).transactional
         return tuple(
             f
             for f in self.config.faults
@@ -305,6 +321,7 @@ class Driver:
 
     def cancel(self, saga: SagaRun) -> None:
         self.run(self._operator(saga, Event.cancel(self._tick()), "cancel"))
+        self.run(cancel_child(self, saga))
 
     def operator_retry(self, saga: SagaRun) -> None:
         self.run(self._operator(saga, Event.retry(self._tick()), "retry"))
@@ -312,7 +329,7 @@ class Driver:
     async def _operator(self, saga: SagaRun, event: Event, kind: TraceKind) -> None:
         state = saga.decided.state
         try:
-            decision = decide(self.compiled, saga.decided, event)
+            decision = decide(self._table(saga), saga.decided, event)
         except TransitionNotAllowed:
             self._record(saga, TraceEntry(kind, state, state, refused=True))
             return
@@ -323,7 +340,7 @@ class Driver:
         """Decide an event the saga's own outstanding command produced, and save it."""
         state = saga.decided.state
         try:
-            decision = decide(self.compiled, saga.decided, event)
+            decision = decide(self._table(saga), saga.decided, event)
         except TransitionNotAllowed as err:
             self._record(saga, TraceEntry(kind, state, state, **trace))
             self._violation(saga, "engine_accepts_its_own_commands", str(err))
@@ -338,7 +355,7 @@ class Driver:
         self._outstanding(saga)
 
     def _outstanding(self, saga: SagaRun) -> None:
-        commands = outstanding(self.compiled, saga.decided)
+        commands = outstanding(self._table(saga), saga.decided)
         saga.options = commands
         saga.next = commands[0] if commands else None
 
@@ -359,9 +376,9 @@ class Driver:
         self.timeline.append((saga.number, entry))
         self._touched.add(saga.number)
 
-    def _waits(self, command: RunStep | RunCompensation) -> bool:
+    def _waits(self, saga: SagaRun, command: RunStep | RunCompensation) -> bool:
         return isinstance(command, RunStep) and isinstance(
-            step_named(self.definition, command.step), WaitFor
+            step_named(self._table(saga).definition, command.step), WaitFor
         )
 
     def signal(self, saga: SagaRun, name: str, data: dict[str, Any]) -> None:
@@ -372,7 +389,7 @@ class Driver:
         state = saga.decided.state
         trace: dict[str, Any] = {"label": name, "step": saga.decided.current_step}
         try:
-            event = signal_event(self.compiled, saga.decided, name, data, self._tick())
+            event = signal_event(self._table(saga), saga.decided, name, data, self._tick())
         except SignalRefused:
             self._record(saga, TraceEntry("signal", state, state, refused=True, **trace))
             return
@@ -382,7 +399,10 @@ class Driver:
         await self._apply(saga, event, "signal", **trace)
 
     async def _call(self, saga: SagaRun, command: RunStep | RunCompensation, fault: Fault) -> None:
-        if self._waits(command):
+        if command.step in self._table(saga).child_steps:
+            await children_call(self, saga, command, fault)
+            return
+        if self._waits(saga, command):
             # Nothing came: time passes until the wait's deadline.
             assert command.deadline is not None  # a wait always has one
             self._wait_until(command.deadline)
@@ -394,7 +414,7 @@ class Driver:
             return
         compensation = isinstance(command, RunCompensation)
         phase: TraceKind = "compensation" if compensation else "step"
-        step = step_named(self.definition, command.step)
+        step = step_named(self._table(saga).definition, command.step)
         fn, policy = callee(step, command)
         state = saga.decided.state
         at = self._tick()
@@ -413,6 +433,8 @@ class Driver:
         if command.deadline is not None and at >= command.deadline:
             # As the orchestrator does after a takeover: no time left, no call.
             trace["deadline_passed"] = True
+            # Whatever fault was drawn, the call never happened: nothing crashed around it.
+            trace["fault"] = Fault.OK
             await self._apply(saga, outcome_event(command, "timed_out", at), phase, **trace)
             return
         if fault.calls:
@@ -463,7 +485,7 @@ class Driver:
             event = call_outcome(command, policy, at, returned=returned)
             if event.error is not None:
                 raise Rolled(event)
-            decided.append(decide(self.compiled, before, event))
+            decided.append(decide(self._table(saga), before, event))
             return (
                 decided[-1].snapshot.with_version(before.version + 1),
                 decided[-1].history,
@@ -492,7 +514,7 @@ class Driver:
     ) -> None:
         compensation = isinstance(command, RunCompensation)
         phase: TraceKind = "compensation" if compensation else "step"
-        step = step_named(self.definition, command.step)
+        step = step_named(self._table(saga).definition, command.step)
         label = f"undo {step.name}" if compensation else step.name
         state = saga.decided.state
         at = self._tick()
@@ -509,9 +531,11 @@ class Driver:
         assert command.deadline is not None  # a remote call always has one
         if at >= command.deadline:
             trace["deadline_passed"] = True
+            # Whatever fault was drawn, the call never happened: nothing crashed around it.
+            trace["fault"] = Fault.OK
             await self._apply(saga, outcome_event(command, "timed_out", at), phase, **trace)
             return
-        message = command_message(self.compiled, saga.decided, command)
+        message = command_message(self._table(saga), saga.decided, command)
         reply: Message | None = None
         if fault is Fault.PERMANENT:
             reply = refusal(message)
@@ -626,7 +650,7 @@ class Driver:
 
         snapshot, history = self.run(read())
         return InvariantContext(
-            definition=self.definition,
+            definition=self._table(saga).definition,
             saga_id=saga.saga_id,
             snapshot=snapshot,
             decided=saga.decided,
@@ -645,7 +669,8 @@ class Driver:
             *self.config.invariants,
         )
         if sagas is None:
-            sagas = self.sagas if final else [s for s in self.sagas if s.number in self._touched]
+            everyone = [*self.sagas, *self.children.values()]
+            sagas = everyone if final else [s for s in everyone if s.number in self._touched]
         self._touched.difference_update(s.number for s in sagas)
         for saga in sagas:
             ctx = self.context(saga, final=final)

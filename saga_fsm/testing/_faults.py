@@ -63,6 +63,10 @@ INJECTED = "saga_fsm.testing.InjectedFault"
 REPLY_LOST = ErrorInfo(INJECTED, "reply lost (injected transient failure)", retryable=True)
 REQUEST_LOST = ErrorInfo(INJECTED, "request lost (injected transient failure)", retryable=True)
 REFUSED = ErrorInfo(INJECTED, "refused (injected permanent failure)", retryable=False)
+CHILD_REFUSED = ErrorInfo(
+    "ChildCompensated", "the child saga compensated (its first call refused)", retryable=False
+)
+"""What a child saga step fails with when its child compensated itself: for good."""
 
 
 def normalise_faults(faults: object) -> tuple[Fault, ...]:

@@ -39,7 +39,7 @@ from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._groups import ForEach, Parallel, StepGroup, branch_definition
 from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._snapshot import ErrorInfo, HistoryEntry, SagaStatus, Snapshot, StepRecord
-from saga_fsm.testing._faults import REFUSED, REPLY_LOST, Fault
+from saga_fsm.testing._faults import CHILD_REFUSED, REFUSED, REPLY_LOST, Fault
 
 MoveKind = str
 Edge = tuple[str, str, str]
@@ -203,6 +203,10 @@ def _moves(
     for command in outstanding(compiled, snapshot):
         if isinstance(command, ScheduleWake):
             yield ("tick", Fault.OK), Event.retry_due(_T0)
+        elif isinstance(command, RunStep | RunCompensation) and (
+            command.step in compiled.child_steps
+        ):
+            yield from _child_moves(command, faults)
         elif (
             isinstance(command, RunStep)
             and "/" not in command.step
@@ -230,6 +234,19 @@ def _moves(
                     yield ("call", fault, command.step), event
                 else:
                     yield ("call", fault), event
+
+
+def _child_moves(
+    command: RunStep | RunCompensation, faults: tuple[Fault, ...]
+) -> Iterator[tuple[Move, Event]]:
+    """A child saga step ends as its child does: completed (or, compensating, undone),
+    or compensated for good (it refused: its first call's fault). A look at a child
+    still under way (``transient``) waits on."""
+    yield ("call", Fault.OK), outcome_event(command, "succeeded", _T0)
+    if Fault.PERMANENT in faults and isinstance(command, RunStep) and command.attempt == 1:
+        yield ("call", Fault.PERMANENT), outcome_event(command, "failed", _T0, error=CHILD_REFUSED)
+    if Fault.TRANSIENT in faults:
+        yield ("call", Fault.TRANSIENT), Event("child_pending", _T0)
 
 
 @functools.cache
