@@ -183,3 +183,12 @@ def test_a_wait_inside_a_group_is_refused() -> None:
     with pytest.raises(DefinitionError, match="a wait may not sit inside a group") as raised:
         group(branches={"a": [wait]})
     assert raised.value.step == "reserve_all/a/approval"
+
+
+def test_a_child_saga_inside_a_group_is_refused() -> None:
+    from saga_fsm import ChildSaga
+
+    child = ChildSaga("ship", definition=SagaDefinition("shipment", [comp("pack")]), kind="pivot")
+    with pytest.raises(DefinitionError, match="a child saga may not sit inside a group") as raised:
+        group(branches={"a": [child]})
+    assert raised.value.step == "reserve_all/a/ship"
