@@ -20,6 +20,12 @@ from typing import Any
 from saga_fsm._child import ChildSaga
 from saga_fsm._definition import RetryPolicy, SagaDefinition, Step, StepContext, StepKind
 from saga_fsm.examples._fakes import services
+from saga_fsm.examples.order_fulfillment import (
+    process_payment,
+    release_inventory,
+    reserve_inventory,
+    send_confirmation,
+)
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.01, max_interval=0.1)
 FAST_COMPENSATION_RETRY = RetryPolicy(max_attempts=5, initial_interval=0.01, max_interval=0.1)
@@ -43,31 +49,6 @@ async def print_label(ctx: StepContext) -> dict[str, Any]:
 
 async def void_label(ctx: StepContext) -> None:
     await services.call("void_label", ctx, {}, may_fail_for_good=False)
-
-
-async def reserve_inventory(ctx: StepContext) -> dict[str, Any]:
-    return await services.call(
-        "reserve_inventory",
-        ctx,
-        {"reservation_id": f"res-{ctx.saga_id[:8]}"},
-        may_fail_for_good=True,
-    )
-
-
-async def release_inventory(ctx: StepContext) -> None:
-    await services.call("release_inventory", ctx, {}, may_fail_for_good=False)
-
-
-async def process_payment(ctx: StepContext) -> dict[str, Any]:
-    return await services.call(
-        "process_payment", ctx, {"payment_id": f"pay-{ctx.saga_id[:8]}"}, may_fail_for_good=True
-    )
-
-
-async def send_confirmation(ctx: StepContext) -> dict[str, Any]:
-    return await services.call(
-        "send_confirmation", ctx, {"confirmation_sent": True}, may_fail_for_good=False
-    )
 
 
 shipment = SagaDefinition(
