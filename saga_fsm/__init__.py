@@ -63,12 +63,14 @@ from saga_fsm._errors import (
 from saga_fsm._executor import SagaExecutor
 from saga_fsm._fingerprint import definition_fingerprint
 from saga_fsm._flow import CompiledSaga, compile_saga
+from saga_fsm._groups import ForEach, Parallel
 from saga_fsm._lifecycle import TransitionRow
 from saga_fsm._loading import load_definition, load_definition_file, resolve_reference
 from saga_fsm._orchestrator import Orchestrator, run_sync
 from saga_fsm._registry import Definitions
 from saga_fsm._remote import signal_message
 from saga_fsm._snapshot import (
+    BranchRecord,
     ErrorInfo,
     HistoryEntry,
     SagaStatus,
@@ -96,6 +98,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Action",
+    "BranchRecord",
     "CallbackError",
     "ChildSaga",
     "Clock",
@@ -111,6 +114,7 @@ __all__ = [
     "Event",
     "FakeClock",
     "Finish",
+    "ForEach",
     "HistoryEntry",
     "IdempotencyKeyReused",
     "InvalidArgument",
@@ -125,6 +129,7 @@ __all__ = [
     "NotQuarantined",
     "Observer",
     "Orchestrator",
+    "Parallel",
     "PostgresStore",
     "QuarantinedSaga",
     "RetryPolicy",

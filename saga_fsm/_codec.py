@@ -17,7 +17,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from cattrs.preconf.json import make_converter
 
 from saga_fsm._errors import InvalidSagaData, SnapshotDecodeError
-from saga_fsm._snapshot import ErrorInfo, HistoryEntry, Snapshot, StepRecord
+from saga_fsm._snapshot import BranchRecord, ErrorInfo, HistoryEntry, Snapshot, StepRecord
 
 SCHEMA_VERSION = 2
 # Version 1 also held the store's columns: the optimistic version and the lease. They
@@ -29,12 +29,56 @@ converter.register_unstructure_hook(datetime, datetime.isoformat)
 converter.register_structure_hook(datetime, lambda v, _: datetime.fromisoformat(v))
 # A step record without a request id (a local step) encodes as before remote steps
 # (registered before Snapshot's hook, which is built with it).
+# A parallel group's branches: only a group's record has them, and only then are they
+# encoded. (Hooks written out: a branch holds step records, which may hold branches.)
+_BRANCH_DEFAULTS = {"item": None, "wake_at": None, "cancel_requested": False}
+_BRANCH_DEFAULTS |= {"parked_at": None, "failure": None, "held": False}
+
+
+def _branch_to_dict(b: BranchRecord) -> dict[str, Any]:
+    encoded: dict[str, Any] = {
+        "key": b.key,
+        "state": b.state,
+        "steps": [converter.unstructure(r, StepRecord) for r in b.steps],
+        "data": converter.unstructure(b.data),
+    }
+    for name, default in _BRANCH_DEFAULTS.items():
+        value = getattr(b, name)
+        if value != default or (name == "item" and value is not None):
+            encoded[name] = converter.unstructure(value)
+    return encoded
+
+
+def _branch_from_dict(encoded: Any, _: Any) -> BranchRecord:
+    if not isinstance(encoded, dict):
+        raise ValueError(f"a branch must be an object, got {type(encoded).__name__}")
+    unknown = set(encoded) - {"key", "state", "steps", "data", *_BRANCH_DEFAULTS}
+    if unknown:
+        raise ValueError(f"unknown branch fields {sorted(unknown)}")
+    wake_at, failure = encoded.get("wake_at"), encoded.get("failure")
+    return BranchRecord(
+        key=str(encoded["key"]),
+        state=str(encoded["state"]),
+        steps=[converter.structure(r, StepRecord) for r in encoded["steps"]],
+        data=dict(encoded.get("data") or {}),
+        item=encoded.get("item"),
+        wake_at=None if wake_at is None else datetime.fromisoformat(wake_at),
+        cancel_requested=bool(encoded.get("cancel_requested", False)),
+        parked_at=encoded.get("parked_at"),
+        failure=None if failure is None else converter.structure(failure, ErrorInfo),
+        held=bool(encoded.get("held", False)),
+    )
+
+
+converter.register_unstructure_hook(BranchRecord, _branch_to_dict)
+converter.register_structure_hook(BranchRecord, _branch_from_dict)
 converter.register_unstructure_hook(
     StepRecord,
     make_dict_unstructure_fn(
         StepRecord,
         converter,
         request_id=override(omit_if_default=True),
+        branches=override(omit_if_default=True),
         signal=override(omit_if_default=True),
     ),
 )
@@ -136,6 +180,12 @@ def _request_id(value: str | None) -> str:
     return "" if value is None else f'"request_id":{_STR(value)},'
 
 
+def _branches(value: tuple[BranchRecord, ...] | None) -> str:
+    if value is None:
+        return ""
+    return f'"branches":{_ENCODE([_branch_to_dict(b) for b in value])},'
+
+
 def _signal(value: str | None) -> str:
     return "" if value is None else f'"signal":{_STR(value)},'
 
@@ -171,6 +221,7 @@ def _step_text(r: StepRecord) -> str:
     result = "null" if r.result is None else _ENCODE(r.result)
     return (
         f'{{"attempts":{int(r.attempts)},'
+        f"{_branches(r.branches)}"
         f'"compensation_attempts":{int(r.compensation_attempts)},'
         f'"deadline":{_time(r.deadline)},"error":{_error(r.error)},'
         f'"finished_at":{_time(r.finished_at)},"name":{_STR(r.name)},'

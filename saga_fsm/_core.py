@@ -235,6 +235,8 @@ class _Scratch:
         "data",
         "event",
         "failure",
+        "follow_ups",
+        "notes",
         "parked_at",
         "snapshot",
         "state",
@@ -256,6 +258,8 @@ class _Scratch:
         self.parked_at = snapshot.parked_at
         self.failure = snapshot.failure
         self.auto_advance = False
+        self.follow_ups: list[Event] = []  # a group's outcome, fired in this decision
+        self.notes: list[dict[str, Any]] = []  # a group's branch transitions, for history
 
     # -- helpers --------------------------------------------------------------------------
     def _row(self, state: str | None) -> int:
@@ -316,6 +320,11 @@ class _Scratch:
     def run_step(self, ev: EventData) -> None:
         row = self._row(_dest(ev))
         step, record = self._step(row), self.steps[row]
+        if step.is_group:
+            from saga_fsm._parallel import start_group
+
+            start_group(self, row)
+            return
         # An operator's retry of a pivot parked with its attempts used up grants one more.
         attempts_left = self.event.trigger == "retry" or step.retry.allows_attempt(record.attempts)
         deadline = self._deadline(step.timeout)
@@ -355,6 +364,11 @@ class _Scratch:
     def run_compensation(self, ev: EventData) -> None:
         row = self._row(_dest(ev))
         step, record = self._step(row), self.steps[row]
+        if step.is_group:
+            from saga_fsm._parallel import compensate_group
+
+            compensate_group(self, row)
+            return
         attempt = record.compensation_attempts + 1
         deadline = self._deadline(step.remote_compensation_timeout)
         saga_id = self.snapshot.saga_id
@@ -491,6 +505,12 @@ class _Scratch:
         """A completed (reversible) saga is compensated as a whole: its parent is."""
         self.failure = _UNDONE
 
+    def branch_progress(self, _ev: EventData) -> None:
+        """A parallel group's branches moved (see saga_fsm._parallel)."""
+        from saga_fsm._parallel import group_progress
+
+        group_progress(self)
+
     def request_cancel(self, _ev: EventData) -> None:
         self.cancel_requested = True
 
@@ -585,14 +605,16 @@ def signal_event(
     raise SignalRefused(snapshot.saga_id, snapshot.state, signal, why)
 
 
-def _fire(scratch: _Scratch, event: Event) -> HistoryEntry:
+def _fire(scratch: _Scratch, event: Event, trigger: str | None = None) -> HistoryEntry:
+    """Fire ``event`` (as ``trigger`` when given: a group's ``branch_progress``)."""
     saga_id, source = scratch.snapshot.saga_id, scratch.state
-    stale = _check_result_event(scratch, event)
+    stale = None if trigger is not None else _check_result_event(scratch, event)
     if stale:
         raise TransitionNotAllowed(saga_id, source, event.trigger, stale)
     scratch.event = event
+    trigger = trigger or event.trigger
     try:
-        done = fire(scratch.compiled.machine, scratch, event.trigger)
+        done = fire(scratch.compiled.machine, scratch, trigger)
     except KeyError:
         raise TransitionNotAllowed(
             saga_id, source, event.trigger, _no_transition_reason(scratch, event)
@@ -600,6 +622,8 @@ def _fire(scratch: _Scratch, event: Event) -> HistoryEntry:
     if not done:
         raise TransitionNotAllowed(saga_id, source, event.trigger, "every guard refused")
     detail: dict[str, Any] = {}
+    if trigger != event.trigger:
+        detail["event"] = event.trigger
     if event.step is not None:
         detail["step"] = event.step
     if event.attempt is not None:
@@ -608,7 +632,10 @@ def _fire(scratch: _Scratch, event: Event) -> HistoryEntry:
         detail["error"] = str(event.error)
     if event.signal is not None:
         detail["signal"] = event.signal
-    return HistoryEntry(source, scratch.state, event.trigger, event.at, detail)
+    if scratch.notes:
+        detail["branches"] = scratch.notes
+        scratch.notes = []
+    return HistoryEntry(source, scratch.state, trigger, event.at, detail)
 
 
 def _no_transition_reason(scratch: _Scratch, event: Event) -> str:
@@ -622,6 +649,16 @@ def _no_transition_reason(scratch: _Scratch, event: Event) -> str:
     return "no such transition from this state"
 
 
+def _group_trigger(compiled: CompiledSaga, snapshot: Snapshot, event: Event) -> str | None:
+    """``branch_progress`` for an event a parallel group takes (a branch step's result,
+    a branch's timer), else None: the event fires as itself."""
+    if event.trigger != "retry_due" and (event.step is None or "/" not in event.step):
+        return None
+    from saga_fsm._parallel import routed
+
+    return "branch_progress" if routed(compiled, snapshot, event) else None
+
+
 def decide(compiled: CompiledSaga | SagaDefinition, snapshot: Snapshot, event: Event) -> Decision:
     """Apply ``event`` to ``snapshot``: the new snapshot, the commands to carry out, and
     the history rows of the transitions taken. Raises ``TransitionNotAllowed`` and
@@ -629,8 +666,11 @@ def decide(compiled: CompiledSaga | SagaDefinition, snapshot: Snapshot, event: E
     if isinstance(compiled, SagaDefinition):
         compiled = compile_saga(compiled)
     scratch = _Scratch(compiled, snapshot, event)
-    history = [_fire(scratch, event)]
-    while scratch.auto_advance:
+    history = [_fire(scratch, event, _group_trigger(compiled, snapshot, event))]
+    while scratch.auto_advance or scratch.follow_ups:
+        if scratch.follow_ups:
+            history.append(_fire(scratch, scratch.follow_ups.pop(0)))
+            continue
         scratch.auto_advance = False
         step = split_state(scratch.state)[1]
         assert step is not None
@@ -650,6 +690,10 @@ def outstanding(compiled: CompiledSaga | SagaDefinition, snapshot: Snapshot) -> 
     if step is None:
         return (Finish(snapshot.state),) if snapshot.is_terminal else ()
     record = snapshot.steps[compiled.step_index[step]]
+    if record.branches is not None and status is not SagaStatus.FAILED:
+        from saga_fsm._parallel import group_outstanding
+
+        return group_outstanding(compiled, snapshot)
     if status is SagaStatus.RUNNING and record.status is StepStatus.RUNNING:
         key = idempotency_key(snapshot.saga_id, step)
         return (RunStep(step, record.attempts, key, record.deadline, record.request_id),)

@@ -8,7 +8,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 from attrs import Factory, field, frozen
 
@@ -171,6 +171,9 @@ class Step:
     together with the transition, or not at all (see ``ctx.connection``)."""
     command: str | None = None
     compensation_command: str | None = None
+
+    is_group: ClassVar[bool] = False
+    """A parallel group (``Parallel``, ``ForEach``): a row whose work is its branches."""
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -491,6 +494,14 @@ class SagaDefinition:
                 )
             seen[step.name] = row
             step.check_row(row, self)
+            if step.is_group and pivot is not None:
+                raise DefinitionError(
+                    "a parallel group cannot come after the pivot: its branches are undone"
+                    " when one fails, and nothing after the pivot may be undone",
+                    row=row,
+                    step=step.name,
+                    field="kind",
+                )
             if step.kind is StepKind.PIVOT:
                 if pivot is not None:
                     raise DefinitionError(
@@ -552,10 +563,14 @@ class SagaDefinition:
         for hook, functions in self.callbacks:
             when, _, target = hook.partition("_") if isinstance(hook, str) else ("", "", "")
             kind, _, state = target.partition("_")
+            # A parallel group's branches move by the internal "branch_progress".
+            triggers = (
+                (*TRIGGERS, "branch_progress") if any(s.is_group for s in self.steps) else TRIGGERS
+            )
             known = (
                 hook in ("before_state_change", "after_state_change")
                 or (when == "on" and kind in ("enter", "exit") and state in states)
-                or (when in ("before", "after") and target in TRIGGERS)
+                or (when in ("before", "after") and target in triggers)
             )
             if not known:
                 raise DefinitionError(
@@ -641,6 +656,45 @@ class SagaBuilder:
                 field="kind",
             ) from None
         self._steps.append(step)
+        return self
+
+    def parallel(
+        self,
+        name: str,
+        branches: Mapping[str, Iterable[Step]],
+        *,
+        join: str | int = "all",
+        max_concurrency: int | None = None,
+    ) -> SagaBuilder:
+        """A ``Parallel`` group: ``branches`` run concurrently (see saga_fsm.Parallel)."""
+        from saga_fsm._groups import Parallel
+
+        return self._add(
+            lambda: Parallel(name, branches=branches, join=join, max_concurrency=max_concurrency)
+        )
+
+    def for_each(
+        self,
+        name: str,
+        items: str,
+        steps: Iterable[Step],
+        *,
+        max_concurrency: int | None = None,
+    ) -> SagaBuilder:
+        """A ``ForEach`` group: ``steps`` once per item of ``data[items]``."""
+        from saga_fsm._groups import ForEach
+
+        return self._add(
+            lambda: ForEach(name, items=items, steps=steps, max_concurrency=max_concurrency)
+        )
+
+    def _add(self, make: Callable[[], Step]) -> SagaBuilder:
+        try:
+            self._steps.append(make())
+        except DefinitionError as err:
+            raise DefinitionError(
+                err.reason, row=len(self._steps), step=err.step, field=err.field
+            ) from None
         return self
 
     def pivot(self, name: str, action: Action, **options: Any) -> SagaBuilder:

@@ -30,7 +30,7 @@ from saga_fsm._core import (
     waiting_for,
 )
 from saga_fsm._core import idempotency_key as key_of
-from saga_fsm._definition import SagaDefinition
+from saga_fsm._definition import SagaDefinition, Step
 from saga_fsm._errors import (
     ConcurrencyConflict,
     InvalidArgument,
@@ -41,6 +41,7 @@ from saga_fsm._errors import (
     TransitionNotAllowed,
     UnknownDefinition,
 )
+from saga_fsm._fanout import fan_out
 from saga_fsm._flow import PENDING, CompiledSaga
 from saga_fsm._invoke import (
     STILL_RUNNING,
@@ -52,6 +53,7 @@ from saga_fsm._invoke import (
 )
 from saga_fsm._logging import bind_saga, bind_step, get_logger, unbind
 from saga_fsm._nesting import ChildWait, act_on_child, check_children, notify_parent
+from saga_fsm._parallel import branch_call, group_at
 from saga_fsm._registry import Definitions, registry
 from saga_fsm._remote import (
     DEFAULT_REPLY_CHANNEL,
@@ -453,11 +455,19 @@ class SagaExecutor:
         snapshot: Snapshot,
         commands: tuple[Command, ...],
         max_hold: float,
+        *,
+        branch: bool = False,
     ) -> Event | Applied | None:
         """Carry out the commands; the event they end in, or None when the saga is
         finished or handed back (a transactional step: what it saved with its outcome).
         One frame for the whole call: every saga in flight keeps its awaiting frames
-        alive, so they are kept few."""
+        alive, so they are kept few. (``branch``: one call of a parallel group's
+        branch, made by ``fan_out``.)"""
+        if not branch and group_at(compiled, snapshot.state) is not None:
+            # A parallel group: its branches' calls run concurrently.
+            if not commands:
+                return None
+            return await fan_out(self, compiled, snapshot, commands, max_hold)
         for command in commands:
             if isinstance(command, Finish):
                 return None
@@ -483,7 +493,7 @@ class SagaExecutor:
                     log.warning("saga %s: no reply from %s in time", snapshot.saga_id, command.step)
                     return outcome_event(command, "timed_out", self.clock.now())
                 return None
-            step = compiled.definition.steps[compiled.step_index[command.step]]
+            step, seen = self._callee_step(compiled, snapshot, command)
             fn, policy = callee(step, command)
             phase = "compensation" if isinstance(command, RunCompensation) else "step"
             bind_step(command.step, command.attempt)
@@ -496,7 +506,7 @@ class SagaExecutor:
                 # undoing now could come before its effect. An operator decides.
                 log.warning("saga %s: action %s still running", snapshot.saga_id, command.step)
                 return outcome_event(command, "failed", self.clock.now(), error=STILL_RUNNING)
-            ctx = step_context(snapshot, command)
+            ctx = step_context(seen, command)
             # The deadline is stored: after a takeover only the time left is granted,
             # and a step whose deadline passed while no worker watched it has timed out.
             timeout = None
@@ -526,6 +536,19 @@ class SagaExecutor:
                 log.debug("%s %s succeeded", phase, command.step)
             return event
         return None
+
+    @staticmethod
+    def _callee_step(
+        compiled: CompiledSaga, snapshot: Snapshot, command: RunStep | RunCompensation
+    ) -> tuple[Step, Snapshot]:
+        """The step a command calls, and the snapshot its context is made from (a
+        branch step of a parallel group sees its branch's data: see branch_call)."""
+        if "/" in command.step:
+            found = branch_call(compiled, snapshot, command.step)
+            if found is not None:
+                step, data = found
+                return step, replace(snapshot, data=dict(data))
+        return compiled.definition.steps[compiled.step_index[command.step]], snapshot
 
 
 class _LeaseKeeper:

@@ -20,6 +20,7 @@ from typing import Any
 
 from saga_fsm._definition import SagaDefinition, Step, WaitFor
 from saga_fsm._flow import CompiledSaga, compile_saga
+from saga_fsm._groups import StepGroup
 from saga_fsm._snapshot import SagaStatus
 
 FINGERPRINT_FORMAT = 1
@@ -50,6 +51,8 @@ def table_of(
                 # they had before remote and transactional steps existed.
                 **({"remote": True} if step.command or step.compensation_command else {}),
                 **({"transactional": True} if step.transactional else {}),
+                # A parallel group: its branches, their steps and its join.
+                **(step.table() if isinstance(step, StepGroup) else {}),
                 **_wait_table(step),
             }
             for step in compiled.definition.steps

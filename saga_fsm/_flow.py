@@ -58,6 +58,24 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
         cancellable = pivot is None or i <= pivot
         before_pivot = pivot is None or i < pivot
         forward = running(names[i + 1]) if i + 1 < len(steps) else COMPLETED
+        if step.is_group:
+            from saga_fsm._groups import StepGroup, group_rows
+
+            assert isinstance(step, StepGroup)
+            undo = undo_from(i, inclusive=False)
+            rows.extend(
+                group_rows(
+                    step,
+                    here,
+                    compensating(step.name),
+                    forward,
+                    then(forward, compensation=False),
+                    undo,
+                    then(undo, compensation=True),
+                    FAILED,
+                )
+            )
+            continue
         if isinstance(step, WaitFor):
             rows.extend(
                 _wait_rows(step, here, forward, undo_from(i, inclusive=False), then, before_pivot)
@@ -175,7 +193,7 @@ def _flow_rows(definition: SagaDefinition) -> tuple[TransitionRow, ...]:
                 )
             )
     for j, step in enumerate(steps):
-        if not step.compensable:
+        if not step.compensable or step.is_group:
             continue
         here = compensating(step.name)
         undo = undo_from(j, inclusive=False)

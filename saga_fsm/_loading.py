@@ -266,6 +266,33 @@ def _wait(spec: _StepSpec) -> WaitFor:
     )
 
 
+def build_step(step_spec: _StepSpec, raw_step: Any) -> Step:
+    """The step a file's step table describes (its references resolved): a wait, a
+    child saga step, or a local or remote step."""
+    if step_spec.events is not None:
+        return _wait(step_spec)
+    for name in ("on_timeout", "when"):
+        if getattr(step_spec, name) is not None:
+            raise DefinitionError(f"only a wait (a step with events) has {name}", field=name)
+    forward_default = UNLIMITED_RETRY if step_spec.kind is StepKind.RETRIABLE else DEFAULT_RETRY
+    if step_spec.child is not None:
+        return _child_step(step_spec, raw_step, forward_default)
+    return Step(
+        step_spec.name,
+        _callable(step_spec.action, "action"),
+        _callable(step_spec.compensation, "compensation"),
+        retry=_retry(step_spec.retry, raw_step.get("retry"), forward_default),
+        compensation_retry=_retry(
+            step_spec.compensation_retry,
+            raw_step.get("compensation_retry"),
+            DEFAULT_COMPENSATION_RETRY,
+        ),
+        command=step_spec.command,
+        compensation_command=step_spec.compensation_command,
+        **_common(step_spec),
+    )
+
+
 def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefinition:
     """Build a definition from parsed file content. Errors name the step row and field."""
     if not isinstance(raw, dict):
@@ -274,43 +301,37 @@ def definition_from_mapping(raw: Any, *, source: str = "<mapping>") -> SagaDefin
         )
     raw_steps: Any = raw.get("steps")
     _check_steps_shape(raw_steps, source)
+    # Parallel groups (a table with ``branches`` or ``for_each``) are read on their own
+    # (see saga_fsm._group_loading); the other rows through the converter.
+    from saga_fsm._group_loading import is_group_table, load_group
+
+    rows = list(raw_steps) if isinstance(raw_steps, list | tuple) else []
+    plain = [n for n, table in enumerate(rows) if not is_group_table(table)]
     try:
-        spec = definition_converter.structure(raw, _SagaSpec)
+        spec = definition_converter.structure(
+            {**raw, "steps": [rows[n] for n in plain]} if rows else raw, _SagaSpec
+        )
     except cattrs.BaseValidationError as err:
         messages = cattrs.transform_error(err, format_exception=_format_exception)
-        raise _field_error(messages[0], source, raw_steps) from None
-    steps: list[Step] = []
-    for row, step_spec in enumerate(spec.steps):
-        raw_step = raw_steps[row]
-        forward_default = UNLIMITED_RETRY if step_spec.kind is StepKind.RETRIABLE else DEFAULT_RETRY
-        try:
-            if step_spec.events is not None:
-                steps.append(_wait(step_spec))
-                continue
-            for name in ("on_timeout", "when"):
-                if getattr(step_spec, name) is not None:
-                    raise DefinitionError(
-                        f"only a wait (a step with events) has {name}", field=name
-                    )
-            if step_spec.child is not None:
-                steps.append(_child_step(step_spec, raw_step, forward_default))
-                continue
-            steps.append(
-                Step(
-                    step_spec.name,
-                    _callable(step_spec.action, "action"),
-                    _callable(step_spec.compensation, "compensation"),
-                    retry=_retry(step_spec.retry, raw_step.get("retry"), forward_default),
-                    compensation_retry=_retry(
-                        step_spec.compensation_retry,
-                        raw_step.get("compensation_retry"),
-                        DEFAULT_COMPENSATION_RETRY,
-                    ),
-                    command=step_spec.command,
-                    compensation_command=step_spec.compensation_command,
-                    **_common(step_spec),
-                )
+        error = _field_error(messages[0], source, [rows[n] for n in plain])
+        if error.row is not None:
+            error = DefinitionError(
+                error.reason,
+                row=plain[error.row],
+                step=error.step,
+                field=error.field,
+                source=source,
             )
+        raise error from None
+    specs = dict(zip(plain, spec.steps, strict=True))
+    steps: list[Step] = []
+    for row, raw_step in enumerate(rows):
+        if row not in specs:
+            steps.append(load_group(raw_step, row, source))
+            continue
+        step_spec = specs[row]
+        try:
+            steps.append(build_step(step_spec, raw_step))
         except DefinitionError as err:
             error_type = InvalidReference if isinstance(err, InvalidReference) else DefinitionError
             raise error_type(

@@ -26,6 +26,7 @@ from saga_fsm._core import (
 from saga_fsm._definition import WaitFor
 from saga_fsm._flow import CompiledSaga
 from saga_fsm._invoke import result_problem
+from saga_fsm._parallel import awaited_branch, branch_call
 from saga_fsm._snapshot import ErrorInfo, Snapshot, StepStatus, split_state
 from saga_fsm.messaging._envelope import Headers, Message, MessageKind, message_to_json
 from saga_fsm.messaging._errors import MessageDecodeError
@@ -61,9 +62,15 @@ def remote_commands(
     for command in commands:
         if not isinstance(command, RunStep | RunCompensation) or command.request_id is None:
             continue
-        step = compiled.definition.steps[compiled.step_index[command.step]]
-        if isinstance(step, WaitFor):
-            continue  # a wait sends nothing: a signal ends it
+        payload = dict(snapshot.data)
+        found = branch_call(compiled, snapshot, command.step) if "/" in command.step else None
+        if found is not None:  # a parallel group's branch step: its branch's data
+            step, data = found
+            payload = dict(data)
+        else:
+            step = compiled.definition.steps[compiled.step_index[command.step]]
+            if isinstance(step, WaitFor):
+                continue  # a wait sends nothing: a signal ends it
         compensating = isinstance(command, RunCompensation)
         channel = step.compensation_command if compensating else step.command
         if channel is None:
@@ -71,7 +78,7 @@ def remote_commands(
         message = Message(
             channel=channel,
             kind=MessageKind.COMMAND,
-            payload=dict(snapshot.data),
+            payload=payload,
             headers=Headers(
                 saga_id=snapshot.saga_id,
                 definition=snapshot.definition,
@@ -132,12 +139,15 @@ def signal_of(message: Message) -> tuple[str, dict[str, Any]]:
     return name, data
 
 
-def awaited(snapshot: Snapshot) -> RunStep | RunCompensation | None:
-    """The remote call the saga is waiting for, if it waits for one."""
+def awaited(snapshot: Snapshot, request: str | None = None) -> RunStep | RunCompensation | None:
+    """The remote call the saga is waiting for, if it waits for one (at a parallel
+    group, of several: the one waiting for the reply to ``request``)."""
     step = split_state(snapshot.state)[1]
     if step is None:
         return None
     record = snapshot.step(step)
+    if record.branches is not None:
+        return awaited_branch(snapshot, request)
     if record.request_id is None:
         return None
     if record.status is StepStatus.RUNNING:
@@ -153,7 +163,7 @@ def stale_reason(snapshot: Snapshot, reply: Message) -> str | None:
     """Why ``reply`` does not answer what ``snapshot`` waits for (None: it does)."""
     if snapshot.is_terminal:
         return f"the saga is finished ({snapshot.state})"
-    waiting = awaited(snapshot)
+    waiting = awaited(snapshot, reply.headers.request_id)
     if waiting is None:
         return f"the saga waits for no reply ({snapshot.state})"
     if reply.headers.request_id != waiting.request_id:
@@ -167,7 +177,7 @@ def stale_reason(snapshot: Snapshot, reply: Message) -> str | None:
 def reply_event(snapshot: Snapshot, reply: Message, at: datetime) -> Event:
     """The event a current reply stands for; ``MessageDecodeError`` for a payload that
     is not a reply, or an outcome that does not fit the call (a poison message)."""
-    waiting = awaited(snapshot)
+    waiting = awaited(snapshot, reply.headers.request_id)
     assert waiting is not None and stale_reason(snapshot, reply) is None
     body = reply_from_payload(reply.payload, message_id=reply.message_id)
     compensating = isinstance(waiting, RunCompensation)

@@ -80,10 +80,35 @@ class StepRecord:
     has a child saga step's attempt, whose child the saga waits for."""
     signal: str | None = None
     """The event that ended a wait (``WaitFor``); its data is ``result``."""
+    branches: tuple[BranchRecord, ...] | None = None
+    """A parallel group's branches (``Parallel``, ``ForEach``): each one's own progress.
+    None for every other step. Encoded only when set."""
 
 
 def _records(values: Iterable[StepRecord]) -> tuple[StepRecord, ...]:
     return tuple(values)
+
+
+@frozen
+class BranchRecord:
+    """One branch of a parallel group: the state of its own small flow (``pending``,
+    ``running:<step>``, ``running:_join`` once it reached the join, ``compensating:<step>``,
+    ``compensated``, ``failed``) and its steps' records, as a saga keeps its own."""
+
+    key: str
+    state: str
+    steps: tuple[StepRecord, ...] = field(converter=_records)
+    data: dict[str, Any] = field(factory=dict)
+    """What the branch's steps returned, merged in order: the branch's own data."""
+    item: Any = None
+    """A ``ForEach`` branch's item (the list element it was started for)."""
+    wake_at: datetime | None = None
+    cancel_requested: bool = False
+    parked_at: str | None = None
+    failure: ErrorInfo | None = None
+    held: bool = False
+    """A compensation decided while other branches' steps were still in flight: it runs
+    once they have settled."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -160,6 +185,12 @@ class Snapshot:
         if step is None:
             return self.created_at
         record = self.step(step)
+        if record.branches is not None:
+            # A parallel group: due now while a local branch call is in flight (its
+            # driver holds the lease), else when its earliest branch timer fires.
+            if any(_busy(b) for b in record.branches):
+                return self.created_at
+            return self.wake_at or self.created_at
         if record.status not in (StepStatus.RUNNING, StepStatus.COMPENSATING):
             return self.wake_at or self.created_at
         if record.request_id is not None:
@@ -178,6 +209,15 @@ class Snapshot:
     def with_version(self, version: int) -> Snapshot:
         """This snapshot at ``version`` (itself when it is already there: frozen)."""
         return self if self.version == version else replace(self, version=version)
+
+
+def _busy(branch: BranchRecord) -> bool:
+    if branch.held or branch.state.endswith(":_join"):
+        return False
+    return any(
+        r.status in (StepStatus.RUNNING, StepStatus.COMPENSATING) and r.request_id is None
+        for r in branch.steps
+    )
 
 
 @frozen

@@ -14,6 +14,7 @@ from saga_fsm import testing
 
 EXPECTED = [
     "Action",
+    "BranchRecord",
     "CallbackError",
     "ChildSaga",
     "Clock",
@@ -29,6 +30,7 @@ EXPECTED = [
     "Event",
     "FakeClock",
     "Finish",
+    "ForEach",
     "HistoryEntry",
     "IdempotencyKeyReused",
     "InvalidArgument",
@@ -43,6 +45,7 @@ EXPECTED = [
     "NotQuarantined",
     "Observer",
     "Orchestrator",
+    "Parallel",
     "PostgresStore",
     "QuarantinedSaga",
     "RetryPolicy",

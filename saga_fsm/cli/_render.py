@@ -66,6 +66,20 @@ def print_snapshot(snapshot: Snapshot, lease: Lease | None = None) -> None:
             str(record.compensation_attempts),
             str(record.error) if record.error else "",
         )
+        for branch in record.branches or ():
+            # A parallel group's branches, each at its own state, under the group.
+            shown = "joined" if branch.state == "running:_join" else branch.state
+            table.add_row(f"  {record.name}/{branch.key}", f"[dim]{shown}[/]", "", "", "")
+            for step in branch.steps:
+                if step.name == "_join" or step.status.value in ("pending", "skipped"):
+                    continue
+                table.add_row(
+                    f"    {step.name}",
+                    step.status.value,
+                    str(step.attempts),
+                    str(step.compensation_attempts),
+                    str(step.error) if step.error else "",
+                )
     console.print(table)
     console.print_json(data=snapshot.data)
 

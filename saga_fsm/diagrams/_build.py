@@ -15,6 +15,7 @@ from saga_fsm._definition import SagaDefinition, Step, StepKind, WaitFor, WaitOu
 from saga_fsm._flow import CompiledSaga, compile_saga
 from saga_fsm._lifecycle import SAGA_LIFECYCLE_MACHINE, STEP_LIFECYCLE_MACHINE
 from saga_fsm._snapshot import SagaStatus, StepStatus
+from saga_fsm.diagrams._branches import group_clusters
 from saga_fsm.diagrams._errors import DiagramError
 from saga_fsm.diagrams._machine import merge_edges, read_transitions
 from saga_fsm.diagrams._scene import EdgeKind, Role, Scene, SceneEdge, SceneNode, edge_kind
@@ -66,6 +67,8 @@ def _present(groups: Iterable[Sequence[str]], states: Iterable[str]) -> tuple[tu
 
 
 def _step_note(step: Step) -> str:
+    if step.is_group:
+        return "parallel group: branches beside"
     if isinstance(step, WaitFor):
         return _wait_note(step)
     # A remote step shows the channel its command goes to: what runs elsewhere; a child
@@ -158,6 +161,7 @@ def flow_scene(definition: SagaDefinition | CompiledSaga) -> Scene:
         ranks=_present(ranks, machine.states),
         chain=_present([[pending, *running, done]], machine.states)[0],
         initial=machine.initial,
+        clusters=group_clusters(compiled),
     )
 
 

@@ -214,6 +214,60 @@ def _edge_line(
     return f"  {quote(tail)} -> {quote(head)} {_attrs(attrs, **raw)};"
 
 
+_CLUSTER = {"style": "rounded,dashed", "color": "#1f5fbf", "fontcolor": "#1f5fbf"}
+_BRANCH = {"style": "rounded", "color": "#8fa9d6", "fontcolor": "#1f5fbf"}
+
+
+def _clusters(scene: Scene) -> list[str]:
+    """Each parallel group's branches, side by side in a box of their own, hanging below
+    the group's state by dotted lines (one per branch) that start each branch."""
+    out: list[str] = []
+    for cluster in scene.clusters:
+        out.append(f"  subgraph {quote('cluster_' + cluster.id)} {{")
+        out.append(f"    graph {_attrs(_CLUSTER, label=quote(cluster.label), fontsize='11')};")
+        for branch in cluster.branches:
+            out.append(f"    subgraph {quote('cluster_' + branch.id)} {{")
+            out.append(f"      graph {_attrs(_BRANCH, label=quote(branch.label), fontsize='10')};")
+            for node in branch.nodes:
+                lines = [node.label, *([f"({node.note})"] if node.note else [])]
+                attrs = _node_attrs(node.role, node.mark)
+                attrs.pop("peripheries", None)
+                out.append(f"      {quote(node.id)} {_attrs(attrs, label=_centred(lines))};")
+            chain = set(itertools.pairwise(branch.chain))
+            ids = {n.id for n in branch.nodes}
+            beside = [
+                (run, run.replace(":", ":", 1).replace("/running:", "/compensating:"))
+                for run in branch.chain
+            ]
+            for run, undo in beside:
+                if undo in ids and undo != run:
+                    out.append(f"      {{ rank=same; {quote(run)}; {quote(undo)}; }}")
+                    out.append(f"      {quote(run)} -> {quote(undo)} [style=invis];")
+            undone = branch.id + "/compensated"
+            if undone in ids and branch.chain:
+                out.append(f"      {{ rank=same; {quote(branch.chain[-1])}; {quote(undone)}; }}")
+            for edge in branch.edges:
+                attrs = dict(EDGE_STYLE[edge.kind])
+                attrs["fontcolor"] = attrs["color"]
+                if (edge.source, edge.dest) not in chain:
+                    attrs["constraint"] = "false"
+                if edge.mark is Mark.UNVISITED:
+                    attrs.update(_FADED_EDGE)
+                elif edge.mark is not None:
+                    attrs["penwidth"] = "3.5"
+                raw = {"label": _label([edge.order])} if edge.order else {}
+                out.append(
+                    f"      {quote(edge.source)} -> {quote(edge.dest)} {_attrs(attrs, **raw)};"
+                )
+            out.append("    }")
+        out.append("  }")
+        for branch in cluster.branches:
+            if branch.chain:
+                link = {"style": "dotted", "color": "#1f5fbf", "arrowhead": "none", "weight": "0"}
+                out.append(f"  {quote(cluster.attach)} -> {quote(branch.chain[0])} {_attrs(link)};")
+    return out
+
+
 def to_dot(scene: Scene) -> str:
     chain = set(itertools.pairwise(scene.chain))
     out = [
@@ -227,6 +281,7 @@ def to_dot(scene: Scene) -> str:
         lines = [node.label, *([f"({node.note})"] if node.note else [])]
         attrs = _attrs(_node_attrs(node.role, node.mark), label=_centred(lines))
         out.append(f"  {quote(node.id)} {attrs};")
+    out += _clusters(scene)
     for group in scene.ranks:
         out.append("  { rank=same; " + " ".join(f"{quote(n)};" for n in group) + " }")
         for left, right in itertools.pairwise(group):
@@ -243,6 +298,8 @@ def to_dot(scene: Scene) -> str:
             edge_attrs["tailport"] = "s"
         elif edge.kind is EdgeKind.RESUME and ports.get(edge.dest) == "e":
             edge_attrs["headport"] = "s"
+        if scene.clusters and (edge.source, edge.dest) in chain:
+            edge_attrs["weight"] = "20"  # the forward column stays straight beside groups
         out.append(_edge_line(edge, edge_attrs, n in labelled, levels))
     kinds = [k for k in EdgeKind if any(e.kind is k for e in scene.edges)]
     marked = any(node.mark is not None for node in scene.nodes)

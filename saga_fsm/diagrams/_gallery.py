@@ -1,4 +1,4 @@
-"""The diagrams committed under ``diagrams/`` at the repository root: both example
+"""The diagrams committed under ``diagrams/`` at the repository root: the example
 definitions and both lifecycles, each as DOT (compared by a test, since image bytes
 differ between renderers) and PNG (stamped with the hash of the DOT it was drawn from,
 so a stale picture is caught even when its DOT is fresh).
@@ -33,6 +33,12 @@ def _travel_booking() -> Diagram:
     return definition_diagram(travel_booking.definition)
 
 
+def _parallel_order() -> Diagram:
+    from saga_fsm.examples import parallel_order
+
+    return definition_diagram(parallel_order.definition)
+
+
 def _refund_approval() -> Diagram:
     from saga_fsm.examples import refund_approval
 
@@ -41,6 +47,7 @@ def _refund_approval() -> Diagram:
 
 GALLERY: dict[str, Callable[[], Diagram]] = {
     "order_fulfillment": _order_fulfillment,
+    "parallel_order": _parallel_order,
     "refund_approval": _refund_approval,
     "travel_booking": _travel_booking,
     "saga_lifecycle": lambda: lifecycle_diagram("saga"),

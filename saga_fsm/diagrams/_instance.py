@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from transitions import Machine
 
 from saga_fsm._snapshot import HistoryEntry
+from saga_fsm.diagrams._branches import branch_marks
 from saga_fsm.diagrams._errors import DiagramError
 from saga_fsm.diagrams._machine import MachineTransition, read_transitions, shown_effects
 from saga_fsm.diagrams._scene import TIMES, Mark, Scene
@@ -83,4 +84,9 @@ def overlay(
     edges.update(
         {key: (Mark.VISITED, _loop_text(entries, transitions)) for key, entries in loops.items()}
     )
+    if scene.clusters:
+        # Each branch of a parallel group: its own path, from the moves history recorded.
+        branch_nodes, branch_edges = branch_marks(scene.clusters, history)
+        nodes.update(branch_nodes)
+        edges.update(branch_edges)
     return scene.with_marks(nodes, edges, title)

@@ -55,8 +55,48 @@ def _text(value: str) -> str:
     return value.replace('"', "'").replace(":", "#58;")
 
 
+def _quoted(value: str) -> str:
+    return value.replace('"', "'")
+
+
+def _clusters(scene: Scene, ids: dict[str, str]) -> list[str]:
+    """Each parallel group as a composite state beside its group's state, its branches
+    as concurrent regions (``--``), each with its own steps and moves."""
+    out: list[str] = []
+    for cluster in scene.clusters:
+        out.append(f'    state "{_quoted(cluster.label)}" as {ids["cluster/" + cluster.id]} {{')
+        for n, branch in enumerate(cluster.branches):
+            if n:
+                out.append("        --")
+            out.append(
+                f'        state "{_quoted(branch.label)}" as {ids["cluster/" + branch.id]} {{'
+            )
+            for node in branch.nodes:
+                label = node.label + (f" ({node.note})" if node.note else "")
+                out.append(f'            state "{_quoted(label)}" as {ids[node.id]}')
+            if branch.chain:
+                out.append(f"            [*] --> {ids[branch.chain[0]]}")
+            for edge in branch.edges:
+                text = f" : {_text(edge.order)}" if edge.order else ""
+                out.append(f"            {ids[edge.source]} --> {ids[edge.dest]}{text}")
+            out.append("        }")
+        out.append("    }")
+        out.append(f"    {ids[cluster.attach]} --> {ids['cluster/' + cluster.id]} : branches")
+    return out
+
+
 def to_mermaid(scene: Scene) -> str:
-    ids = mermaid_ids([n.id for n in scene.nodes])
+    inner = [
+        key
+        for c in scene.clusters
+        for key in (
+            "cluster/" + c.id,
+            *("cluster/" + b.id for b in c.branches),
+            *(n.id for b in c.branches for n in b.nodes),
+        )
+    ]
+    ids = mermaid_ids([*(n.id for n in scene.nodes), *inner])
+    branch_nodes = [n for c in scene.clusters for b in c.branches for n in b.nodes]
     title = scene.title.replace("\\", "\\\\").replace('"', '\\"')
     out = ["---", f'title: "{title}"', "---", "stateDiagram-v2", "    direction TB"]
     for node in scene.nodes:
@@ -71,14 +111,16 @@ def to_mermaid(scene: Scene) -> str:
     for node in scene.nodes:
         if node.role in TERMINAL_ROLES:
             out.append(f"    {ids[node.id]} --> [*]")
+    out += _clusters(scene, ids)
+    every = [*scene.nodes, *branch_nodes]
     for role, style in _CLASS_STYLE.items():
-        members = [ids[n.id] for n in scene.nodes if n.role is role and n.mark is None]
-        members += [ids[n.id] for n in scene.nodes if n.role is role and n.mark is Mark.VISITED]
+        members = [ids[n.id] for n in every if n.role is role and n.mark is None]
+        members += [ids[n.id] for n in every if n.role is role and n.mark is Mark.VISITED]
         if members:
             out.append(f"    classDef {role.value} {style}")
             out.append(f"    class {','.join(members)} {role.value}")
     for mark, style in _MARK_STYLE.items():
-        members = [ids[n.id] for n in scene.nodes if n.mark is mark]
+        members = [ids[n.id] for n in every if n.mark is mark]
         if members:
             out.append(f"    classDef {mark.value} {style}")
             out.append(f"    class {','.join(members)} {mark.value}")

@@ -5,6 +5,7 @@ Mermaid are both written from a Scene, so they cannot disagree."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from attrs import evolve, frozen
 
@@ -100,6 +101,9 @@ class Scene:
     chain: tuple[str, ...] = ()
     """The forward path, top to bottom: the only edges that set ranks."""
     initial: str | None = None
+    clusters: tuple[Any, ...] = ()
+    """Parallel groups' branches, drawn side by side beside their group's state
+    (``saga_fsm.diagrams._branches.SceneCluster``); none for a flow without groups."""
 
     def with_marks(
         self,
@@ -128,7 +132,38 @@ class Scene:
                 )
                 for e in self.edges
             ),
+            clusters=tuple(_marked_cluster(c, nodes, edges) for c in self.clusters),
         )
+
+
+def _marked_cluster(
+    cluster: Any, nodes: dict[str, Mark], edges: dict[tuple[str, str], tuple[Mark, str]]
+) -> Any:
+    return evolve(
+        cluster,
+        branches=tuple(
+            evolve(
+                b,
+                nodes=tuple(
+                    evolve(
+                        n,
+                        mark=nodes.get(n.id, Mark.UNVISITED),
+                        note=_join(n.note, "now" if nodes.get(n.id) is Mark.CURRENT else ""),
+                    )
+                    for n in b.nodes
+                ),
+                edges=tuple(
+                    evolve(
+                        e,
+                        mark=edges.get((e.source, e.dest), (Mark.UNVISITED, ""))[0],
+                        order=edges.get((e.source, e.dest), (Mark.UNVISITED, ""))[1],
+                    )
+                    for e in b.edges
+                ),
+            )
+            for b in cluster.branches
+        ),
+    )
 
 
 def _join(*parts: str) -> str:

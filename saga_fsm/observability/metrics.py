@@ -43,6 +43,15 @@ def outcome_of(snapshot: Snapshot) -> str:
     return snapshot.state
 
 
+def _step(name: str) -> str:
+    """A step's label: a ``ForEach`` branch step (``group/<index>/step``) as
+    ``group/*/step``, so the label stays bounded however long the list."""
+    parts = name.split("/")
+    if len(parts) == 3 and parts[1].isdigit():
+        return f"{parts[0]}/*/{parts[2]}"
+    return name
+
+
 class SagaMetrics(Observer):
     """The saga metrics, registered on ``registry``, and the observer that updates them."""
 
@@ -181,18 +190,19 @@ class SagaMetrics(Observer):
         self._started[(snapshot.saga_id, command.step, command.attempt)] = time.perf_counter()
         if command.attempt > 1:
             phase = "compensate" if isinstance(command, RunCompensation) else "forward"
-            self._child(self.retries, snapshot.definition, command.step, phase).inc()
+            self._child(self.retries, snapshot.definition, _step(command.step), phase).inc()
 
     def attempt_finished(self, snapshot: Snapshot, event: Event) -> None:
         assert event.step is not None
         compensating = event.trigger.startswith("compensation")
         outcome = _OUTCOMES.get(event.trigger, event.trigger)
         counter = self.compensation_attempts if compensating else self.step_attempts
-        self._child(counter, snapshot.definition, event.step, outcome).inc()
+        self._child(counter, snapshot.definition, _step(event.step), outcome).inc()
         t0 = self._started.pop((snapshot.saga_id, event.step, event.attempt or 0), None)
         if t0 is not None:
             phase = "compensate" if compensating else "forward"
-            duration = self._child(self.step_duration, snapshot.definition, event.step, phase)
+            step = _step(event.step)
+            duration = self._child(self.step_duration, snapshot.definition, step, phase)
             duration.observe(time.perf_counter() - t0)
 
     def transitioned(

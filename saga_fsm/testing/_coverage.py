@@ -68,8 +68,9 @@ class TransitionCoverage:
         definition: SagaDefinition,
         faults: tuple[Fault, ...] = tuple(Fault),
         operator_retry: bool = True,
+        data: str | None = None,
     ) -> TransitionCoverage:
-        found = reachability(definition, faults, operator_retry)
+        found = reachability(definition, faults, operator_retry, data)
         return cls(definition, found.rows, exact=found.exact)
 
     @property

@@ -25,7 +25,7 @@ from saga_fsm.testing._faults import Fault
 from saga_fsm.testing._fixtures import make_data
 from saga_fsm.testing._invariants import InvariantViolation
 from saga_fsm.testing._machine import MachineConfig, RunStats
-from saga_fsm.testing._reachability import Move, reachability
+from saga_fsm.testing._reachability import Move, reachability, static_data
 from saga_fsm.testing._trace import TraceEntry, render_path
 
 
@@ -45,6 +45,8 @@ def moves_of(trace: Iterable[TraceEntry]) -> tuple[Move, ...]:
             continue  # a delayed message arriving: part of the move that came before
         if entry.kind in ("cancel", "retry"):
             moves.append((entry.kind, Fault.OK))
+        elif entry.is_call and entry.step is not None and "/" in entry.step:
+            moves.append(("call", entry.fault or Fault.OK, entry.step))  # a branch's call
         elif entry.kind == "signal":
             moves.append((f"signal:{entry.label}", Fault.OK))
         elif entry.kind == "deadline":
@@ -100,7 +102,9 @@ def _strategy_data(strategy: SearchStrategy[Any]) -> dict[str, Any]:
 def run_directed(config: MachineConfig, stats: RunStats) -> DirectedResult:
     """Take a shortest path to each reachable row ``stats`` has not seen yet."""
     driver = config.driver
-    found = reachability(driver.definition, driver.faults, config.operator_retry)
+    found = reachability(
+        driver.definition, driver.faults, config.operator_retry, static_data(config.data)
+    )
     data = _strategy_data(config.data) if isinstance(config.data, SearchStrategy) else config.data
     result = DirectedResult()
     for row in sorted(found.rows):
@@ -163,7 +167,7 @@ def minimise(
 def _score(path: str, moves: tuple[Move, ...]) -> tuple[int, int, int]:
     """Shorter told story first, then fewer moves, then plainer faults."""
     faults = list(Fault)
-    return len(path.split(" -> ")), len(moves), sum(faults.index(f) for _, f in moves)
+    return len(path.split(" -> ")), len(moves), sum(faults.index(m[1]) for m in moves)
 
 
 def _simpler(moves: tuple[Move, ...]) -> Iterable[tuple[Move, ...]]:
@@ -182,9 +186,10 @@ def _simpler(moves: tuple[Move, ...]) -> Iterable[tuple[Move, ...]]:
         for fault in Fault:
             yield (*moves[:i], ("call", fault), *moves[i + 2 :])
     for i in reversed(range(len(moves))):
-        kind, fault = moves[i]
+        kind, fault, *which = moves[i]
         for simpler in list(Fault)[: list(Fault).index(fault)]:
-            yield (*moves[:i], (kind, simpler), *moves[i + 1 :])
+            plainer: Move = (kind, simpler, *which)  # type: ignore[assignment]
+            yield (*moves[:i], plainer, *moves[i + 1 :])
 
 
 def _no_draw(strategy: SearchStrategy[Any]) -> Any:

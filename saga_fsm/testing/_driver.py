@@ -36,9 +36,11 @@ from saga_fsm._core import (
 from saga_fsm._definition import Action, RetryPolicy, SagaDefinition, Step, WaitFor
 from saga_fsm._errors import SagaError, SignalRefused, TransitionNotAllowed
 from saga_fsm._flow import PENDING, CompiledSaga, compile_saga
+from saga_fsm._groups import StepGroup
 from saga_fsm._invoke import call_outcome, callee, invoke, result_problem, step_context
+from saga_fsm._parallel import branch_call, split_branch_name
 from saga_fsm._remote import reply_event, stale_reason
-from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot
+from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot, replace
 from saga_fsm._transactional import Rolled, calling, require_transactions
 from saga_fsm.messaging import Message
 from saga_fsm.participant import Participant
@@ -111,7 +113,10 @@ class SagaRun:
     data: dict[str, Any]
     """The data it started with."""
     next: Command | None = None
-    """The command ``outstanding`` derives from ``decided``."""
+    """The command ``outstanding`` derives from ``decided`` (of several, while a parallel
+    group has calls in flight: the first, or the one ``Driver.choose`` picked)."""
+    options: tuple[Command, ...] = ()
+    """Every command ``outstanding`` derives from ``decided``."""
     trace: list[TraceEntry] = field(factory=list)
     seen_keys: set[str] = field(factory=set)
     """Idempotency keys a participant was called with (or would have been, simulated)."""
@@ -125,6 +130,17 @@ class SagaRun:
     def runnable(self) -> bool:
         """Its next thing is a call, around which a fault can be injected."""
         return isinstance(self.next, RunStep | RunCompensation)
+
+
+def step_named(definition: SagaDefinition, name: str) -> Step:
+    """The step a command names: a row of the table, or a branch step of a parallel
+    group (``group/branch/step``)."""
+    parts = split_branch_name(name)
+    if parts is not None:
+        group = definition.step(parts[0])
+        if isinstance(group, StepGroup):
+            return group.branch_step(parts[1], parts[2])
+    return definition.step(name)
 
 
 def _label(step: Step, compensation: bool) -> str:
@@ -227,7 +243,7 @@ class Driver:
             return child_faults(self.config.faults, command)
         # A transactional step's effect commits with its outcome or not at all: no reply
         # is lost after the effect, and a crash leaves nothing (no ``crash_after``).
-        effect_only = self._table(saga).definition.step(command.step).transactional
+        effect_only = step_named(self._table(saga).definition, command.step).transactional
         return tuple(
             f
             for f in self.config.faults
@@ -265,12 +281,13 @@ class Driver:
         """One move of a planned path. A ``call`` first starts or wakes the saga if it
         must; a fault its next call cannot have (the path was planned for another
         call, because real code took another turn) is dropped."""
-        kind, fault = move
+        kind, fault = move[0], move[1]
         if kind.startswith("signal:"):
             self.signal(saga, kind.partition(":")[2], {})
         elif kind == "cancel":
             self.cancel(saga)
         elif kind == "retry":
+            self._past_branches(saga)  # a group parks once its other branches are done
             self.operator_retry(saga)
         elif kind == "tick":
             if not saga.runnable:
@@ -280,8 +297,27 @@ class Driver:
                 if saga.runnable or saga.decided.is_terminal:
                     break
                 self.advance(saga)
+            if len(move) > 2:  # which of a parallel group's calls in flight
+                self._past_branches(saga, until=move[2])
+                self.choose(saga, move[2])
+            else:
+                self._past_branches(saga)
             if saga.runnable:
                 self.advance(saga, fault if fault in self.faults_for(saga) else Fault.OK)
+
+    def _past_branches(self, saga: SagaRun, until: str | None = None) -> None:
+        """A planned call finds other branch calls outstanding than the plan had (a
+        ``ForEach`` it was planned with fewer items for): they run cleanly first, so
+        the move's fault lands on the call it was planned for (``until``: that branch
+        step's call; None: the saga's own next step)."""
+        for _ in range(self.config.finish_limit):
+            if until is not None and until in self.calls(saga):
+                return
+            others = [c for c in self.calls(saga) if "/" in c and c != until]
+            if not others:
+                return
+            self.choose(saga, others[0])
+            self.advance(saga)
 
     def cancel(self, saga: SagaRun) -> None:
         self.run(self._operator(saga, Event.cancel(self._tick()), "cancel"))
@@ -316,8 +352,24 @@ class Driver:
     ) -> None:
         expected = saga.decided.version
         saga.decided = await self.store.save(snapshot, history, expected_version=expected)
+        self._outstanding(saga)
+
+    def _outstanding(self, saga: SagaRun) -> None:
         commands = outstanding(self._table(saga), saga.decided)
+        saga.options = commands
         saga.next = commands[0] if commands else None
+
+    def calls(self, saga: SagaRun) -> list[str]:
+        """The steps of the calls the saga has outstanding (several while a parallel
+        group runs branches concurrently): which one comes back first is a choice."""
+        return [c.step for c in saga.options if isinstance(c, RunStep | RunCompensation)]
+
+    def choose(self, saga: SagaRun, step: str) -> None:
+        """Make the outstanding call of ``step`` the one that happens next."""
+        for command in saga.options:
+            if isinstance(command, RunStep | RunCompensation) and command.step == step:
+                saga.next = command
+                return
 
     def _record(self, saga: SagaRun, entry: TraceEntry) -> None:
         saga.trace.append(entry)
@@ -326,7 +378,7 @@ class Driver:
 
     def _waits(self, saga: SagaRun, command: RunStep | RunCompensation) -> bool:
         return isinstance(command, RunStep) and isinstance(
-            self._table(saga).definition.step(command.step), WaitFor
+            step_named(self._table(saga).definition, command.step), WaitFor
         )
 
     def signal(self, saga: SagaRun, name: str, data: dict[str, Any]) -> None:
@@ -362,12 +414,14 @@ class Driver:
             return
         compensation = isinstance(command, RunCompensation)
         phase: TraceKind = "compensation" if compensation else "step"
-        step = self._table(saga).definition.step(command.step)
+        step = step_named(self._table(saga).definition, command.step)
         fn, policy = callee(step, command)
         state = saga.decided.state
         at = self._tick()
         trace: dict[str, Any] = {
-            "label": _label(step, compensation),
+            "label": _label(step, compensation)
+            if "/" not in command.step
+            else (f"undo {command.step}" if compensation else command.step),
             "step": command.step,
             "attempt": command.attempt,
             "idempotency_key": command.idempotency_key,
@@ -449,8 +503,7 @@ class Driver:
         except Rolled as rolled:
             await self._apply(saga, rolled.event, trace_kind(command), **trace)
             return
-        commands = outstanding(self._table(saga), saga.decided)
-        saga.next = commands[0] if commands else None
+        self._outstanding(saga)
         self._record(
             saga, TraceEntry(trace_kind(command), before.state, saga.decided.state, **trace)
         )
@@ -461,7 +514,7 @@ class Driver:
     ) -> None:
         compensation = isinstance(command, RunCompensation)
         phase: TraceKind = "compensation" if compensation else "step"
-        step = self._table(saga).definition.step(command.step)
+        step = step_named(self._table(saga).definition, command.step)
         label = f"undo {step.name}" if compensation else step.name
         state = saga.decided.state
         at = self._tick()
@@ -553,6 +606,9 @@ class Driver:
         self, snapshot: Snapshot, command: RunStep | RunCompensation, fn: Action
     ) -> dict[str, Any]:
         """Call the real function as the orchestrator does; what it returned or raised."""
+        found = branch_call(self.compiled, snapshot, command.step)
+        if found is not None:  # a branch step sees its branch's data, as in production
+            snapshot = replace(snapshot, data=dict(found[1]))
         ctx = step_context(snapshot, command)
         try:
             async with asyncio.timeout(self.config.call_timeout) as limit:

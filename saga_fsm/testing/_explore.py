@@ -239,7 +239,7 @@ def check(
         taken_at_random = len(set(stats.coverage.taken))
         directed = run_directed(config, stats)
         if directed.error is not None:
-            moves = ", ".join(f"{kind} {fault.value}" for kind, fault in directed.moves)
+            moves = ", ".join(" ".join((m[0], m[1].value, *m[2:])) for m in directed.moves)
             counterexample = _counterexample(
                 directed.error,
                 stats.examples + directed.runs,

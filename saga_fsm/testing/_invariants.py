@@ -14,9 +14,10 @@ from typing import Any, overload
 from attrs import fields, frozen
 
 from saga_fsm._codec import snapshot_from_json, snapshot_to_json
-from saga_fsm._definition import SagaDefinition, WaitFor
+from saga_fsm._definition import SagaDefinition, Step, WaitFor
 from saga_fsm._errors import InvalidArgumentType, SagaError, StepFailed
 from saga_fsm._flow import PENDING, compile_saga
+from saga_fsm._groups import StepGroup
 from saga_fsm._snapshot import HistoryEntry, SagaStatus, Snapshot, StepStatus
 from saga_fsm.testing._faults import Fault
 from saga_fsm.testing._reachability import edge_of_entry, row_edges
@@ -213,11 +214,7 @@ def snapshots_round_trip(ctx: InvariantContext) -> None:
             )
 
 
-def _may_have_acted(ctx: InvariantContext) -> list[str]:
-    """The compensable steps that may have acted, in order: those the engine recorded
-    as succeeded, and those whose last call ended in anything but a definite refusal
-    (refused by the harness, or raising ``StepFailed(retryable=False)`` or a
-    ``non_retryable`` type): a lost reply or request, a timeout, an unusable result."""
+def _last_calls(ctx: InvariantContext) -> dict[str, TraceEntry]:
     last: dict[str, TraceEntry] = {}
     for entry in ctx.trace:
         if (
@@ -226,9 +223,25 @@ def _may_have_acted(ctx: InvariantContext) -> list[str]:
             and not (entry.fault or Fault.OK).crashes
         ):
             last[entry.step] = entry
+    return last
+
+
+def _may_have_acted(ctx: InvariantContext) -> list[str]:
+    """The compensable steps that may have acted, in order: those the engine recorded
+    as succeeded, and those whose last call ended in anything but a definite refusal
+    (refused by the harness, or raising ``StepFailed(retryable=False)`` or a
+    ``non_retryable`` type): a lost reply or request, a timeout, an unusable result.
+    A parallel group counts once it started: it is always undone as a whole (each of
+    its branches on its own, see ``_branch_steps_that_may_have_acted``)."""
+    last = _last_calls(ctx)
     succeeded = set(ctx.succeeded)
+    entered = {e.to_state for e in ctx.history}
     acted = []
     for step in ctx.definition.steps:
+        if isinstance(step, StepGroup):
+            if f"{SagaStatus.RUNNING.value}:{step.name}" in entered:
+                acted.append(step.name)
+            continue
         call = last.get(step.name)
         ran = call is not None and not _refused(call, step.retry.non_retryable)
         if step.compensable and (step.name in succeeded or ran):
@@ -236,7 +249,57 @@ def _may_have_acted(ctx: InvariantContext) -> list[str]:
     return acted
 
 
+def _branch_events(ctx: InvariantContext, event: str) -> list[str]:
+    """Branch steps (``group/branch/step``) whose ``event`` the engine recorded, in order."""
+    return [
+        str(e.detail.get("step"))
+        for e in ctx.history
+        if e.trigger == "branch_progress" and e.detail.get("event") == event
+    ]
+
+
+def _branch_steps_that_may_have_acted(ctx: InvariantContext) -> dict[str, list[str]]:
+    """For each branch (``group/branch``) that ran: its compensable steps that may have
+    acted, in order, by the same rule as the saga's own steps."""
+    last = _last_calls(ctx)
+    succeeded = set(_branch_events(ctx, "step_succeeded"))
+    acted: dict[str, list[str]] = {}
+    for name in sorted({*succeeded, *(n for n in last if "/" in n)}):
+        group, key, _ = name.split("/")
+        step = step_named(ctx.definition, name)
+        call = last.get(name)
+        ran = call is not None and not _refused(call, step.retry.non_retryable)
+        acted.setdefault(f"{group}/{key}", [])
+        if step.compensable and (name in succeeded or ran):
+            acted[f"{group}/{key}"].append(name)
+    for branch, names in acted.items():
+        group, key = branch.split("/")
+        order = [
+            f"{branch}/{s.name}" for s in step_named_group(ctx.definition, group).steps_of(key)
+        ]
+        names.sort(key=order.index)
+    return acted
+
+
+def step_named_group(definition: SagaDefinition, name: str) -> StepGroup:
+    group = definition.step(name)
+    assert isinstance(group, StepGroup)
+    return group
+
+
+def step_named(definition: SagaDefinition, name: str) -> Step:
+    """A row of the table, or a branch step of a parallel group (``group/branch/step``)."""
+    parts = name.split("/")
+    if len(parts) == 3:
+        return step_named_group(definition, parts[0]).branch_step(parts[1], parts[2])
+    return definition.step(name)
+
+
 def _refused(entry: TraceEntry, non_retryable: tuple[type[BaseException], ...]) -> bool:
+    if entry.deadline_passed:
+        # Not called at all: the engine saw a timeout (a parallel branch's deadline can
+        # pass while another branch's call takes its time), whatever fault was planned.
+        return False
     if entry.fault is Fault.PERMANENT:
         return True
     if entry.fault not in (None, Fault.OK) or entry.deadline_passed:
@@ -257,6 +320,7 @@ def compensates_every_step_that_may_have_acted(ctx: InvariantContext) -> None:
         f" are {expected}",
     )
     status = ctx.snapshot.status
+    _branches_compensate_what_may_have_acted(ctx)
     if status is SagaStatus.COMPENSATED:
         _require(done == expected, f"compensated {done}, expected {expected}")
     elif status is SagaStatus.COMPLETED:
@@ -271,6 +335,37 @@ def compensates_every_step_that_may_have_acted(ctx: InvariantContext) -> None:
             f"parked at {parked!r}, but the next step to compensate was"
             f" {expected[len(done)] if len(done) < len(expected) else None!r}",
         )
+
+
+def _branches_compensate_what_may_have_acted(ctx: InvariantContext) -> None:
+    """Each branch of a parallel group undoes, once and in its own reverse order, the
+    steps of it that may have acted: all of them once the group is undone, and those of
+    a branch that did not reach the join when the group succeeded without it."""
+    done_all = _branch_events(ctx, "compensation_succeeded")
+    undone_groups = set(ctx.compensated)
+    joined = {
+        f"{r.name}/{b.key}"
+        for r in ctx.snapshot.steps
+        for b in r.branches or ()
+        if b.state.endswith(":_join") or b.state == "completed"
+    }
+    for branch, acted in _branch_steps_that_may_have_acted(ctx).items():
+        expected = list(reversed(acted))
+        done = [n for n in done_all if n.startswith(branch + "/")]
+        _require(
+            done == expected[: len(done)],
+            f"branch {branch} compensated {done}, but its steps that may have acted, last"
+            f" first, are {expected}",
+        )
+        group = branch.partition("/")[0]
+        record = ctx.snapshot.step(group)
+        settled = (group in undone_groups and ctx.snapshot.status is not SagaStatus.FAILED) or (
+            record.status is StepStatus.SUCCEEDED and branch not in joined
+        )
+        if settled:
+            _require(done == expected, f"branch {branch} compensated {done}, expected {expected}")
+        if branch in joined and record.status is StepStatus.SUCCEEDED:
+            _require(not done, f"branch {branch} reached the join, yet compensated {done}")
 
 
 def no_compensation_while_its_action_may_run(ctx: InvariantContext) -> None:
@@ -372,7 +467,13 @@ def compensations_do_not_fail_on_their_own(ctx: InvariantContext) -> None:
     if ctx.snapshot.status is SagaStatus.FAILED and state == SagaStatus.COMPENSATING.value:
         retried = [n for n, e in enumerate(ctx.trace) if e.kind == "retry" and not e.refused]
         since = retried[-1] if retried else 0
-        attempts = [e for e in ctx.trace[since:] if e.kind == "compensation" and e.step == parked]
+        attempts = [
+            e
+            for e in ctx.trace[since:]
+            if e.kind == "compensation"
+            and e.step is not None
+            and (e.step == parked or e.step.startswith(parked + "/"))  # a group's branches
+        ]
         _require(
             any(e.fault is not Fault.OK for e in attempts),
             f"the compensation of step {parked!r} gave up on its own, with no fault injected",
@@ -389,7 +490,7 @@ def actions_fail_only_on_purpose(ctx: InvariantContext) -> None:
         if err is not None:
             declared: tuple[type[BaseException], ...] = (
                 StepFailed,
-                *ctx.definition.step(entry.step).retry.non_retryable,
+                *step_named(ctx.definition, entry.step).retry.non_retryable,
             )
             _require(
                 isinstance(err, declared),

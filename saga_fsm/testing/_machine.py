@@ -28,7 +28,7 @@ from saga_fsm.testing._driver import Driver, DriverConfig, SagaRun, render_inter
 from saga_fsm.testing._faults import Fault
 from saga_fsm.testing._fixtures import DataSource, make_data, store_factory
 from saga_fsm.testing._options import ExploreOptions, explore_options
-from saga_fsm.testing._reachability import Edge, edge_of_entry
+from saga_fsm.testing._reachability import Edge, edge_of_entry, static_data
 from saga_fsm.testing._trace import render_path
 
 _CRASHES = (Fault.CRASH_BEFORE, Fault.CRASH_AFTER)
@@ -109,9 +109,28 @@ class SagaStateMachine(RuleBasedStateMachine):
     def _faults(self, saga: SagaRun, kinds: Iterable[Fault]) -> list[Fault]:
         return [f for f in self.driver.faults_for(saga) if f in kinds]
 
+    def _choose_call(
+        self, data: st.DataObject, saga: SagaRun, kinds: Iterable[Fault] | None = None
+    ) -> None:
+        """Of a parallel group's calls in flight, which one ends next (one ``kinds``
+        of fault can happen to)."""
+        steps = self.driver.calls(saga)
+        if len(steps) < 2:
+            return
+        if kinds is not None:
+            kinds = tuple(kinds)
+            fits = []
+            for step in steps:
+                self.driver.choose(saga, step)
+                if self._faults(saga, kinds):
+                    fits.append(step)
+            steps = fits or steps
+        self.driver.choose(saga, data.draw(st.sampled_from(steps), label="call"))
+
     def _inject(self, data: st.DataObject, kinds: Iterable[Fault]) -> None:
         candidates = [s for s in self.driver.runnable() if self._faults(s, kinds)]
         saga = self._pick(data, candidates)
+        self._choose_call(data, saga, kinds)
         faults = self._faults(saga, kinds)
         fault = faults[0] if len(faults) == 1 else data.draw(st.sampled_from(faults), "fault")
         self.driver.advance(saga, fault)
@@ -132,7 +151,9 @@ class SagaStateMachine(RuleBasedStateMachine):
         """The next thing happens (start, wake-up, call) with nothing going wrong."""
         with self._guard():
             self._top_up(data)
-            self.driver.advance(self._pick(data, self.driver.live()), Fault.OK)
+            saga = self._pick(data, self.driver.live())
+            self._choose_call(data, saga)
+            self.driver.advance(saga, Fault.OK)
 
     @precondition(lambda self: self._can_inject((Fault.TRANSIENT,)))
     @rule(data=st.data())
@@ -259,7 +280,7 @@ def machine_config(definition: SagaDefinition, options: ExploreOptions) -> Machi
 def build_machine(config: MachineConfig) -> type[SagaStateMachine]:
     definition = config.driver.definition
     coverage = TransitionCoverage.for_definition(
-        definition, config.driver.faults, config.operator_retry
+        definition, config.driver.faults, config.operator_retry, static_data(config.data)
     )
     name = f"{class_name(definition)}Paths"
     namespace = {"config": config, "stats": RunStats(coverage), "__module__": __name__}

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 from collections import deque
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from attrs import frozen
 
@@ -34,17 +36,19 @@ from saga_fsm._core import (
 from saga_fsm._definition import RetryPolicy, SagaDefinition, WaitFor
 from saga_fsm._errors import TransitionNotAllowed
 from saga_fsm._flow import CompiledSaga, compile_saga
+from saga_fsm._groups import ForEach, Parallel, StepGroup, branch_definition
 from saga_fsm._lifecycle import TransitionRow
-from saga_fsm._snapshot import ErrorInfo, HistoryEntry, SagaStatus, Snapshot
+from saga_fsm._snapshot import ErrorInfo, HistoryEntry, SagaStatus, Snapshot, StepRecord
 from saga_fsm.testing._faults import CHILD_REFUSED, REFUSED, REPLY_LOST, Fault
 
 MoveKind = str
 Edge = tuple[str, str, str]
-Move = tuple[MoveKind, Fault]
+Move = tuple[MoveKind, Fault] | tuple[MoveKind, Fault, str]
 """One harness move: ``tick`` (start a pending saga, or wake one whose back-off is
 over), ``call`` (its next call, with the fault around it; for a wait, its deadline
 passing), ``cancel``, ``retry`` from ``failed``, or ``signal:<event>``; the fault
-only matters for ``call``."""
+only matters for ``call``. A call of a parallel group's branch step names the step:
+several may be in flight, and which one ends first is part of the path."""
 
 _T0 = datetime(2000, 1, 1, tzinfo=UTC)
 _STATE_LIMIT = 50_000
@@ -112,7 +116,58 @@ def _abstract(compiled: CompiledSaga, snapshot: Snapshot) -> tuple[object, ...]:
         snapshot.wake_at is None,
         attempts,
         tuple(record.status for record in snapshot.steps),
+        *(_branches(compiled, row, r) for row, r in enumerate(snapshot.steps) if r.branches),
     )
+
+
+def _branches(compiled: CompiledSaga, row: int, record: StepRecord) -> tuple[object, ...]:
+    """A parallel group's branches, as the same abstraction of each branch's flow (the
+    branches of a ``ForEach`` run the same steps: their order does not matter)."""
+    group = compiled.definition.steps[row]
+    assert isinstance(group, StepGroup)
+    seen = []
+    for b in record.branches or ():
+        branch = compile_saga(branch_definition(group, b.key))
+        view = Snapshot(
+            saga_id="reachability",
+            definition=branch.definition.name,
+            definition_version=1,
+            state=b.state,
+            steps=b.steps,
+            data={},
+            created_at=_T0,
+            updated_at=_T0,
+            wake_at=b.wake_at,
+            cancel_requested=b.cancel_requested,
+            parked_at=b.parked_at,
+        )
+        key = b.key if isinstance(group, Parallel) else ""
+        seen.append((key, b.held, _abstract(branch, view)))
+    return tuple(sorted(seen, key=repr)) if isinstance(group, ForEach) else tuple(seen)
+
+
+def _start_data(definition: SagaDefinition, data: str | None) -> dict[str, Any]:
+    # A ForEach's list missing from the start data is taken to be made by an earlier
+    # step (decide runs no actions here): two items, so its branches and their
+    # interleavings are explored.
+    loaded: dict[str, Any] = json.loads(data) if data is not None else {}
+    for step in definition.steps:
+        if isinstance(step, ForEach) and step.items not in loaded:
+            loaded[step.items] = [None, None]
+    return loaded
+
+
+def static_data(source: object) -> str | None:
+    """The harness's saga data as ``reachability`` takes it, when it is one mapping
+    (none given: the empty one)."""
+    if source is None:
+        return "{}"
+    if isinstance(source, Mapping):
+        try:
+            return json.dumps(dict(source), sort_keys=True)
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 @functools.cache
@@ -122,12 +177,13 @@ def _when_fields(definition: SagaDefinition) -> tuple[str, ...]:
     return tuple(dict.fromkeys(fields))
 
 
-def _starts(definition: SagaDefinition) -> list[Snapshot]:
+def _starts(definition: SagaDefinition, data: str | None = None) -> list[Snapshot]:
     """A pending saga for each combination of the ``when`` fields (each wait both
-    skipped and kept); one when there are none."""
+    skipped and kept); one when there are none. ``data``: see ``reachability``."""
     names = _when_fields(definition)
+    base = _start_data(definition, data)
     return [
-        new_snapshot(definition, "reachability", dict(zip(names, values, strict=True)), _T0)
+        new_snapshot(definition, "reachability", base | dict(zip(names, values, strict=True)), _T0)
         for values in itertools.product((True, False), repeat=len(names))
     ]
 
@@ -151,8 +207,10 @@ def _moves(
             command.step in compiled.child_steps
         ):
             yield from _child_moves(command, faults)
-        elif isinstance(command, RunStep) and isinstance(
-            wait := compiled.definition.step(command.step), WaitFor
+        elif (
+            isinstance(command, RunStep)
+            and "/" not in command.step
+            and isinstance(wait := compiled.definition.step(command.step), WaitFor)
         ):
             yield ("call", Fault.OK), outcome_event(command, "timed_out", _T0)
             for name in wait.outcomes:
@@ -171,7 +229,11 @@ def _moves(
             if Fault.TIMEOUT in faults and command.deadline is not None:
                 outcomes.append((Fault.TIMEOUT, "timed_out", None))
             for fault, outcome, error in outcomes:
-                yield ("call", fault), outcome_event(command, outcome, _T0, error=error)
+                event = outcome_event(command, outcome, _T0, error=error)
+                if "/" in command.step:
+                    yield ("call", fault, command.step), event
+                else:
+                    yield ("call", fault), event
 
 
 def _child_moves(
@@ -189,17 +251,22 @@ def _child_moves(
 
 @functools.cache
 def reachability(
-    definition: SagaDefinition, faults: tuple[Fault, ...], operator_retry: bool = True
+    definition: SagaDefinition,
+    faults: tuple[Fault, ...],
+    operator_retry: bool = True,
+    data: str | None = None,
 ) -> Reachability:
     """Breadth-first search of the pure core (see the module docstring). Cached: the
-    same definition and faults always give the same answer."""
+    same definition and faults always give the same answer. ``data`` (JSON text) is
+    the saga data the harness starts with when it is one fixed mapping: it decides how
+    many branches a ``ForEach`` has (two items when its list is not there)."""
     compiled = compile_saga(definition)
     edges = row_edges(compiled)
     seen: set[tuple[object, ...]] = set()
     paths: dict[int, tuple[Move, ...]] = {}
     # One search per start, waits kept first: a row reachable either way gets the path
     # of data that does not skip waits, which is what directed paths replay with.
-    for start in _starts(definition):
+    for start in _starts(definition, data):
         seen.add(_abstract(compiled, start))
         queue: deque[tuple[Snapshot, tuple[Move, ...]]] = deque([(start, ())])
         while queue:

@@ -25,6 +25,7 @@ def test_committed_diagrams_are_fresh() -> None:
 def test_every_example_and_both_lifecycles_are_committed() -> None:
     assert set(GALLERY) == {
         "order_fulfillment",
+        "parallel_order",
         "refund_approval",
         "travel_booking",
         "saga_lifecycle",
