@@ -176,21 +176,7 @@ class _Group:
         return compile_saga(branch_definition(self.group, b.key))
 
     def snapshot_of(self, b: BranchRecord) -> Snapshot:
-        parent = self.scratch.snapshot
-        return Snapshot(
-            saga_id=parent.saga_id,
-            definition=branch_definition(self.group, b.key).name,
-            definition_version=1,
-            state=b.state,
-            steps=b.steps,
-            data=b.data,
-            created_at=parent.created_at,
-            updated_at=self.at,
-            wake_at=b.wake_at,
-            cancel_requested=b.cancel_requested,
-            parked_at=b.parked_at,
-            failure=b.failure,
-        )
+        return branch_snapshot(self.scratch.snapshot, self.group, b, self.at)
 
     def index(self, key: str) -> int:
         for n, b in enumerate(self.branches):
@@ -527,6 +513,25 @@ def routed(compiled: CompiledSaga, snapshot: Snapshot, event: Event) -> bool:
     return group_at(compiled, snapshot.state) is not None
 
 
+def branch_snapshot(parent: Snapshot, group: StepGroup, b: BranchRecord, at: datetime) -> Snapshot:
+    """A branch as a saga of its own small flow: what its ``decide``/``outstanding``
+    read (never stored)."""
+    return Snapshot(
+        saga_id=parent.saga_id,
+        definition=branch_definition(group, b.key).name,
+        definition_version=1,
+        state=b.state,
+        steps=b.steps,
+        data=b.data,
+        created_at=parent.created_at,
+        updated_at=at,
+        wake_at=b.wake_at,
+        cancel_requested=b.cancel_requested,
+        parked_at=b.parked_at,
+        failure=b.failure,
+    )
+
+
 def group_outstanding(compiled: CompiledSaga, snapshot: Snapshot) -> tuple[Command, ...]:
     """What must happen next for a saga at a group (crash recovery): every branch call
     in flight, then the earliest branch timer when nothing is in flight."""
@@ -541,17 +546,7 @@ def group_outstanding(compiled: CompiledSaga, snapshot: Snapshot) -> tuple[Comma
             continue
         busy = busy or _busy(b)
         branch = compile_saga(branch_definition(group, b.key))
-        view = Snapshot(
-            saga_id=snapshot.saga_id,
-            definition=branch.definition.name,
-            definition_version=1,
-            state=b.state,
-            steps=b.steps,
-            data=b.data,
-            created_at=snapshot.created_at,
-            updated_at=snapshot.updated_at,
-            wake_at=b.wake_at,
-        )
+        view = branch_snapshot(snapshot, group, b, snapshot.updated_at)
         commands += _named(snapshot.saga_id, group.name, b.key, outstanding(branch, view))
     if not busy and snapshot.wake_at is not None:
         commands.append(ScheduleWake(snapshot.wake_at))
