@@ -94,6 +94,13 @@ def _errors(where: str, action: str) -> Iterator[None]:
     except (aiormq.AMQPError, aiormq.ChannelInvalidStateError, OSError, TimeoutError) as err:
         text = " ".join(str(err).split()) or type(err).__name__
         raise TransportError(where, f"{action} failed: {text}") from err
+    except RuntimeError as err:
+        # aiormq's word for a connection the broker closed (RabbitMQ closes the whole
+        # connection with INTERNAL_ERROR when a quorum queue's consumer died): the
+        # robust connection reconnects, so it is an outage like any other.
+        if "closed" not in str(err):
+            raise
+        raise TransportError(where, f"{action} failed: the connection was closed") from err
 
 
 @contextmanager

@@ -70,3 +70,29 @@ def test_rabbitmq_connection_dropped_by_the_broker(broker: Broker) -> None:
             await transport.close()
 
     asyncio.run(body())
+
+
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)
+def test_a_subscribe_right_after_the_broker_closed_the_connection_waits_for_the_reconnect(
+    broker: Broker,
+) -> None:
+    # RabbitMQ closes a whole connection (INTERNAL_ERROR) when a quorum queue's consumer
+    # died under it; until the robust connection is back, aiormq refuses new channels
+    # with a RuntimeError, which must be an outage the subscribe waits out, not a crash.
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("rabbitmqctl is needed to drop a connection from the broker's side")
+    channel = broker.channel("after_close")
+
+    async def body() -> None:
+        transport = await broker.connect()
+        try:
+            await transport.publish(Message(channel, MessageKind.COMMAND, {"n": 1}))
+            assert await asyncio.to_thread(close_own_amqp_connections) >= 1
+            subscription = await transport.subscribe(channel)
+            got = await subscription.receive(timeout=20)
+            assert got is not None and got.message.payload == {"n": 1}
+            await got.ack()
+        finally:
+            await transport.close()
+
+    asyncio.run(body())
